@@ -1,0 +1,175 @@
+"""The ``drsearch`` command line: thin commands that parse, call and print."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from drsearch.errors import DrsearchError
+
+
+class UserError(click.ClickException):
+    """A user mistake, shown as one ``Error: ...`` line with exit code 2."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns every ``DrsearchError`` into a one-line error instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DrsearchError as exc:
+            raise UserError(str(exc)) from None
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from drsearch.config import parse_scalar
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {pair!r}")
+        out[key.strip()] = parse_scalar(value)
+    return out
+
+
+_recipe_arg = click.argument(
+    "recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="RECIPE.yaml"
+)
+_set_opt = click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. --set optim.lr=3e-4 (repeatable).",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="drsearch")
+def cli() -> None:
+    """drsearch: train and tune diabetic-retinopathy graders (ICDR grades 0-4)."""
+
+
+@cli.command()
+@_recipe_arg
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Run folder (default: runs/<recipe name>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@_set_opt
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def train(recipe: Path, out: Path | None, resume: bool, overwrite: bool, epochs: int | None,
+          sets: tuple[str, ...], quiet: bool) -> None:
+    """Train the recipe; write config, metrics, predictions and checkpoints to the run folder."""
+    from drsearch.config import load_recipe
+    from drsearch.progress import RichTrainProgress
+    from drsearch.train import fit
+
+    overrides = _overrides(sets)
+    if epochs is not None:
+        overrides["train.epochs"] = epochs
+    config = load_recipe(recipe, overrides)
+    run_dir = out or Path("runs") / recipe.stem
+    _check_run_dir(run_dir, resume, overwrite)
+    if quiet:
+        result = fit(config, run_dir=run_dir, resume=resume)
+    else:
+        with RichTrainProgress() as progress:
+            result = fit(config, run_dir=run_dir, resume=resume, progress=progress)
+    best = result.best
+    click.echo(
+        f"best epoch {result.best_epoch}/{result.epochs_completed} ({result.stopped}): "
+        f"accuracy {_num(best['accuracy'])}, qwk {_num(best['qwk'])}, "
+        f"sensitivity severe NPDR {_num(best['sensitivity'][3])}, "
+        f"PDR {_num(best['sensitivity'][4])}; {result.wall_seconds:.1f}s -> {run_dir}"
+    )
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    if resume and not has_run:
+        raise UserError(f"{run_dir}: no run to resume; drop --resume or point --out at a run")
+    if has_run and not resume:
+        if not overwrite:
+            raise UserError(
+                f"{run_dir}: already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or --out for a new folder"
+            )
+        shutil.rmtree(run_dir)
+
+
+@cli.command()
+@_recipe_arg
+@click.option("--steps-per-epoch", type=click.IntRange(min=1),
+              help="Optimizer steps per epoch (default: computed from the recipe's data).")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="One row per optimizer step and group: epoch,step,group,lr.")
+@_set_opt
+def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str, ...]) -> None:
+    """Show the LR of every parameter group at every epoch, without training."""
+    from drsearch.config import load_recipe
+    from drsearch.lr_view import lr_csv, lr_summary, steps_from_data
+
+    config = load_recipe(recipe, _overrides(sets))
+    spe = steps_per_epoch or steps_from_data(config)
+    if as_csv:
+        sys.stdout.write(lr_csv(config, spe))
+        return
+    table, notes = lr_summary(config, spe)
+    console = Console()
+    rich_table = Table(title=f"{recipe}: LR per group ({spe} optimizer steps per epoch)")
+    for column in table[0]:
+        rich_table.add_column(column, justify="right")
+    for row in table[1:]:
+        rich_table.add_row(*row)
+    console.print(rich_table)
+    for note in notes:
+        console.print(f"- {note}")
+
+
+@cli.group()
+def data() -> None:
+    """Datasets: synthesize a demo set."""
+
+
+@data.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder to write train.csv and train_images/ into.")
+@click.option("--n", default=600, show_default=True, type=click.IntRange(min=10),
+              help="Number of images.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(32, 2048),
+              help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option("--imbalance", default="eyepacs", show_default=True,
+              type=click.Choice(["eyepacs", "balanced"]),
+              help="Grade shares: EyePACS-like 73/7/15/2.5/2.5 % or balanced.")
+def synth(out: Path, n: int, size: int, seed: int, imbalance: str) -> None:
+    """Write a synthetic fundus dataset in the APTOS 2019 layout."""
+    from drsearch.data.synth import grade_counts, write_synthetic_dataset
+
+    write_synthetic_dataset(out, n=n, size=size, seed=seed, imbalance=imbalance)
+    counts = ", ".join(f"grade {g}: {c}" for g, c in enumerate(grade_counts(n, imbalance)))
+    click.echo(f"wrote {n} images ({counts}) to {out}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="drsearch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Reading config files: YAML -> dict -> pydantic model, with one-line errors.
+
+Errors name the file, the dotted key path and what is allowed, e.g.
+``recipes/demo.yaml: optim.lr: must be > 0, got -0.1``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from drsearch.config.recipe import KeyedValueError, Recipe
+from drsearch.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as people write it."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, or raise a one-line ``ConfigError`` naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse a command-line override value the way YAML would (``1e-4`` -> float)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def build_model(model: type[M], data: Mapping[str, Any], source: str) -> M:
+    """Validate ``data`` into ``model``; on failure raise a one-line ``ConfigError``."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source)) from None
+
+
+def load_recipe(path: Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """Load and validate a recipe file, after applying dotted ``overrides``."""
+    data = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return build_model(Recipe, data, str(path))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (every key, defaults included)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line: ``source: key.path: what is wrong`` (plus a count of further problems)."""
+    errors = exc.errors()
+    first = errors[0]
+    path, message = _describe(first, model)
+    others = {tuple(e["loc"]) for e in errors} - {tuple(first["loc"])}
+    more = f" (and {len(others)} more problem(s))" if others else ""
+    where = f"{path}: " if path else ""
+    return f"{source}: {where}{message}{more}"
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> tuple[str, str]:
+    loc = [str(p) for p in error["loc"]]
+    path = ".".join(loc)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, KeyedValueError):
+        return cause.path, cause.message
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+        return path, f"unknown key; {suggestion}allowed keys: {', '.join(allowed)}"
+    if kind == "missing":
+        return path, "required key is missing"
+    if kind in ("literal_error", "enum"):
+        return path, f"must be one of {ctx.get('expected')}, got {given!r}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+    bounds["less_than_equal"] = "<="
+    if kind in bounds:
+        limit = next(iter(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le")))
+        return path, f"must be {bounds[kind]} {limit}, got {given!r}"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if given is not None and not isinstance(given, dict | list) and "got " not in msg:
+        msg = f"{msg}, got {given!r}"
+    return path, msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

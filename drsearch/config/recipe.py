@@ -1,0 +1,247 @@
+"""Pydantic models of a training recipe: the one place where recipe files are validated.
+
+Every section forbids unknown keys, so a typo is an error instead of a silently ignored
+setting. Cross-field rules (warmup shorter than training, phases inside the run, ...) live in
+``Recipe`` validators so that each message can name the key path the user has to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from drsearch import NUM_CLASSES
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+#: Validation metrics a recipe may monitor (early stopping, best checkpoint, plateau).
+MONITOR_METRICS = {
+    "accuracy": "max",
+    "balanced_accuracy": "max",
+    "qwk": "max",
+    "macro_f1": "max",
+    "referable_auc": "max",
+    "loss": "min",
+}
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(Section):
+    """How the synthetic fundus set is generated when ``data.kind`` is ``synthetic``."""
+
+    n: int = Field(600, ge=10)
+    size: int = Field(128, ge=32, le=1024)
+    seed: int = 0
+    imbalance: Literal["eyepacs", "balanced"] = "eyepacs"
+
+
+class ResizePhase(Section):
+    """One phase of progressive resizing: from ``epoch`` (0-based) on, train at ``size`` px."""
+
+    epoch: int = Field(ge=0)
+    size: int = Field(ge=16, le=2048)
+
+
+class DataConfig(Section):
+    """Where the images are, how they are split and how they are cached."""
+
+    kind: Literal["synthetic", "aptos2019", "csv"] = "synthetic"
+    root: Path = Path("data/synth")
+    csv: Path | None = None
+    image_size: int = Field(224, ge=16, le=2048)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    skip_bad: bool = False
+    cache: Literal["auto", "memory", "disk"] = "auto"
+    cache_dir: Path | None = None
+    cache_max_gb: float = Field(4.0, gt=0)
+    num_workers: int = Field(0, ge=0)
+    progressive: list[ResizePhase] = Field(default_factory=list)
+    synthetic: SynthConfig = Field(default_factory=SynthConfig)
+
+    @field_validator("progressive")
+    @classmethod
+    def _phases_ordered(cls, phases: list[ResizePhase]) -> list[ResizePhase]:
+        if phases and phases[0].epoch != 0:
+            raise ValueError(f"the first phase must start at epoch 0, got {phases[0].epoch}")
+        epochs = [p.epoch for p in phases]
+        if epochs != sorted(set(epochs)):
+            raise ValueError(f"phase epochs must be strictly increasing, got {epochs}")
+        return phases
+
+    def sizes(self) -> list[int]:
+        """Every image size the run trains or evaluates at."""
+        return sorted({self.image_size, *(p.size for p in self.progressive)})
+
+    def size_at(self, epoch: int) -> int:
+        """Training image size at a 0-based epoch."""
+        size = self.image_size
+        for phase in self.progressive:
+            if epoch >= phase.epoch:
+                size = phase.size
+        return size
+
+
+class ModelConfig(Section):
+    """A timm model; ``pretrained`` is ``false`` or a local weights file (no hub downloads)."""
+
+    name: str = "resnet10t"
+    pretrained: Literal[False] | Path = False
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _no_hub(cls, value: object) -> object:
+        if value is True:
+            raise ValueError(
+                "true would download from a model hub; give a local weights file path or false"
+            )
+        if value in (None, "false", "none", ""):
+            return False
+        return value
+
+
+ClassWeightPreset = Literal["none", "inverse", "inverse_sqrt"]
+
+
+class LossConfig(Section):
+    """Cross-entropy or focal loss ``alpha * (1 - p_t)**gamma * CE`` with class weights."""
+
+    name: Literal["ce", "focal"] = "ce"
+    alpha: PositiveFloat = 1.0
+    gamma: NonNegFloat = 2.0
+    class_weights: ClassWeightPreset | list[PositiveFloat] = "none"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _five_weights(cls, value: object) -> object:
+        if isinstance(value, list) and len(value) != NUM_CLASSES:
+            raise ValueError(
+                f"needs {NUM_CLASSES} weights (one per grade 0-4), got {len(value)}"
+            )
+        return value
+
+
+class AugmentConfig(Section):
+    """Random augmentation (albumentations) and MixUp/CutMix (timm)."""
+
+    strength: float = Field(1.0, ge=0, le=2)
+    hflip: bool = True
+    vflip: bool = True
+    mixup_alpha: NonNegFloat = 0.0
+    cutmix_alpha: NonNegFloat = 0.0
+    mix_prob: Fraction = 1.0
+    switch_prob: Fraction = 0.5
+
+
+class OptimConfig(Section):
+    """Optimizer with two parameter groups: backbone (``lr * backbone_lr_mult``) and head."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegFloat = 0.05
+    backbone_lr_mult: float = Field(1.0, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class ScheduleConfig(Section):
+    """Warmup then a main schedule, stepped every optimizer step (see ``train/schedule.py``)."""
+
+    name: Literal["none", "cosine", "cosine_restarts", "step", "plateau"] = "cosine"
+    warmup_epochs: NonNegFloat = 0.0
+    warmup_start_factor: Fraction = 0.1
+    min_lr: NonNegFloat = 0.0
+    t0: PositiveFloat = 5.0
+    t_mult: float = Field(1.0, ge=1)
+    step_epochs: PositiveFloat = 10.0
+    gamma: float = Field(0.1, gt=0, le=1)
+    plateau_patience: int = Field(2, ge=0)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+
+
+class TrainConfig(Section):
+    """Length, batching, early stopping and numerics of a run."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=2)
+    eval_batch_size: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    patience: int | None = Field(None, ge=1)
+    monitor: Literal[
+        "accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc", "loss"
+    ] = "qwk"
+    seed: int = 0
+    amp: bool = True
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class Recipe(Section):
+    """A complete training recipe."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _fits_in_training(self) -> Recipe:
+        epochs = self.train.epochs
+        if self.schedule.warmup_epochs >= epochs:
+            raise _at(
+                "schedule.warmup_epochs",
+                f"warmup must end before training does: must be < train.epochs ({epochs}), "
+                f"got {self.schedule.warmup_epochs}",
+            )
+        if self.schedule.name == "cosine" and self.schedule.min_lr >= self.optim.lr:
+            raise _at(
+                "schedule.min_lr",
+                f"must be < optim.lr ({self.optim.lr}) for a cosine decay, "
+                f"got {self.schedule.min_lr}",
+            )
+        for i, phase in enumerate(self.data.progressive):
+            if phase.epoch >= epochs:
+                raise _at(
+                    f"data.progressive.{i}.epoch",
+                    f"phase starts after training ends: must be < train.epochs ({epochs}), "
+                    f"got {phase.epoch}",
+                )
+        mixing = self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0
+        if mixing and self.train.batch_size % 2:
+            raise _at(
+                "train.batch_size",
+                f"MixUp/CutMix pair images, so it must be even, got {self.train.batch_size}",
+            )
+        if self.data.kind == "csv" and self.data.csv is None:
+            raise _at("data.csv", "data.kind 'csv' needs the label file: set data.csv")
+        return self
+
+
+class KeyedValueError(ValueError):
+    """A cross-field error that knows which key path it is about."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _at(path: str, message: str) -> KeyedValueError:
+    return KeyedValueError(path, message)

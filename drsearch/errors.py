@@ -1,0 +1,23 @@
+"""One error family: the CLI prints these as one line, ``Error: ...``, and exits with code 2."""
+
+from __future__ import annotations
+
+
+class DrsearchError(Exception):
+    """A user-facing error: bad input, missing files, impossible settings."""
+
+
+class ConfigError(DrsearchError):
+    """A recipe or study file that does not validate."""
+
+
+class DataError(DrsearchError):
+    """A dataset that cannot be read as configured."""
+
+
+class TrainingError(DrsearchError):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,62 @@
+"""What ``drsearch lr`` shows: the schedule a recipe will produce, per group, before training."""
+
+from __future__ import annotations
+
+import io
+
+from drsearch.config.recipe import Recipe
+from drsearch.data.sources import Skipped, load_records
+from drsearch.data.split import split_indices
+from drsearch.train.fit import steps_per_epoch
+from drsearch.train.schedule import StepPlan, restart_epochs, schedule_table
+
+
+def steps_from_data(recipe: Recipe) -> int:
+    """Optimizer steps per epoch from the label table and split (images are not decoded)."""
+    records = load_records(recipe.data, Skipped())
+    train_idx, _ = split_indices(records, recipe.data.val_fraction, recipe.data.seed)
+    return steps_per_epoch(len(train_idx), recipe)
+
+
+def lr_csv(recipe: Recipe, spe: int) -> str:
+    """``epoch,step,group,lr`` for every optimizer step and group."""
+    out = io.StringIO()
+    out.write("epoch,step,group,lr\n")
+    for epoch, step, group, lr in schedule_table(recipe, StepPlan(spe, recipe.train.epochs)):
+        out.write(f"{epoch},{step},{group},{lr:.8g}\n")
+    return out.getvalue()
+
+
+def lr_summary(recipe: Recipe, spe: int) -> tuple[list[list[str]], list[str]]:
+    """A table (header first) of each group's LR at the first and last step of each epoch
+    (epochs from 1, as in the training log), plus notes a reader might otherwise miss."""
+    rows = schedule_table(recipe, StepPlan(spe, recipe.train.epochs))
+    by_epoch: dict[int, dict[str, list[float]]] = {}
+    for epoch, _, group, lr in rows:
+        by_epoch.setdefault(epoch, {}).setdefault(group, []).append(lr)
+    table = [["epoch", "backbone first", "backbone last", "head first", "head last"]]
+    for epoch, groups in sorted(by_epoch.items()):
+        b, h = groups["backbone"], groups["head"]
+        table.append([str(epoch + 1), f"{b[0]:.3e}", f"{b[-1]:.3e}", f"{h[0]:.3e}", f"{h[-1]:.3e}"])
+    return table, _notes(recipe, rows)
+
+
+def _notes(recipe: Recipe, rows: list[tuple[int, int, str, float]]) -> list[str]:
+    s, o = recipe.schedule, recipe.optim
+    notes = [f"schedule {s.name}; head base LR {o.lr:g}, backbone base LR "
+             f"{o.lr * o.backbone_lr_mult:g} (backbone_lr_mult {o.backbone_lr_mult:g})"]
+    if s.warmup_epochs:
+        notes.append(
+            f"warmup: {s.warmup_epochs:g} epoch(s) from {s.warmup_start_factor:g}x to 1x; "
+            f"the configured LR is first reached after {s.warmup_epochs:g} epoch(s)"
+        )
+    peak = max(lr for _, _, g, lr in rows if g == "head")
+    if peak < o.lr * 0.999:
+        notes.append(f"the head never reaches its configured LR {o.lr:g} (peak {peak:.3e})")
+    restarts = restart_epochs(s, recipe.train.epochs)
+    if restarts:
+        notes.append("cosine restarts jump back to the full LR after "
+                     + ", ".join(f"{e:g}" for e in restarts) + " epoch(s)")
+    if s.name == "plateau":
+        notes.append("plateau reductions depend on validation results; shown without them")
+    return notes

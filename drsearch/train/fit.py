@@ -1,0 +1,375 @@
+"""``fit(recipe, reporter)``: train one DR grader and return its metrics.
+
+The search layer drives training only through ``reporter(epoch, metrics)``, called once per
+finished epoch (1-based) after the epoch is checkpointed and logged. Raising ``StopTraining``
+from it ends the run cleanly; any other exception propagates (e.g. a pruning signal).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from drsearch.config.recipe import MONITOR_METRICS, Recipe
+from drsearch.errors import NonFiniteLossError
+from drsearch.train import checkpoint
+from drsearch.train.augment import describe, train_pipeline
+from drsearch.train.data import Normalizer, epoch_seed, eval_batches, train_batches
+from drsearch.train.data import train_batch_count
+from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
+from drsearch.train.metrics import compute_metrics
+from drsearch.train.model import build_model, build_optimizer, normalization
+from drsearch.train.outputs import RunFolder
+from drsearch.train.prepare import PreparedData, prepare_data
+from drsearch.train.schedule import LRController, StepPlan
+
+Reporter = Callable[[int, dict[str, Any]], None]
+
+
+class StopTraining(Exception):  # noqa: N818 - a signal, not an error
+    """Raise from a reporter to end training after the current epoch."""
+
+
+class Progress(Protocol):
+    """What ``fit`` tells a progress display; every method may be a no-op."""
+
+    def status(self, message: str) -> None: ...
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def advance(self, loss: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+class _Silent:
+    def status(self, message: str) -> None: ...
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def advance(self, loss: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """What a run achieved; ``best`` holds the validation metrics of ``best_epoch``."""
+
+    run_dir: Path
+    best_epoch: int
+    best: dict[str, Any]
+    last: dict[str, Any]
+    epochs_completed: int
+    stopped: str  # "completed", "early_stopping" or "reporter"
+    wall_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def steps_per_epoch(n_train: int, recipe: Recipe) -> int:
+    """Optimizer steps per epoch: full batches, grouped by gradient accumulation."""
+    return math.ceil(train_batch_count(n_train, recipe.train.batch_size) / recipe.train.grad_accum)
+
+
+def fit(
+    recipe: Recipe,
+    reporter: Reporter | None = None,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train ``recipe`` into ``run_dir``; with ``resume``, continue from its last checkpoint."""
+    started = time.perf_counter()
+    progress = progress or _Silent()
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    folder = RunFolder(run_dir)
+    folder.create()
+    progress.status("reading and caching images")
+    data = prepare_data(recipe.data, lambda done, total: progress.status(f"cached {done}/{total}"))
+    trainer = _Trainer(recipe, data, folder)
+    history = trainer.restore() if resume else trainer.start()
+    return trainer.run(history, reporter, progress, started)
+
+
+def _device(recipe: Recipe) -> torch.device:
+    if recipe.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(recipe.train.device)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Trainer:
+    """The state of one run and the epoch loop over it."""
+
+    def __init__(self, recipe: Recipe, data: PreparedData, folder: RunFolder) -> None:
+        self.recipe, self.data, self.folder = recipe, data, folder
+        self.device = _device(recipe)
+        _seed_everything(recipe.train.seed)
+        self.model = build_model(recipe.model).to(self.device)
+        self.normalize = Normalizer(*normalization(self.model), self.device)
+        self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.plan = StepPlan(steps_per_epoch(len(data.train_idx), recipe), recipe.train.epochs)
+        self.lr = LRController(self.optimizer, recipe, self.plan)
+        self.class_weights = resolve_class_weights(recipe.loss, data.labels("train"))
+        self.criterion = SoftTargetLoss(recipe.loss, self.class_weights).to(self.device)
+        self.amp = recipe.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = _make_ema(self.model, recipe) if recipe.train.ema else None
+        self.mixup = _make_mixup(recipe)
+        self.pipeline = train_pipeline(recipe.augment)
+        mode = MONITOR_METRICS[recipe.train.monitor]
+        self.higher_is_better = mode == "max"
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    # -- starting and resuming ---------------------------------------------------------
+    def start(self) -> list[dict[str, Any]]:
+        self.folder.metrics_log.unlink(missing_ok=True)
+        self.folder.write_config(self.recipe)
+        self._write_run_info()
+        from drsearch.data.split import write_split
+
+        write_split(self.folder.root / "split.csv", self.data.records, self.data.train_idx,
+                    self.data.val_idx)
+        return []
+
+    def restore(self) -> list[dict[str, Any]]:
+        state = checkpoint.load(self.folder.checkpoints / checkpoint.LAST)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr.load_state_dict(state["lr"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        checkpoint.set_rng_state(state["rng"])
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+        return self.folder.keep_epochs_up_to(state["epoch"])
+
+    def _write_run_info(self) -> None:
+        import timm
+
+        self.folder.write_json(
+            "run.json",
+            {
+                "n_train": len(self.data.train_idx),
+                "n_val": len(self.data.val_idx),
+                "train_grade_counts": np.bincount(self.data.labels("train"), minlength=5),
+                "val_grade_counts": np.bincount(self.data.labels("val"), minlength=5),
+                "skipped": dict(self.data.skipped.reasons),
+                "skipped_examples": self.data.skipped.examples,
+                "steps_per_epoch": self.plan.steps_per_epoch,
+                "class_weights": self.class_weights,
+                "augmentations": describe(self.pipeline),
+                "device": str(self.device),
+                "amp": self.amp,
+                "image_cache": self.data.cache.location,
+                "versions": {"torch": torch.__version__, "timm": timm.__version__},
+            },
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(
+        self,
+        history: list[dict[str, Any]],
+        reporter: Reporter | None,
+        progress: Progress,
+        started: float,
+    ) -> FitResult:
+        stopped = "completed"
+        for epoch in range(len(history), self.recipe.train.epochs):
+            record = self._epoch(epoch, progress)
+            history.append(record)
+            progress.end_epoch(record)
+            try:
+                if reporter is not None:
+                    reporter(epoch + 1, record)
+            except StopTraining:
+                stopped = "reporter"
+                break
+            patience = self.recipe.train.patience
+            if patience is not None and self.bad_epochs >= patience:
+                stopped = "early_stopping"
+                break
+        best = next((r for r in history if r["epoch"] == self.best_epoch), history[-1])
+        return FitResult(
+            run_dir=self.folder.root,
+            best_epoch=self.best_epoch,
+            best=best["val"],
+            last=history[-1]["val"],
+            epochs_completed=len(history),
+            stopped=stopped,
+            wall_seconds=time.perf_counter() - started,
+            history=history,
+        )
+
+    def _epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        _seed_everything(epoch_seed(self.recipe.train.seed, epoch))
+        lr_first = self.lr.group_lrs()
+        size = self.recipe.data.size_at(epoch)
+        train = self._train_epoch(epoch, size, progress)
+        lr_last = self._last_step_lrs()
+        train_seconds = time.perf_counter() - t0
+        probs, val_loss = self._predict()
+        labels = self.data.labels("val")
+        val = compute_metrics(labels, probs) | {"loss": val_loss}
+        self.lr.end_epoch(val[self.recipe.train.monitor], self.higher_is_better)
+        improved = self._track_best(epoch + 1, val[self.recipe.train.monitor])
+        record = {
+            "epoch": epoch + 1,
+            "image_size": size,
+            "augmentations": describe(self.pipeline),
+            "train": train,
+            "val": val,
+            "lr": lr_last,
+            "lr_first": lr_first,
+            "best_epoch": self.best_epoch,
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        if improved:
+            self._save_best(record, probs)
+        self._save_last(epoch + 1)
+        self.folder.append_epoch(record)
+        return record
+
+    def _train_epoch(self, epoch: int, size: int, progress: Progress) -> dict[str, float]:
+        cfg = self.recipe.train
+        batches = train_batches(self.data.split("train", size), cfg.batch_size, cfg.seed, epoch,
+                                self.pipeline, self.recipe.data.num_workers)
+        progress.start_epoch(epoch + 1, cfg.epochs, len(batches))
+        self.model.train()
+        loss_sum = correct = seen = 0.0
+        for k, (images, labels) in enumerate(batches):
+            loss, logits = self._forward(images, labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss became {loss.item()} at epoch {epoch + 1}, batch {k + 1}; "
+                    "lower optim.lr or set train.grad_clip"
+                )
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            if (k + 1) % cfg.grad_accum == 0 or k + 1 == len(batches):
+                self._optimizer_step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1).cpu() == labels).sum().item()
+            seen += len(labels)
+            progress.advance(loss.item())
+        return {"loss": loss_sum / seen, "accuracy": correct / seen, "images": int(seen)}
+
+    def _forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(images)
+        y = labels.to(self.device)
+        if self.mixup is not None:
+            x, targets = self.mixup(x, y)
+        else:
+            targets = one_hot_smoothed(y, self.recipe.loss.label_smoothing)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            logits = self.model(x)
+        return self.criterion(logits, targets), logits.detach()
+
+    def _optimizer_step(self) -> None:
+        if self.recipe.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.lr.step_count)
+        self._last_lrs = self.lr.group_lrs()
+        self.lr.step()
+
+    def _last_step_lrs(self) -> dict[str, float]:
+        return getattr(self, "_last_lrs", self.lr.group_lrs())
+
+    @torch.no_grad()
+    def _predict(self) -> tuple[np.ndarray, float]:
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        cfg = self.recipe.train
+        split = self.data.split("val", self.recipe.data.image_size)
+        probs, loss_sum = [], 0.0
+        for images, labels in eval_batches(split, cfg.eval_batch_size or 2 * cfg.batch_size,
+                                           self.recipe.data.num_workers):
+            with torch.autocast(self.device.type, enabled=self.amp):
+                logits = model(self.normalize(images)).float()
+            loss_sum += F.cross_entropy(logits, labels.to(self.device), reduction="sum").item()
+            probs.append(logits.softmax(1).cpu().numpy())
+        return np.concatenate(probs).astype(np.float64), loss_sum / len(split.indices)
+
+    # -- best and last state -----------------------------------------------------------------
+    def _track_best(self, epoch: int, value: float | None) -> bool:
+        if value is None or math.isnan(value):
+            self.bad_epochs += 1
+            if self.best_epoch == 0:
+                self.best_epoch = epoch
+                return True
+            return False
+        better = self.best_value is None or (
+            value > self.best_value if self.higher_is_better else value < self.best_value
+        )
+        if better:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    def _save_best(self, record: dict[str, Any], probs: np.ndarray) -> None:
+        self.folder.write_predictions(self.data.ids("val"), self.data.labels("val"), probs)
+        self.folder.write_json("metrics.json", {"epoch": record["epoch"], **record["val"],
+                                                "train": record["train"], "lr": record["lr"]})
+        weights = (self.ema.module if self.ema is not None else self.model).state_dict()
+        checkpoint.atomic_save({"model": weights, "epoch": record["epoch"]},
+                               self.folder.checkpoints / checkpoint.BEST)
+
+    def _save_last(self, epoch: int) -> None:
+        state = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr": self.lr.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": checkpoint.rng_state(),
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+        }
+        checkpoint.atomic_save(state, self.folder.checkpoints / checkpoint.LAST)
+
+
+def _make_ema(model: torch.nn.Module, recipe: Recipe) -> Any:
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=recipe.train.ema_decay)
+
+
+def _make_mixup(recipe: Recipe) -> Any:
+    aug = recipe.augment
+    if aug.mixup_alpha <= 0 and aug.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha,
+        prob=aug.mix_prob,
+        switch_prob=aug.switch_prob,
+        mode="batch",
+        label_smoothing=recipe.loss.label_smoothing,
+        num_classes=5,
+    )

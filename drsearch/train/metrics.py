@@ -1,0 +1,110 @@
+"""Validation metrics for 5-grade DR: overall, per grade, and clinical (referable, VTDR).
+
+Everything comes from one confusion matrix over grades 0-4, plus the probabilities for AUC.
+Undefined values (a grade absent from validation) are ``None``, never a made-up number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from drsearch import NUM_CLASSES
+
+#: z for a two-sided 95% interval.
+Z95 = 1.959963984540054
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """5x5 counts, rows true grade, columns predicted grade."""
+    idx = labels.astype(int) * NUM_CLASSES + preds.astype(int)
+    return np.bincount(idx, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def wilson_lower(successes: int, n: int, z: float = Z95) -> float | None:
+    """Lower end of the Wilson score interval for a proportion (95% by default)."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - margin) / (1 + z * z / n)
+
+
+def quadratic_kappa(cm: np.ndarray) -> float | None:
+    """Cohen's kappa with quadratic weights on grade distance."""
+    n = cm.sum()
+    if n == 0:
+        return None
+    k = cm.shape[0]
+    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
+    expected = np.outer(cm.sum(1), cm.sum(0)) / n
+    denom = float((w * expected).sum())
+    if denom == 0:
+        return None
+    return 1.0 - float((w * cm).sum()) / denom
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
+def _binary(labels: np.ndarray, preds: np.ndarray, threshold: int) -> tuple[Any, Any]:
+    """Sensitivity and specificity of ``grade >= threshold`` as the positive class."""
+    truth, called = labels >= threshold, preds >= threshold
+    sens = _ratio(float((truth & called).sum()), float(truth.sum()))
+    spec = _ratio(float((~truth & ~called).sum()), float((~truth).sum()))
+    return sens, spec
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """All validation metrics from true grades and class probabilities (N x 5)."""
+    labels = np.asarray(labels, dtype=int)
+    preds = probs.argmax(axis=1)
+    cm = confusion(labels, preds)
+    n = cm.sum()
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1).astype(float)
+    called = cm.sum(0).astype(float)
+    negatives = n - support
+    tn = n - support - called + tp
+    sens = [_ratio(tp[c], support[c]) for c in range(NUM_CLASSES)]
+    spec = [_ratio(tn[c], negatives[c]) for c in range(NUM_CLASSES)]
+    present = [s for s in sens if s is not None]
+    f1 = [
+        2 * tp[c] / (support[c] + called[c])
+        for c in range(NUM_CLASSES)
+        if support[c] + called[c] > 0
+    ]
+    ref_sens, ref_spec = _binary(labels, preds, 2)
+    vt_sens, vt_spec = _binary(labels, preds, 3)
+    return {
+        "accuracy": _ratio(tp.sum(), n),
+        "balanced_accuracy": float(np.mean(present)) if present else None,
+        "qwk": quadratic_kappa(cm),
+        "macro_f1": float(np.mean(f1)) if f1 else None,
+        "sensitivity": sens,
+        "specificity": spec,
+        "sensitivity_wilson_lower": [
+            wilson_lower(int(tp[c]), int(support[c])) for c in range(NUM_CLASSES)
+        ],
+        "support": [int(s) for s in support],
+        "sensitivity_severe_npdr": sens[3],
+        "sensitivity_pdr": sens[4],
+        "min_specificity": min((s for s in spec if s is not None), default=None),
+        "referable_sensitivity": ref_sens,
+        "referable_specificity": ref_spec,
+        "referable_auc": _auc(labels >= 2, probs[:, 2:].sum(axis=1)),
+        "vtdr_sensitivity": vt_sens,
+        "vtdr_specificity": vt_spec,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> float | None:
+    if truth.all() or not truth.any():
+        return None
+    return float(roc_auc_score(truth, score))

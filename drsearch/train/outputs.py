@@ -1,0 +1,101 @@
+"""The run folder: what a training run leaves behind, each file written safely.
+
+``config.yaml`` (resolved recipe), ``run.json`` (data counts, steps, resolved weights,
+versions), ``split.csv``, ``metrics.jsonl`` (one line per epoch), ``metrics.json`` (the best
+epoch), ``predictions.csv`` (validation predictions at the best epoch) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drsearch.config.loading import recipe_to_yaml
+from drsearch.config.recipe import Recipe
+
+
+class RunFolder:
+    """Paths and writers of one run folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.checkpoints = root / "checkpoints"
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def create(self) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, recipe: Recipe) -> None:
+        write_text_atomic(self.root / "config.yaml", recipe_to_yaml(recipe))
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_text_atomic(self.root / name, json.dumps(to_jsonable(data), indent=2) + "\n")
+
+    def append_epoch(self, record: dict[str, Any]) -> None:
+        """Append one epoch to ``metrics.jsonl`` and fsync, so a kill cannot lose it."""
+        with self.metrics_log.open("a") as fh:
+            fh.write(json.dumps(to_jsonable(record)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_epochs(self) -> list[dict[str, Any]]:
+        if not self.metrics_log.is_file():
+            return []
+        lines = self.metrics_log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def keep_epochs_up_to(self, epoch: int) -> list[dict[str, Any]]:
+        """On resume: drop log lines of epochs after the checkpoint (they will be redone)."""
+        kept = [r for r in self.read_epochs() if r["epoch"] <= epoch]
+        write_text_atomic(
+            self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept)
+        )
+        return kept
+
+    def write_predictions(
+        self, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray
+    ) -> None:
+        """``predictions.csv``: ``id,label,pred,p0..p4`` for the validation set."""
+        path = self.root / "predictions.csv"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "label", "pred", *(f"p{c}" for c in range(probs.shape[1]))])
+            for image_id, label, row in zip(ids, labels, probs, strict=True):
+                writer.writerow(
+                    [image_id, int(label), int(row.argmax()), *(f"{p:.6f}" for p in row)]
+                )
+        os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, NaN/inf to ``None``, paths to strings."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

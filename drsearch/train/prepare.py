@@ -1,0 +1,61 @@
+"""From a recipe's ``data`` section to cached, split images ready for training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from drsearch.config.recipe import DataConfig
+from drsearch.data.cache import ImageCache, build_cache
+from drsearch.data.sources import ImageRecord, Skipped, load_records
+from drsearch.data.split import split_indices
+from drsearch.train.data import Split
+
+
+@dataclass
+class PreparedData:
+    """Records, their split, and decoded pixels at every size the run uses."""
+
+    records: list[ImageRecord]
+    train_idx: np.ndarray  # into ``records``
+    val_idx: np.ndarray
+    cache: ImageCache
+    skipped: Skipped
+    cache_rows: np.ndarray  # row of each record in the cache arrays
+
+    def split(self, side: str, size: int) -> Split:
+        idx = self.train_idx if side == "train" else self.val_idx
+        labels = np.array([self.records[i].label for i in idx], dtype=np.int64)
+        return Split(self.cache.arrays[size], self.cache_rows[idx], labels)
+
+    def labels(self, side: str) -> np.ndarray:
+        idx = self.train_idx if side == "train" else self.val_idx
+        return np.array([self.records[i].label for i in idx], dtype=np.int64)
+
+    def ids(self, side: str) -> list[str]:
+        idx = self.train_idx if side == "train" else self.val_idx
+        return [self.records[i].id for i in idx]
+
+
+def prepare_data(
+    cfg: DataConfig, progress: Callable[[int, int], None] | None = None
+) -> PreparedData:
+    """Read labels, decode every image once, drop unusable ones, split by grade/patient."""
+    skipped = Skipped()
+    all_records = load_records(cfg, skipped)
+    cache = build_cache(
+        all_records,
+        cfg.sizes(),
+        cfg.cache,
+        cfg.cache_max_gb,
+        cfg.cache_dir,
+        cfg.skip_bad,
+        skipped,
+        progress,
+    )
+    rows = np.flatnonzero(cache.usable)
+    records = [all_records[i] for i in rows]
+    train_idx, val_idx = split_indices(records, cfg.val_fraction, cfg.seed)
+    return PreparedData(records, train_idx, val_idx, cache, skipped, rows)
