@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (both create .venv).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch/torchvision pinned as a matching pair first: timm imports torchvision, and a
+	# mismatched pair fails at import ("operator torchvision::nms does not exist").
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/drsearch train recipes/demo.yaml --overwrite
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check drsearch tests bench
+	$(BIN)/ruff format --check drsearch tests bench
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs data

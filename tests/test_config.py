@@ -1,0 +1,93 @@
+"""Recipe validation: good files load, bad ones give one line naming file, key and rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from drsearch.cli import cli
+from drsearch.config import load_recipe, recipe_to_yaml
+from drsearch.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_demo_recipe_validates() -> None:
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    assert recipe.model.name == "resnet10t"
+    assert recipe.data.kind == "synthetic"
+
+
+def test_scientific_notation_without_dot_is_a_float(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "optim: {lr: 1e-5}\nschedule: {min_lr: 1E-7}\n"))
+    assert recipe.optim.lr == pytest.approx(1e-5)
+    assert recipe.schedule.min_lr == pytest.approx(1e-7)
+
+
+def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "loss: {name: focal, gamma: 6, alpha: 4}\n"))
+    again = load_recipe(write(tmp_path, recipe_to_yaml(recipe)))
+    assert again == recipe
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("optim: {lr: -0.1}", "optim.lr: must be > 0"),
+        ("optim: {lr: 0}", "optim.lr: must be > 0"),
+        ("optim: {lrr: 0.1}", "optim.lrr: unknown key; did you mean 'lr'?"),
+        ("optimizer: {lr: 0.1}", "optimizer: unknown key; did you mean 'optim'?"),
+        ("train: {epochs: 5}\nschedule: {warmup_epochs: 5}",
+         "schedule.warmup_epochs: warmup must end before training does"),
+        ("loss: {class_weights: [1, 2, 3]}", "loss.class_weights: needs 5 weights"),
+        ("loss: {name: dice}", "loss.name: must be one of 'ce' or 'focal', got 'dice'"),
+        ("train: {epochs: ten}", "train.epochs: Input should be a valid integer"),
+        ("model: {pretrained: true}", "model.pretrained: true would download"),
+        ("schedule: {name: cosine, min_lr: 0.5}\noptim: {lr: 0.1}", "schedule.min_lr: must be <"),
+        ("data: {progressive: [{epoch: 1, size: 64}]}", "data.progressive: the first phase"),
+        ("train: {epochs: 4}\ndata: {progressive: [{epoch: 0, size: 32}, {epoch: 4, size: 64}]}",
+         "data.progressive.1.epoch: phase starts after training ends"),
+        ("augment: {mixup_alpha: 0.2}\ntrain: {batch_size: 15}", "train.batch_size: MixUp/CutMix"),
+        ("data: {kind: csv}", "data.csv: data.kind 'csv' needs the label file"),
+        ("- just\n- a list", "must be a mapping of sections"),
+        ("optim: {lr: [0.1}", "not valid YAML (line 1"),
+    ],
+)
+def test_bad_recipe_gives_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "optim: {lr: -1}\n")
+    result = CliRunner().invoke(cli, ["train", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"Error: {path}: optim.lr: must be > 0.0, got -1"]
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_file_and_bad_override(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["lr", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2
+    assert "nope.yaml: file not found" in missing.output
+    path = write(tmp_path, "train: {epochs: 3}\n")
+    bad = runner.invoke(cli, ["lr", str(path), "--set", "optim.lr"])
+    assert bad.exit_code == 2
+    assert "--set expects KEY=VALUE" in bad.output

@@ -1,0 +1,151 @@
+"""Label tables, bad rows, the split and the decode-once cache."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drsearch.config.recipe import DataConfig
+from drsearch.data import cache as cache_mod
+from drsearch.data.cache import build_cache
+from drsearch.data.sources import ImageRecord, Skipped, load_records
+from drsearch.data.split import split_indices, write_split
+from drsearch.errors import DataError
+from drsearch.train.prepare import prepare_data
+
+
+@pytest.fixture
+def aptos(tmp_path: Path, tiny_dataset: Path) -> Path:
+    root = tmp_path / "aptos"
+    shutil.copytree(tiny_dataset, root)
+    return root
+
+
+def _rewrite_label(root: Path, row: int, label: str) -> str:
+    lines = (root / "train.csv").read_text().splitlines()
+    image_id = lines[row].split(",")[0]
+    lines[row] = f"{image_id},{label}"
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return image_id
+
+
+def test_aptos_records(aptos: Path) -> None:
+    records = load_records(DataConfig(kind="aptos2019", root=aptos), Skipped())
+    assert len(records) == 80
+    assert sorted({r.label for r in records}) == [0, 1, 2, 3, 4]
+    assert records[0].path == aptos / "train_images" / f"{records[0].id}.png"
+
+
+@pytest.mark.parametrize("label", ["5", "-1", "2.5", "severe"])
+def test_label_outside_grades_names_file_and_line(aptos: Path, label: str) -> None:
+    _rewrite_label(aptos, 3, label)
+    with pytest.raises(DataError, match=rf"train\.csv:4: label '{label}' is not a grade 0-4"):
+        load_records(DataConfig(kind="aptos2019", root=aptos), Skipped())
+    skipped = Skipped()
+    records = load_records(DataConfig(kind="aptos2019", root=aptos, skip_bad=True), skipped)
+    assert len(records) == 79 and skipped.reasons == {"bad label": 1}
+
+
+def test_missing_image_and_missing_dataset(aptos: Path, tmp_path: Path) -> None:
+    victim = next((aptos / "train_images").iterdir())
+    victim.unlink()
+    with pytest.raises(DataError, match=rf"image .*{victim.name} not found"):
+        load_records(DataConfig(kind="aptos2019", root=aptos), Skipped())
+    with pytest.raises(DataError, match="label file not found; check data.root"):
+        load_records(DataConfig(kind="aptos2019", root=tmp_path / "nowhere"), Skipped())
+
+
+def test_unreadable_image_is_an_error_or_skipped(aptos: Path) -> None:
+    victim = sorted((aptos / "train_images").iterdir())[5]
+    victim.write_bytes(b"not a png")
+    cfg = DataConfig(kind="aptos2019", root=aptos, image_size=32)
+    with pytest.raises(DataError, match=rf"{victim.name}: cannot decode image"):
+        prepare_data(cfg)
+    data = prepare_data(cfg.model_copy(update={"skip_bad": True}))
+    assert data.skipped.reasons == {"unreadable image": 1}
+    assert len(data.records) == 79
+    assert victim.stem not in {r.id for r in data.records}
+
+
+def test_csv_with_header_problems(tmp_path: Path) -> None:
+    table = tmp_path / "labels.csv"
+    table.write_text("file,grade\na.png,1\n")
+    with pytest.raises(DataError, match="missing column.*path, label"):
+        load_records(DataConfig(kind="csv", csv=table), Skipped())
+
+
+def _records(n_patients: int, seed: int = 0) -> list[ImageRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in range(n_patients):
+        grade = int(rng.choice(5, p=[0.6, 0.1, 0.2, 0.05, 0.05]))
+        for eye in ("left", "right"):
+            out.append(ImageRecord(f"{p}_{eye}", Path(f"{p}_{eye}.png"), grade, f"p{p}"))
+    return out
+
+
+def test_patient_split_keeps_both_eyes_together_and_is_deterministic() -> None:
+    records = _records(300)
+    train, val = split_indices(records, 0.2, seed=7)
+    train_patients = {records[i].patient_id for i in train}
+    val_patients = {records[i].patient_id for i in val}
+    assert not train_patients & val_patients
+    assert 0.15 < len(val) / len(records) < 0.25
+    again = split_indices(records, 0.2, seed=7)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    other = split_indices(records, 0.2, seed=8)
+    assert not np.array_equal(val, other[1])
+
+
+def test_stratified_split_without_patients() -> None:
+    labels = [0] * 50 + [1] * 20 + [2] * 20 + [3] * 5 + [4] * 5
+    records = [ImageRecord(str(i), Path(f"{i}.png"), g) for i, g in enumerate(labels)]
+    train, val = split_indices(records, 0.2, seed=0)
+    val_counts = np.bincount([labels[i] for i in val], minlength=5)
+    assert val_counts.tolist() == [10, 4, 4, 1, 1]
+    assert len(set(train) | set(val)) == 100
+
+
+def test_csv_kind_with_patients_end_to_end(tmp_path: Path, tiny_dataset: Path) -> None:
+    table = tmp_path / "labels.csv"
+    with (tiny_dataset / "train.csv").open() as fh, table.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path", "label", "patient_id"])
+        for i, row in enumerate(csv.DictReader(fh)):
+            path = tiny_dataset / "train_images" / f"{row['id_code']}.png"
+            writer.writerow([str(path), row["diagnosis"], f"patient{i // 2}"])
+    data = prepare_data(DataConfig(kind="csv", csv=table, image_size=24, val_fraction=0.25))
+    assert data.cache.arrays[24].shape == (80, 24, 24, 3)
+    sides = {}
+    for side, idx in (("train", data.train_idx), ("val", data.val_idx)):
+        for i in idx:
+            sides.setdefault(data.records[i].patient_id, set()).add(side)
+    assert all(len(s) == 1 for s in sides.values())
+    write_split(tmp_path / "split.csv", data.records, data.train_idx, data.val_idx)
+    with (tmp_path / "split.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 80 and {r["split"] for r in rows} == {"train", "val"}
+    assert all(r["patient_id"].startswith("patient") for r in rows)
+
+
+def test_disk_cache_is_reused_and_matches_memory(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = load_records(DataConfig(kind="aptos2019", root=tiny_dataset), Skipped())
+    memory = build_cache(records, [16, 32], "memory", 4.0, None, False, Skipped())
+    disk = build_cache(records, [16, 32], "disk", 4.0, tmp_path / "c", False, Skipped())
+    assert memory.location == "memory" and disk.location.startswith(str(tmp_path / "c"))
+    for size in (16, 32):
+        assert np.array_equal(memory.arrays[size], np.asarray(disk.arrays[size]))
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second build must not decode images")
+
+    monkeypatch.setattr(cache_mod.cv2, "imread", no_decoding)
+    again = build_cache(records, [16, 32], "auto", 1e-9, tmp_path / "c", False, Skipped())
+    assert again.location == disk.location
+    assert np.array_equal(np.asarray(again.arrays[32]), memory.arrays[32])

@@ -1,0 +1,156 @@
+"""End-to-end training on tiny synthetic data: outputs, reporter seam, resume, failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from drsearch.config import load_recipe
+from drsearch.errors import NonFiniteLossError
+from drsearch.train import StopTraining, fit
+from drsearch.train.loss import SoftTargetLoss
+from drsearch.train.schedule import StepPlan, lr_factor
+from tests.conftest import make_recipe
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_contents_and_logged_lr_per_group(tmp_path: Path, tiny_dataset: Path) -> None:
+    recipe = make_recipe(tiny_dataset, optim__backbone_lr_mult=0.1, optim__lr=1e-3)
+    calls: list[tuple[int, float]] = []
+    result = fit(recipe, lambda e, m: calls.append((e, m["val"]["accuracy"])),
+                 run_dir=tmp_path / "run")
+    run = tmp_path / "run"
+    assert [e for e, _ in calls] == [1, 2, 3]
+    assert result.epochs_completed == 3 and result.stopped == "completed"
+    assert load_recipe(run / "config.yaml") == recipe
+    info = json.loads((run / "run.json").read_text())
+    assert info["n_train"] + info["n_val"] == 80 and info["n_val"] == 20
+    log = read_log(run)
+    spe = info["steps_per_epoch"]
+    plan = StepPlan(spe, 3)
+    for record in log:
+        last_step = record["epoch"] * spe - 1
+        factor = lr_factor(last_step, recipe.schedule, plan, 1e-3)
+        assert record["lr"]["head"] == pytest.approx(1e-3 * factor)
+        assert record["lr"]["backbone"] == pytest.approx(1e-4 * factor)
+        assert record["lr_first"]["backbone"] == pytest.approx(
+            1e-4 * lr_factor((record["epoch"] - 1) * spe, recipe.schedule, plan, 1e-3)
+        )
+        assert set(record["val"]) >= {"accuracy", "qwk", "sensitivity", "specificity",
+                                      "confusion_matrix", "referable_auc", "loss"}
+        assert record["train"]["images"] == spe * 16
+    best = json.loads((run / "metrics.json").read_text())
+    best_line = next(r for r in log if r["epoch"] == result.best_epoch)
+    assert best["epoch"] == result.best_epoch
+    assert best["qwk"] == best_line["val"]["qwk"]
+    assert len(best["sensitivity"]) == 5 and len(best["confusion_matrix"]) == 5
+    with (run / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 20 and list(rows[0]) == ["id", "label", "pred", "p0", "p1", "p2", "p3",
+                                                 "p4"]
+    accuracy = sum(r["label"] == r["pred"] for r in rows) / 20
+    assert accuracy == pytest.approx(best["accuracy"])
+    with (run / "split.csv").open() as fh:
+        assert sum(1 for r in csv.DictReader(fh) if r["split"] == "val") == 20
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_reporter_can_stop_training_and_other_errors_propagate(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    recipe = make_recipe(tiny_dataset)
+
+    def stop_after_two(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise StopTraining
+
+    result = fit(recipe, stop_after_two, run_dir=tmp_path / "a")
+    assert result.stopped == "reporter" and result.epochs_completed == 2
+    assert len(read_log(tmp_path / "a")) == 2
+
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch: int, metrics: dict) -> None:
+        raise Pruned
+
+    with pytest.raises(Pruned):
+        fit(recipe, prune, run_dir=tmp_path / "b")
+    assert len(read_log(tmp_path / "b")) == 1
+
+
+def test_resume_after_interruption_reproduces_uninterrupted_run(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    recipe = make_recipe(
+        tiny_dataset, train__epochs=4, train__ema=True, train__ema_decay=0.9,
+        augment__mixup_alpha=0.4, augment__cutmix_alpha=1.0, augment__mix_prob=0.7,
+        schedule__name="plateau", schedule__plateau_patience=0, train__monitor="loss",
+    )
+    full = fit(recipe, run_dir=tmp_path / "full")
+
+    def crash(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, crash, run_dir=tmp_path / "cut")
+    resumed = fit(recipe, run_dir=tmp_path / "cut", resume=True)
+    assert resumed.epochs_completed == 4
+    strip = ("epoch_seconds", "train_seconds")
+    a = [{k: v for k, v in r.items() if k not in strip} for r in read_log(tmp_path / "full")]
+    b = [{k: v for k, v in r.items() if k not in strip} for r in read_log(tmp_path / "cut")]
+    assert a == b
+    assert resumed.best == full.best
+    assert (tmp_path / "full" / "predictions.csv").read_text() == (
+        tmp_path / "cut" / "predictions.csv"
+    ).read_text()
+
+
+def test_non_finite_loss_fails_with_a_reason(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SoftTargetLoss, "forward", lambda self, logits, t: logits.sum() * torch.nan)
+    with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 1, batch 1"):
+        fit(make_recipe(tiny_dataset), run_dir=tmp_path / "run")
+
+
+def test_progressive_resizing_keeps_training_augmentation(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    recipe = make_recipe(
+        tiny_dataset,
+        data__progressive=[{"epoch": 0, "size": 24}, {"epoch": 2, "size": 40}],
+        data__image_size=40,
+    )
+    fit(recipe, run_dir=tmp_path / "run")
+    log = read_log(tmp_path / "run")
+    assert [r["image_size"] for r in log] == [24, 24, 40]
+    assert all("Affine" in r["augmentations"] for r in log)
+
+
+def test_early_stopping_on_patience(tmp_path: Path, tiny_dataset: Path) -> None:
+    recipe = make_recipe(tiny_dataset, train__epochs=8, train__patience=1, optim__lr=1e-9,
+                         schedule__warmup_epochs=0, train__monitor="accuracy")
+    result = fit(recipe, run_dir=tmp_path / "run")
+    assert result.stopped == "early_stopping"
+    assert result.epochs_completed < 8
+
+
+def test_demo_recipe_beats_a_constant_predictor(tmp_path: Path) -> None:
+    """The shipped demo, unchanged but for where it writes: QWK of any constant prediction is 0."""
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml", {"data.root": str(tmp_path / "synth")})
+    result = fit(recipe, run_dir=tmp_path / "run")
+    assert result.epochs_completed == recipe.train.epochs
+    assert result.best["qwk"] > 0.4
+    assert result.best["accuracy"] > 0.73  # the share of grade 0, what "always 0" scores
