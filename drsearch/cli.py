@@ -46,7 +46,10 @@ _recipe_arg = click.argument(
     "recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="RECIPE.yaml"
 )
 _set_opt = click.option(
-    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a recipe key, e.g. --set optim.lr=3e-4 (repeatable).",
 )
 
@@ -59,15 +62,25 @@ def cli() -> None:
 
 @cli.command()
 @_recipe_arg
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Run folder (default: runs/<recipe name>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Run folder (default: runs/<recipe name>).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @_set_opt
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def train(recipe: Path, out: Path | None, resume: bool, overwrite: bool, epochs: int | None,
-          sets: tuple[str, ...], quiet: bool) -> None:
+def train(
+    recipe: Path,
+    out: Path | None,
+    resume: bool,
+    overwrite: bool,
+    epochs: int | None,
+    sets: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Train the recipe; write config, metrics, predictions and checkpoints to the run folder."""
     from drsearch.config import load_recipe
     from drsearch.progress import RichTrainProgress
@@ -114,10 +127,17 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 @cli.command()
 @_recipe_arg
-@click.option("--steps-per-epoch", type=click.IntRange(min=1),
-              help="Optimizer steps per epoch (default: computed from the recipe's data).")
-@click.option("--csv", "as_csv", is_flag=True,
-              help="One row per optimizer step and group: epoch,step,group,lr.")
+@click.option(
+    "--steps-per-epoch",
+    type=click.IntRange(min=1),
+    help="Optimizer steps per epoch (default: computed from the recipe's data).",
+)
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="One row per optimizer step and group: epoch,step,group,lr.",
+)
 @_set_opt
 def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str, ...]) -> None:
     """Show the LR of every parameter group at every epoch, without training."""
@@ -147,16 +167,30 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder to write train.csv and train_images/ into.")
-@click.option("--n", default=600, show_default=True, type=click.IntRange(min=10),
-              help="Number of images.")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(32, 2048),
-              help="Image side in pixels.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder to write train.csv and train_images/ into.",
+)
+@click.option(
+    "--n", default=600, show_default=True, type=click.IntRange(min=10), help="Number of images."
+)
+@click.option(
+    "--size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(32, 2048),
+    help="Image side in pixels.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
-@click.option("--imbalance", default="eyepacs", show_default=True,
-              type=click.Choice(["eyepacs", "balanced"]),
-              help="Grade shares: EyePACS-like 73/7/15/2.5/2.5 % or balanced.")
+@click.option(
+    "--imbalance",
+    default="eyepacs",
+    show_default=True,
+    type=click.Choice(["eyepacs", "balanced"]),
+    help="Grade shares: EyePACS-like 73/7/15/2.5/2.5 % or balanced.",
+)
 def synth(out: Path, n: int, size: int, seed: int, imbalance: str) -> None:
     """Write a synthetic fundus dataset in the APTOS 2019 layout."""
     from drsearch.data.synth import grade_counts, write_synthetic_dataset

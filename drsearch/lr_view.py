@@ -43,8 +43,10 @@ def lr_summary(recipe: Recipe, spe: int) -> tuple[list[list[str]], list[str]]:
 
 def _notes(recipe: Recipe, rows: list[tuple[int, int, str, float]]) -> list[str]:
     s, o = recipe.schedule, recipe.optim
-    notes = [f"schedule {s.name}; head base LR {o.lr:g}, backbone base LR "
-             f"{o.lr * o.backbone_lr_mult:g} (backbone_lr_mult {o.backbone_lr_mult:g})"]
+    notes = [
+        f"schedule {s.name}; head base LR {o.lr:g}, backbone base LR "
+        f"{o.lr * o.backbone_lr_mult:g} (backbone_lr_mult {o.backbone_lr_mult:g})"
+    ]
     if s.warmup_epochs:
         notes.append(
             f"warmup: {s.warmup_epochs:g} epoch(s) from {s.warmup_start_factor:g}x to 1x; "
@@ -55,8 +57,11 @@ def _notes(recipe: Recipe, rows: list[tuple[int, int, str, float]]) -> list[str]
         notes.append(f"the head never reaches its configured LR {o.lr:g} (peak {peak:.3e})")
     restarts = restart_epochs(s, recipe.train.epochs)
     if restarts:
-        notes.append("cosine restarts jump back to the full LR after "
-                     + ", ".join(f"{e:g}" for e in restarts) + " epoch(s)")
+        notes.append(
+            "cosine restarts jump back to the full LR after "
+            + ", ".join(f"{e:g}" for e in restarts)
+            + " epoch(s)"
+        )
     if s.name == "plateau":
         notes.append("plateau reductions depend on validation results; shown without them")
     return notes

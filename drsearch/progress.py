@@ -43,8 +43,9 @@ class RichTrainProgress:
             self.bars.update(self._epoch_task, info=message)
 
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
-        self.bars.update(self._epoch_task, description="epoch", total=epochs,
-                         completed=epoch - 1, info="")
+        self.bars.update(
+            self._epoch_task, description="epoch", total=epochs, completed=epoch - 1, info=""
+        )
         if self._batch_task is None:
             self._batch_task = self.bars.add_task("batch", total=batches, info="")
         self.bars.reset(self._batch_task, total=batches, info="")
@@ -58,8 +59,8 @@ class RichTrainProgress:
         sens = val["sensitivity"]
         lrs = " ".join(f"{name} {value:.2e}" for name, value in lr.items())
         self.console.print(
-            f"epoch {record['epoch']:>3}  train loss {train['loss']:.4f} acc {train['accuracy']:.3f}"
-            f" | val acc {_fmt(val['accuracy'])} qwk {_fmt(val['qwk'])}"
+            f"epoch {record['epoch']:>3} train loss {train['loss']:.3f}"
+            f" acc {train['accuracy']:.3f} | val acc {_fmt(val['accuracy'])} qwk {_fmt(val['qwk'])}"
             f" sens3 {_fmt(sens[3])} sens4 {_fmt(sens[4])} | lr {lrs}"
             f" | {record['epoch_seconds']:.1f}s"
         )

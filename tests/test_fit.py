@@ -27,8 +27,9 @@ def read_log(run_dir: Path) -> list[dict]:
 def test_run_folder_contents_and_logged_lr_per_group(tmp_path: Path, tiny_dataset: Path) -> None:
     recipe = make_recipe(tiny_dataset, optim__backbone_lr_mult=0.1, optim__lr=1e-3)
     calls: list[tuple[int, float]] = []
-    result = fit(recipe, lambda e, m: calls.append((e, m["val"]["accuracy"])),
-                 run_dir=tmp_path / "run")
+    result = fit(
+        recipe, lambda e, m: calls.append((e, m["val"]["accuracy"])), run_dir=tmp_path / "run"
+    )
     run = tmp_path / "run"
     assert [e for e, _ in calls] == [1, 2, 3]
     assert result.epochs_completed == 3 and result.stopped == "completed"
@@ -46,8 +47,15 @@ def test_run_folder_contents_and_logged_lr_per_group(tmp_path: Path, tiny_datase
         assert record["lr_first"]["backbone"] == pytest.approx(
             1e-4 * lr_factor((record["epoch"] - 1) * spe, recipe.schedule, plan, 1e-3)
         )
-        assert set(record["val"]) >= {"accuracy", "qwk", "sensitivity", "specificity",
-                                      "confusion_matrix", "referable_auc", "loss"}
+        assert set(record["val"]) >= {
+            "accuracy",
+            "qwk",
+            "sensitivity",
+            "specificity",
+            "confusion_matrix",
+            "referable_auc",
+            "loss",
+        }
         assert record["train"]["images"] == spe * 16
     best = json.loads((run / "metrics.json").read_text())
     best_line = next(r for r in log if r["epoch"] == result.best_epoch)
@@ -56,13 +64,23 @@ def test_run_folder_contents_and_logged_lr_per_group(tmp_path: Path, tiny_datase
     assert len(best["sensitivity"]) == 5 and len(best["confusion_matrix"]) == 5
     with (run / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 20 and list(rows[0]) == ["id", "label", "pred", "p0", "p1", "p2", "p3",
-                                                 "p4"]
+    assert len(rows) == 20 and list(rows[0]) == [
+        "id",
+        "label",
+        "pred",
+        "p0",
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+    ]
     accuracy = sum(r["label"] == r["pred"] for r in rows) / 20
     assert accuracy == pytest.approx(best["accuracy"])
     with (run / "split.csv").open() as fh:
         assert sum(1 for r in csv.DictReader(fh) if r["split"] == "val") == 20
-    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file() and (
+        run / "checkpoints" / "best.pt"
+    ).is_file()
 
 
 def test_reporter_can_stop_training_and_other_errors_propagate(
@@ -93,9 +111,16 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
     recipe = make_recipe(
-        tiny_dataset, train__epochs=4, train__ema=True, train__ema_decay=0.9,
-        augment__mixup_alpha=0.4, augment__cutmix_alpha=1.0, augment__mix_prob=0.7,
-        schedule__name="plateau", schedule__plateau_patience=0, train__monitor="loss",
+        tiny_dataset,
+        train__epochs=4,
+        train__ema=True,
+        train__ema_decay=0.9,
+        augment__mixup_alpha=0.4,
+        augment__cutmix_alpha=1.0,
+        augment__mix_prob=0.7,
+        schedule__name="plateau",
+        schedule__plateau_patience=0,
+        train__monitor="loss",
     )
     full = fit(recipe, run_dir=tmp_path / "full")
 
@@ -140,8 +165,14 @@ def test_progressive_resizing_keeps_training_augmentation(
 
 
 def test_early_stopping_on_patience(tmp_path: Path, tiny_dataset: Path) -> None:
-    recipe = make_recipe(tiny_dataset, train__epochs=8, train__patience=1, optim__lr=1e-9,
-                         schedule__warmup_epochs=0, train__monitor="accuracy")
+    recipe = make_recipe(
+        tiny_dataset,
+        train__epochs=8,
+        train__patience=1,
+        optim__lr=1e-9,
+        schedule__warmup_epochs=0,
+        train__monitor="accuracy",
+    )
     result = fit(recipe, run_dir=tmp_path / "run")
     assert result.stopped == "early_stopping"
     assert result.epochs_completed < 8

@@ -82,7 +82,9 @@ def test_class_weight_presets(preset: str, expected: list[float] | None) -> None
 def test_inverse_sqrt_is_normalised_and_fills_absent_grades() -> None:
     labels = [0] * 64 + [1] * 16 + [2] * 4
     weights = resolve_class_weights(LossConfig(class_weights="inverse_sqrt"), labels)
-    assert weights[0] * 2 == pytest.approx(weights[1]) and weights[1] * 2 == pytest.approx(weights[2])
+    assert weights[0] * 2 == pytest.approx(weights[1]) and weights[1] * 2 == pytest.approx(
+        weights[2]
+    )
     assert weights[3] == weights[4] == pytest.approx(max(weights[:3]))
     mean = (64 * weights[0] + 16 * weights[1] + 4 * weights[2]) / 84
     assert mean == pytest.approx(1.0)
@@ -90,5 +92,9 @@ def test_inverse_sqrt_is_normalised_and_fills_absent_grades() -> None:
 
 def test_explicit_weights_pass_through() -> None:
     assert resolve_class_weights(LossConfig(class_weights=[1, 1, 1, 8, 6]), [0, 1]) == [
-        1.0, 1.0, 1.0, 8.0, 6.0
+        1.0,
+        1.0,
+        1.0,
+        8.0,
+        6.0,
     ]

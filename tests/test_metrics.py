@@ -34,15 +34,9 @@ def test_agrees_with_sklearn_on_random_predictions(seed: int) -> None:
         negatives = labels != c
         assert m["specificity"][c] == pytest.approx(float((preds[negatives] != c).mean()))
     referable = labels >= 2
-    assert m["referable_auc"] == pytest.approx(
-        skm.roc_auc_score(referable, probs[:, 2:].sum(1))
-    )
-    assert m["referable_sensitivity"] == pytest.approx(
-        skm.recall_score(referable, preds >= 2)
-    )
-    assert m["vtdr_specificity"] == pytest.approx(
-        skm.recall_score(labels < 3, preds < 3)
-    )
+    assert m["referable_auc"] == pytest.approx(skm.roc_auc_score(referable, probs[:, 2:].sum(1)))
+    assert m["referable_sensitivity"] == pytest.approx(skm.recall_score(referable, preds >= 2))
+    assert m["vtdr_specificity"] == pytest.approx(skm.recall_score(labels < 3, preds < 3))
     assert m["sensitivity_severe_npdr"] == m["sensitivity"][3]
     assert m["sensitivity_pdr"] == m["sensitivity"][4]
 

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from drsearch.config import Recipe, build_model
-from drsearch.train.schedule import LRController, StepPlan, lr_factor, restart_epochs
-from drsearch.train.schedule import schedule_table
+from drsearch.train.schedule import (
+    LRController,
+    StepPlan,
+    lr_factor,
+    restart_epochs,
+    schedule_table,
+)
 
 PLAN = StepPlan(steps_per_epoch=10, epochs=10)  # T = 100 optimizer steps
 
@@ -17,8 +22,11 @@ PLAN = StepPlan(steps_per_epoch=10, epochs=10)  # T = 100 optimizer steps
 def recipe(**schedule: object) -> Recipe:
     return build_model(
         Recipe,
-        {"optim": {"lr": 0.1, "backbone_lr_mult": 0.1}, "train": {"epochs": 10},
-         "schedule": schedule},
+        {
+            "optim": {"lr": 0.1, "backbone_lr_mult": 0.1},
+            "train": {"epochs": 10},
+            "schedule": schedule,
+        },
         "test",
     )
 
@@ -40,8 +48,11 @@ def factor(step: int, **schedule: object) -> float:
         # cosine after warmup, U = 80, m = min_lr / lr = 0.1
         ({"name": "cosine", "warmup_epochs": 2, "min_lr": 0.01}, 20, 1.0),
         ({"name": "cosine", "warmup_epochs": 2, "min_lr": 0.01}, 60, 0.55),
-        ({"name": "cosine", "warmup_epochs": 2, "min_lr": 0.01}, 99,
-         0.1 + 0.9 * (1 + math.cos(math.pi * 79 / 80)) / 2),
+        (
+            {"name": "cosine", "warmup_epochs": 2, "min_lr": 0.01},
+            99,
+            0.1 + 0.9 * (1 + math.cos(math.pi * 79 / 80)) / 2,
+        ),
         ({"name": "cosine", "warmup_epochs": 0, "min_lr": 0.0}, 0, 1.0),
         ({"name": "cosine", "warmup_epochs": 0, "min_lr": 0.0}, 50, 0.5),
         # SGDR without warmup: cycles of 20, 40, 80 steps, each restarting at the full LR

@@ -51,9 +51,13 @@ def _lesion_pixels(img: np.ndarray) -> int:
 @pytest.mark.parametrize("grade", [0, 1, 2, 3])
 def test_lesion_load_grows_with_grade_on_average(grade: int) -> None:
     def mean_load(g: int) -> float:
-        return float(np.mean([
-            _lesion_pixels(draw_fundus(g, 128, np.random.default_rng([9, g, k])))
-            for k in range(12)
-        ]))
+        return float(
+            np.mean(
+                [
+                    _lesion_pixels(draw_fundus(g, 128, np.random.default_rng([9, g, k])))
+                    for k in range(12)
+                ]
+            )
+        )
 
     assert mean_load(grade + 1) > mean_load(grade)

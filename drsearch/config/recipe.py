@@ -127,9 +127,7 @@ class LossConfig(Section):
     @classmethod
     def _five_weights(cls, value: object) -> object:
         if isinstance(value, list) and len(value) != NUM_CLASSES:
-            raise ValueError(
-                f"needs {NUM_CLASSES} weights (one per grade 0-4), got {len(value)}"
-            )
+            raise ValueError(f"needs {NUM_CLASSES} weights (one per grade 0-4), got {len(value)}")
         return value
 
 

@@ -53,15 +53,12 @@ def _stratified(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarra
     return np.concatenate(chosen)
 
 
-def _grouped(
-    labels: np.ndarray, groups: list[str], val_fraction: float, seed: int
-) -> np.ndarray:
+def _grouped(labels: np.ndarray, groups: list[str], val_fraction: float, seed: int) -> np.ndarray:
     n_folds = max(2, int(round(1 / val_fraction)))
     n_groups = len(set(groups))
     if n_groups < n_folds:
         raise DataError(
-            f"data.val_fraction: {val_fraction} needs at least {n_folds} patients, "
-            f"got {n_groups}"
+            f"data.val_fraction: {val_fraction} needs at least {n_folds} patients, got {n_groups}"
         )
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     _, val = next(folds.split(np.zeros(len(labels)), labels, groups))

@@ -130,15 +130,20 @@ def _draw_disc_and_macula(img: np.ndarray, eye: _Fundus, rng: np.random.Generato
     img -= cv2.GaussianBlur(mac, (0, 0), sigmaX=max(1.0, r * 0.07))
 
 
-def _draw_vessels(
-    img: np.ndarray, eye: _Fundus, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _draw_vessels(img: np.ndarray, eye: _Fundus, rng: np.random.Generator) -> list[np.ndarray]:
     """Four arcades leaving the disc, each a bending polyline with a few branches."""
     r = eye.radius
     toward_macula = np.arctan2(eye.macula[1] - eye.disc[1], eye.macula[0] - eye.disc[0])
     paths: list[np.ndarray] = []
-    for angle in (toward_macula - 1.0, toward_macula + 1.0, toward_macula + 2.6, -2.6 + toward_macula):
-        trunk = _walk(eye.disc, angle, r * 1.1, rng, bend=0.06 * np.sign(np.sin(angle - toward_macula) + 1e-6))
+    for angle in (
+        toward_macula - 1.0,
+        toward_macula + 1.0,
+        toward_macula + 2.6,
+        -2.6 + toward_macula,
+    ):
+        trunk = _walk(
+            eye.disc, angle, r * 1.1, rng, bend=0.06 * np.sign(np.sin(angle - toward_macula) + 1e-6)
+        )
         paths.append(trunk)
         for start in trunk[rng.integers(3, len(trunk) - 3, size=2)]:
             paths.append(_walk(tuple(start), angle + rng.uniform(-0.9, 0.9), r * 0.5, rng, 0.03))
@@ -171,18 +176,39 @@ def _draw_lesions(
     dark_red = (95, 10, 10)
     n_ma = rng.poisson(max(0.0, severity - 0.4) * 4 + (0.3 if severity < 0.4 else 0))
     for _ in range(n_ma):
-        cv2.circle(img, _pt(_spot(eye, rng)), max(1, int(r * rng.uniform(0.015, 0.025))),
-                   dark_red, -1, cv2.LINE_AA)
+        cv2.circle(
+            img,
+            _pt(_spot(eye, rng)),
+            max(1, int(r * rng.uniform(0.015, 0.025))),
+            dark_red,
+            -1,
+            cv2.LINE_AA,
+        )
     for _ in range(rng.poisson(max(0.0, severity - 1.4) * 4)):
         axes = (int(r * rng.uniform(0.04, 0.08)), int(r * rng.uniform(0.03, 0.06)))
-        cv2.ellipse(img, _pt(_spot(eye, rng)), axes, rng.uniform(0, 180), 0, 360,
-                    (120, 15, 10), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            _pt(_spot(eye, rng)),
+            axes,
+            rng.uniform(0, 180),
+            0,
+            360,
+            (120, 15, 10),
+            -1,
+            cv2.LINE_AA,
+        )
     for _ in range(rng.poisson(max(0.0, severity - 1.5) * 3)):
         centre = np.array(_spot(eye, rng))
         for _ in range(rng.integers(2, 6)):
             p = centre + rng.normal(0, r * 0.04, 2)
-            cv2.circle(img, _pt(p), max(1, int(r * rng.uniform(0.015, 0.03))),
-                       (245, 215, 90), -1, cv2.LINE_AA)
+            cv2.circle(
+                img,
+                _pt(p),
+                max(1, int(r * rng.uniform(0.015, 0.03))),
+                (245, 215, 90),
+                -1,
+                cv2.LINE_AA,
+            )
     if severity > 2.4 and rng.random() < 0.8:
         _venous_beading(img, vessels[rng.integers(0, len(vessels))], r, rng)
     if severity > 3.3:
@@ -195,8 +221,14 @@ def _draw_lesions(
 
 def _venous_beading(img: np.ndarray, path: np.ndarray, r: float, rng: np.random.Generator) -> None:
     for point in path[2::2]:
-        cv2.circle(img, _pt(point), max(1, int(r * rng.uniform(0.03, 0.045))), (85, 10, 15), -1,
-                   cv2.LINE_AA)
+        cv2.circle(
+            img,
+            _pt(point),
+            max(1, int(r * rng.uniform(0.03, 0.045))),
+            (85, 10, 15),
+            -1,
+            cv2.LINE_AA,
+        )
 
 
 def _neovascularisation(img: np.ndarray, eye: _Fundus, rng: np.random.Generator) -> None:

@@ -32,9 +32,7 @@ def train_pipeline(cfg: AugmentConfig) -> A.Compose | None:
                 border_mode=cv2.BORDER_CONSTANT,
                 p=0.8,
             ),
-            A.RandomBrightnessContrast(
-                brightness_limit=0.15 * s, contrast_limit=0.15 * s, p=0.7
-            ),
+            A.RandomBrightnessContrast(brightness_limit=0.15 * s, contrast_limit=0.15 * s, p=0.7),
             A.HueSaturationValue(
                 hue_shift_limit=int(round(5 * s)),
                 sat_shift_limit=int(round(10 * s)),

@@ -23,8 +23,13 @@ from drsearch.config.recipe import MONITOR_METRICS, Recipe
 from drsearch.errors import NonFiniteLossError
 from drsearch.train import checkpoint
 from drsearch.train.augment import describe, train_pipeline
-from drsearch.train.data import Normalizer, epoch_seed, eval_batches, train_batches
-from drsearch.train.data import train_batch_count
+from drsearch.train.data import (
+    Normalizer,
+    epoch_seed,
+    eval_batches,
+    train_batch_count,
+    train_batches,
+)
 from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
 from drsearch.train.metrics import compute_metrics
 from drsearch.train.model import build_model, build_optimizer, normalization
@@ -140,8 +145,12 @@ class _Trainer:
         self._write_run_info()
         from drsearch.data.split import write_split
 
-        write_split(self.folder.root / "split.csv", self.data.records, self.data.train_idx,
-                    self.data.val_idx)
+        write_split(
+            self.folder.root / "split.csv",
+            self.data.records,
+            self.data.train_idx,
+            self.data.val_idx,
+        )
         return []
 
     def restore(self) -> list[dict[str, Any]]:
@@ -155,6 +164,7 @@ class _Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.bad_epochs = state["bad_epochs"]
+        self.folder.record_resume(state["epoch"], self.recipe)
         return self.folder.keep_epochs_up_to(state["epoch"])
 
     def _write_run_info(self) -> None:
@@ -247,8 +257,14 @@ class _Trainer:
 
     def _train_epoch(self, epoch: int, size: int, progress: Progress) -> dict[str, float]:
         cfg = self.recipe.train
-        batches = train_batches(self.data.split("train", size), cfg.batch_size, cfg.seed, epoch,
-                                self.pipeline, self.recipe.data.num_workers)
+        batches = train_batches(
+            self.data.split("train", size),
+            cfg.batch_size,
+            cfg.seed,
+            epoch,
+            self.pipeline,
+            self.recipe.data.num_workers,
+        )
         progress.start_epoch(epoch + 1, cfg.epochs, len(batches))
         self.model.train()
         loss_sum = correct = seen = 0.0
@@ -303,8 +319,9 @@ class _Trainer:
         cfg = self.recipe.train
         split = self.data.split("val", self.recipe.data.image_size)
         probs, loss_sum = [], 0.0
-        for images, labels in eval_batches(split, cfg.eval_batch_size or 2 * cfg.batch_size,
-                                           self.recipe.data.num_workers):
+        for images, labels in eval_batches(
+            split, cfg.eval_batch_size or 2 * cfg.batch_size, self.recipe.data.num_workers
+        ):
             with torch.autocast(self.device.type, enabled=self.amp):
                 logits = model(self.normalize(images)).float()
             loss_sum += F.cross_entropy(logits, labels.to(self.device), reduction="sum").item()
@@ -330,11 +347,19 @@ class _Trainer:
 
     def _save_best(self, record: dict[str, Any], probs: np.ndarray) -> None:
         self.folder.write_predictions(self.data.ids("val"), self.data.labels("val"), probs)
-        self.folder.write_json("metrics.json", {"epoch": record["epoch"], **record["val"],
-                                                "train": record["train"], "lr": record["lr"]})
+        self.folder.write_json(
+            "metrics.json",
+            {
+                "epoch": record["epoch"],
+                **record["val"],
+                "train": record["train"],
+                "lr": record["lr"],
+            },
+        )
         weights = (self.ema.module if self.ema is not None else self.model).state_dict()
-        checkpoint.atomic_save({"model": weights, "epoch": record["epoch"]},
-                               self.folder.checkpoints / checkpoint.BEST)
+        checkpoint.atomic_save(
+            {"model": weights, "epoch": record["epoch"]}, self.folder.checkpoints / checkpoint.BEST
+        )
 
     def _save_last(self, epoch: int) -> None:
         state = {

@@ -53,8 +53,10 @@ class SoftTargetLoss(nn.Module):
         self.focal = cfg.name == "focal"
         self.alpha = cfg.alpha
         self.gamma = cfg.gamma
-        weights = torch.ones(NUM_CLASSES) if class_weights is None else torch.tensor(
-            list(class_weights), dtype=torch.float32
+        weights = (
+            torch.ones(NUM_CLASSES)
+            if class_weights is None
+            else torch.tensor(list(class_weights), dtype=torch.float32)
         )
         self.register_buffer("weights", weights)
 

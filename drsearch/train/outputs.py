@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from drsearch.config.loading import recipe_to_yaml
 from drsearch.config.recipe import Recipe
@@ -38,6 +39,17 @@ class RunFolder:
     def write_config(self, recipe: Recipe) -> None:
         write_text_atomic(self.root / "config.yaml", recipe_to_yaml(recipe))
 
+    def record_resume(self, epoch: int, recipe: Recipe) -> None:
+        """Log a resume and any recipe keys that changed since the run began to
+        ``resumes.jsonl``; ``config.yaml`` then holds the recipe in force."""
+        path = self.root / "config.yaml"
+        before = _flatten(yaml.safe_load(path.read_text())) if path.is_file() else {}
+        after = _flatten(recipe.model_dump(mode="json"))
+        changed = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
+        with (self.root / "resumes.jsonl").open("a") as fh:
+            fh.write(json.dumps({"epoch": epoch, "changed": changed}) + "\n")
+        self.write_config(recipe)
+
     def write_json(self, name: str, data: Any) -> None:
         write_text_atomic(self.root / name, json.dumps(to_jsonable(data), indent=2) + "\n")
 
@@ -57,14 +69,10 @@ class RunFolder:
     def keep_epochs_up_to(self, epoch: int) -> list[dict[str, Any]]:
         """On resume: drop log lines of epochs after the checkpoint (they will be redone)."""
         kept = [r for r in self.read_epochs() if r["epoch"] <= epoch]
-        write_text_atomic(
-            self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept)
-        )
+        write_text_atomic(self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
-    def write_predictions(
-        self, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray
-    ) -> None:
+    def write_predictions(self, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
         """``predictions.csv``: ``id,label,pred,p0..p4`` for the validation set."""
         path = self.root / "predictions.csv"
         tmp = path.with_name(f".{path.name}.tmp")
@@ -76,6 +84,15 @@ class RunFolder:
                     [image_id, int(label), int(row.argmax()), *(f"{p:.6f}" for p in row)]
                 )
         os.replace(tmp, path)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in out.items()}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
