@@ -185,3 +185,20 @@ def test_demo_recipe_beats_a_constant_predictor(tmp_path: Path) -> None:
     assert result.epochs_completed == recipe.train.epochs
     assert result.best["qwk"] > 0.4
     assert result.best["accuracy"] > 0.73  # the share of grade 0, what "always 0" scores
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path, tiny_dataset: Path) -> None:
+    recipe = make_recipe(
+        tiny_dataset,
+        train__grad_accum=2,
+        train__epochs=2,
+        schedule__warmup_epochs=0,
+        schedule__name="step",
+        schedule__step_epochs=1,
+        schedule__gamma=0.5,
+    )
+    fit(recipe, run_dir=tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["steps_per_epoch"] == 2  # 3 batches of 16, accumulated in twos -> 2 steps
+    log = read_log(tmp_path / "run")
+    assert [r["lr"]["head"] for r in log] == [pytest.approx(2e-3), pytest.approx(1e-3)]

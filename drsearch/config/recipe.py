@@ -185,6 +185,7 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.999, gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    channels_last: bool = True
     grad_clip: float | None = Field(None, gt=0)
 
 

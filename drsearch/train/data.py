@@ -95,10 +95,17 @@ def _loader(dataset: _Batches, workers: int) -> DataLoader:
 class Normalizer:
     """uint8 B x H x W x 3 on any device -> normalised float B x 3 x H x W."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        channels_last: bool = False,
+    ) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.mean.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return ((x - self.mean) / self.std).contiguous()
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.layout)

@@ -121,7 +121,11 @@ class _Trainer:
         self.device = _device(recipe)
         _seed_everything(recipe.train.seed)
         self.model = build_model(recipe.model).to(self.device)
-        self.normalize = Normalizer(*normalization(self.model), self.device)
+        if recipe.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.normalize = Normalizer(
+            *normalization(self.model), self.device, recipe.train.channels_last
+        )
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.plan = StepPlan(steps_per_epoch(len(data.train_idx), recipe), recipe.train.epochs)
         self.lr = LRController(self.optimizer, recipe, self.plan)

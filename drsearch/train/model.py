@@ -51,9 +51,11 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
                 state = state[key]
     own = model.state_dict()
     head = set(head_parameter_names(model))
-    state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}
+    reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in reshaped}
     result = model.load_state_dict(state, strict=False)
-    outside_head = [k for k in [*result.missing_keys, *result.unexpected_keys] if k not in head]
+    differing = [*reshaped, *result.missing_keys, *result.unexpected_keys]
+    outside_head = [k for k in differing if k not in head]
     if outside_head:
         raise ConfigError(
             f"model.pretrained: {path} does not fit {type(model).__name__}: "
