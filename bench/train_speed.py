@@ -53,11 +53,20 @@ def trainer_speed(
         recipe = build_model(
             Recipe,
             {
-                "data": {"kind": "aptos2019", "root": str(root), "image_size": size,
-                         "val_fraction": 0.1, "num_workers": workers},
+                "data": {
+                    "kind": "aptos2019",
+                    "root": str(root),
+                    "image_size": size,
+                    "val_fraction": 0.1,
+                    "num_workers": workers,
+                },
                 "model": {"name": model_name},
-                "train": {"epochs": epochs, "batch_size": batch, "seed": 0,
-                          "channels_last": channels_last},
+                "train": {
+                    "epochs": epochs,
+                    "batch_size": batch,
+                    "seed": 0,
+                    "channels_last": channels_last,
+                },
                 "schedule": {"name": "cosine"},
             },
             "bench",
@@ -89,20 +98,25 @@ def main() -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    ours = trainer_speed(args.model, args.size, args.batch, args.n, args.epochs,
-                         args.channels_last, args.workers)
+    ours = trainer_speed(
+        args.model, args.size, args.batch, args.n, args.epochs, args.channels_last, args.workers
+    )
     steps = max(10, int(ours["train_images_per_s"] * 10 / args.batch))
     pure_nchw = pure_speed(args.model, args.size, args.batch, steps, channels_last=False)
     pure_nhwc = pure_speed(args.model, args.size, args.batch, steps, channels_last=True)
     pure = pure_nhwc if args.channels_last else pure_nchw
     speed = ours["train_images_per_s"]
     layout = "channels_last" if args.channels_last else "NCHW"
-    print(f"{args.model} @ {args.size}px, batch {args.batch}, {threads} torch threads, "
-          f"trainer layout {layout}, {args.workers} loader workers")
+    print(
+        f"{args.model} @ {args.size}px, batch {args.batch}, {threads} torch threads, "
+        f"trainer layout {layout}, {args.workers} loader workers"
+    )
     print(f"  pure fwd+bwd, NCHW          {pure_nchw:8.1f} img/s")
     print(f"  pure fwd+bwd, channels_last {pure_nhwc:8.1f} img/s")
-    print(f"  drsearch training phase     {speed:8.1f} img/s "
-          f"({speed / pure:.2f}x pure in the same layout, {speed / pure_nchw:.2f}x pure NCHW)")
+    print(
+        f"  drsearch training phase     {speed:8.1f} img/s "
+        f"({speed / pure:.2f}x pure in the same layout, {speed / pure_nchw:.2f}x pure NCHW)"
+    )
     print(f"  first epoch                 {ours['first_epoch_images_per_s']:8.1f} img/s")
     print(f"  epoch seconds (train+val) {ours['epoch_seconds']}, fit wall {ours['wall_seconds']}s")
 
