@@ -92,10 +92,10 @@ def fit(
     progress = progress or _Silent()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    folder = RunFolder(run_dir)
-    folder.create()
     progress.status("reading and caching images")
     data = prepare_data(recipe.data, lambda done, total: progress.status(f"cached {done}/{total}"))
+    folder = RunFolder(run_dir)
+    folder.create()  # only once the data is known to be usable
     trainer = _Trainer(recipe, data, folder)
     history = trainer.restore() if resume else trainer.start()
     return trainer.run(history, reporter, progress, started)
