@@ -161,6 +161,82 @@ def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str,
         console.print(f"- {note}")
 
 
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Override budget.n_trials.")
+@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: SQLite file).")
+@click.option(
+    "--executor",
+    type=click.Choice(["ray", "local"]),
+    help="ray (default): Ray Tune with ASHA; local: in-process, for debugging.",
+)
+@click.option(
+    "--max-concurrent", type=click.IntRange(min=1), help="Override resources.max_concurrent."
+)
+@click.option("--study-name", help="Override the study name.")
+@click.option("--ray-address", help="Join an existing Ray cluster (e.g. 10.0.0.1:6379).")
+@click.option("--quiet", is_flag=True, help="No live progress view.")
+def run(
+    study: Path,
+    n_trials: int | None,
+    storage: str | None,
+    executor: str | None,
+    max_concurrent: int | None,
+    study_name: str | None,
+    ray_address: str | None,
+    quiet: bool,
+) -> None:
+    """Run (or continue) a study until its budget is spent."""
+    from drsearch.runners import run_study
+    from drsearch.study import load_study
+
+    loaded = load_study(
+        study,
+        {
+            "budget.n_trials": n_trials,
+            "storage": storage,
+            "executor": executor,
+            "resources.max_concurrent": max_concurrent,
+            "name": study_name,
+            "ray.address": ray_address,
+        },
+    )
+    if quiet:
+        summary = run_study(loaded)
+    else:
+        from drsearch.progress import RichStudyProgress
+
+        with RichStudyProgress(loaded.config.budget.n_trials) as progress:
+            summary = run_study(loaded, progress)
+    _print_summary(summary)
+    if summary.counts.counted and summary.counts.counted == summary.counts.failed:
+        raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
+
+
+def _print_summary(s: Any) -> None:
+    c = s.counts
+    click.echo(
+        f"study {s.name} ({s.storage}): {c.counted}/{s.n_trials} trials counted - "
+        f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
+        + (f", {c.interrupted} interrupted (not counted)" if c.interrupted else "")
+    )
+    if s.reaped:
+        click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")
+    if s.started_trials:
+        click.echo(
+            f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "
+            f"trials' own time {s.trial_seconds:.1f}s"
+        )
+    if s.best is not None:
+        kind = "feasible" if s.best_feasible else "no trial is feasible; best infeasible"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in s.best.params.items())
+        click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 @cli.group()
 def data() -> None:
     """Datasets: synthesize a demo set."""

@@ -64,3 +64,69 @@ class RichTrainProgress:
             f" sens3 {_fmt(sens[3])} sens4 {_fmt(sens[4])} | lr {lrs}"
             f" | {record['epoch_seconds']:.1f}s"
         )
+
+
+class RichStudyProgress:
+    """Live view of a study: finished / pruned / failed / running and the best value so far.
+
+    Implements ``drsearch.runners.common.StudyProgress``; one line is printed per finished
+    trial so the history stays on screen.
+    """
+
+    def __init__(self, n_trials: int, console: Console | None = None) -> None:
+        from rich.live import Live
+
+        self.console = console or Console(stderr=True)
+        self.n_trials = n_trials
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self.running: dict[int, str] = {}
+        self.best: tuple[float, int] | None = None
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> RichStudyProgress:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        c = self.counts
+        best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
+        lines = [
+            f"trials this run: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed,"
+            f" {len(self.running)} running (budget {self.n_trials}) | best {best}"
+        ]
+        lines += [f"  trial {n}: {status}" for n, status in sorted(self.running.items())]
+        return Text("\n".join(lines))
+
+    def _refresh(self) -> None:
+        self.live.update(self._render())
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        self.running[number] = "starting"
+        self._refresh()
+
+    def trial_epoch(self, number: int, epoch: int, value: float) -> None:
+        self.running[number] = f"epoch {epoch}, pruning metric {value:.4f}"
+        self._refresh()
+
+    def trial_finished(self, number: int, outcome: Any) -> None:
+        self.running.pop(number, None)
+        self.counts[outcome.state] = self.counts.get(outcome.state, 0) + 1
+        attrs = outcome.user_attrs
+        if outcome.state == "COMPLETE" and outcome.value is not None:
+            if self.best is None or outcome.value > self.best[0]:
+                self.best = (outcome.value, number)
+            detail = (
+                f"value {outcome.value:.4f} (accuracy {_fmt(attrs.get('accuracy'))}, "
+                f"{'feasible' if attrs.get('feasible') else 'infeasible'})"
+            )
+        elif outcome.state == "PRUNED":
+            detail = f"at epoch {attrs.get('pruned_at_epoch')}"
+        else:
+            detail = str(attrs.get("fail_reason", ""))
+        self.console.print(f"trial {number:>4} {outcome.state.lower():<8} {detail}")
+        self._refresh()

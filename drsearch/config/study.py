@@ -1,0 +1,147 @@
+"""Pydantic models of a study file: what to search, how to judge it, and where to run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from drsearch.config.recipe import KeyedValueError, Section
+
+#: Validation metrics a study may optimise (all "higher is better") and their value ranges.
+PRIMARY_METRICS = {
+    "accuracy": (0.0, 1.0),
+    "balanced_accuracy": (0.0, 1.0),
+    "qwk": (-1.0, 1.0),
+    "macro_f1": (0.0, 1.0),
+    "referable_auc": (0.0, 1.0),
+}
+PrimaryMetric = Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"]
+
+#: Metrics a constraint may bound from below (each a number in [0, 1]).
+CONSTRAINT_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "sensitivity_severe_npdr",
+    "sensitivity_pdr",
+    "min_specificity",
+    "min_sensitivity",
+    "referable_sensitivity",
+    "referable_specificity",
+    "vtdr_sensitivity",
+    "vtdr_specificity",
+)
+ConstraintMetric = Literal[
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "sensitivity_severe_npdr",
+    "sensitivity_pdr",
+    "min_specificity",
+    "min_sensitivity",
+    "referable_sensitivity",
+    "referable_specificity",
+    "vtdr_sensitivity",
+    "vtdr_specificity",
+]
+
+
+class Constraint(Section):
+    """``metric >= min`` on the trial's best epoch."""
+
+    metric: ConstraintMetric
+    min: float = Field(ge=0, le=1)
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}>={self.min:g}"
+
+
+def _default_constraints() -> list[Constraint]:
+    return [
+        Constraint(metric="sensitivity_severe_npdr", min=0.90),
+        Constraint(metric="sensitivity_pdr", min=0.95),
+        Constraint(metric="min_specificity", min=0.90),
+    ]
+
+
+class ObjectiveConfig(Section):
+    """Primary metric to maximise, and medical-grade constraints on the best epoch."""
+
+    metric: PrimaryMetric = "accuracy"
+    constraints: list[Constraint] = Field(default_factory=_default_constraints)
+
+
+class PrunerConfig(Section):
+    """ASHA (Ray's ``ASHAScheduler``; Optuna's ``SuccessiveHalvingPruner`` in-process)."""
+
+    enabled: bool = True
+    metric: Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"] = (
+        "accuracy"
+    )
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    max_epochs: int | None = Field(None, ge=1)
+
+
+class SamplerConfig(Section):
+    name: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int = Field(5, ge=0)
+
+
+class BudgetConfig(Section):
+    n_trials: int = Field(20, ge=1)
+    time_limit_s: float | None = Field(None, gt=0)
+
+
+class ResourcesConfig(Section):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int = Field(1, ge=1)
+
+
+class RayConfig(Section):
+    address: str | None = None
+    retries: int = Field(1, ge=0)
+    reuse_actors: bool = True
+
+
+class StudyConfig(Section):
+    """A study file. Relative paths are relative to the current directory."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    recipe: Path | dict[str, Any]
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    search_space: Path
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    executor: Literal["ray", "local"] = "ray"
+    ray: RayConfig = Field(default_factory=RayConfig)
+    storage: str | None = None
+    run_root: Path = Path("runs")
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        if self.resources.gpus_per_trial > 1 and not self.resources.gpus_per_trial.is_integer():
+            raise KeyedValueError(
+                "resources.gpus_per_trial",
+                f"must be a fraction <= 1 or a whole number, got {self.resources.gpus_per_trial}",
+            )
+        return self
+
+    @property
+    def study_dir(self) -> Path:
+        """Folder of the study's trial runs: ``<run_root>/<name>/``."""
+        return self.run_root / self.name
+
+    def storage_url(self) -> str:
+        """The SQLAlchemy URL; by default a SQLite file beside the study folder."""
+        if self.storage:
+            return self.storage
+        return f"sqlite:///{(self.run_root / f'{self.name}.db').resolve()}"

@@ -1,0 +1,249 @@
+"""Search-space files -> Optuna distributions, and sampled parameters -> recipes.
+
+A search space is a YAML mapping from dotted recipe keys to distributions::
+
+    optim.lr:            {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+    train.batch_size:    {type: categorical, choices: [16, 32]}
+    schedule.name:       {type: categorical, choices: [none, cosine, cosine_restarts]}
+    schedule.t0:         {type: int, low: 1, high: 4, when: {schedule.name: cosine_restarts}}
+    loss.class_weights.3: {type: float, low: 1, high: 8}   # grade 3 (severe NPDR) only
+
+Keys are checked against the recipe schema when the file loads (a list element is addressed
+by its index), and so are the bounds and choices. A parameter with ``when`` is sampled only
+if every named key (a parameter above it, or a recipe key) has one of the given values.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import optuna
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
+
+from drsearch import NUM_CLASSES
+from drsearch.config.loading import build_model, read_yaml
+from drsearch.config.recipe import KeyedValueError, Recipe, Section
+from drsearch.errors import ConfigError
+
+Scalar = Union[bool, int, float, str, None]  # noqa: UP007 - pydantic needs the runtime union
+
+
+class _Param(Section):
+    when: dict[str, Scalar | list[Scalar]] | None = None
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.FloatDistribution(
+            self.low, self.high, log=self.log, step=self.step
+        )
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step if self.step != 1 else None)
+        return self
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.IntDistribution(
+            self.low, self.high, log=self.log, step=self.step
+        )
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.CategoricalDistribution(self.choices)
+
+    def extremes(self) -> list[Any]:
+        return list(self.choices)
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_categorical(name, self.choices)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if not low < high:
+        raise ValueError(f"empty range: low ({low}) must be < high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs low > 0, got {low}")
+    if log and step is not None:
+        raise ValueError("log and step cannot be combined")
+
+
+class _SpaceFile(BaseModel):
+    params: dict[str, Param]
+
+
+SearchSpace = dict[str, FloatParam | IntParam | CategoricalParam]
+
+
+def load_search_space(path: Path, base: Recipe) -> SearchSpace:
+    """Read and check a search-space file against the recipe schema and the base recipe."""
+    raw = read_yaml(path)
+    space: SearchSpace = build_model(_SpaceFile, {"params": raw}, str(path)).params
+    if not space:
+        raise ConfigError(f"{path}: the search space is empty; add at least one parameter")
+    for key, param in space.items():
+        where = f"{path}: {key}"
+        annotation = field_annotation(key, where)
+        for value in param.extremes():
+            _check_value(annotation, value, f"{where}: {value!r}")
+        for cond_key in param.when or {}:
+            if cond_key not in space or list(space).index(cond_key) >= list(space).index(key):
+                field_annotation(cond_key, f"{where}: when {cond_key}")
+        if (
+            ".class_weights." in f".{key}"
+            and isinstance(base.loss.class_weights, str)
+            and (base.loss.class_weights != "none")
+        ):
+            raise ConfigError(
+                f"{where}: the recipe's loss.class_weights is the preset "
+                f"{base.loss.class_weights!r}; set it to a list of 5 weights to search one grade"
+            )
+    return space
+
+
+def field_annotation(key: str, where: str) -> Any:
+    """The type (with its constraints) of a dotted recipe key; a one-line error if none."""
+    current: Any = Recipe
+    for part in key.split("."):
+        current = _child(current, part)
+        if current is None:
+            raise ConfigError(f"{where}: not a recipe key (the part {part!r} does not exist)")
+    return current
+
+
+def _child(annotation: Any, part: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _child(typing.get_args(annotation)[0], part)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        info = annotation.model_fields.get(part)
+        if info is None:
+            return None
+        return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _child(arg, part)
+            if found is not None:
+                return found
+        return None
+    if origin is list and part.isdigit():
+        limit = NUM_CLASSES
+        return typing.get_args(annotation)[0] if int(part) < limit else None
+    return None
+
+
+def _check_value(annotation: Any, value: Any, where: str) -> None:
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ConfigError(f"{where} is not a valid value for this key: {reason}") from None
+
+
+def sample(trial: optuna.Trial, space: SearchSpace, base: Recipe) -> dict[str, Any]:
+    """Ask the trial for every active parameter, in file order."""
+    params: dict[str, Any] = {}
+    flat = base.model_dump(mode="json")
+    for key, param in space.items():
+        if not _active(param, params, flat):
+            continue
+        params[key] = param.suggest(trial, key)
+    return params
+
+
+def _active(param: _Param, params: dict[str, Any], flat: dict[str, Any]) -> bool:
+    for key, wanted in (param.when or {}).items():
+        value = params[key] if key in params else _get(flat, key.split("."))
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if value not in allowed:
+            return False
+    return True
+
+
+def _get(data: Any, parts: list[str]) -> Any:
+    for part in parts:
+        data = data[int(part)] if isinstance(data, list) else data.get(part)
+    return data
+
+
+def apply_params(base: Recipe, params: dict[str, Any]) -> dict[str, Any]:
+    """The base recipe as a plain dict with every sampled value written at its key."""
+    data = base.model_dump(mode="json")
+    for key, value in params.items():
+        _set(data, key.split("."), value)
+    return data
+
+
+def _set(data: Any, parts: list[str], value: Any) -> None:
+    *head, last = parts
+    for i, part in enumerate(head):
+        nxt = head[i + 1] if i + 1 < len(head) else last
+        child = data[int(part)] if isinstance(data, list) else data.get(part)
+        if nxt.isdigit() and not isinstance(child, list):
+            child = [1.0] * NUM_CLASSES  # a preset/"none" weight vector becomes all ones
+            data[part] = child
+        data = child
+    if isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value
+
+
+def trial_recipe(base: Recipe, params: dict[str, Any], source: str) -> Recipe:
+    """The recipe a trial trains: base plus params, validated as a whole."""
+    return build_model(Recipe, apply_params(base, params), source)
+
+
+__all__ = [
+    "CategoricalParam",
+    "FloatParam",
+    "IntParam",
+    "KeyedValueError",
+    "SearchSpace",
+    "apply_params",
+    "field_annotation",
+    "load_search_space",
+    "sample",
+    "trial_recipe",
+]
