@@ -97,7 +97,11 @@ class CategoricalParam(_Param):
         return trial.suggest_categorical(name, self.choices)
 
 
-Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+_PARAM_TYPES: dict[str, type[FloatParam | IntParam | CategoricalParam]] = {
+    "float": FloatParam,
+    "int": IntParam,
+    "categorical": CategoricalParam,
+}
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
@@ -109,17 +113,14 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError("log and step cannot be combined")
 
 
-class _SpaceFile(BaseModel):
-    params: dict[str, Param]
-
-
 SearchSpace = dict[str, FloatParam | IntParam | CategoricalParam]
 
 
 def load_search_space(path: Path, base: Recipe) -> SearchSpace:
     """Read and check a search-space file against the recipe schema and the base recipe."""
-    raw = read_yaml(path)
-    space: SearchSpace = build_model(_SpaceFile, {"params": raw}, str(path)).params
+    space: SearchSpace = {
+        str(key): _parse_param(path, str(key), value) for key, value in read_yaml(path).items()
+    }
     if not space:
         raise ConfigError(f"{path}: the search space is empty; add at least one parameter")
     for key, param in space.items():
@@ -140,6 +141,20 @@ def load_search_space(path: Path, base: Recipe) -> SearchSpace:
                 f"{base.loss.class_weights!r}; set it to a list of 5 weights to search one grade"
             )
     return space
+
+
+def _parse_param(path: Path, key: str, raw: Any) -> FloatParam | IntParam | CategoricalParam:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: {key}: must be a mapping like {{type: float, low: 0.1, high: 1.0}}, "
+            f"got {raw!r}"
+        )
+    cls = _PARAM_TYPES.get(str(raw.get("type")))
+    if cls is None:
+        raise ConfigError(
+            f"{path}: {key}: type must be one of {', '.join(_PARAM_TYPES)}, got {raw.get('type')!r}"
+        )
+    return build_model(cls, raw, f"{path}: {key}")
 
 
 def field_annotation(key: str, where: str) -> Any:

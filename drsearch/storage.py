@@ -14,6 +14,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -44,9 +45,14 @@ def masked_url(url: str) -> str:
 
 def make_storage(url: str) -> RDBStorage:
     """An ``RDBStorage``; SQLite waits for locks instead of failing at once."""
+    from sqlalchemy.engine import make_url
+
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
         kwargs = {"connect_args": {"timeout": 60}}
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     return RDBStorage(url, engine_kwargs=kwargs)
 
 

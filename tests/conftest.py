@@ -39,3 +39,47 @@ def make_recipe(root: Path, **overrides: Any) -> Recipe:
     """A validated tiny recipe; ``overrides`` use dotted keys with ``__`` for dots."""
     dotted = {k.replace("__", "."): v for k, v in overrides.items()}
     return build_model(Recipe, tiny_recipe_dict(root, **dotted), "test")
+
+
+def write_tiny_study(
+    tmp_path: Path,
+    root: Path,
+    space: str,
+    name: str = "tiny",
+    recipe_overrides: dict[str, Any] | None = None,
+    **study: Any,
+) -> Path:
+    """A study file over the tiny dataset; ``study`` keys override the study's sections."""
+    import yaml
+
+    recipe = tiny_recipe_dict(root, **(recipe_overrides or {}))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "space.yaml").write_text(space)
+    data: dict[str, Any] = {
+        "name": name,
+        "recipe": str(tmp_path / "recipe.yaml"),
+        "search_space": str(tmp_path / "space.yaml"),
+        "objective": {
+            "metric": "accuracy",
+            "constraints": [{"metric": "sensitivity_pdr", "min": 0.5}],
+        },
+        "pruner": {"grace_period": 1, "reduction_factor": 2},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": 2},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+        "executor": "local",
+        "run_root": str(tmp_path / "runs"),
+    }
+    data.update(study)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Any:
+    """One local Ray instance for every test that runs the Ray executor."""
+    from drsearch.runners.ray import ray_session
+
+    with ray_session(None, num_cpus=2):
+        yield

@@ -1,0 +1,202 @@
+"""Studies end to end: both executors, pruning, failures, and a re-run after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from drsearch.cli import cli
+from drsearch.runners import run_study
+from drsearch.storage import make_storage
+from drsearch.study import load_study
+from tests.conftest import write_tiny_study
+
+pytestmark = pytest.mark.e2e
+
+LR_SPACE = "optim.lr: {type: float, low: 1.0e-8, high: 1.0e-2, log: true}\n"
+MODEL_SPACE = "model.name: {type: categorical, choices: [resnet10t, no_such_model]}\n"
+VOLATILE = {"run_dir", "wall_seconds", "executor", "ray_trial_id"}
+
+
+def trials(path: Path) -> list[optuna.trial.FrozenTrial]:
+    loaded = load_study(path)
+    study = optuna.load_study(study_name=loaded.config.name, storage=loaded.config.storage_url())
+    return study.get_trials()
+
+
+def enqueue(path: Path, *params: dict) -> None:
+    loaded = load_study(path)
+    study = optuna.create_study(
+        study_name=loaded.config.name,
+        direction="maximize",
+        storage=make_storage(loaded.config.storage_url()),
+        load_if_exists=True,
+    )
+    for p in params:
+        study.enqueue_trial(p)
+
+
+def check_records(t: optuna.trial.FrozenTrial, max_epochs: int) -> None:
+    """What every finished trial must carry, whatever its state."""
+    attrs = t.user_attrs
+    if t.state == TrialState.FAIL:
+        assert attrs["fail_reason"]
+        return
+    for key in (
+        "accuracy",
+        "qwk",
+        "sensitivity",
+        "specificity",
+        "sensitivity_severe_npdr",
+        "sensitivity_pdr",
+        "confusion_matrix",
+        "epochs_completed",
+        "wall_seconds",
+        "run_dir",
+        "lr_groups",
+    ):
+        assert key in attrs, key
+    assert len(attrs["sensitivity"]) == 5 and len(attrs["confusion_matrix"]) == 5
+    assert set(attrs["lr_groups"]) == {"backbone", "head"}
+    epochs = attrs["epochs_completed"]
+    assert sorted(t.intermediate_values) == list(range(1, epochs + 1))  # last one included
+    assert (Path(attrs["run_dir"]) / "metrics.jsonl").is_file()
+    if t.state == TrialState.PRUNED:
+        assert attrs["pruned_at_epoch"] == epochs < max_epochs
+    else:
+        assert epochs == max_epochs
+        assert (
+            t.system_attrs["constraints"] == list(t.constraints.values())[-1:]
+            or (t.system_attrs["constraints"])
+        )
+
+
+def test_ray_executor_prunes_with_asha_and_records_the_last_epoch(
+    tmp_path: Path, tiny_dataset: Path, ray_cluster: None
+) -> None:
+    # referable AUC is continuous, so trials differ even when accuracies tie on tiny data
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        executor="ray",
+        budget={"n_trials": 6},
+        pruner={"metric": "referable_auc", "grace_period": 1, "reduction_factor": 2},
+    )
+    summary = run_study(load_study(path))
+    got = trials(path)
+    assert len(got) == 6 and summary.counts.counted == 6
+    states = {t.state for t in got}
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for t in got:
+        check_records(t, max_epochs=3)
+        assert t.user_attrs["executor"] == "ray" and t.user_attrs["ray_trial_id"]
+
+
+def test_failing_trial_does_not_stop_the_study(
+    tmp_path: Path, tiny_dataset: Path, ray_cluster: None
+) -> None:
+    path = write_tiny_study(tmp_path, tiny_dataset, MODEL_SPACE, executor="ray")
+    enqueue(path, {"model.name": "no_such_model"}, {"model.name": "resnet10t"})
+    summary = run_study(load_study(path))
+    first, second = trials(path)
+    assert first.state == TrialState.FAIL
+    assert "model.name: unknown timm model 'no_such_model'" in first.user_attrs["fail_reason"]
+    assert second.state == TrialState.COMPLETE
+    assert summary.counts.failed == 1 and summary.counts.complete == 1
+
+
+def test_every_trial_failing_exits_non_zero(tmp_path: Path, tiny_dataset: Path) -> None:
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, "model.name: {type: categorical, choices: [no_such_model]}\n"
+    )
+    result = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert result.exit_code == 1
+    assert "every trial failed; first: trial 0: model.name: unknown timm model" in result.output
+
+
+def test_both_executors_give_the_same_trial_records(
+    tmp_path: Path, tiny_dataset: Path, ray_cluster: None
+) -> None:
+    space = LR_SPACE + "loss.name: {type: categorical, choices: [ce, focal]}\n"
+    records = {}
+    for executor in ("local", "ray"):
+        folder = tmp_path / executor
+        folder.mkdir()
+        path = write_tiny_study(
+            folder,
+            tiny_dataset,
+            space,
+            executor=executor,
+            pruner={"enabled": False},
+            recipe_overrides={"train.epochs": 2},
+        )
+        run_study(load_study(path))
+        records[executor] = [
+            (
+                t.number,
+                t.state,
+                t.params,
+                t.value,
+                t.intermediate_values,
+                {k: v for k, v in t.user_attrs.items() if k not in VOLATILE},
+                t.constraints,
+            )
+            for t in trials(path)
+        ]
+    assert records["local"] == records["ray"]
+    assert len(records["local"]) == 2
+
+
+def test_rerun_after_kill_9_continues_to_exactly_the_budget(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        budget={"n_trials": 3},
+        pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 4},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
+    deadline = time.time() + 180
+    killed_during = None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            current = trials(path)
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+        done = [t for t in current if t.state == TrialState.COMPLETE]
+        running = [t for t in current if t.state == TrialState.RUNNING and t.intermediate_values]
+        if done and running:
+            killed_during = running[0].number
+            break
+    assert killed_during is not None, "never saw a finished trial next to a running one"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    summary = run_study(load_study(path))
+    final = trials(path)
+    assert summary.reaped == [killed_during]
+    assert summary.counts.counted == 3 and summary.counts.interrupted == 1
+    assert final[killed_during].state == TrialState.FAIL
+    assert final[killed_during].user_attrs["fail_reason"] == "interrupted"
+    assert final[killed_during].intermediate_values  # what it had recorded is kept
+    assert [t.state for t in final].count(TrialState.COMPLETE) == 3
+    again = run_study(load_study(path))  # nothing left to do
+    assert again.started_trials == 0 and again.counts.counted == 3

@@ -1,0 +1,98 @@
+"""The Optuna study as source of truth: idempotent writes, constraints, interrupted trials."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from drsearch.config.study import StudyConfig
+from drsearch.objective import Outcome
+from drsearch.storage import HEARTBEAT_ATTR, RUNNER_ATTR, StudyStore, masked_url
+
+
+def store(tmp_path: Path) -> StudyStore:
+    cfg = StudyConfig(
+        name="s", recipe=Path("r.yaml"), search_space=Path("x.yaml"), run_root=tmp_path
+    )
+    return StudyStore(cfg)
+
+
+def outcome(value: float, feasible: bool) -> Outcome:
+    c = -0.1 if feasible else 0.2
+    return Outcome(
+        "COMPLETE",
+        value,
+        {"accuracy": value, "feasible": feasible},
+        {"sensitivity_pdr>=0.95": c, "min_specificity>=0.9": -0.05},
+    )
+
+
+def test_default_storage_is_sqlite_beside_the_study_folder(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    assert s.config.storage_url() == f"sqlite:///{tmp_path.resolve()}/s.db"
+    assert (tmp_path / "s.db").is_file()
+
+
+def test_finish_is_idempotent_and_stores_both_constraint_forms(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    trial = s.ask()
+    s.finish(trial._trial_id, outcome(0.8, True), {1: 0.5, 2: 0.7})
+    s.finish(trial._trial_id, outcome(0.1, False), {1: 0.0})  # repeated: ignored
+    s.record_epoch(trial._trial_id, 3, 0.9)  # after the end: ignored
+    (frozen,) = s.study.get_trials()
+    assert frozen.state == TrialState.COMPLETE and frozen.value == 0.8
+    assert frozen.intermediate_values == {1: 0.5, 2: 0.7}
+    assert frozen.system_attrs["constraints"] == [-0.1, -0.05]  # optuna-dashboard 0.21 form
+    assert frozen.constraints["sensitivity_pdr>=0.95"] == -0.1  # Trial.set_constraint form
+    assert frozen.user_attrs["accuracy"] == 0.8
+
+
+def test_best_trial_is_the_best_feasible_one(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    for value, feasible in ((0.7, True), (0.9, False), (0.75, True)):
+        s.finish(s.ask()._trial_id, outcome(value, feasible), {})
+    assert s.study.best_trial.value == 0.75
+
+
+def test_trials_of_a_dead_runner_become_interrupted_and_do_not_count(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.finish(s.ask()._trial_id, outcome(0.7, True), {})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = s.ask()
+    s.storage.set_trial_system_attr(
+        orphan._trial_id, RUNNER_ATTR, f"{socket.gethostname()}:{dead.pid}:0"
+    )
+    elsewhere = s.ask()  # a live runner on another machine, heartbeat fresh
+    s.storage.set_trial_system_attr(elsewhere._trial_id, RUNNER_ATTR, "otherhost:1:0")
+    stale = s.ask()  # another machine, silent for an hour
+    s.storage.set_trial_system_attr(stale._trial_id, RUNNER_ATTR, "otherhost:2:0")
+    s.storage.set_trial_system_attr(stale._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+
+    again = store(tmp_path)  # a re-run
+    assert again.reap_interrupted() == [orphan.number, stale.number]
+    frozen = again.study.get_trials()
+    assert frozen[orphan.number].state == TrialState.FAIL
+    assert frozen[orphan.number].user_attrs["fail_reason"] == "interrupted"
+    assert frozen[elsewhere.number].state == TrialState.RUNNING
+    counts = again.counts()
+    assert (counts.complete, counts.interrupted, counts.running, counts.counted) == (1, 2, 1, 1)
+
+
+def test_passwords_are_masked() -> None:
+    url = "postgresql+psycopg2://drs:s3cret@db.example:5432/studies"
+    assert masked_url(url) == "postgresql+psycopg2://drs:***@db.example:5432/studies"
+    assert "s3cret" not in masked_url(url)
+
+
+def test_study_is_shared_through_the_url(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.finish(s.ask()._trial_id, outcome(0.6, True), {})
+    loaded = optuna.load_study(study_name="s", storage=s.config.storage_url())
+    assert len(loaded.trials) == 1 and loaded.direction.name == "MAXIMIZE"
