@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/drsearch train recipes/demo.yaml --overwrite
+	$(BIN)/drsearch run studies/demo.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q
@@ -26,6 +26,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/study_overhead.py
 
 clean:
 	rm -rf $(VENV) runs data

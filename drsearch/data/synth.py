@@ -179,13 +179,13 @@ def _draw_lesions(
         cv2.circle(
             img,
             _pt(_spot(eye, rng)),
-            max(1, int(r * rng.uniform(0.015, 0.025))),
+            max(1, int(round(r * rng.uniform(0.022, 0.035)))),
             dark_red,
             -1,
             cv2.LINE_AA,
         )
     for _ in range(rng.poisson(max(0.0, severity - 1.4) * 4)):
-        axes = (int(r * rng.uniform(0.04, 0.08)), int(r * rng.uniform(0.03, 0.06)))
+        axes = (int(r * rng.uniform(0.06, 0.11)), int(r * rng.uniform(0.04, 0.08)))
         cv2.ellipse(
             img,
             _pt(_spot(eye, rng)),
@@ -204,7 +204,7 @@ def _draw_lesions(
             cv2.circle(
                 img,
                 _pt(p),
-                max(1, int(r * rng.uniform(0.015, 0.03))),
+                max(1, int(round(r * rng.uniform(0.02, 0.04)))),
                 (245, 215, 90),
                 -1,
                 cv2.LINE_AA,
@@ -224,7 +224,7 @@ def _venous_beading(img: np.ndarray, path: np.ndarray, r: float, rng: np.random.
         cv2.circle(
             img,
             _pt(point),
-            max(1, int(r * rng.uniform(0.03, 0.045))),
+            max(1, int(round(r * rng.uniform(0.045, 0.06)))),
             (85, 10, 15),
             -1,
             cv2.LINE_AA,
@@ -238,8 +238,8 @@ def _neovascularisation(img: np.ndarray, eye: _Fundus, rng: np.random.Generator)
     for _ in range(rng.integers(6, 12)):
         start = centre + rng.normal(0, r * 0.06, 2)
         loop = _walk(tuple(start), rng.uniform(0, 2 * np.pi), r * 0.25, rng, bend=0.45)
-
-        cv2.polylines(img, [loop.astype(np.int32)], False, (150, 20, 30), 1, cv2.LINE_AA)
+        width = max(1, int(round(r / 50)))
+        cv2.polylines(img, [loop.astype(np.int32)], False, (150, 20, 30), width, cv2.LINE_AA)
 
 
 def _spot(eye: _Fundus, rng: np.random.Generator) -> tuple[float, float]:

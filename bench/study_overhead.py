@@ -1,0 +1,85 @@
+"""Study wall time against the summed training time of its trials, per executor.
+
+    python bench/study_overhead.py [--trials 8] [--epochs 2]
+
+Runs the same small study (synthetic data, resnet10t at 32 px, no pruning, one trial at a
+time) with the local and the Ray executor and prints, for each: the study's wall time, the
+summed wall time of its trials (as each trial measured it: data caching, model set-up and
+training), and the difference per trial. Ray's start-up is shown separately. Prints figures;
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from drsearch.data.synth import write_synthetic_dataset
+from drsearch.runners import run_study
+from drsearch.study import load_study
+
+
+def write_study(folder: Path, data: Path, executor: str, trials: int, epochs: int) -> Path:
+    recipe = {
+        "data": {"kind": "aptos2019", "root": str(data), "image_size": 32},
+        "model": {"name": "resnet10t"},
+        "schedule": {"name": "cosine"},
+        "train": {"epochs": epochs, "batch_size": 16},
+    }
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "space.yaml").write_text(
+        "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+    )
+    study = {
+        "name": f"overhead-{executor}",
+        "recipe": str(folder / "recipe.yaml"),
+        "search_space": str(folder / "space.yaml"),
+        "pruner": {"enabled": False},
+        "budget": {"n_trials": trials},
+        "executor": executor,
+        "resources": {"cpus_per_trial": 2, "max_concurrent": 1},
+        "run_root": str(folder / "runs"),
+    }
+    path = folder / f"{executor}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = write_synthetic_dataset(root / "data", n=240, size=64, seed=0)
+        for executor in ("local", "ray"):
+            folder = root / executor
+            folder.mkdir()
+            loaded = load_study(write_study(folder, data, executor, args.trials, args.epochs))
+            ray_start = 0.0
+            if executor == "ray":
+                from drsearch.runners.ray import ray_session
+
+                t0 = time.perf_counter()
+                with ray_session(None):
+                    ray_start = time.perf_counter() - t0
+                    summary = run_study(loaded)
+            else:
+                summary = run_study(loaded)
+            wall, own = summary.wall_seconds, summary.trial_seconds
+            n = summary.started_trials
+            print(
+                f"{executor:>5}: {n} trials, study wall {wall:6.1f}s, trials' own time "
+                f"{own:6.1f}s, overhead {wall - own:5.1f}s = {(wall - own) / n:.2f}s/trial "
+                f"({own / wall:.1%} of wall is training)"
+                + (f"; ray.init {ray_start:.1f}s before that" if ray_start else "")
+            )
+
+
+if __name__ == "__main__":
+    main()
