@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,11 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(
             seed=s.seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False
         )
-    return optuna.samplers.TPESampler(
-        seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True
-    )
+    with warnings.catch_warnings():  # multivariate/group are "experimental" since 2.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True
+        )
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -101,6 +104,7 @@ class StudyStore:
     """One Optuna study and the writes drsearch makes to it."""
 
     def __init__(self, config: StudyConfig, storage: RDBStorage | None = None) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.config = config
         self.storage = storage or make_storage(config.storage_url())
         self.study = optuna.create_study(

@@ -200,3 +200,25 @@ def test_rerun_after_kill_9_continues_to_exactly_the_budget(
     assert [t.state for t in final].count(TrialState.COMPLETE) == 3
     again = run_study(load_study(path))  # nothing left to do
     assert again.started_trials == 0 and again.counts.counted == 3
+
+
+def test_cli_run_prints_a_summary_and_continues_to_a_larger_budget(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        recipe_overrides={"train.epochs": 2},
+        pruner={"enabled": False},
+    )
+    runner = CliRunner()
+    first = runner.invoke(cli, ["run", str(path), "--quiet", "--executor", "local"])
+    assert first.exit_code == 0, first.output
+    assert "study tiny (sqlite:///" in first.output
+    assert "2/2 trials counted - 2 complete, 0 pruned, 0 failed" in first.output
+    assert "best (" in first.output and "optim.lr=" in first.output
+    more = runner.invoke(cli, ["run", str(path), "--quiet", "--n-trials", "3"])
+    assert more.exit_code == 0, more.output
+    assert "3/3 trials counted" in more.output and "this run: 1 trial(s)" in more.output
+    assert [t.number for t in trials(path)] == [0, 1, 2]

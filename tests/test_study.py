@@ -1,0 +1,113 @@
+"""Study files: the shipped ones validate; bad ones give one line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drsearch.errors import ConfigError
+from drsearch.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "effb2"])
+def test_shipped_studies_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    loaded = load_study(Path("studies") / f"{name}.yaml")
+    assert loaded.config.name == name
+    assert loaded.config.executor == "ray"
+    keys = set(loaded.space)
+    for key in (
+        "optim.lr",
+        "optim.backbone_lr_mult",
+        "schedule.warmup_epochs",
+        "schedule.name",
+        "loss.name",
+        "loss.alpha",
+        "loss.gamma",
+        "loss.class_weights.3",
+        "loss.class_weights.4",
+        "augment.mixup_alpha",
+        "augment.cutmix_alpha",
+        "optim.weight_decay",
+        "model.drop_rate",
+        "train.batch_size",
+    ):
+        assert key in keys, key
+    assert loaded.recipe.train.epochs >= loaded.config.pruner.grace_period
+
+
+def test_effb2_keeps_the_default_medical_constraints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    loaded = load_study(Path("studies/effb2.yaml"))
+    assert [(c.metric, c.min) for c in loaded.config.objective.constraints] == [
+        ("sensitivity_severe_npdr", 0.90),
+        ("sensitivity_pdr", 0.95),
+        ("min_specificity", 0.90),
+    ]
+    assert loaded.recipe.model.name == "efficientnet_b2"
+
+
+def study_file(tmp_path: Path, **changes: object) -> Path:
+    (tmp_path / "space.yaml").write_text("optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
+    (tmp_path / "recipe.yaml").write_text("train: {epochs: 4}\n")
+    data = {
+        "name": "s",
+        "recipe": str(tmp_path / "recipe.yaml"),
+        "search_space": str(tmp_path / "space.yaml"),
+    }
+    data.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"pruner": {"grace_period": 12}},
+            "pruner.grace_period must be <= train.epochs, but got 12 > 4",
+        ),
+        ({"pruner": {"max_epochs": 9}}, "pruner.max_epochs must be <= train.epochs"),
+        ({"budget": {"n_trails": 3}}, "budget.n_trails: unknown key; did you mean 'n_trials'?"),
+        ({"objective": {"metric": "auc"}}, "objective.metric: must be one of"),
+        (
+            {"objective": {"constraints": [{"metric": "sensitivity_pdr", "min": 1.5}]}},
+            "objective.constraints.0.min: must be <= 1",
+        ),
+        ({"sampler": {"name": "bayes"}}, "sampler.name: must be one of"),
+        ({"storage": "not a url"}, "storage: not an SQLAlchemy URL"),
+        ({"name": "has space"}, "name: String should match pattern"),
+        ({"overrides": {"optim.lr": -1}}, "(recipe of"),
+    ],
+)
+def test_bad_study_gives_one_line(tmp_path: Path, changes: dict, message: str) -> None:
+    path = study_file(tmp_path, **changes)
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_overrides_apply(tmp_path: Path) -> None:
+    loaded = load_study(
+        study_file(tmp_path),
+        {
+            "budget.n_trials": 7,
+            "executor": "local",
+            "resources.max_concurrent": 3,
+            "name": "other",
+            "storage": None,
+        },
+    )
+    cfg = loaded.config
+    assert (cfg.budget.n_trials, cfg.executor, cfg.resources.max_concurrent, cfg.name) == (
+        7,
+        "local",
+        3,
+        "other",
+    )
