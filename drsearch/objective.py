@@ -218,4 +218,6 @@ class TrialTracker:
             "run_dir": str(self.run_dir),
             "lr_groups": payload.get("lr_groups"),
         }
+        if payload.get("ray_node_id"):
+            attrs["ray_node_id"] = payload["ray_node_id"]
         return attrs

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 LR_SPACE = "optim.lr: {type: float, low: 1.0e-8, high: 1.0e-2, log: true}\n"
 MODEL_SPACE = "model.name: {type: categorical, choices: [resnet10t, no_such_model]}\n"
-VOLATILE = {"run_dir", "wall_seconds", "executor", "ray_trial_id"}
+VOLATILE = {"run_dir", "wall_seconds", "executor", "ray_trial_id", "ray_node_id"}
 
 
 def trials(path: Path) -> list[optuna.trial.FrozenTrial]:

@@ -71,16 +71,22 @@ def ray_session(address: str | None, num_cpus: float | None = None) -> Iterator[
 
 def _trainable(config: dict[str, Any]) -> None:
     """Runs in a Ray worker: one trial, each epoch reported to Tune."""
+    import ray
     from ray import tune
 
     from drsearch.config.recipe import Recipe
     from drsearch.objective import execute_trial
 
+    node = ray.get_runtime_context().get_node_id()
     recipe = Recipe.model_validate(config["recipe"])
     run_dir = Path(config["run_dir"])
     resume = (run_dir / "checkpoints" / "last.pt").is_file()  # a retry after a worker crash
-    final = execute_trial(recipe, run_dir, tune.report, config["pruning_metric"], resume=resume)
-    tune.report(final)
+
+    def report(payload: dict[str, Any]) -> None:
+        tune.report(payload | {"ray_node_id": node})
+
+    final = execute_trial(recipe, run_dir, report, config["pruning_metric"], resume=resume)
+    report(final)
 
 
 def _searcher_class() -> type:
