@@ -1,0 +1,36 @@
+"""PostgreSQL storage, against a real server (CI starts one; set DRSEARCH_TEST_POSTGRES)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from drsearch.runners import run_study
+from drsearch.study import load_study
+from tests.conftest import write_tiny_study
+
+URL = os.environ.get("DRSEARCH_TEST_POSTGRES")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not URL, reason="set DRSEARCH_TEST_POSTGRES to a PostgreSQL URL"),
+]
+
+
+def test_study_in_postgresql(tmp_path: Path, tiny_dataset: Path) -> None:
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n",
+        name=name, storage=URL, recipe_overrides={"train.epochs": 2}, pruner={"enabled": False},
+    )
+    summary = run_study(load_study(path))
+    assert summary.counts.complete == 2
+    assert summary.storage.startswith("postgresql") and ":***@" in summary.storage
+    study = optuna.load_study(study_name=name, storage=URL)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(len(t.user_attrs["sensitivity"]) == 5 for t in study.trials)
+    assert study.trials[0].intermediate_values.keys() == {1, 2}
