@@ -24,8 +24,13 @@ pytestmark = [
 def test_study_in_postgresql(tmp_path: Path, tiny_dataset: Path) -> None:
     name = f"pg-{uuid.uuid4().hex[:8]}"
     path = write_tiny_study(
-        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n",
-        name=name, storage=URL, recipe_overrides={"train.epochs": 2}, pruner={"enabled": False},
+        tmp_path,
+        tiny_dataset,
+        "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n",
+        name=name,
+        storage=URL,
+        recipe_overrides={"train.epochs": 2},
+        pruner={"enabled": False},
     )
     summary = run_study(load_study(path))
     assert summary.counts.complete == 2

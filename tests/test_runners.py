@@ -222,3 +222,41 @@ def test_cli_run_prints_a_summary_and_continues_to_a_larger_budget(
     assert more.exit_code == 0, more.output
     assert "3/3 trials counted" in more.output and "this run: 1 trial(s)" in more.output
     assert [t.number for t in trials(path)] == [0, 1, 2]
+
+
+def test_nan_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from drsearch.train.loss import SoftTargetLoss
+
+    original = SoftTargetLoss.forward
+
+    def nan_for_focal(self, logits, targets):  # type: ignore[no-untyped-def]
+        loss = original(self, logits, targets)
+        return loss * torch.nan if self.focal else loss
+
+    monkeypatch.setattr(SoftTargetLoss, "forward", nan_for_focal)
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        "loss.name: {type: categorical, choices: [ce, focal]}\n",
+        recipe_overrides={"train.epochs": 2},
+    )
+    enqueue(path, {"loss.name": "focal"}, {"loss.name": "ce"})
+    summary = run_study(load_study(path))
+    first, second = trials(path)
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("training loss became nan at epoch 1")
+    assert second.state == TrialState.COMPLETE
+    assert summary.counts.counted == 2 and summary.first_failure.startswith("trial 0: ")
+
+
+def test_time_limit_stops_starting_new_trials(tmp_path: Path, tiny_dataset: Path) -> None:
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, LR_SPACE, budget={"n_trials": 5, "time_limit_s": 0.5}
+    )
+    summary = run_study(load_study(path))
+    assert summary.started_trials == 1  # the first trial outlasts the limit; no second starts
+    assert summary.counts.counted == 1

@@ -168,3 +168,26 @@ def test_shipped_spaces_load_against_their_recipes() -> None:
         "model.drop_rate",
         "train.batch_size",
     } <= set(space)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "gp", "cmaes"])
+def test_every_sampler_explores_the_demo_space(name: str, tmp_path: Path) -> None:
+    from drsearch.config.study import StudyConfig
+    from drsearch.storage import make_sampler
+
+    base = load_recipe(ROOT / "recipes" / "demo.yaml", {"loss.class_weights": [1, 1, 1, 1, 1]})
+    space = load_search_space(ROOT / "search_spaces" / "demo.yaml", base)
+    cfg = StudyConfig(
+        name="s",
+        recipe=Path("r"),
+        search_space=Path("s"),
+        sampler={"name": name, "seed": 1, "n_startup_trials": 2},
+    )
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+    for _ in range(4):
+        trial = study.ask()
+        params = sample(trial, space, base)
+        recipe = trial_recipe(base, params, "t")
+        assert base.optim.lr != recipe.optim.lr or "optim.lr" not in params
+        study.tell(trial, params["optim.lr"])
+    assert len({t.params["optim.lr"] for t in study.trials}) == 4
