@@ -72,6 +72,11 @@ def cli() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @_set_opt
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="For a pinned recipe: refuse to train when versions or data differ.",
+)
 def train(
     recipe: Path,
     out: Path | None,
@@ -80,9 +85,11 @@ def train(
     epochs: int | None,
     sets: tuple[str, ...],
     quiet: bool,
+    strict: bool,
 ) -> None:
     """Train the recipe; write config, metrics, predictions and checkpoints to the run folder."""
     from drsearch.config import load_recipe
+    from drsearch.export import drift
     from drsearch.progress import RichTrainProgress
     from drsearch.train import fit
 
@@ -90,6 +97,14 @@ def train(
     if epochs is not None:
         overrides["train.epochs"] = epochs
     config = load_recipe(recipe, overrides)
+    differences = drift(config)
+    if differences and strict:
+        raise UserError(
+            f"{recipe}: the pinned recipe does not match ({len(differences)}): "
+            + "; ".join(differences)
+        )
+    for difference in differences:
+        click.echo(f"Warning: {recipe}: {difference}; results may differ from the trial", err=True)
     run_dir = out or Path("runs") / recipe.stem
     _check_run_dir(run_dir, resume, overwrite)
     if quiet:
@@ -235,6 +250,36 @@ def _print_summary(s: Any) -> None:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--trial",
+    "which",
+    default="best",
+    show_default=True,
+    help="'best' (the best feasible trial) or a trial number.",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml.",
+)
+@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+def export(study: Path, which: str, out: Path, storage: str | None) -> None:
+    """Write a trial as a pinned training recipe that `drsearch train` retrains exactly."""
+    from drsearch.export import pinned_recipe, select_trial, write_pinned
+    from drsearch.study import load_study
+
+    loaded = load_study(study, {"storage": storage})
+    trial = select_trial(loaded, which)
+    recipe = pinned_recipe(loaded, trial)
+    write_pinned(recipe, out)
+    value = "n/a" if trial.value is None else f"{trial.value:.4f}"
+    click.echo(f"trial {trial.number} ({trial.state.name}, value {value}) -> {out}")
 
 
 @cli.group()

@@ -8,7 +8,7 @@ setting. Cross-field rules (warmup shorter than training, phases inside the run,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -189,6 +189,16 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)
 
 
+class Pinned(Section):
+    """What a recipe exported from a study trial was trained with (``drsearch export``)."""
+
+    seed: int
+    versions: dict[str, str]
+    data_fingerprint: dict[str, Any]
+    git_commit: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+
 class Recipe(Section):
     """A complete training recipe."""
 
@@ -199,6 +209,7 @@ class Recipe(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    pinned: Pinned | None = None
 
     @model_validator(mode="after")
     def _fits_in_training(self) -> Recipe:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from drsearch.config.recipe import MONITOR_METRICS, Recipe
+from drsearch.data.fingerprint import data_fingerprint
 from drsearch.errors import NonFiniteLossError
 from drsearch.train import checkpoint
 from drsearch.train.augment import describe, train_pipeline
@@ -33,7 +34,7 @@ from drsearch.train.data import (
 from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
 from drsearch.train.metrics import compute_metrics
 from drsearch.train.model import build_model, build_optimizer, normalization
-from drsearch.train.outputs import RunFolder
+from drsearch.train.outputs import RunFolder, installed_versions
 from drsearch.train.prepare import PreparedData, prepare_data
 from drsearch.train.schedule import LRController, StepPlan
 
@@ -172,8 +173,6 @@ class _Trainer:
         return self.folder.keep_epochs_up_to(state["epoch"])
 
     def _write_run_info(self) -> None:
-        import timm
-
         self.folder.write_json(
             "run.json",
             {
@@ -189,7 +188,10 @@ class _Trainer:
                 "device": str(self.device),
                 "amp": self.amp,
                 "image_cache": self.data.cache.location,
-                "versions": {"torch": torch.__version__, "timm": timm.__version__},
+                "data_fingerprint": data_fingerprint(
+                    self.data.records, self.data.train_idx, self.data.val_idx
+                ),
+                "versions": installed_versions(),
             },
         )
 

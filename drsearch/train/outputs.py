@@ -116,3 +116,17 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def installed_versions() -> dict[str, str]:
+    """Versions that decide whether a run can be reproduced bit for bit."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "timm", "albumentations", "numpy", "drsearch"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out

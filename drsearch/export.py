@@ -1,0 +1,159 @@
+"""A study trial -> a pinned training recipe that retrains exactly, and the checks on retrain.
+
+The pinned recipe is the trial's fully resolved ``config.yaml`` (no ranges left) plus a
+``pinned:`` section: the seed, the data fingerprint, the versions it ran with, the git commit
+and its provenance (study, trial, metrics). ``drsearch train`` compares the pinned versions
+and fingerprint with what it finds and warns, or refuses with ``--strict``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from drsearch.config.loading import load_recipe, recipe_to_yaml
+from drsearch.config.recipe import Pinned, Recipe
+from drsearch.errors import ConfigError
+from drsearch.storage import make_storage, masked_url
+from drsearch.study import LoadedStudy
+
+#: Versions whose difference is reported when a pinned recipe is retrained.
+CHECKED_VERSIONS = ("python", "torch", "timm", "albumentations", "numpy", "drsearch")
+_PROVENANCE_METRICS = (
+    "accuracy",
+    "qwk",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "sensitivity_severe_npdr",
+    "sensitivity_pdr",
+    "min_specificity",
+    "referable_auc",
+    "best_epoch",
+    "epochs_completed",
+)
+
+
+def select_trial(loaded: LoadedStudy, which: str) -> FrozenTrial:
+    """``best`` (the best feasible trial) or a trial number."""
+    cfg = loaded.config
+    study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage_url()))
+    if which == "best":
+        try:
+            return study.best_trial
+        except ValueError:
+            raise ConfigError(
+                f"{loaded.path}: study {cfg.name!r} has no feasible complete trial; "
+                "pick one with --trial N"
+            ) from None
+    if not which.isdigit() or int(which) >= len(study.trials):
+        raise ConfigError(
+            f"--trial: expected 'best' or a trial number < {len(study.trials)}, got {which!r}"
+        )
+    trial = study.trials[int(which)]
+    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        raise ConfigError(f"--trial: trial {which} is {trial.state.name}; export a COMPLETE one")
+    return trial
+
+
+def pinned_recipe(loaded: LoadedStudy, trial: FrozenTrial) -> Recipe:
+    """The trial's resolved recipe with its ``pinned`` section filled in."""
+    run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
+    config, info = run_dir / "config.yaml", run_dir / "run.json"
+    if not config.is_file() or not info.is_file():
+        raise ConfigError(
+            f"trial {trial.number}: its run folder {run_dir} is missing config.yaml or run.json"
+        )
+    recipe = load_recipe(config)
+    run = json.loads(info.read_text())
+    pinned = Pinned(
+        seed=recipe.train.seed,
+        versions=run.get("versions", {}),
+        data_fingerprint=run.get("data_fingerprint", {}),
+        git_commit=git_commit(),
+        provenance={
+            "study": loaded.config.name,
+            "study_file": str(loaded.path),
+            "storage": masked_url(loaded.config.storage_url()),
+            "trial": trial.number,
+            "state": trial.state.name,
+            "value": trial.value,
+            "params": trial.params,
+            "metrics": {k: trial.user_attrs.get(k) for k in _PROVENANCE_METRICS},
+            "run_dir": str(run_dir),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    return recipe.model_copy(update={"pinned": pinned})
+
+
+def write_pinned(recipe: Recipe, out: Path) -> None:
+    assert recipe.pinned is not None
+    prov = recipe.pinned.provenance
+    header = (
+        f"# Pinned by drsearch export from study {prov['study']}, trial {prov['trial']}.\n"
+        "# Retrain with: drsearch train THIS_FILE  (--strict refuses version/data drift)\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(header + recipe_to_yaml(recipe))
+    tmp.replace(out)
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` for uncommitted changes), if there is one."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def drift(recipe: Recipe) -> list[str]:
+    """How the installed versions and the data differ from what the recipe pins."""
+    if recipe.pinned is None:
+        return []
+    from drsearch.data.fingerprint import data_fingerprint
+    from drsearch.data.sources import Skipped, load_records
+    from drsearch.data.split import split_indices
+    from drsearch.train.outputs import installed_versions
+
+    found: list[str] = []
+    now = installed_versions()
+    for name in CHECKED_VERSIONS:
+        pinned = recipe.pinned.versions.get(name)
+        if pinned is not None and pinned != now.get(name):
+            found.append(f"{name} {now.get(name)} is installed, the recipe pins {pinned}")
+    records = load_records(recipe.data, Skipped())
+    train_idx, val_idx = split_indices(records, recipe.data.val_fraction, recipe.data.seed)
+    current = data_fingerprint(records, train_idx, val_idx)
+    for key, what in (
+        ("images_sha256", "image list (ids, labels, file sizes)"),
+        ("split_sha256", "validation split"),
+    ):
+        pinned_value = recipe.pinned.data_fingerprint.get(key)
+        if pinned_value is not None and pinned_value != current[key]:
+            found.append(
+                f"the {what} differs from the pinned one "
+                f"({current[key][:12]} != {pinned_value[:12]})"
+            )
+    return found
+
+
+def provenance_summary(recipe: Recipe) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(recipe.pinned.provenance)) if recipe.pinned else {}
