@@ -282,6 +282,35 @@ def export(study: Path, which: str, out: Path, storage: str | None) -> None:
     click.echo(f"trial {trial.number} ({trial.state.name}, value {value}) -> {out}")
 
 
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for report.html (default: reports/<study name>/).",
+)
+@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+def report(study: Path, out: Path | None, storage: str | None) -> None:
+    """Write a self-contained HTML report of a study (opens offline)."""
+    import optuna
+
+    from drsearch.report.plots import write_report
+    from drsearch.report.records import build_records
+    from drsearch.storage import make_storage
+    from drsearch.study import load_study
+
+    loaded = load_study(study, {"storage": storage})
+    cfg = loaded.config
+    try:
+        opened = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage_url()))
+    except KeyError:
+        raise UserError(
+            f"{study}: no study {cfg.name!r} in its storage yet; run it first"
+        ) from None
+    path = write_report(build_records(loaded, opened), out or Path("reports") / cfg.name)
+    click.echo(f"report of study {cfg.name} -> {path}")
+
+
 @cli.group()
 def data() -> None:
     """Datasets: synthesize a demo set."""

@@ -109,6 +109,14 @@ class RayConfig(Section):
     reuse_actors: bool = True
 
 
+class ReportConfig(Section):
+    """Settings of ``drsearch report``."""
+
+    gpu_hour_price: float | None = Field(None, ge=0)
+    currency: str = "USD"
+    top_trials: int = Field(5, ge=1, le=20)
+
+
 class StudyConfig(Section):
     """A study file. Relative paths are relative to the current directory."""
 
@@ -123,6 +131,7 @@ class StudyConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     executor: Literal["ray", "local"] = "ray"
     ray: RayConfig = Field(default_factory=RayConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     storage: str | None = None
     run_root: Path = Path("runs")
 

@@ -1,0 +1,305 @@
+"""A study -> plain records for the report (no plotly here, so this is tested on its own).
+
+The medical-grade checklist uses fixed clinical thresholds, independent of the study's own
+constraints: overall accuracy >= 0.90, severe NPDR sensitivity >= 0.90, PDR sensitivity
+>= 0.95, every per-grade specificity > 0.90, and stable convergence (validation accuracy over
+the last ``STABLE_EPOCHS`` epochs varies by less than 5 points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from drsearch.study import LoadedStudy
+from drsearch.train.metrics import wilson_lower
+
+STABLE_EPOCHS = 3
+THRESHOLDS = {
+    "accuracy": 0.90,
+    "sensitivity_severe_npdr": 0.90,
+    "sensitivity_pdr": 0.95,
+    "specificity": 0.90,
+    "stability_points": 5.0,
+}
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    curve: dict[int, float]  # epoch -> pruning metric
+    wall_seconds: float
+    epochs: int
+    feasible: bool | None
+    attrs: dict[str, Any]
+
+
+@dataclass
+class CheckItem:
+    name: str
+    observed: float | None
+    threshold: str
+    passed: bool
+    wilson_lower: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class Compute:
+    trial_hours: float
+    pruned_hours: float
+    saved_hours: float  # estimated epochs pruned trials did not run
+    gpu_hours: float
+    cost: float | None
+    currency: str
+
+
+@dataclass
+class LrPoint:
+    epoch: int
+    group: str
+    lr: float
+    where: str  # "first" or "last" step of the epoch
+
+
+@dataclass
+class ReportRecords:
+    study: str
+    metric: str
+    constraints: list[dict[str, Any]]
+    trials: list[TrialRow]
+    history: list[tuple[int, float, float, bool]]  # number, value, best so far, feasible
+    importances: dict[str, float]
+    parallel_params: list[str]
+    top: list[TrialRow]
+    best: TrialRow | None
+    best_feasible: bool
+    best_curve: list[tuple[int, float | None, float | None]]  # epoch, train acc, val acc
+    best_lr: list[LrPoint]
+    checklist: list[CheckItem]
+    compute: Compute
+    notes: list[str] = field(default_factory=list)
+
+
+def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
+    """Everything the report shows, as plain data."""
+    cfg = loaded.config
+    frozen = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    rows = [_row(t) for t in frozen]
+    complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
+    best, best_feasible = _best(study, complete)
+    history = _history(complete)
+    best_log = _run_log(best)
+    return ReportRecords(
+        study=cfg.name,
+        metric=cfg.objective.metric,
+        constraints=[c.model_dump() | {"name": c.name} for c in cfg.objective.constraints],
+        trials=rows,
+        history=history,
+        importances=_importances(study, complete),
+        parallel_params=_shared_params(complete),
+        top=sorted(complete, key=lambda r: r.value or -math.inf, reverse=True)[
+            : cfg.report.top_trials
+        ],
+        best=best,
+        best_feasible=best_feasible,
+        best_curve=[(r["epoch"], r["train"]["accuracy"], r["val"]["accuracy"]) for r in best_log],
+        best_lr=_lr_points(best_log),
+        checklist=checklist(best, best_log) if best else [],
+        compute=_compute(rows, loaded),
+        notes=_notes(rows, best, best_feasible),
+    )
+
+
+def _row(t: FrozenTrial) -> TrialRow:
+    attrs = dict(t.user_attrs)
+    return TrialRow(
+        number=t.number,
+        state=t.state.name,
+        value=t.value if t.state == TrialState.COMPLETE else None,
+        params=dict(t.params),
+        curve={int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
+        wall_seconds=float(attrs.get("wall_seconds") or 0.0),
+        epochs=int(attrs.get("epochs_completed") or 0),
+        feasible=attrs.get("feasible"),
+        attrs=attrs,
+    )
+
+
+def _best(study: optuna.Study, complete: list[TrialRow]) -> tuple[TrialRow | None, bool]:
+    try:
+        number = study.best_trial.number
+        return next(r for r in complete if r.number == number), True
+    except (ValueError, StopIteration):
+        if not complete:
+            return None, False
+        return max(complete, key=lambda r: r.value or -math.inf), False
+
+
+def _history(complete: list[TrialRow]) -> list[tuple[int, float, float, bool]]:
+    out, best = [], -math.inf
+    for r in sorted(complete, key=lambda r: r.number):
+        best = max(best, r.value or -math.inf)
+        out.append((r.number, float(r.value or 0.0), best, bool(r.feasible)))
+    return out
+
+
+def _importances(study: optuna.Study, complete: list[TrialRow]) -> dict[str, float]:
+    if len(complete) < 2 or not _shared_params(complete):
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError, ZeroDivisionError):  # too few or constant trials
+        return {}
+
+
+def _shared_params(complete: list[TrialRow]) -> list[str]:
+    """Parameters every complete trial has (conditional ones are left out of the plot)."""
+    if not complete:
+        return []
+    shared = set(complete[0].params)
+    for r in complete[1:]:
+        shared &= set(r.params)
+    return [p for p in complete[0].params if p in shared]
+
+
+def _run_log(row: TrialRow | None) -> list[dict[str, Any]]:
+    if row is None or not row.attrs.get("run_dir"):
+        return []
+    log = Path(str(row.attrs["run_dir"])) / "metrics.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def _lr_points(log: list[dict[str, Any]]) -> list[LrPoint]:
+    points = []
+    for record in log:
+        for where, key in (("first", "lr_first"), ("last", "lr")):
+            for group, lr in (record.get(key) or {}).items():
+                points.append(LrPoint(record["epoch"], group, float(lr), where))
+    return points
+
+
+def checklist(best: TrialRow, log: list[dict[str, Any]]) -> list[CheckItem]:
+    """The medical-grade checklist of one trial (module docstring)."""
+    a = best.attrs
+    support = a.get("support") or []
+    n = int(sum(support)) if support else 0
+    lower = a.get("sensitivity_wilson_lower") or [None] * 5
+    acc = a.get("accuracy")
+    items = [
+        CheckItem(
+            "overall accuracy",
+            acc,
+            ">= 0.90",
+            _ge(acc, 0.90),
+            wilson_lower(round(acc * n), n) if acc is not None and n else None,
+            f"{n} validation images",
+        ),
+        _sensitivity_item("severe NPDR sensitivity (grade 3)", a, 3, 0.90, lower),
+        _sensitivity_item("PDR sensitivity (grade 4)", a, 4, 0.95, lower),
+    ]
+    spec = [s for s in a.get("specificity") or [] if s is not None]
+    worst = min(spec) if spec else None
+    items.append(
+        CheckItem(
+            "every per-grade specificity",
+            worst,
+            "> 0.90",
+            worst is not None and worst > 0.90,
+            detail="lowest: grade " + str((a.get("specificity") or []).index(worst))
+            if spec
+            else "",
+        )
+    )
+    items.append(_stability(log))
+    return items
+
+
+def _sensitivity_item(
+    name: str, a: dict[str, Any], grade: int, threshold: float, lower: list[Any]
+) -> CheckItem:
+    sens = (a.get("sensitivity") or [None] * 5)[grade]
+    support = (a.get("support") or [0] * 5)[grade]
+    return CheckItem(
+        name,
+        sens,
+        f">= {threshold:.2f}",
+        _ge(sens, threshold),
+        lower[grade],
+        f"{support} validation images of grade {grade}",
+    )
+
+
+def _stability(log: list[dict[str, Any]]) -> CheckItem:
+    accs = [
+        r["val"]["accuracy"] for r in log[-STABLE_EPOCHS:] if r["val"].get("accuracy") is not None
+    ]
+    if len(accs) < 2:
+        return CheckItem(
+            "stable convergence",
+            None,
+            "< 5 points over the last epochs",
+            False,
+            detail="not enough epochs logged",
+        )
+    spread = (max(accs) - min(accs)) * 100
+    return CheckItem(
+        "stable convergence",
+        spread,
+        f"< 5 points over the last {len(accs)} epochs",
+        spread < THRESHOLDS["stability_points"],
+        detail="validation accuracy " + ", ".join(f"{x:.3f}" for x in accs),
+    )
+
+
+def _ge(value: float | None, threshold: float) -> bool:
+    return value is not None and value >= threshold
+
+
+def _compute(rows: list[TrialRow], loaded: LoadedStudy) -> Compute:
+    cfg = loaded.config
+    hours = sum(r.wall_seconds for r in rows) / 3600
+    pruned = [r for r in rows if r.state == "PRUNED"]
+    saved = (
+        sum((loaded.max_epochs - r.epochs) * r.wall_seconds / max(r.epochs, 1) for r in pruned)
+        / 3600
+    )
+    gpu_hours = hours * cfg.resources.gpus_per_trial
+    price = cfg.report.gpu_hour_price
+    return Compute(
+        trial_hours=hours,
+        pruned_hours=sum(r.wall_seconds for r in pruned) / 3600,
+        saved_hours=saved,
+        gpu_hours=gpu_hours,
+        cost=None if price is None else gpu_hours * price,
+        currency=cfg.report.currency,
+    )
+
+
+def _notes(rows: list[TrialRow], best: TrialRow | None, feasible: bool) -> list[str]:
+    notes = []
+    if best is None:
+        notes.append("No trial has completed yet.")
+    elif not feasible:
+        notes.append(
+            f"No complete trial meets the study's constraints; trial {best.number} "
+            "is shown as the best infeasible one."
+        )
+    failed = [r for r in rows if r.state == "FAIL"]
+    if failed:
+        notes.append(
+            f"{len(failed)} trial(s) failed, e.g. trial {failed[0].number}: "
+            f"{failed[0].attrs.get('fail_reason', 'unknown')}"
+        )
+    return notes

@@ -1,0 +1,108 @@
+"""The study report: records (no plotly) first, then the HTML with every section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from drsearch.cli import cli
+from drsearch.report.plots import SECTIONS
+from drsearch.report.records import TrialRow, build_records, checklist
+from drsearch.study import load_study
+from tests.conftest import write_tiny_study
+
+SPACE = (
+    "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+    "loss.name: {type: categorical, choices: [ce, focal]}\n"
+)
+
+
+def row(**attrs: object) -> TrialRow:
+    base = {
+        "accuracy": 0.92,
+        "sensitivity": [0.99, 0.5, 0.8, 0.9, 0.96],
+        "specificity": [0.95, 0.97, 0.93, 0.99, 0.99],
+        "support": [60, 10, 20, 5, 5],
+        "sensitivity_wilson_lower": [0.9, 0.2, 0.6, 0.62, 0.7],
+    }
+    base.update(attrs)
+    return TrialRow(0, "COMPLETE", 0.92, {}, {}, 10.0, 3, True, base)
+
+
+def log(*accs: float) -> list[dict]:
+    return [{"epoch": i + 1, "val": {"accuracy": a}} for i, a in enumerate(accs)]
+
+
+def test_checklist_passes_a_medical_grade_trial() -> None:
+    items = checklist(row(), log(0.80, 0.91, 0.92, 0.92))
+    assert [i.name for i in items] == [
+        "overall accuracy",
+        "severe NPDR sensitivity (grade 3)",
+        "PDR sensitivity (grade 4)",
+        "every per-grade specificity",
+        "stable convergence",
+    ]
+    assert all(i.passed for i in items)
+    acc = items[0]
+    assert acc.wilson_lower == pytest.approx(0.8496, abs=1e-3)  # 92 of 100
+    assert items[1].wilson_lower == 0.62 and items[4].observed == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "accs", "failing"),
+    [
+        ({"accuracy": 0.89}, (0.9, 0.9, 0.9), "overall accuracy"),
+        ({"sensitivity": [1, 1, 1, 0.8, 1]}, (0.9, 0.9, 0.9), "severe NPDR sensitivity (grade 3)"),
+        ({"sensitivity": [1, 1, 1, 1, 0.94]}, (0.9, 0.9, 0.9), "PDR sensitivity (grade 4)"),
+        ({"specificity": [0.9, 1, 1, 1, 1]}, (0.9, 0.9, 0.9), "every per-grade specificity"),
+        ({}, (0.95, 0.89, 0.93), "stable convergence"),
+        ({}, (0.9,), "stable convergence"),
+    ],
+)
+def test_checklist_fails_each_criterion(attrs: dict, accs: tuple, failing: str) -> None:
+    items = {i.name: i.passed for i in checklist(row(**attrs), log(*accs))}
+    assert [name for name, ok in items.items() if not ok] == [failing]
+
+
+@pytest.mark.e2e
+def test_report_of_a_real_study(tmp_path: Path, tiny_dataset: Path) -> None:
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        SPACE,
+        budget={"n_trials": 4},
+        pruner={"metric": "referable_auc", "grace_period": 1, "reduction_factor": 2},
+        report={"gpu_hour_price": 2.5},
+    )
+    from drsearch.runners import run_study
+
+    run_study(load_study(path))
+    loaded = load_study(path)
+    study = optuna.load_study(study_name="tiny", storage=loaded.config.storage_url())
+    records = build_records(loaded, study)
+    assert len(records.trials) == 4 and len(records.history) >= 1
+    complete = [t for t in records.trials if t.state == "COMPLETE"]
+    assert records.best is not None and records.best.number in {t.number for t in complete}
+    assert records.best_curve and len(records.best_curve) == records.best.epochs
+    assert {p.group for p in records.best_lr} == {"backbone", "head"}
+    assert len(records.checklist) == 5
+    assert records.compute.trial_hours > 0 and records.compute.cost == 0.0  # no GPU asked
+    assert records.parallel_params == ["optim.lr", "loss.name"]
+
+    result = CliRunner().invoke(cli, ["report", str(path), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert re.findall(r"<section id='(\w+)'", page) == list(SECTIONS)
+    assert "<script src=" not in page  # offline: plotly.js is inline, no CDN
+    assert page.count("plotly.js v") == 1 and page.count("Plotly.newPlot") == 7  # embedded once
+    assert "Medical-grade checklist" in page and "Compute spent" in page
+
+
+def test_report_before_the_study_exists(tmp_path: Path, tiny_dataset: Path) -> None:
+    path = write_tiny_study(tmp_path, tiny_dataset, SPACE)
+    result = CliRunner().invoke(cli, ["report", str(path)])
+    assert result.exit_code == 2 and "no study 'tiny' in its storage yet" in result.output
