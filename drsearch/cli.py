@@ -311,6 +311,46 @@ def report(study: Path, out: Path | None, storage: str | None) -> None:
     click.echo(f"report of study {cfg.name} -> {path}")
 
 
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; anything but loopback exposes the study to the network.",
+)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+def dashboard(study: Path, host: str, port: int, storage: str | None) -> None:
+    """Serve optuna-dashboard on the study's storage, with its trial artifacts."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from drsearch.storage import make_storage, masked_url
+    from drsearch.study import load_study
+
+    loaded = load_study(study, {"storage": storage})
+    cfg = loaded.config
+    artifacts = cfg.artifact_dir.resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"Warning: serving on {host}: anyone who can reach this machine can read "
+            "and change the study",
+            err=True,
+        )
+    click.echo(
+        f"optuna-dashboard for {cfg.name} ({masked_url(cfg.storage_url())}) at "
+        f"http://{host}:{port}/dashboard/ - Ctrl+C to stop"
+    )
+    run_server(
+        make_storage(cfg.storage_url()),
+        host=host,
+        port=port,
+        artifact_store=FileSystemArtifactStore(str(artifacts)),
+    )
+
+
 @cli.group()
 def data() -> None:
     """Datasets: synthesize a demo set."""

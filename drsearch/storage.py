@@ -116,6 +116,7 @@ class StudyStore:
             load_if_exists=True,
         )
         self.runner = runner_id()
+        self.artifacts: Any = None  # an Optuna artifact store, when the runner sets one
 
     # -- trials --------------------------------------------------------------------------
     def ask(self) -> optuna.Trial:
@@ -160,6 +161,9 @@ class StudyStore:
 
     def _finished(self, trial_id: int) -> bool:
         return self.storage.get_trial(trial_id).state.is_finished()
+
+    def is_finished(self, trial_id: int) -> bool:
+        return self._finished(trial_id)
 
     # -- bookkeeping -----------------------------------------------------------------------
     def reap_interrupted(self) -> list[int]:

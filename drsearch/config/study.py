@@ -149,6 +149,11 @@ class StudyConfig(Section):
         """Folder of the study's trial runs: ``<run_root>/<name>/``."""
         return self.run_root / self.name
 
+    @property
+    def artifact_dir(self) -> Path:
+        """Optuna artifact store of the study (predictions, curves, ...): beside its database."""
+        return self.run_root / f"{self.name}-artifacts"
+
     def storage_url(self) -> str:
         """The SQLAlchemy URL; by default a SQLite file beside the study folder."""
         if self.storage:

@@ -44,6 +44,10 @@ def run_study(
     cfg = loaded.config
     store = StudyStore(cfg)
     _describe(store.study, loaded)
+    from drsearch.annotations import annotate_study, artifact_store
+
+    annotate_study(store.study, loaded)
+    store.artifacts = artifact_store(loaded)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     remaining = cfg.budget.n_trials - store.counts().counted

@@ -93,7 +93,12 @@ def finish_trial(
     progress: StudyProgress,
     extra_attrs: dict[str, Any] | None = None,
 ) -> None:
+    """Note and artifacts first (Optuna wants them before the tell), then the study record."""
     if extra_attrs:
         outcome.user_attrs |= extra_attrs
+    if store.artifacts is not None and not store.is_finished(ctx.trial_id):
+        from drsearch.annotations import annotate_trial
+
+        annotate_trial(ctx.trial, outcome, store.artifacts)
     store.finish(ctx.trial_id, outcome, ctx.tracker.intermediate)
     progress.trial_finished(ctx.number, outcome)
