@@ -120,13 +120,11 @@ def to_jsonable(value: Any) -> Any:
 
 def installed_versions() -> dict[str, str]:
     """Versions that decide whether a run can be reproduced bit for bit."""
+    import importlib
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for package in ("torch", "timm", "albumentations", "numpy", "drsearch"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
+        # the modules' own __version__: torch's carries its build (e.g. +cu130, +cpu)
+        out[package] = str(getattr(importlib.import_module(package), "__version__", "unknown"))
     return out
