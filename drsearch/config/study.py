@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -20,19 +20,6 @@ PRIMARY_METRICS = {
 PrimaryMetric = Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"]
 
 #: Metrics a constraint may bound from below (each a number in [0, 1]).
-CONSTRAINT_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "sensitivity_severe_npdr",
-    "sensitivity_pdr",
-    "min_specificity",
-    "min_sensitivity",
-    "referable_sensitivity",
-    "referable_specificity",
-    "vtdr_sensitivity",
-    "vtdr_specificity",
-)
 ConstraintMetric = Literal[
     "accuracy",
     "balanced_accuracy",
@@ -46,6 +33,7 @@ ConstraintMetric = Literal[
     "vtdr_sensitivity",
     "vtdr_specificity",
 ]
+CONSTRAINT_METRICS = get_args(ConstraintMetric)
 
 
 class Constraint(Section):
@@ -78,9 +66,7 @@ class PrunerConfig(Section):
     """ASHA (Ray's ``ASHAScheduler``; Optuna's ``SuccessiveHalvingPruner`` in-process)."""
 
     enabled: bool = True
-    metric: Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"] = (
-        "accuracy"
-    )
+    metric: PrimaryMetric = "accuracy"
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
     max_epochs: int | None = Field(None, ge=1)
