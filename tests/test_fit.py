@@ -202,3 +202,20 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path, tiny_datas
     assert info["steps_per_epoch"] == 2  # 3 batches of 16, accumulated in twos -> 2 steps
     log = read_log(tmp_path / "run")
     assert [r["lr"]["head"] for r in log] == [pytest.approx(2e-3), pytest.approx(1e-3)]
+
+
+def test_loader_workers_do_not_change_results(tmp_path: Path, tiny_dataset: Path) -> None:
+    """Batches and their augmentation are seeded per (seed, epoch, batch), not per worker."""
+    results = []
+    for workers in (0, 2):
+        recipe = make_recipe(
+            tiny_dataset, data__num_workers=workers, train__epochs=2, augment__strength=1.0
+        )
+        fit(recipe, run_dir=tmp_path / f"w{workers}")
+        results.append(
+            [
+                r["val"] | {"train_loss": r["train"]["loss"]}
+                for r in read_log(tmp_path / f"w{workers}")
+            ]
+        )
+    assert results[0] == results[1]
