@@ -54,7 +54,9 @@ class ResizePhase(Section):
 class DataConfig(Section):
     """Where the images are, how they are split and how they are cached."""
 
-    kind: Literal["synthetic", "aptos2019", "csv"] = "synthetic"
+    kind: Literal[
+        "synthetic", "aptos2019", "csv", "eyepacs", "idrid", "ddr", "messidor2", "folder"
+    ] = "synthetic"
     root: Path = Path("data/synth")
     csv: Path | None = None
     image_size: int = Field(224, ge=16, le=2048)

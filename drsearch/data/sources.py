@@ -50,9 +50,13 @@ def load_records(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
         ensure_synthetic(cfg)
     if cfg.kind in ("synthetic", "aptos2019"):
         records = _aptos(cfg.root, cfg.skip_bad, skipped)
-    else:
+    elif cfg.kind == "csv":
         assert cfg.csv is not None  # guaranteed by Recipe validation
         records = _generic_csv(cfg.csv, cfg.skip_bad, skipped)
+    else:
+        from drsearch.data.adapters import ADAPTERS
+
+        records = ADAPTERS[cfg.kind](cfg, skipped)
     if not records:
         raise DataError(f"{_table_path(cfg)}: no usable images")
     return records
@@ -69,18 +73,20 @@ def ensure_synthetic(cfg: DataConfig) -> None:
 def _table_path(cfg: DataConfig) -> Path:
     if cfg.kind == "csv" and cfg.csv is not None:
         return cfg.csv
-    return cfg.root / "train.csv"
+    return cfg.root if cfg.kind not in ("synthetic", "aptos2019") else cfg.root / "train.csv"
 
 
 def _aptos(root: Path, skip_bad: bool, skipped: Skipped) -> list[ImageRecord]:
     """APTOS 2019: ``train.csv`` (``id_code,diagnosis``) and ``train_images/<id>.png``."""
     table = root / "train.csv"
-    rows = _read_table(table, ("id_code", "diagnosis"), "data.root")
+    rows = read_table(table, ("id_code", "diagnosis"), "data.root")
     records = []
     for line, row in rows:
         image_id = row["id_code"].strip()
         path = root / "train_images" / f"{image_id}.png"
-        record = _checked(table, line, image_id, path, row["diagnosis"], None, skip_bad, skipped)
+        record = checked_record(
+            table, line, image_id, path, row["diagnosis"], None, skip_bad, skipped
+        )
         if record:
             records.append(record)
     return records
@@ -88,19 +94,19 @@ def _aptos(root: Path, skip_bad: bool, skipped: Skipped) -> list[ImageRecord]:
 
 def _generic_csv(table: Path, skip_bad: bool, skipped: Skipped) -> list[ImageRecord]:
     """``path,label[,patient_id]``; relative paths are relative to the CSV's folder."""
-    rows = _read_table(table, ("path", "label"), "data.csv")
+    rows = read_table(table, ("path", "label"), "data.csv")
     records = []
     for line, row in rows:
         rel = row["path"].strip()
         path = Path(rel) if Path(rel).is_absolute() else table.parent / rel
         patient = (row.get("patient_id") or "").strip() or None
-        record = _checked(table, line, rel, path, row["label"], patient, skip_bad, skipped)
+        record = checked_record(table, line, rel, path, row["label"], patient, skip_bad, skipped)
         if record:
             records.append(record)
     return records
 
 
-def _read_table(
+def read_table(
     table: Path, required: tuple[str, ...], key: str
 ) -> list[tuple[int, dict[str, str]]]:
     if not table.is_file():
@@ -120,7 +126,7 @@ def _read_table(
         ]
 
 
-def _checked(
+def checked_record(
     table: Path,
     line: int,
     image_id: str,

@@ -1,0 +1,71 @@
+"""``drsearch data describe``: what a recipe's dataset holds, before paying for training.
+
+Counts per grade and split, patients, image sizes (read from file headers, no decoding),
+unreadable files, rows skipped by the adapter, and exact duplicate files (same bytes), with
+those that straddle the train/validation split called out: they inflate validation metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from drsearch import NUM_CLASSES
+from drsearch.config.recipe import DataConfig
+from drsearch.data.sources import Skipped, load_records
+from drsearch.data.split import split_indices
+
+
+@dataclass
+class DatasetSummary:
+    n_images: int
+    grade_counts: dict[str, list[int]]  # split -> count per grade
+    n_patients: int | None
+    sizes: dict[str, tuple[int, int]]  # "min", "median", "max" -> (width, height)
+    unreadable: list[str]
+    skipped: dict[str, int]
+    duplicate_groups: list[list[str]]  # ids with identical bytes
+    cross_split_duplicates: list[list[str]] = field(default_factory=list)
+
+
+def describe_dataset(cfg: DataConfig) -> DatasetSummary:
+    skipped = Skipped()
+    records = load_records(cfg.model_copy(update={"skip_bad": True}), skipped)
+    train_idx, val_idx = split_indices(records, cfg.val_fraction, cfg.seed)
+    side = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
+    counts = {s: [0] * NUM_CLASSES for s in ("train", "val")}
+    for i, r in enumerate(records):
+        counts[side[i]][r.label] += 1
+    sizes, unreadable, by_hash = [], [], defaultdict(list)
+    for i, r in enumerate(records):
+        try:
+            with Image.open(r.path) as img:
+                sizes.append(img.size)
+        except OSError:
+            unreadable.append(str(r.path))
+        by_hash[hashlib.sha1(r.path.read_bytes()).hexdigest()].append(i)
+    groups = [idx for idx in by_hash.values() if len(idx) > 1]
+    patients = {r.patient_id for r in records if r.patient_id}
+    return DatasetSummary(
+        n_images=len(records),
+        grade_counts={"all": list(np.add(counts["train"], counts["val"]).tolist()), **counts},
+        n_patients=len(patients) if patients else None,
+        sizes=_size_stats(sizes),
+        unreadable=unreadable,
+        skipped=dict(Counter(skipped.reasons)),
+        duplicate_groups=[[records[i].id for i in g] for g in groups],
+        cross_split_duplicates=[
+            [records[i].id for i in g] for g in groups if len({side[i] for i in g}) > 1
+        ],
+    )
+
+
+def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    if not sizes:
+        return {}
+    areas = sorted(sizes, key=lambda s: s[0] * s[1])
+    return {"min": areas[0], "median": areas[len(areas) // 2], "max": areas[-1]}
