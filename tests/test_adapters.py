@@ -44,7 +44,7 @@ def test_idrid_header_quirks_and_ids_qualified_by_set(tmp_path: Path) -> None:
     truth = root / "2. Groundtruths"
     truth.mkdir(parents=True)
     header = "Image name,Retinopathy grade,Risk of macular edema ,,,\n"
-    for qualifier, table, folder in (
+    for _set, table, folder in (
         ("train", "a. IDRiD_Disease Grading_Training Labels.csv", "a. Training Set"),
         ("test", "b. IDRiD_Disease Grading_Testing Labels.csv", "b. Testing Set"),
     ):
