@@ -27,6 +27,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/study_overhead.py
+	$(BIN)/python bench/jpeg_loading.py
 
 clean:
 	rm -rf $(VENV) runs data

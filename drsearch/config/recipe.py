@@ -51,6 +51,16 @@ class ResizePhase(Section):
     size: int = Field(ge=16, le=2048)
 
 
+class PreprocessConfig(Section):
+    """Deterministic fundus preprocessing, done once per image (see data/preprocess.py)."""
+
+    crop_border: bool = False
+    border_threshold: int = Field(10, ge=0, le=254)
+    ben_graham: bool = False
+    ben_graham_sigma: float = Field(0.1, gt=0, le=1)
+    circular_mask: bool = False
+
+
 class DataConfig(Section):
     """Where the images are, how they are split and how they are cached."""
 
@@ -68,6 +78,7 @@ class DataConfig(Section):
     cache_max_gb: float = Field(4.0, gt=0)
     num_workers: int = Field(0, ge=0)
     progressive: list[ResizePhase] = Field(default_factory=list)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
 
     @field_validator("progressive")

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from drsearch.config.recipe import PreprocessConfig
+from drsearch.data.preprocess import preprocess
 from drsearch.data.sources import ImageRecord, Skipped
 from drsearch.errors import DataError
 
@@ -52,23 +54,26 @@ def build_cache(
     skip_bad: bool,
     skipped: Skipped,
     progress: Progress | None = None,
+    prep: PreprocessConfig | None = None,
 ) -> ImageCache:
-    """Decode each record once and resize it to every size in ``sizes``."""
+    """Decode each record once and preprocess it to every size in ``sizes``."""
+    prep = prep or PreprocessConfig()
     needed_gb = sum(len(records) * s * s * 3 for s in sizes) / 1024**3
     on_disk = mode == "disk" or (mode == "auto" and needed_gb > max_gb)
     if not on_disk:
         arrays = {s: np.empty((len(records), s, s, 3), np.uint8) for s in sizes}
-        usable = _decode_all(records, arrays, progress)
+        usable = _decode_all(records, arrays, prep, progress)
         _handle_unreadable(records, usable, skip_bad, skipped)
         return ImageCache(arrays, usable, "memory")
-    folder = (cache_dir or default_cache_dir()) / "images" / _key(records, sizes)
-    return _disk_cache(folder, records, sizes, skip_bad, skipped, progress)
+    folder = (cache_dir or default_cache_dir()) / "images" / _key(records, sizes, prep)
+    return _disk_cache(folder, records, sizes, prep, skip_bad, skipped, progress)
 
 
 def _disk_cache(
     folder: Path,
     records: Sequence[ImageRecord],
     sizes: Sequence[int],
+    prep: PreprocessConfig,
     skip_bad: bool,
     skipped: Skipped,
     progress: Progress | None,
@@ -83,7 +88,7 @@ def _disk_cache(
             )
             for s in sizes
         }
-        usable = _decode_all(records, arrays, progress)
+        usable = _decode_all(records, arrays, prep, progress)
         for s, arr in arrays.items():
             arr.flush()
             os.replace(folder / f"{s}.npy.{tag}", folder / f"{s}.npy")
@@ -96,7 +101,10 @@ def _disk_cache(
 
 
 def _decode_all(
-    records: Sequence[ImageRecord], arrays: dict[int, np.ndarray], progress: Progress | None
+    records: Sequence[ImageRecord],
+    arrays: dict[int, np.ndarray],
+    prep: PreprocessConfig,
+    progress: Progress | None,
 ) -> np.ndarray:
     usable = np.ones(len(records), dtype=bool)
     sizes = list(arrays)
@@ -110,7 +118,7 @@ def _decode_all(
             return
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         for s in sizes:
-            arrays[s][i] = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+            arrays[s][i] = preprocess(img, prep, s)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for n, _ in enumerate(pool.map(work, range(len(records))), start=1):
@@ -132,10 +140,15 @@ def _handle_unreadable(
         skipped.add("unreadable image", f"{records[i].path}: cannot decode image")
 
 
-def _key(records: Sequence[ImageRecord], sizes: Sequence[int]) -> str:
-    """Identity of the image list: paths, file sizes and mtimes, plus the sizes."""
+def _key(records: Sequence[ImageRecord], sizes: Sequence[int], prep: PreprocessConfig) -> str:
+    """Identity of the image list (paths, file sizes, mtimes), the sizes and preprocessing."""
     h = hashlib.sha1()
-    h.update(json.dumps({"v": _FORMAT_VERSION, "sizes": sorted(sizes)}).encode())
+    h.update(
+        json.dumps(
+            {"v": _FORMAT_VERSION, "sizes": sorted(sizes), "preprocess": prep.model_dump()},
+            sort_keys=True,
+        ).encode()
+    )
     for r in records:
         st = r.path.stat()
         h.update(f"{r.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

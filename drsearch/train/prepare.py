@@ -54,6 +54,7 @@ def prepare_data(
         cfg.skip_bad,
         skipped,
         progress,
+        cfg.preprocess,
     )
     rows = np.flatnonzero(cache.usable)
     records = [all_records[i] for i in rows]
