@@ -20,6 +20,12 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("name", ["demo", "demo_lite0", "effb2"])
+def test_every_shipped_recipe_validates(name: str) -> None:
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert recipe.pinned is None and recipe.model.name
+
+
 def test_shipped_demo_recipe_validates() -> None:
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
     assert recipe.model.name == "resnet10t"

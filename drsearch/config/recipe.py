@@ -105,7 +105,8 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """A timm model; ``pretrained`` is ``false`` or a local weights file (no hub downloads)."""
+    """A timm model; ``pretrained`` is ``false``, a local weights file, or a packaged set of
+    ImageNet weights by name (``efficientnet-lite0``..``2``); never a hub download."""
 
     name: str = "resnet10t"
     pretrained: Literal[False] | Path = False

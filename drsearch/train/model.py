@@ -29,7 +29,14 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         drop_path_rate=cfg.drop_path_rate or None,
     )
     if cfg.pretrained is not False:
-        load_local_weights(model, Path(cfg.pretrained))
+        from drsearch.train.named_weights import is_named, mapped_state_dict
+
+        if is_named(cfg.pretrained):
+            model.load_state_dict(
+                mapped_state_dict(str(cfg.pretrained), model, cfg.name), strict=False
+            )
+        else:
+            load_local_weights(model, Path(cfg.pretrained))
     return model
 
 
