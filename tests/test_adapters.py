@@ -164,3 +164,37 @@ def test_training_on_an_eyepacs_replica(tmp_path: Path) -> None:
         _, side, patient, _ = row.split(",")
         sides.setdefault(patient, set()).add(side)
     assert result.epochs_completed == 1 and all(len(v) == 1 for v in sides.values())
+
+
+def test_patient_split_on_the_real_eyepacs_label_table() -> None:
+    """35,108 real EyePACS labels (17,561 patients) as shipped by the irfundusset package."""
+    import importlib.util
+
+    import pandas as pd
+
+    from drsearch.data.adapters import eyepacs_patient
+    from drsearch.data.sources import ImageRecord
+
+    spec = importlib.util.find_spec("irfundusset")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("irfundusset is not installed")
+    listing = Path(spec.submodule_search_locations[0]) / "curated_master_listing.fdd"
+    table = pd.read_pickle(listing)  # the package's own pickled DataFrame
+    eyepacs_rows = table[table["listing"] == "EyePACS"]
+    recs = [
+        ImageRecord(name, Path(f"{name}.jpeg"), int(str(grade)), eyepacs_patient(name))
+        for name, grade in zip(
+            eyepacs_rows["image_name"], eyepacs_rows["src_condition"], strict=True
+        )
+    ]
+    assert len(recs) == 35108 and len({r.patient_id for r in recs}) == 17561
+    train, val = split_indices(recs, 0.2, seed=0)
+    assert not {recs[i].patient_id for i in train} & {recs[i].patient_id for i in val}
+    assert abs(len(val) / len(recs) - 0.2) < 0.005
+    labels = np.array([r.label for r in recs])
+    overall = np.bincount(labels, minlength=5) / len(labels)
+    in_val = np.bincount(labels[val], minlength=5) / len(val)
+    assert np.abs(in_val - overall).max() < 0.005  # grade shares kept, imbalance included
+    assert overall[0] > 0.73 and overall[4] < 0.025  # the real EyePACS imbalance
+    again = split_indices(recs, 0.2, seed=0)
+    assert np.array_equal(val, again[1])

@@ -32,13 +32,18 @@ def _first_dir(*candidates: Path) -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[-1])
 
 
+def eyepacs_patient(name: str) -> str:
+    """``10003_left`` -> ``10003``: the patient of an EyePACS image name."""
+    return name.rsplit("_", 1)[0] if "_" in name else name
+
+
 def eyepacs(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
     table = cfg.csv or cfg.root / "trainLabels.csv"
     images = _first_dir(cfg.root / "train", cfg.root)
     records = []
     for line, row in read_table(table, ("image", "level"), "data.root (or data.csv)"):
         name = row["image"].strip()
-        patient = name.rsplit("_", 1)[0] if "_" in name else name
+        patient = eyepacs_patient(name)
         path = _with_suffix(images / name, (".jpeg", ".jpg", ".png"))
         rec = checked_record(table, line, name, path, row["level"], patient, cfg.skip_bad, skipped)
         if rec:
