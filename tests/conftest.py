@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# keep the tests' image caches and content index out of the home folder
+os.environ.setdefault("DRSEARCH_CACHE", tempfile.mkdtemp(prefix="drsearch-test-cache-"))
 
 from drsearch.config import Recipe, build_model, set_dotted  # noqa: E402
 from drsearch.data.synth import write_synthetic_dataset  # noqa: E402

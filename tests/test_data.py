@@ -149,3 +149,34 @@ def test_disk_cache_is_reused_and_matches_memory(
     again = build_cache(records, [16, 32], "auto", 1e-9, tmp_path / "c", False, Skipped())
     assert again.location == disk.location
     assert np.array_equal(np.asarray(again.arrays[32]), memory.arrays[32])
+
+
+def test_cross_split_duplicates_are_counted_and_optionally_removed(aptos: Path) -> None:
+    cfg = DataConfig(kind="aptos2019", root=aptos, image_size=16)
+    data = prepare_data(cfg)
+    train_rec = data.records[int(data.train_idx[0])]
+    val_rec = data.records[int(data.val_idx[0])]
+    val_rec.path.write_bytes(train_rec.path.read_bytes())  # the same photo on both sides
+    again = prepare_data(cfg)
+    assert again.val_duplicates == 1 and len(again.val_idx) == len(data.val_idx)
+    dropped = prepare_data(cfg.model_copy(update={"drop_val_duplicates": True}))
+    assert dropped.val_duplicates == 1 and len(dropped.val_idx) == len(data.val_idx) - 1
+    assert val_rec.id not in dropped.ids("val")
+    assert dropped.skipped.reasons == {"duplicate of a training image (removed from validation)": 1}
+
+
+def test_content_index_reads_a_file_again_only_when_it_changes(
+    tmp_path: Path, aptos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drsearch.data.content import content_ids
+
+    records = load_records(DataConfig(kind="aptos2019", root=aptos), Skipped())
+    first = content_ids(records, tmp_path)
+    reads: list[Path] = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+    assert content_ids(records, tmp_path) == first and reads == []
+    records[3].path.write_bytes(records[4].path.read_bytes())
+    reads.clear()
+    changed = content_ids(records, tmp_path)
+    assert reads == [records[3].path] and changed[3] == first[4]

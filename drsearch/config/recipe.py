@@ -73,6 +73,7 @@ class DataConfig(Section):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
     skip_bad: bool = False
+    drop_val_duplicates: bool = False
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_dir: Path | None = None
     cache_max_gb: float = Field(4.0, gt=0)

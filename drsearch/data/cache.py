@@ -4,8 +4,8 @@ Decoding a JPEG/PNG every epoch is what makes naive trainers slow. Here each ima
 decoded once, resized to every size the run needs (progressive resizing included) and kept
 as one ``uint8`` array per size. Per epoch only random augmentation runs. When the arrays
 would exceed ``data.cache_max_gb`` (or ``data.cache: disk``), they live in ``.npy`` files
-under the cache folder, memory-mapped, keyed by the image list (paths, sizes, mtimes) and the
-size, written to a temporary name then renamed so that concurrent runs never see half a file.
+under the cache folder, memory-mapped, keyed by the images' content (SHA-1, see
+``content.py``), the sizes and the preprocessing, written to a temporary name then renamed so that concurrent runs never see half a file.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from drsearch.config.recipe import PreprocessConfig
+from drsearch.data.content import content_ids
 from drsearch.data.preprocess import preprocess
 from drsearch.data.sources import ImageRecord, Skipped
 from drsearch.errors import DataError
@@ -65,7 +66,9 @@ def build_cache(
         usable = _decode_all(records, arrays, prep, progress)
         _handle_unreadable(records, usable, skip_bad, skipped)
         return ImageCache(arrays, usable, "memory")
-    folder = (cache_dir or default_cache_dir()) / "images" / _key(records, sizes, prep)
+    root = cache_dir or default_cache_dir()
+    ids = content_ids(records, root)
+    folder = root / "images" / _key(ids, sizes, prep)
     return _disk_cache(folder, records, sizes, prep, skip_bad, skipped, progress)
 
 
@@ -140,8 +143,8 @@ def _handle_unreadable(
         skipped.add("unreadable image", f"{records[i].path}: cannot decode image")
 
 
-def _key(records: Sequence[ImageRecord], sizes: Sequence[int], prep: PreprocessConfig) -> str:
-    """Identity of the image list (paths, file sizes, mtimes), the sizes and preprocessing."""
+def _key(ids: Sequence[str], sizes: Sequence[int], prep: PreprocessConfig) -> str:
+    """Identity of the cached arrays: the files' content in row order, sizes, preprocessing."""
     h = hashlib.sha1()
     h.update(
         json.dumps(
@@ -149,7 +152,6 @@ def _key(records: Sequence[ImageRecord], sizes: Sequence[int], prep: PreprocessC
             sort_keys=True,
         ).encode()
     )
-    for r in records:
-        st = r.path.stat()
-        h.update(f"{r.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for content in ids:
+        h.update(content.encode())
     return h.hexdigest()[:20]

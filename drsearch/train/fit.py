@@ -181,6 +181,7 @@ class _Trainer:
                 "train_grade_counts": np.bincount(self.data.labels("train"), minlength=5),
                 "val_grade_counts": np.bincount(self.data.labels("val"), minlength=5),
                 "skipped": dict(self.data.skipped.reasons),
+                "val_duplicates_of_train": self.data.val_duplicates,
                 "skipped_examples": self.data.skipped.examples,
                 "steps_per_epoch": self.plan.steps_per_epoch,
                 "class_weights": self.class_weights,

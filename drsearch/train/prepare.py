@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from drsearch.config.recipe import DataConfig
-from drsearch.data.cache import ImageCache, build_cache
+from drsearch.data.cache import ImageCache, build_cache, default_cache_dir
+from drsearch.data.content import content_ids, cross_split_duplicates
 from drsearch.data.sources import ImageRecord, Skipped, load_records
 from drsearch.data.split import split_indices
 from drsearch.train.data import Split
@@ -24,6 +25,7 @@ class PreparedData:
     cache: ImageCache
     skipped: Skipped
     cache_rows: np.ndarray  # row of each record in the cache arrays
+    val_duplicates: int = 0  # validation images whose exact file content is also in training
 
     def split(self, side: str, size: int) -> Split:
         idx = self.train_idx if side == "train" else self.val_idx
@@ -59,4 +61,14 @@ def prepare_data(
     rows = np.flatnonzero(cache.usable)
     records = [all_records[i] for i in rows]
     train_idx, val_idx = split_indices(records, cfg.val_fraction, cfg.seed)
-    return PreparedData(records, train_idx, val_idx, cache, skipped, rows)
+    ids = content_ids(records, cfg.cache_dir or default_cache_dir())
+    duplicates = cross_split_duplicates(ids, train_idx, val_idx)
+    if duplicates and cfg.drop_val_duplicates:
+        for i in duplicates:
+            skipped.add(
+                "duplicate of a training image (removed from validation)", f"{records[i].path}"
+            )
+        val_idx = np.setdiff1d(val_idx, duplicates)
+    data = PreparedData(records, train_idx, val_idx, cache, skipped, rows)
+    data.val_duplicates = len(duplicates)
+    return data
