@@ -1,11 +1,12 @@
-"""Decode and resize every image once; keep the pixels in memory, or on disk when too big.
+"""Decode and preprocess every image once; keep the pixels in memory, or on disk if too big.
 
 Decoding a JPEG/PNG every epoch is what makes naive trainers slow. Here each image is
 decoded once, resized to every size the run needs (progressive resizing included) and kept
 as one ``uint8`` array per size. Per epoch only random augmentation runs. When the arrays
 would exceed ``data.cache_max_gb`` (or ``data.cache: disk``), they live in ``.npy`` files
 under the cache folder, memory-mapped, keyed by the images' content (SHA-1, see
-``content.py``), the sizes and the preprocessing, written to a temporary name then renamed so that concurrent runs never see half a file.
+``content.py``), the sizes and the preprocessing, written to a temporary name then renamed
+so that concurrent runs (trials of a study) never see half a file and share the result.
 """
 
 from __future__ import annotations
