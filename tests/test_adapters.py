@@ -161,7 +161,7 @@ def test_training_on_an_eyepacs_replica(tmp_path: Path) -> None:
     split = (tmp_path / "run" / "split.csv").read_text().splitlines()[1:]
     sides: dict[str, set[str]] = {}
     for row in split:
-        _, side, patient, _ = row.split(",")
+        _, side, patient, *_ = row.split(",")
         sides.setdefault(patient, set()).add(side)
     assert result.epochs_completed == 1 and all(len(v) == 1 for v in sides.values())
 
@@ -198,3 +198,46 @@ def test_patient_split_on_the_real_eyepacs_label_table() -> None:
     assert overall[0] > 0.73 and overall[4] < 0.025  # the real EyePACS imbalance
     again = split_indices(recs, 0.2, seed=0)
     assert np.array_equal(val, again[1])
+
+
+def test_combined_sources_keep_their_origin_and_role(tmp_path: Path, tiny_dataset: Path) -> None:
+    from drsearch.config import Recipe, build_model
+    from drsearch.train.prepare import prepare_data
+
+    eyepacs_root = _eyepacs(tmp_path / "eyepacs")
+    recipe = build_model(
+        Recipe,
+        {
+            "data": {
+                "image_size": 16,
+                "sources": [
+                    {"kind": "eyepacs", "root": str(eyepacs_root), "use": "train"},
+                    {"kind": "aptos2019", "root": str(tiny_dataset), "name": "aptos", "use": "val"},
+                ],
+            }
+        },
+        "test",
+    )
+    data = prepare_data(recipe.data)
+    train_sources = {data.records[i].source for i in data.train_idx}
+    val_sources = {data.records[i].source for i in data.val_idx}
+    assert train_sources == {"eyepacs"} and val_sources == {"aptos"}
+    assert len(data.train_idx) == 80 and len(data.val_idx) == 80
+    assert data.records[int(data.train_idx[0])].id.startswith("eyepacs:")
+    assert data.records[int(data.train_idx[0])].patient_id.startswith("eyepacs:")
+
+
+def test_source_names_must_differ() -> None:
+    from drsearch.config import Recipe, build_model
+    from drsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.sources: source names must differ"):
+        build_model(
+            Recipe,
+            {
+                "data": {
+                    "sources": [{"kind": "folder", "root": "a"}, {"kind": "folder", "root": "b"}]
+                }
+            },
+            "test",
+        )

@@ -61,12 +61,29 @@ class PreprocessConfig(Section):
     circular_mask: bool = False
 
 
-class DataConfig(Section):
-    """Where the images are, how they are split and how they are cached."""
+DatasetKind = Literal[
+    "synthetic", "aptos2019", "csv", "eyepacs", "idrid", "ddr", "messidor2", "folder"
+]
 
-    kind: Literal[
-        "synthetic", "aptos2019", "csv", "eyepacs", "idrid", "ddr", "messidor2", "folder"
-    ] = "synthetic"
+
+class SourceConfig(Section):
+    """One dataset of several (``data.sources``), and what it is used for."""
+
+    kind: DatasetKind
+    root: Path
+    csv: Path | None = None
+    name: str | None = None
+    use: Literal["split", "train", "val"] = "split"
+
+
+class DataConfig(Section):
+    """Where the images are, how they are split and how they are cached.
+
+    ``sources`` combines datasets (e.g. EyePACS for training, APTOS for validation); when it
+    is set, ``kind``, ``root`` and ``csv`` are not used.
+    """
+
+    kind: DatasetKind = "synthetic"
     root: Path = Path("data/synth")
     csv: Path | None = None
     image_size: int = Field(224, ge=16, le=2048)
@@ -80,6 +97,7 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0)
     progressive: list[ResizePhase] = Field(default_factory=list)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
 
     @field_validator("progressive")
@@ -254,7 +272,13 @@ class Recipe(Section):
                 "train.batch_size",
                 f"MixUp/CutMix pair images, so it must be even, got {self.train.batch_size}",
             )
-        if self.data.kind == "csv" and self.data.csv is None:
+        names = [s.name or s.kind for s in self.data.sources]
+        if len(names) != len(set(names)):
+            raise _at("data.sources", f"source names must differ (set name:), got {names}")
+        for i, source in enumerate(self.data.sources):
+            if source.kind == "csv" and source.csv is None:
+                raise _at(f"data.sources.{i}.csv", "kind 'csv' needs the label file: set csv")
+        if self.data.kind == "csv" and self.data.csv is None and not self.data.sources:
             raise _at("data.csv", "data.kind 'csv' needs the label file: set data.csv")
         return self
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from drsearch import NUM_CLASSES
@@ -25,6 +25,8 @@ class ImageRecord:
     path: Path
     label: int
     patient_id: str | None = None
+    source: str | None = None  # the dataset it came from, when several are combined
+    use: str = "split"  # "split" (train or val by the split), "train" or "val"
 
 
 @dataclass
@@ -45,7 +47,13 @@ class Skipped:
 
 
 def load_records(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
-    """Read the label table named by ``cfg``; check labels and that every image exists."""
+    """Read the label table named by ``cfg``; check labels and that every image exists.
+
+    With ``data.sources``, every source is read and its records are tagged with the source
+    name (also prefixed to ids and patients, so they never collide) and its ``use``.
+    """
+    if cfg.sources:
+        return _combined(cfg, skipped)
     if cfg.kind == "synthetic":
         ensure_synthetic(cfg)
     if cfg.kind in ("synthetic", "aptos2019"):
@@ -60,6 +68,21 @@ def load_records(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
     if not records:
         raise DataError(f"{_table_path(cfg)}: no usable images")
     return records
+
+
+def _combined(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
+    out: list[ImageRecord] = []
+    for source in cfg.sources:
+        name = source.name or source.kind
+        single = cfg.model_copy(
+            update={"kind": source.kind, "root": source.root, "csv": source.csv, "sources": []}
+        )
+        for r in load_records(single, skipped):
+            patient = f"{name}:{r.patient_id}" if r.patient_id else None
+            out.append(
+                replace(r, id=f"{name}:{r.id}", patient_id=patient, source=name, use=source.use)
+            )
+    return out
 
 
 def ensure_synthetic(cfg: DataConfig) -> None:

@@ -22,15 +22,21 @@ from drsearch.errors import DataError
 def split_indices(
     records: Sequence[ImageRecord], val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and validation records, each sorted."""
-    labels = np.array([r.label for r in records])
-    if any(r.patient_id for r in records):
-        groups = [r.patient_id or f"__image__{r.id}" for r in records]
-        val = _grouped(labels, groups, val_fraction, seed)
-    else:
-        val = _stratified(labels, val_fraction, seed)
-    is_val = np.zeros(len(records), dtype=bool)
-    is_val[val] = True
+    """Indices of the training and validation records, each sorted.
+
+    Records whose ``use`` is ``train`` or ``val`` go there; the others are split.
+    """
+    is_val = np.array([r.use == "val" for r in records], dtype=bool)
+    free = np.flatnonzero([r.use == "split" for r in records])
+    if len(free):
+        subset = [records[i] for i in free]
+        labels = np.array([r.label for r in subset])
+        if any(r.patient_id for r in subset):
+            groups = [r.patient_id or f"__image__{r.id}" for r in subset]
+            val = _grouped(labels, groups, val_fraction, seed)
+        else:
+            val = _stratified(labels, val_fraction, seed)
+        is_val[free[val]] = True
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise DataError(
@@ -68,13 +74,13 @@ def _grouped(labels: np.ndarray, groups: list[str], val_fraction: float, seed: i
 def write_split(
     path: Path, records: Sequence[ImageRecord], train_idx: np.ndarray, val_idx: np.ndarray
 ) -> None:
-    """Record the split as ``split.csv`` (``id,split,patient_id,label``), written atomically."""
+    """Record the split as ``split.csv`` (``id,split,patient_id,label,source``), atomically."""
     side = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "split", "patient_id", "label"])
+        writer.writerow(["id", "split", "patient_id", "label", "source"])
         for i in sorted(side):
             r = records[i]
-            writer.writerow([r.id, side[i], r.patient_id or "", r.label])
+            writer.writerow([r.id, side[i], r.patient_id or "", r.label, r.source or ""])
     tmp.replace(path)
