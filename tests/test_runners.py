@@ -166,20 +166,23 @@ def test_rerun_after_kill_9_continues_to_exactly_the_budget(
         LR_SPACE,
         budget={"n_trials": 3},
         pruner={"enabled": False},
-        recipe_overrides={"train.epochs": 4},
+        recipe_overrides={"train.epochs": 8},  # a wide window to kill trial 1 in
     )
+    log = (tmp_path / "runner.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env=dict(os.environ),
     )
-    deadline = time.time() + 180
-    killed_during = None
+    url = load_study(path).config.storage_url()
+    deadline = time.time() + 240
+    killed_during, study = None, None
     while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.1)
         try:
-            current = trials(path)
+            study = study or optuna.load_study(study_name="tiny", storage=make_storage(url))
+            current = study.get_trials(deepcopy=False)
         except Exception:  # noqa: BLE001 - the study may not exist yet
             continue
         done = [t for t in current if t.state == TrialState.COMPLETE]
@@ -187,7 +190,11 @@ def test_rerun_after_kill_9_continues_to_exactly_the_budget(
         if done and running:
             killed_during = running[0].number
             break
-    assert killed_during is not None, "never saw a finished trial next to a running one"
+    log.close()
+    assert killed_during is not None, (
+        "never saw a finished trial next to a running one; runner exit "
+        f"{proc.poll()}, output: {(tmp_path / 'runner.log').read_text()[-2000:]}"
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     summary = run_study(load_study(path))
