@@ -351,6 +351,30 @@ def dashboard(study: Path, host: str, port: int, storage: str | None) -> None:
     )
 
 
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path), metavar="RUN_DIR|STUDY.yaml")
+@click.option("--trial", type=click.IntRange(min=0), help="With a study file: the trial number.")
+def diagnose(target: Path, trial: int | None) -> None:
+    """Say, with numbers, what a run's records show went wrong (or that it is healthy)."""
+    from drsearch.diagnose import diagnose as run_diagnosis
+
+    run_dir = target
+    if target.is_file():
+        if trial is None:
+            raise UserError(f"{target}: a study file needs --trial N")
+        from drsearch.export import select_trial
+        from drsearch.study import load_study
+
+        chosen = select_trial(load_study(target), str(trial))
+        run_dir = Path(str(chosen.user_attrs.get("run_dir", "")))
+    console = Console()
+    colours = {"high": "red", "medium": "yellow", "low": "cyan", "info": "green"}
+    for f in run_diagnosis(run_dir):
+        console.print(f"[bold {colours[f.severity]}]{f.severity.upper():<6}[/] [bold]{f.title}[/]")
+        console.print(f"       evidence: {f.evidence}", highlight=False)
+        console.print(f"       change:   {f.advice}", highlight=False)
+
+
 @cli.group()
 def data() -> None:
     """Datasets: synthesize a demo set."""

@@ -1,0 +1,265 @@
+"""``drsearch diagnose``: what a run's own records say went wrong, with numbers.
+
+Reads a run folder (``config.yaml``, ``metrics.jsonl``, ``run.json``, ``resumes.jsonl``) and
+reports findings a person would otherwise guess at: the LR actually used against the
+configured one per group, a widening train/validation gap or a plateau, a regression right
+after a resume, augmentation switched off in a phase, and per-grade sensitivity far below
+overall accuracy. Each finding has a severity, the evidence and what to change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drsearch.config.loading import load_recipe
+from drsearch.config.recipe import Recipe
+from drsearch.errors import ConfigError
+
+GAP_WIDE = 0.15  # train - validation accuracy
+REGRESSION = 0.05  # validation accuracy drop right after a resume
+MEDICAL_GAP = 0.30  # overall accuracy - a severe grade's sensitivity
+
+
+@dataclass
+class Finding:
+    severity: str  # "high", "medium", "low" or "info"
+    title: str
+    evidence: str
+    advice: str
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    log: list[dict[str, Any]]
+    resumes: list[dict[str, Any]]
+
+
+def load_run(run_dir: Path) -> Run:
+    config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+    if not config.is_file() or not metrics.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (needs config.yaml and metrics.jsonl)")
+    log = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not log:
+        raise ConfigError(f"{metrics}: no epoch logged yet")
+    resumes_file = run_dir / "resumes.jsonl"
+    resumes = (
+        [json.loads(x) for x in resumes_file.read_text().splitlines() if x.strip()]
+        if resumes_file.is_file()
+        else []
+    )
+    return Run(load_recipe(config), log, resumes)
+
+
+def diagnose(run_dir: Path) -> list[Finding]:
+    run = load_run(run_dir)
+    findings = [
+        *_lr(run),
+        *_gap_and_plateau(run),
+        *_resumes(run),
+        *_augmentation(run),
+        *_medical_gap(run),
+    ]
+    if not findings:
+        last = run.log[-1]["val"]
+        findings.append(
+            Finding(
+                "info",
+                "healthy run",
+                f"{len(run.log)} epochs; final validation accuracy "
+                f"{_f(last.get('accuracy'))}, QWK {_f(last.get('qwk'))}; LR, gap, "
+                "resumes, augmentation and per-grade sensitivity look normal",
+                "nothing to change",
+            )
+        )
+    order = {"high": 0, "medium": 1, "low": 2, "info": 3}
+    return sorted(findings, key=lambda f: order[f.severity])
+
+
+def _lr(run: Run) -> list[Finding]:
+    out = []
+    r, log = run.recipe, run.log
+    lr = r.optim.lr
+    heads = [
+        (rec["epoch"], rec.get("lr_first", {}).get("head"), rec.get("lr", {}).get("head"))
+        for rec in log
+    ]
+    peak = max(v for _, a, b in heads for v in (a, b) if v is not None)
+    warm = r.schedule.warmup_epochs
+    if warm >= 0.3 * r.train.epochs:
+        out.append(
+            Finding(
+                "high" if peak < 0.99 * lr else "medium",
+                "warmup takes most of the run",
+                f"warmup_epochs {warm:g} of {r.train.epochs} epochs ({warm / r.train.epochs:.0%}); "
+                f"head LR by epoch: " + ", ".join(f"{e}: {b:.2e}" for e, _, b in heads if b),
+                "shorten schedule.warmup_epochs (1-2 epochs, or ~5% of training)",
+            )
+        )
+    if peak < 0.99 * lr:
+        out.append(
+            Finding(
+                "high",
+                "the configured LR is never reached",
+                f"optim.lr {lr:g}, highest head LR logged {peak:.3e} ({peak / lr:.0%})",
+                "check warmup and schedule; `drsearch lr RECIPE` shows the plan",
+            )
+        )
+    mult = r.optim.backbone_lr_mult
+    if mult < 0.999:
+        backbone = log[-1].get("lr", {}).get("backbone")
+        out.append(
+            Finding(
+                "medium" if mult <= 0.2 else "low",
+                f"the backbone trains at {mult:.2g}x the head LR",
+                f"optim.backbone_lr_mult {mult:.3g}: last epoch backbone LR {_e(backbone)} vs head "
+                f"{_e(log[-1].get('lr', {}).get('head'))}; a log of param_groups[0] alone would "
+                "show only one of them",
+                "intended for fine-tuning pretrained weights; from scratch use 1.0",
+            )
+        )
+    jumps = [
+        rec["epoch"]
+        for prev, rec in zip(log, log[1:], strict=False)
+        if rec.get("lr_first", {}).get("head", 0) > 1.5 * prev.get("lr", {}).get("head", 1)
+    ]
+    if jumps:
+        drops = [_val_drop(log, e) for e in jumps]
+        out.append(
+            Finding(
+                "medium" if any(d > REGRESSION for d in drops) else "low",
+                "the LR jumps back up during training (warm restarts)",
+                f"schedule {r.schedule.name}: LR restarts at epoch(s) {', '.join(map(str, jumps))}; "
+                "validation accuracy change at each: " + ", ".join(f"{-d:+.3f}" for d in drops),
+                "if restarts were not intended use schedule.name: cosine; otherwise expect dips",
+            )
+        )
+    return out
+
+
+def _gap_and_plateau(run: Run) -> list[Finding]:
+    out = []
+    log = run.log
+    gaps = [
+        (rec["epoch"], rec["train"]["accuracy"] - (rec["val"].get("accuracy") or 0)) for rec in log
+    ]
+    losses = [(rec["epoch"], rec["val"].get("loss")) for rec in log]
+    best_loss_epoch = min((x for x in losses if x[1] is not None), key=lambda x: x[1])[0]
+    last_gap = gaps[-1][1]
+    if (
+        last_gap > GAP_WIDE
+        and last_gap - min(g for _, g in gaps) > 0.1
+        and (best_loss_epoch < log[-1]["epoch"])
+    ):
+        out.append(
+            Finding(
+                "high",
+                f"overfitting since epoch {best_loss_epoch}",
+                f"train - validation accuracy gap grew to {last_gap:.3f} (from "
+                f"{min(g for _, g in gaps):.3f}); validation loss lowest at epoch {best_loss_epoch} "
+                f"({_f(dict(losses)[best_loss_epoch])}) and {_f(losses[-1][1])} at the end",
+                "more augmentation or MixUp/CutMix, weight decay or dropout, early stopping "
+                "(train.patience), or fewer epochs",
+            )
+        )
+    monitor = run.recipe.train.monitor
+    values = [(rec["epoch"], rec["val"].get(monitor)) for rec in log]
+    values = [(e, v) for e, v in values if v is not None]
+    if len(values) >= 4:
+        sign = -1 if monitor == "loss" else 1
+        best_epoch = max(values, key=lambda x: sign * x[1])[0]
+        stale = log[-1]["epoch"] - best_epoch
+        if stale >= max(3, len(log) // 3):
+            out.append(
+                Finding(
+                    "medium",
+                    f"plateau since epoch {best_epoch}",
+                    f"best {monitor} {_f(dict(values)[best_epoch])} at epoch {best_epoch}; "
+                    f"no improvement in the {stale} epochs after",
+                    "stop earlier (train.patience) or change the LR schedule",
+                )
+            )
+    return out
+
+
+def _resumes(run: Run) -> list[Finding]:
+    out = []
+    by_epoch = {rec["epoch"]: rec for rec in run.log}
+    for resume in run.resumes:
+        k = resume["epoch"]
+        before, after = by_epoch.get(k), by_epoch.get(k + 1)
+        if not before or not after:
+            continue
+        drop = (before["val"].get("accuracy") or 0) - (after["val"].get("accuracy") or 0)
+        loss_jump = after["train"]["loss"] / max(before["train"]["loss"], 1e-12)
+        if drop > REGRESSION or loss_jump > 1.3:
+            changed = ", ".join(resume.get("changed", {})) or "none"
+            out.append(
+                Finding(
+                    "high",
+                    f"regression right after the resume at epoch {k}",
+                    f"validation accuracy {_f(before['val'].get('accuracy'))} -> "
+                    f"{_f(after['val'].get('accuracy'))}, train loss "
+                    f"{before['train']['loss']:.4f} -> {after['train']['loss']:.4f} "
+                    f"({loss_jump:.2f}x); recipe keys changed at the resume: {changed}",
+                    "resume from a full checkpoint (optimizer, schedule, scaler, EMA) and keep the "
+                    "recipe unchanged; a reset optimizer re-warms Adam's moments at full LR",
+                )
+            )
+    return out
+
+
+def _augmentation(run: Run) -> list[Finding]:
+    for prev, rec in zip(run.log, run.log[1:], strict=False):
+        if prev.get("augmentations") and not rec.get("augmentations"):
+            return [
+                Finding(
+                    "high",
+                    f"training augmentation switched off from epoch {rec['epoch']}",
+                    f"epoch {prev['epoch']} ({prev.get('image_size')} px) trained with "
+                    f"{', '.join(prev['augmentations'])}; epoch {rec['epoch']} "
+                    f"({rec.get('image_size')} px) with none",
+                    "keep training augmentation in every phase (a high-resolution phase is not "
+                    "test-time preprocessing)",
+                )
+            ]
+    return []
+
+
+def _medical_gap(run: Run) -> list[Finding]:
+    best_epoch = run.log[-1].get("best_epoch") or run.log[-1]["epoch"]
+    best = next((r for r in run.log if r["epoch"] == best_epoch), run.log[-1])["val"]
+    acc = best.get("accuracy")
+    sens = best.get("sensitivity") or []
+    out = []
+    for grade, name in ((3, "severe NPDR"), (4, "PDR")):
+        s = sens[grade] if len(sens) > grade else None
+        if acc is not None and s is not None and acc - s > MEDICAL_GAP:
+            support = (best.get("support") or [None] * 5)[grade]
+            out.append(
+                Finding(
+                    "high",
+                    f"{name} sensitivity far below overall accuracy",
+                    f"best epoch {best_epoch}: accuracy {acc:.3f} but {name} (grade {grade}) "
+                    f"sensitivity {s:.3f} on {support} images",
+                    f"raise loss.class_weights for grade {grade}, use focal loss, or optimise a "
+                    "study with medical-grade constraints",
+                )
+            )
+    return out
+
+
+def _val_drop(log: list[dict[str, Any]], epoch: int) -> float:
+    by_epoch = {r["epoch"]: r["val"].get("accuracy") or 0 for r in log}
+    return by_epoch.get(epoch - 1, 0) - by_epoch.get(epoch, 0)
+
+
+def _f(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _e(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
