@@ -377,7 +377,7 @@ def diagnose(target: Path, trial: int | None) -> None:
 
 @cli.group()
 def data() -> None:
-    """Datasets: synthesize a demo set."""
+    """Datasets: describe a recipe's data, or synthesize a demo set."""
 
 
 @data.command()
