@@ -132,7 +132,8 @@ def _lr(run: Run) -> list[Finding]:
             Finding(
                 "medium" if any(d > REGRESSION for d in drops) else "low",
                 "the LR jumps back up during training (warm restarts)",
-                f"schedule {r.schedule.name}: LR restarts at epoch(s) {', '.join(map(str, jumps))}; "
+                f"schedule {r.schedule.name}: LR restarts at epoch(s) "
+                f"{', '.join(map(str, jumps))}; "
                 "validation accuracy change at each: " + ", ".join(f"{-d:+.3f}" for d in drops),
                 "if restarts were not intended use schedule.name: cosine; otherwise expect dips",
             )
@@ -159,7 +160,8 @@ def _gap_and_plateau(run: Run) -> list[Finding]:
                 "high",
                 f"overfitting since epoch {best_loss_epoch}",
                 f"train - validation accuracy gap grew to {last_gap:.3f} (from "
-                f"{min(g for _, g in gaps):.3f}); validation loss lowest at epoch {best_loss_epoch} "
+                f"{min(g for _, g in gaps):.3f}); validation loss lowest at epoch "
+                f"{best_loss_epoch} "
                 f"({_f(dict(losses)[best_loss_epoch])}) and {_f(losses[-1][1])} at the end",
                 "more augmentation or MixUp/CutMix, weight decay or dropout, early stopping "
                 "(train.patience), or fewer epochs",
