@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo", "demo_lite0", "effb2"])
+@pytest.mark.parametrize("name", ["demo", "demo_lite0", "effb2", "fixres_progressive"])
 def test_every_shipped_recipe_validates(name: str) -> None:
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
     assert recipe.pinned is None and recipe.model.name

@@ -111,3 +111,24 @@ def test_cli_overrides_apply(tmp_path: Path) -> None:
         3,
         "other",
     )
+
+
+def test_fixres_progressive_study_searches_phase_boundaries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import optuna
+
+    from drsearch.search_space import sample, trial_recipe
+
+    monkeypatch.chdir(ROOT)
+    loaded = load_study(Path("studies/fixres_progressive.yaml"))
+    assert {"data.progressive.1.epoch", "data.progressive.2.epoch"} <= set(loaded.space)
+    assert loaded.recipe.train.ema and loaded.recipe.model.drop_path_rate > 0
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):  # every sampled combination is a valid recipe
+        trial = study.ask()
+        recipe = trial_recipe(loaded.recipe, sample(trial, loaded.space, loaded.recipe), "t")
+        epochs = [p.epoch for p in recipe.data.progressive]
+        assert epochs[0] == 0 < epochs[1] < epochs[2] < recipe.train.epochs
+        assert [p.size for p in recipe.data.progressive] == [160, 224, 256]
+        study.tell(trial, 0.0)
