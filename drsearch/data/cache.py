@@ -57,6 +57,7 @@ def build_cache(
     skipped: Skipped,
     progress: Progress | None = None,
     prep: PreprocessConfig | None = None,
+    ids: Sequence[str] | None = None,
 ) -> ImageCache:
     """Decode each record once and preprocess it to every size in ``sizes``."""
     prep = prep or PreprocessConfig()
@@ -68,7 +69,7 @@ def build_cache(
         _handle_unreadable(records, usable, skip_bad, skipped)
         return ImageCache(arrays, usable, "memory")
     root = cache_dir or default_cache_dir()
-    ids = content_ids(records, root)
+    ids = ids if ids is not None else content_ids(records, root)
     folder = root / "images" / _key(ids, sizes, prep)
     return _disk_cache(folder, records, sizes, prep, skip_bad, skipped, progress)
 

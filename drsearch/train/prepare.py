@@ -47,6 +47,8 @@ def prepare_data(
     """Read labels, decode every image once, drop unusable ones, split by grade/patient."""
     skipped = Skipped()
     all_records = load_records(cfg, skipped)
+    # content ids once: they key the disk cache and find train/validation duplicates
+    all_ids = content_ids(all_records, cfg.cache_dir or default_cache_dir())
     cache = build_cache(
         all_records,
         cfg.sizes(),
@@ -57,11 +59,12 @@ def prepare_data(
         skipped,
         progress,
         cfg.preprocess,
+        all_ids,
     )
     rows = np.flatnonzero(cache.usable)
     records = [all_records[i] for i in rows]
     train_idx, val_idx = split_indices(records, cfg.val_fraction, cfg.seed)
-    ids = content_ids(records, cfg.cache_dir or default_cache_dir())
+    ids = [all_ids[i] for i in rows]
     duplicates = cross_split_duplicates(ids, train_idx, val_idx)
     if duplicates and cfg.drop_val_duplicates:
         for i in duplicates:
