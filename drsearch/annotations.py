@@ -102,7 +102,7 @@ def trial_note(number: int, outcome: Outcome) -> str:
         "",
         f"accuracy {_f(a.get('accuracy'))}, QWK {_f(a.get('qwk'))}, best epoch "
         f"{a.get('best_epoch')} of {a.get('epochs_completed')}; final LR per group "
-        f"{a.get('lr_groups')}",
+        f"{a.get('lr_groups')}; trainable parameters {a.get('trainable_params')}",
         "",
         f"Run folder: `{a.get('run_dir')}`",
     ]

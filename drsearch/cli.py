@@ -119,6 +119,17 @@ def train(
         f"sensitivity severe NPDR {_num(best['sensitivity'][3])}, "
         f"PDR {_num(best['sensitivity'][4])}; {result.wall_seconds:.1f}s -> {run_dir}"
     )
+    click.echo(_parameter_line(result.parameters))
+
+
+def _parameter_line(counts: dict[str, Any]) -> str:
+    line = (
+        f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} "
+        f"({100 * counts['trainable_fraction']:.2f}%)"
+    )
+    if counts.get("lora"):
+        line += f"; LoRA adapters {counts['lora']:,}, the rest frozen except the classifier"
+    return line
 
 
 def _num(value: float | None) -> str:
@@ -190,6 +201,17 @@ def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str,
 )
 @click.option("--study-name", help="Override the study name.")
 @click.option("--ray-address", help="Join an existing Ray cluster (e.g. 10.0.0.1:6379).")
+@click.option(
+    "--run-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Override run_root (trial folders and the default SQLite file).",
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Wiring check: tiny model, a few synthetic images, 2 epochs, 2 trials, same code "
+    "paths; in <run_root>/smoke/, replaced each time.",
+)
 @click.option("--quiet", is_flag=True, help="No live progress view.")
 def run(
     study: Path,
@@ -199,23 +221,30 @@ def run(
     max_concurrent: int | None,
     study_name: str | None,
     ray_address: str | None,
+    run_root: Path | None,
+    smoke: bool,
     quiet: bool,
 ) -> None:
     """Run (or continue) a study until its budget is spent."""
     from drsearch.runners import run_study
     from drsearch.study import load_study
 
+    if smoke and storage:
+        raise UserError("--smoke keeps its own SQLite file under <run_root>/smoke/; drop --storage")
     loaded = load_study(
         study,
         {
-            "budget.n_trials": n_trials,
+            "smoke.n_trials" if smoke else "budget.n_trials": n_trials,
             "storage": storage,
             "executor": executor,
             "resources.max_concurrent": max_concurrent,
             "name": study_name,
             "ray.address": ray_address,
+            "run_root": str(run_root) if run_root else None,
         },
     )
+    if smoke:
+        loaded = _prepare_smoke(loaded)
     if quiet:
         summary = run_study(loaded)
     else:
@@ -226,6 +255,26 @@ def run(
     _print_summary(summary)
     if summary.counts.counted and summary.counts.counted == summary.counts.failed:
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
+
+
+def _prepare_smoke(loaded: Any) -> Any:
+    """The smoke version of ``loaded``, in a fresh scratch study (data generated once)."""
+    from drsearch.data.sources import ensure_synthetic
+    from drsearch.smoke import smoke_study
+
+    small = smoke_study(loaded)
+    cfg, recipe = small.config, small.recipe
+    for stale in (cfg.study_dir, cfg.artifact_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    (cfg.run_root / f"{cfg.name}.db").unlink(missing_ok=True)
+    ensure_synthetic(recipe.data)
+    click.echo(
+        f"smoke run of {loaded.path}: {recipe.model.name} at {recipe.data.sizes()} px, "
+        f"{recipe.data.synthetic.n} synthetic images, {recipe.train.epochs} epochs, "
+        f"{cfg.budget.n_trials} trials -> {cfg.run_root}",
+        err=True,
+    )
+    return small
 
 
 def _print_summary(s: Any) -> None:

@@ -120,6 +120,7 @@ def epoch_payload(
         "best": {k: best["val"].get(k) for k in REPORTED_METRICS},
         "lr_groups": record["lr"],
         "train_loss": record["train"]["loss"],
+        "trainable_params": record.get("trainable_params"),
         "wall_seconds": time.perf_counter() - started,
     }
 
@@ -217,6 +218,7 @@ class TrialTracker:
             "wall_seconds": payload.get("wall_seconds"),
             "run_dir": str(self.run_dir),
             "lr_groups": payload.get("lr_groups"),
+            "trainable_params": payload.get("trainable_params"),
         }
         if payload.get("ray_node_id"):
             attrs["ray_node_id"] = payload["ray_node_id"]

@@ -123,9 +123,11 @@ def load_search_space(path: Path, base: Recipe) -> SearchSpace:
     }
     if not space:
         raise ConfigError(f"{path}: the search space is empty; add at least one parameter")
+    flat = base.model_dump(mode="json")
     for key, param in space.items():
         where = f"{path}: {key}"
         annotation = field_annotation(key, where)
+        _check_parent_in_base(flat, key, where)
         for value in param.extremes():
             _check_value(annotation, value, f"{where}: {value!r}")
         for cond_key in param.when or {}:
@@ -141,6 +143,30 @@ def load_search_space(path: Path, base: Recipe) -> SearchSpace:
                 f"{base.loss.class_weights!r}; set it to a list of 5 weights to search one grade"
             )
     return space
+
+
+def _check_parent_in_base(flat: dict[str, Any], key: str, where: str) -> None:
+    """A searched key must sit in a section (or list element) the base recipe has."""
+    data: Any = flat
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(data, list):
+            if int(part) >= len(data):
+                raise ConfigError(
+                    f"{where}: the recipe's {'.'.join(parts[:i])} has {len(data)} entries, "
+                    f"so there is no {here}; add it to the recipe"
+                )
+            data = data[int(part)]
+        elif isinstance(data, dict):
+            data = data.get(part)
+            if data is None:
+                raise ConfigError(
+                    f"{where}: the recipe has no {here}; set {here} in the recipe to search "
+                    "inside it"
+                )
+        else:
+            return  # e.g. a class-weight preset, expanded to five weights when sampled
 
 
 def _parse_param(path: Path, key: str, raw: Any) -> FloatParam | IntParam | CategoricalParam:

@@ -81,3 +81,18 @@ def _check_storage(path: Path, config: StudyConfig) -> None:
             f"{path}: storage: not an SQLAlchemy URL; use e.g. sqlite:///runs/study.db or "
             "postgresql+psycopg2://user@host/db"
         ) from None
+
+
+def check_weights_exist(loaded: LoadedStudy) -> None:
+    """Fail before any trial starts when the recipe's weights file is missing."""
+    pretrained = loaded.recipe.model.pretrained
+    if pretrained is False:
+        return
+    from drsearch.train.named_weights import is_named
+
+    if not is_named(pretrained) and not Path(pretrained).is_file():
+        raise ConfigError(
+            f"{loaded.path}: model.pretrained: weights file {pretrained} not found; download "
+            "it (gated weights need a local copy), set model.pretrained: false, or try the "
+            "wiring with --smoke"
+        )

@@ -17,7 +17,15 @@ from drsearch.errors import ConfigError
 from drsearch.search_space import apply_params, load_search_space, sample, trial_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = build_model(Recipe, {"loss": {"class_weights": [1, 1, 1, 1, 1]}}, "test")
+BASE = build_model(
+    Recipe,
+    {
+        "loss": {"class_weights": [1, 1, 1, 1, 1]},
+        "data": {"progressive": [{"epoch": 0, "size": 64}, {"epoch": 2, "size": 96}]},
+        "model": {"lora": {"r": 4}},
+    },
+    "test",
+)
 
 
 def space_file(tmp_path: Path, text: str) -> Path:
@@ -85,6 +93,15 @@ def test_parses_to_optuna_distribution(tmp_path: Path, text: str, expected: obje
             "loss.gamma: when loss.nam: not a recipe key",
         ),
         ("{}", "the search space is empty"),
+        (
+            "data.progressive.2.epoch: {type: int, low: 3, high: 4}",
+            "data.progressive.2.epoch: the recipe's data.progressive has 2 entries, so there is "
+            "no data.progressive.2; add it to the recipe",
+        ),
+        (
+            "model.lora.target_modules: {type: categorical, choices: [qkv, everything]}",
+            "model.lora.target_modules: 'everything' is not a valid value",
+        ),
     ],
 )
 def test_bad_space_gives_one_line_naming_file_and_key(
@@ -191,3 +208,11 @@ def test_every_sampler_explores_the_demo_space(name: str, tmp_path: Path) -> Non
         assert base.optim.lr != recipe.optim.lr or "optim.lr" not in params
         study.tell(trial, params["optim.lr"])
     assert len({t.params["optim.lr"] for t in study.trials}) == 4
+
+
+def test_searching_inside_a_section_the_recipe_lacks_is_an_error(tmp_path: Path) -> None:
+    no_lora = build_model(Recipe, {}, "test")
+    path = space_file(tmp_path, "model.lora.r: {type: categorical, choices: [4, 8]}")
+    with pytest.raises(ConfigError, match=r"model.lora.r: the recipe has no model.lora; set"):
+        load_search_space(path, no_lora)
+    assert set(load_search_space(path, BASE)) == {"model.lora.r"}

@@ -13,8 +13,25 @@ from drsearch.study import load_study
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SHIPPED = sorted(p.stem for p in (ROOT / "studies").glob("*.yaml"))
+
+
+def test_the_four_studies_ship() -> None:
+    assert SHIPPED == ["demo", "effb2", "fixres_progressive", "medsiglip_lora"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_study_validates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    loaded = load_study(Path("studies") / f"{name}.yaml")
+    assert loaded.config.name == name and loaded.space
+    assert loaded.recipe.train.epochs >= loaded.config.pruner.grace_period
+
+
 @pytest.mark.parametrize("name", ["demo", "effb2"])
-def test_shipped_studies_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_classifier_studies_search_the_usual_knobs(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     loaded = load_study(Path("studies") / f"{name}.yaml")
     assert loaded.config.name == name
@@ -131,4 +148,28 @@ def test_fixres_progressive_study_searches_phase_boundaries(
         epochs = [p.epoch for p in recipe.data.progressive]
         assert epochs[0] == 0 < epochs[1] < epochs[2] < recipe.train.epochs
         assert [p.size for p in recipe.data.progressive] == [160, 224, 256]
+        study.tell(trial, 0.0)
+
+
+def test_medsiglip_lora_study_is_the_one_users_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from drsearch.search_space import sample, trial_recipe
+
+    monkeypatch.chdir(ROOT)
+    loaded = load_study(Path("studies/medsiglip_lora.yaml"))
+    recipe, space = loaded.recipe, loaded.space
+    assert "siglip" in recipe.model.name and recipe.data.image_size == 448
+    assert recipe.model.lora is not None and str(recipe.model.pretrained).endswith(".safetensors")
+    assert (recipe.train.batch_size, recipe.train.grad_accum) == (6, 4)
+    assert recipe.train.patience is not None and recipe.train.patience >= 8
+    bounds = {k: (getattr(p, "low", None), getattr(p, "high", None)) for k, p in space.items()}
+    assert bounds["loss.alpha"][1] == 4.0 and bounds["loss.gamma"][1] == 6.0
+    assert bounds["loss.class_weights.3"][1] == 8.0 and bounds["loss.class_weights.4"][1] == 6.0
+    assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout"} <= set(space)
+    assert set(space["model.lora.target_modules"].choices) == {"qkv", "attention", "attention_mlp"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        trial_recipe(recipe, sample(trial, space, recipe), "t")
         study.tell(trial, 0.0)

@@ -123,14 +123,48 @@ class DataConfig(Section):
         return size
 
 
+#: Named sets of LoRA target modules (suffixes of timm module names, as peft matches them).
+LORA_TARGET_PRESETS = {
+    "qkv": ["attn.qkv"],
+    "attention": ["attn.qkv", "attn.proj"],
+    "attention_mlp": ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"],
+}
+LoraTargetPreset = Literal["qkv", "attention", "attention_mlp"]
+
+
+class LoraConfig(Section):
+    """LoRA adapters (peft) on a frozen backbone: only the adapters and the classifier train.
+
+    ``target_modules`` is a preset name (``qkv``, ``attention``, ``attention_mlp``) or a list
+    of module-name suffixes such as ``[attn.qkv, mlp.fc1]``.
+    """
+
+    r: int = Field(8, ge=1, le=512)
+    alpha: PositiveFloat = 16.0
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: LoraTargetPreset | Annotated[list[str], Field(min_length=1)] = "attention"
+
+    def target_names(self) -> list[str]:
+        """The module-name suffixes the adapters go on."""
+        if isinstance(self.target_modules, str):
+            return list(LORA_TARGET_PRESETS[self.target_modules])
+        return list(self.target_modules)
+
+
 class ModelConfig(Section):
     """A timm model; ``pretrained`` is ``false``, a local weights file, or a packaged set of
-    ImageNet weights by name (``efficientnet-lite0``..``2``); never a hub download."""
+    ImageNet weights by name (``efficientnet-lite0``..``2``); never a hub download.
+
+    With ``lora`` set, the pretrained weights stay frozen and LoRA adapters train instead.
+    """
 
     name: str = "resnet10t"
     pretrained: Literal[False] | Path = False
     drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    lora: LoraConfig | None = None
+    #: Further ``timm.create_model`` arguments, e.g. ``{embed_dim: 64, depth: 2}``.
+    kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
     @field_validator("pretrained", mode="before")
     @classmethod

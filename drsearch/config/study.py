@@ -103,6 +103,17 @@ class ReportConfig(Section):
     top_trials: int = Field(5, ge=1, le=20)
 
 
+class SmokeConfig(Section):
+    """How ``drsearch run --smoke`` shrinks the study into a wiring check (drsearch/smoke.py)."""
+
+    n_images: int = Field(60, ge=20, le=5000)
+    epochs: int | None = Field(None, ge=1)  # default: 2, or one per resize phase if more
+    n_trials: int = Field(2, ge=1)
+    max_image_size: int = Field(96, ge=32, le=512)
+    batch_size: int = Field(8, ge=2)
+    model: str | None = None  # default: the study's architecture made tiny
+
+
 class StudyConfig(Section):
     """A study file. Relative paths are relative to the current directory."""
 
@@ -120,6 +131,7 @@ class StudyConfig(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     storage: str | None = None
     run_root: Path = Path("runs")
+    smoke: SmokeConfig = Field(default_factory=SmokeConfig)
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.runners.common import SilentProgress, StudyProgress
 from drsearch.storage import INTERRUPTED, Counts, StudyStore, masked_url
-from drsearch.study import LoadedStudy
+from drsearch.study import LoadedStudy, check_weights_exist
 
 
 @dataclass
@@ -42,6 +42,7 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = loaded.config
+    check_weights_exist(loaded)
     store = StudyStore(cfg)
     _describe(store.study, loaded)
     from drsearch.annotations import annotate_study, artifact_store

@@ -33,7 +33,7 @@ from drsearch.train.data import (
 )
 from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
 from drsearch.train.metrics import compute_metrics
-from drsearch.train.model import build_model, build_optimizer, normalization
+from drsearch.train.model import build_model, build_optimizer, normalization, parameter_counts
 from drsearch.train.outputs import RunFolder, installed_versions
 from drsearch.train.prepare import PreparedData, prepare_data
 from drsearch.train.schedule import LRController, StepPlan
@@ -73,6 +73,7 @@ class FitResult:
     stopped: str  # "completed", "early_stopping" or "reporter"
     wall_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # total / trainable / lora
 
 
 def steps_per_epoch(n_train: int, recipe: Recipe) -> int:
@@ -121,7 +122,9 @@ class _Trainer:
         self.recipe, self.data, self.folder = recipe, data, folder
         self.device = _device(recipe)
         _seed_everything(recipe.train.seed)
-        self.model = build_model(recipe.model).to(self.device)
+        dynamic = len(recipe.data.sizes()) > 1
+        self.model = build_model(recipe.model, recipe.data.image_size, dynamic).to(self.device)
+        self.parameters = parameter_counts(self.model)
         if recipe.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = Normalizer(
@@ -187,6 +190,7 @@ class _Trainer:
                 "class_weights": self.class_weights,
                 "augmentations": describe(self.pipeline),
                 "device": str(self.device),
+                "parameters": self.parameters,
                 "amp": self.amp,
                 "image_cache": self.data.cache.location,
                 "data_fingerprint": data_fingerprint(
@@ -229,6 +233,7 @@ class _Trainer:
             stopped=stopped,
             wall_seconds=time.perf_counter() - started,
             history=history,
+            parameters=self.parameters,
         )
 
     def _epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
@@ -253,6 +258,7 @@ class _Trainer:
             "lr": lr_last,
             "lr_first": lr_first,
             "best_epoch": self.best_epoch,
+            "trainable_params": self.parameters["trainable"],
             "train_seconds": train_seconds,
             "epoch_seconds": time.perf_counter() - t0,
         }

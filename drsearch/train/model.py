@@ -12,22 +12,39 @@ from torch import nn
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import ModelConfig, OptimConfig
 from drsearch.errors import ConfigError
+from drsearch.train.hf_siglip import convert_hf_siglip, is_hf_siglip, resample_pos_embed
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """A timm model with a 5-grade head; weights from a local file when configured."""
+def build_model(
+    cfg: ModelConfig, image_size: int | None = None, dynamic_size: bool = False
+) -> nn.Module:
+    """A timm model with a 5-grade head; weights from a local file when configured.
+
+    Models with a fixed input size (ViTs) are built for ``image_size``, and for any size
+    when ``dynamic_size`` (progressive resizing). With ``cfg.lora``, adapters are added after
+    the weights load and everything but adapters and classifier is frozen.
+    """
     if not timm.is_model(cfg.name):
         raise ConfigError(
             f"model.name: unknown timm model {cfg.name!r}; list them with "
             "python -c 'import timm; print(timm.list_models())'"
         )
-    model = timm.create_model(
-        cfg.name,
-        pretrained=False,
-        num_classes=NUM_CLASSES,
-        drop_rate=cfg.drop_rate,
-        drop_path_rate=cfg.drop_path_rate or None,
-    )
+    try:
+        model = timm.create_model(
+            cfg.name,
+            pretrained=False,
+            num_classes=NUM_CLASSES,
+            drop_rate=cfg.drop_rate,
+            drop_path_rate=cfg.drop_path_rate or None,
+            **_input_size_kwargs(cfg.name, image_size, dynamic_size),
+            **cfg.kwargs,
+        )
+    except TypeError as exc:
+        if not cfg.kwargs:
+            raise
+        raise ConfigError(
+            f"model.kwargs: timm's {cfg.name} does not take {sorted(cfg.kwargs)}: {exc}"
+        ) from None
     if cfg.pretrained is not False:
         from drsearch.train.named_weights import is_named, mapped_state_dict
 
@@ -37,7 +54,35 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             )
         else:
             load_local_weights(model, Path(cfg.pretrained))
+    if cfg.lora is not None:
+        from drsearch.train.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora, head_parameter_names(model))
     return model
+
+
+def _input_size_kwargs(name: str, image_size: int | None, dynamic: bool) -> dict[str, Any]:
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, KeyError):  # a model registered without pretrained configs
+        pretrained_cfg = None
+    if image_size is None or not (pretrained_cfg and pretrained_cfg.fixed_input_size):
+        return {}
+    return (
+        {"img_size": image_size, "dynamic_img_size": True} if dynamic else {"img_size": image_size}
+    )
+
+
+def parameter_counts(model: nn.Module) -> dict[str, Any]:
+    """How many parameters the model has and how many train (adapters and head under LoRA)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "total": total,
+        "trainable": trainable,
+        "trainable_fraction": trainable / total if total else 0.0,
+        "lora": sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
+    }
 
 
 def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
@@ -56,7 +101,15 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
+    if is_hf_siglip(state):
+        state = convert_hf_siglip(state, model)
     own = model.state_dict()
+    if (
+        "pos_embed" in state
+        and "pos_embed" in own
+        and state["pos_embed"].shape != own["pos_embed"].shape
+    ):
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], model)
     head = set(head_parameter_names(model))
     reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in reshaped}

@@ -1,0 +1,208 @@
+"""``drsearch run STUDY --smoke``: the same study, shrunk into a wiring check.
+
+A smoke study keeps everything that decides which code runs (executor, sampler, pruner,
+objective and constraints, loss, augmentation, MixUp/CutMix, EMA, LoRA, gradient
+accumulation, schedule type, preprocessing, the number of resize phases) and shrinks what only
+costs time:
+
+- data: a few synthetic fundus images (every grade present) instead of the study's dataset;
+- model: the study's own architecture made tiny (a ViT keeps its class, pooling and patch
+  size with 2 blocks of width 64), or timm's ``test_*`` model of the family (EfficientNet,
+  ConvNeXt, ResNet); never pretrained weights;
+- image sizes scaled down to at most ``smoke.max_image_size``;
+- epochs: 2, or one per resize phase; epoch-valued settings and search bounds (warmup, restart
+  period, step period, patience, phase starts) scaled by the same factor;
+- budget: ``smoke.n_trials`` trials one at a time on the CPU, under ``<run_root>/smoke/`` in
+  its own SQLite file, never the study's database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drsearch.config.loading import build_model
+from drsearch.config.recipe import Recipe
+from drsearch.config.study import StudyConfig
+from drsearch.search_space import CategoricalParam, FloatParam, IntParam
+from drsearch.study import LoadedStudy
+
+#: timm ``test_*`` stand-ins by family (substring of the model name).
+TINY_MODELS = (
+    ("efficientnet", "test_efficientnet"),
+    ("convnext", "test_convnext"),
+    ("resnet", "test_resnet"),
+    ("nfnet", "test_nfnet"),
+    ("maxvit", "test_maxvit"),
+    ("coatnet", "test_coatnet"),
+)
+#: A ViT shrunk in place: same class, pooling and patch size, 2 blocks of width 64.
+TINY_VIT = {"embed_dim": 64, "depth": 2, "num_heads": 4}
+
+_EPOCH_KEYS = re.compile(r"^(schedule\.(warmup_epochs|t0|step_epochs)|train\.patience)$")
+_PHASE_EPOCH = re.compile(r"^data\.progressive\.(\d+)\.epoch$")
+_SIZE_KEYS = re.compile(r"^data\.(image_size|progressive\.\d+\.size)$")
+
+Param = FloatParam | IntParam | CategoricalParam
+
+
+def smoke_folder(config: StudyConfig) -> Path:
+    """Scratch folder of a study's smoke runs, replaced by every ``--smoke``."""
+    return config.run_root / "smoke"
+
+
+def smoke_study(loaded: LoadedStudy) -> LoadedStudy:
+    """``loaded`` shrunk as the module docstring says; validated like any study."""
+    cfg, smoke = loaded.config, loaded.config.smoke
+    base = loaded.recipe
+    phases = len(base.data.progressive)
+    epochs = smoke.epochs or max(2, phases)
+    scale = Scales(
+        epoch=epochs / base.train.epochs,
+        size=min(1.0, smoke.max_image_size / max(base.data.sizes())),
+        epochs=epochs,
+        phases=phases,
+        batch=smoke.batch_size,
+    )
+    folder = smoke_folder(cfg).resolve()
+    data_root = folder / f"synthetic-{smoke.n_images}-{scale.image_size(max(base.data.sizes()))}px"
+    recipe = _smoke_recipe(base, scale, cfg, data_root, loaded.path)
+    space = {key: _smoke_param(key, param, scale) for key, param in loaded.space.items()}
+    study = _smoke_config(cfg, recipe, folder, epochs, loaded.path)
+    return LoadedStudy(loaded.path, study, recipe, space)
+
+
+@dataclass(frozen=True)
+class Scales:
+    """How a smoke study shrinks epochs (``epoch`` factor), image sizes and batches."""
+
+    epoch: float
+    size: float
+    epochs: int
+    phases: int
+    batch: int
+
+    def epochs_float(self, value: float) -> float:
+        return min(value * self.epoch, self.epochs - 0.5)
+
+    def epochs_int(self, value: int) -> int:
+        return max(1 if value >= 1 else 0, round(value * self.epoch))
+
+    def phase_start(self, index: int, value: int) -> int:
+        """Phase ``index`` starts in ``[index, epochs - phases + index]`` (strictly ordered)."""
+        latest = self.epochs - self.phases + index
+        return min(max(round(value * self.epoch), index), latest) if index else 0
+
+    def image_size(self, value: int) -> int:
+        return max(32, int(value * self.size / 8 + 0.5) * 8)
+
+
+def tiny_model(name: str) -> tuple[str, dict[str, Any]]:
+    """The smoke stand-in for timm model ``name`` and its extra ``create_model`` arguments."""
+    if name.startswith("vit_"):
+        return name, dict(TINY_VIT)
+    for family, tiny in TINY_MODELS:
+        if family in name:
+            return tiny, {}
+    return name, {}
+
+
+def _smoke_recipe(
+    base: Recipe, scale: Scales, cfg: StudyConfig, data_root: Path, path: Path
+) -> Recipe:
+    raw = base.model_dump(mode="json")
+    data, model, train, schedule = raw["data"], raw["model"], raw["train"], raw["schedule"]
+    data.update(
+        kind="synthetic",
+        root=str(data_root),
+        csv=None,
+        sources=[],
+        image_size=scale.image_size(base.data.image_size),
+        cache="memory",
+        num_workers=0,
+        skip_bad=False,
+    )
+    data["synthetic"] = {
+        "n": cfg.smoke.n_images,
+        "size": scale.image_size(max(base.data.sizes())),
+        "seed": 0,
+        "imbalance": "balanced",
+    }
+    data["progressive"] = [
+        {"epoch": scale.phase_start(i, p.epoch), "size": scale.image_size(p.size)}
+        for i, p in enumerate(base.data.progressive)
+    ]
+    name, kwargs = (cfg.smoke.model, {}) if cfg.smoke.model else tiny_model(base.model.name)
+    model.update(name=name, pretrained=False, kwargs={**base.model.kwargs, **kwargs})
+    train.update(
+        epochs=scale.epochs,
+        batch_size=min(base.train.batch_size, scale.batch),
+        eval_batch_size=None,
+        device="cpu",
+        threads=1,
+    )
+    if base.train.patience is not None:
+        train["patience"] = scale.epochs_int(base.train.patience)
+    schedule["warmup_epochs"] = scale.epochs_float(base.schedule.warmup_epochs)
+    schedule["t0"] = max(0.5, base.schedule.t0 * scale.epoch)
+    schedule["step_epochs"] = max(0.5, base.schedule.step_epochs * scale.epoch)
+    return build_model(Recipe, raw, f"{path} (--smoke recipe)")
+
+
+def _smoke_param(key: str, param: Param, scale: Scales) -> Param:
+    phase = _PHASE_EPOCH.match(key)
+    if phase:
+        index = int(phase.group(1))
+        return _mapped(param, lambda v: scale.phase_start(index, int(v)))
+    if _SIZE_KEYS.match(key):
+        return _mapped(param, lambda v: scale.image_size(int(v)))
+    if key == "train.batch_size":
+        return _mapped(param, lambda v: min(int(v), scale.batch))
+    if _EPOCH_KEYS.match(key):
+        if isinstance(param, IntParam) or key == "train.patience":
+            return _mapped(param, lambda v: scale.epochs_int(int(v)))
+        return _mapped(param, lambda v: scale.epochs_float(float(v)))
+    return param
+
+
+def _mapped(param: Param, fn: Callable[[Any], Any]) -> Param:
+    """``param`` with every bound or choice passed through ``fn``; one value -> one choice."""
+    if isinstance(param, CategoricalParam):
+        choices = [fn(c) if _is_number(c) else c for c in param.choices]
+        return CategoricalParam(
+            type="categorical", choices=list(dict.fromkeys(choices)), when=param.when
+        )
+    low, high = fn(param.low), fn(param.high)
+    if low >= high:
+        return CategoricalParam(type="categorical", choices=[low], when=param.when)
+    if isinstance(param, IntParam):
+        return IntParam(type="int", low=low, high=high, log=param.log and low > 0, when=param.when)
+    step = param.step
+    if step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-9:
+        step = None
+    return FloatParam(
+        type="float", low=low, high=high, log=param.log and low > 0, step=step, when=param.when
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _smoke_config(
+    cfg: StudyConfig, recipe: Recipe, folder: Path, epochs: int, path: Path
+) -> StudyConfig:
+    raw = cfg.model_dump(mode="json")
+    raw.update(
+        recipe=recipe.model_dump(mode="json"),
+        overrides={},
+        storage=None,
+        run_root=str(folder),
+        budget={"n_trials": cfg.smoke.n_trials, "time_limit_s": None},
+        resources={"cpus_per_trial": 1, "gpus_per_trial": 0, "max_concurrent": 1},
+    )
+    raw["pruner"].update(grace_period=min(cfg.pruner.grace_period, epochs), max_epochs=None)
+    return build_model(StudyConfig, raw, f"{path} (--smoke)")
