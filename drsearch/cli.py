@@ -189,7 +189,11 @@ def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str,
 
 @cli.command()
 @click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
-@click.option("--n-trials", type=click.IntRange(min=1), help="Override budget.n_trials.")
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    help="Override budget.n_trials (with --smoke: smoke.n_trials).",
+)
 @click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: SQLite file).")
 @click.option(
     "--executor",
@@ -259,10 +263,12 @@ def run(
 
 def _prepare_smoke(loaded: Any) -> Any:
     """The smoke version of ``loaded``, in a fresh scratch study (data generated once)."""
+    import torch
+
     from drsearch.data.sources import ensure_synthetic
     from drsearch.smoke import smoke_study
 
-    small = smoke_study(loaded)
+    small = smoke_study(loaded, use_gpu=torch.cuda.is_available())
     cfg, recipe = small.config, small.recipe
     for stale in (cfg.study_dir, cfg.artifact_dir):
         shutil.rmtree(stale, ignore_errors=True)
@@ -271,7 +277,8 @@ def _prepare_smoke(loaded: Any) -> Any:
     click.echo(
         f"smoke run of {loaded.path}: {recipe.model.name} at {recipe.data.sizes()} px, "
         f"{recipe.data.synthetic.n} synthetic images, {recipe.train.epochs} epochs, "
-        f"{cfg.budget.n_trials} trials -> {cfg.run_root}",
+        f"{cfg.budget.n_trials} trials on {'GPU' if cfg.resources.gpus_per_trial else 'CPU'} "
+        f"-> {cfg.run_root}",
         err=True,
     )
     return small

@@ -12,8 +12,8 @@ costs time:
 - image sizes scaled down to at most ``smoke.max_image_size``;
 - epochs: 2, or one per resize phase; epoch-valued settings and search bounds (warmup, restart
   period, step period, patience, phase starts) scaled by the same factor;
-- budget: ``smoke.n_trials`` trials one at a time on the CPU, under ``<run_root>/smoke/`` in
-  its own SQLite file, never the study's database.
+- budget: ``smoke.n_trials`` trials one at a time (on the CPU, or on a GPU when the machine
+  has one), under ``<run_root>/smoke/`` in its own SQLite file, never the study's database.
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ def smoke_folder(config: StudyConfig) -> Path:
     return config.run_root / "smoke"
 
 
-def smoke_study(loaded: LoadedStudy) -> LoadedStudy:
-    """``loaded`` shrunk as the module docstring says; validated like any study."""
+def smoke_study(loaded: LoadedStudy, use_gpu: bool = False) -> LoadedStudy:
+    """``loaded`` shrunk as the module docstring says; validated like any study.
+
+    With ``use_gpu`` (the machine has one), trials keep the study's GPU share (at most one
+    GPU) so AMP and the CUDA paths run too; otherwise they run on the CPU.
+    """
     cfg, smoke = loaded.config, loaded.config.smoke
     base = loaded.recipe
     phases = len(base.data.progressive)
@@ -69,9 +73,10 @@ def smoke_study(loaded: LoadedStudy) -> LoadedStudy:
     )
     folder = smoke_folder(cfg).resolve()
     data_root = folder / f"synthetic-{smoke.n_images}-{scale.image_size(max(base.data.sizes()))}px"
-    recipe = _smoke_recipe(base, scale, cfg, data_root, loaded.path)
+    recipe = _smoke_recipe(base, scale, cfg, data_root, loaded.path, use_gpu)
     space = {key: _smoke_param(key, param, scale) for key, param in loaded.space.items()}
-    study = _smoke_config(cfg, recipe, folder, epochs, loaded.path)
+    gpus = min(cfg.resources.gpus_per_trial, 1.0) if use_gpu else 0.0
+    study = _smoke_config(cfg, recipe, folder, epochs, gpus, loaded.path)
     return LoadedStudy(loaded.path, study, recipe, space)
 
 
@@ -111,7 +116,7 @@ def tiny_model(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _smoke_recipe(
-    base: Recipe, scale: Scales, cfg: StudyConfig, data_root: Path, path: Path
+    base: Recipe, scale: Scales, cfg: StudyConfig, data_root: Path, path: Path, use_gpu: bool
 ) -> Recipe:
     raw = base.model_dump(mode="json")
     data, model, train, schedule = raw["data"], raw["model"], raw["train"], raw["schedule"]
@@ -141,7 +146,7 @@ def _smoke_recipe(
         epochs=scale.epochs,
         batch_size=min(base.train.batch_size, scale.batch),
         eval_batch_size=None,
-        device="cpu",
+        device=base.train.device if use_gpu else "cpu",
         threads=1,
     )
     if base.train.patience is not None:
@@ -193,7 +198,7 @@ def _is_number(value: object) -> bool:
 
 
 def _smoke_config(
-    cfg: StudyConfig, recipe: Recipe, folder: Path, epochs: int, path: Path
+    cfg: StudyConfig, recipe: Recipe, folder: Path, epochs: int, gpus: float, path: Path
 ) -> StudyConfig:
     raw = cfg.model_dump(mode="json")
     raw.update(
@@ -202,7 +207,7 @@ def _smoke_config(
         storage=None,
         run_root=str(folder),
         budget={"n_trials": cfg.smoke.n_trials, "time_limit_s": None},
-        resources={"cpus_per_trial": 1, "gpus_per_trial": 0, "max_concurrent": 1},
+        resources={"cpus_per_trial": 1, "gpus_per_trial": gpus, "max_concurrent": 1},
     )
     raw["pruner"].update(grace_period=min(cfg.pruner.grace_period, epochs), max_epochs=None)
     return build_model(StudyConfig, raw, f"{path} (--smoke)")

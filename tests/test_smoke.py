@@ -49,6 +49,10 @@ def test_smoke_version_is_small_and_separate(name: str, at_root: None, tmp_path:
     cfg, recipe = small.config, small.recipe
     assert cfg.storage_url() == f"sqlite:///{tmp_path / 'smoke' / f'{name}.db'}"
     assert cfg.budget.n_trials == 2 and cfg.resources.gpus_per_trial == 0
+    assert recipe.train.device == "cpu"
+    on_gpu = smoke_study(loaded, use_gpu=True)
+    assert on_gpu.config.resources.gpus_per_trial == min(loaded.config.resources.gpus_per_trial, 1)
+    assert on_gpu.recipe.train.device == loaded.recipe.train.device
     assert cfg.executor == loaded.config.executor and cfg.objective == loaded.config.objective
     assert recipe.data.kind == "synthetic" and recipe.data.synthetic.n == 60
     assert max(recipe.data.sizes()) <= 96 and recipe.model.pretrained is False
