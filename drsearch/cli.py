@@ -284,6 +284,32 @@ def _prepare_smoke(loaded: Any) -> Any:
     return small
 
 
+def _smoke_options(command: Any) -> Any:
+    """``--smoke`` and ``--run-root`` for commands that open a study's results."""
+    command = click.option(
+        "--smoke", is_flag=True, help="Open the study's smoke version (<run_root>/smoke/)."
+    )(command)
+    return click.option(
+        "--run-root", type=click.Path(path_type=Path, file_okay=False), help="Override run_root."
+    )(command)
+
+
+def _open_study(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -> Any:
+    """The study file, with CLI overrides; its smoke version with ``smoke``."""
+    from drsearch.study import load_study
+
+    if smoke and storage:
+        raise UserError("--smoke reads its own SQLite file under <run_root>/smoke/; drop --storage")
+    loaded = load_study(
+        study, {"storage": storage, "run_root": str(run_root) if run_root else None}
+    )
+    if smoke:
+        from drsearch.smoke import smoke_study
+
+        loaded = smoke_study(loaded)
+    return loaded
+
+
 def _print_summary(s: Any) -> None:
     c = s.counts
     click.echo(
@@ -325,12 +351,14 @@ def _short(value: Any) -> str:
     help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml.",
 )
 @click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
-def export(study: Path, which: str, out: Path, storage: str | None) -> None:
+@_smoke_options
+def export(
+    study: Path, which: str, out: Path, storage: str | None, run_root: Path | None, smoke: bool
+) -> None:
     """Write a trial as a pinned training recipe that `drsearch train` retrains exactly."""
     from drsearch.export import pinned_recipe, select_trial, write_pinned
-    from drsearch.study import load_study
 
-    loaded = load_study(study, {"storage": storage})
+    loaded = _open_study(study, storage, run_root, smoke)
     trial = select_trial(loaded, which)
     recipe = pinned_recipe(loaded, trial)
     write_pinned(recipe, out)
@@ -346,16 +374,18 @@ def export(study: Path, which: str, out: Path, storage: str | None) -> None:
     help="Folder for report.html (default: reports/<study name>/).",
 )
 @click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
-def report(study: Path, out: Path | None, storage: str | None) -> None:
+@_smoke_options
+def report(
+    study: Path, out: Path | None, storage: str | None, run_root: Path | None, smoke: bool
+) -> None:
     """Write a self-contained HTML report of a study (opens offline)."""
     import optuna
 
     from drsearch.report.plots import write_report
     from drsearch.report.records import build_records
     from drsearch.storage import make_storage
-    from drsearch.study import load_study
 
-    loaded = load_study(study, {"storage": storage})
+    loaded = _open_study(study, storage, run_root, smoke)
     cfg = loaded.config
     try:
         opened = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage_url()))
@@ -363,7 +393,8 @@ def report(study: Path, out: Path | None, storage: str | None) -> None:
         raise UserError(
             f"{study}: no study {cfg.name!r} in its storage yet; run it first"
         ) from None
-    path = write_report(build_records(loaded, opened), out or Path("reports") / cfg.name)
+    default = Path("reports") / (f"{cfg.name}-smoke" if smoke else cfg.name)
+    path = write_report(build_records(loaded, opened), out or default)
     click.echo(f"report of study {cfg.name} -> {path}")
 
 
@@ -377,15 +408,17 @@ def report(study: Path, out: Path | None, storage: str | None) -> None:
 )
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
-def dashboard(study: Path, host: str, port: int, storage: str | None) -> None:
+@_smoke_options
+def dashboard(
+    study: Path, host: str, port: int, storage: str | None, run_root: Path | None, smoke: bool
+) -> None:
     """Serve optuna-dashboard on the study's storage, with its trial artifacts."""
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
     from drsearch.storage import make_storage, masked_url
-    from drsearch.study import load_study
 
-    loaded = load_study(study, {"storage": storage})
+    loaded = _open_study(study, storage, run_root, smoke)
     cfg = loaded.config
     artifacts = cfg.artifact_dir.resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -410,7 +443,8 @@ def dashboard(study: Path, host: str, port: int, storage: str | None) -> None:
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path), metavar="RUN_DIR|STUDY.yaml")
 @click.option("--trial", type=click.IntRange(min=0), help="With a study file: the trial number.")
-def diagnose(target: Path, trial: int | None) -> None:
+@_smoke_options
+def diagnose(target: Path, trial: int | None, run_root: Path | None, smoke: bool) -> None:
     """Say, with numbers, what a run's records show went wrong (or that it is healthy)."""
     from drsearch.diagnose import diagnose as run_diagnosis
 
@@ -419,9 +453,8 @@ def diagnose(target: Path, trial: int | None) -> None:
         if trial is None:
             raise UserError(f"{target}: a study file needs --trial N")
         from drsearch.export import select_trial
-        from drsearch.study import load_study
 
-        chosen = select_trial(load_study(target), str(trial))
+        chosen = select_trial(_open_study(target, None, run_root, smoke), str(trial))
         run_dir = Path(str(chosen.user_attrs.get("run_dir", "")))
     console = Console()
     colours = {"high": "red", "medium": "yellow", "low": "cyan", "info": "green"}

@@ -106,3 +106,23 @@ def test_report_before_the_study_exists(tmp_path: Path, tiny_dataset: Path) -> N
     path = write_tiny_study(tmp_path, tiny_dataset, SPACE)
     result = CliRunner().invoke(cli, ["report", str(path)])
     assert result.exit_code == 2 and "no study 'tiny' in its storage yet" in result.output
+
+
+def test_importances_are_fanova_and_find_the_parameter_that_matters() -> None:
+    from drsearch.report.records import _importances
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    study.optimize(
+        lambda t: 10 * t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_float("wd", 0, 1),
+        n_trials=30,
+    )
+    rows = [
+        TrialRow(t.number, "COMPLETE", t.value, t.params, {}, 1.0, 1, True, {})
+        for t in study.trials
+    ]
+    got = _importances(study, rows)
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    assert got == pytest.approx(dict(expected))
+    assert got["lr"] > 0.9 > got["wd"]

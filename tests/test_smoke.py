@@ -138,3 +138,37 @@ def test_missing_weights_stop_a_real_run_before_any_trial(at_root: None, tmp_pat
         result.output
     )
     assert not list(tmp_path.iterdir())  # no database, no trial folders
+
+
+@pytest.mark.e2e
+def test_report_export_and_diagnose_open_the_smoke_study(
+    at_root: None, tmp_path: Path, ray_cluster: None
+) -> None:
+    import yaml
+
+    trials = _smoke("medsiglip_lora", tmp_path)
+    smoke = ["--smoke", "--run-root", str(tmp_path)]
+    runner = CliRunner()
+    report = runner.invoke(
+        cli, ["report", "studies/medsiglip_lora.yaml", *smoke, "--out", str(tmp_path / "rep")]
+    )
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<title>drsearch report: medsiglip_lora</title>" in html
+    assert html.count("<section id=") == 9 and "section id='curves'" in html
+    out = tmp_path / "best.yaml"
+    export = runner.invoke(
+        cli, ["export", "studies/medsiglip_lora.yaml", *smoke, "--trial", "0", "-o", str(out)]
+    )
+    assert export.exit_code == 0, export.output
+    pinned = yaml.safe_load(out.read_text())
+    assert pinned["model"]["lora"]["r"] == trials[0].params["model.lora.r"]
+    assert pinned["pinned"]["provenance"]["trial"] == 0
+    diagnosis = runner.invoke(
+        cli, ["diagnose", "studies/medsiglip_lora.yaml", *smoke, "--trial", "0"]
+    )
+    assert diagnosis.exit_code == 0 and "evidence:" in diagnosis.output
+    refused = runner.invoke(
+        cli, ["report", "studies/medsiglip_lora.yaml", "--smoke", "--storage", "sqlite:///x.db"]
+    )
+    assert refused.exit_code == 2 and "drop --storage" in refused.output

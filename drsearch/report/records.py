@@ -157,7 +157,9 @@ def _importances(study: optuna.Study, complete: list[TrialRow]) -> dict[str, flo
     if len(complete) < 2 or not _shared_params(complete):
         return {}
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        # Optuna 5's default evaluator is PED-ANOVA; the report promises fANOVA, seeded
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (RuntimeError, ValueError, ZeroDivisionError):  # too few or constant trials
         return {}
 
