@@ -230,25 +230,21 @@ def run(
     quiet: bool,
 ) -> None:
     """Run (or continue) a study until its budget is spent."""
-    from drsearch.runners import run_study
-    from drsearch.study import load_study
+    import torch
 
-    if smoke and storage:
-        raise UserError("--smoke keeps its own SQLite file under <run_root>/smoke/; drop --storage")
-    loaded = load_study(
-        study,
-        {
-            "smoke.n_trials" if smoke else "budget.n_trials": n_trials,
-            "storage": storage,
-            "executor": executor,
-            "resources.max_concurrent": max_concurrent,
-            "name": study_name,
-            "ray.address": ray_address,
-            "run_root": str(run_root) if run_root else None,
-        },
-    )
+    from drsearch.runners import run_study
+
+    overrides = {
+        "smoke.n_trials" if smoke else "budget.n_trials": n_trials,
+        "executor": executor,
+        "resources.max_concurrent": max_concurrent,
+        "name": study_name,
+        "ray.address": ray_address,
+    }
+    use_gpu = smoke and torch.cuda.is_available()
+    loaded = _open_study(study, storage, run_root, smoke, overrides, use_gpu)
     if smoke:
-        loaded = _prepare_smoke(loaded)
+        _reset_smoke(loaded)
     if quiet:
         summary = run_study(loaded)
     else:
@@ -261,27 +257,22 @@ def run(
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
 
 
-def _prepare_smoke(loaded: Any) -> Any:
-    """The smoke version of ``loaded``, in a fresh scratch study (data generated once)."""
-    import torch
-
+def _reset_smoke(small: Any) -> None:
+    """Start the smoke study afresh (data generated once, before any trial) and say so."""
     from drsearch.data.sources import ensure_synthetic
-    from drsearch.smoke import smoke_study
 
-    small = smoke_study(loaded, use_gpu=torch.cuda.is_available())
     cfg, recipe = small.config, small.recipe
     for stale in (cfg.study_dir, cfg.artifact_dir):
         shutil.rmtree(stale, ignore_errors=True)
     (cfg.run_root / f"{cfg.name}.db").unlink(missing_ok=True)
     ensure_synthetic(recipe.data)
     click.echo(
-        f"smoke run of {loaded.path}: {recipe.model.name} at {recipe.data.sizes()} px, "
+        f"smoke run of {small.path}: {recipe.model.name} at {recipe.data.sizes()} px, "
         f"{recipe.data.synthetic.n} synthetic images, {recipe.train.epochs} epochs, "
         f"{cfg.budget.n_trials} trials on {'GPU' if cfg.resources.gpus_per_trial else 'CPU'} "
         f"-> {cfg.run_root}",
         err=True,
     )
-    return small
 
 
 def _smoke_options(command: Any) -> Any:
@@ -294,19 +285,27 @@ def _smoke_options(command: Any) -> Any:
     )(command)
 
 
-def _open_study(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -> Any:
-    """The study file, with CLI overrides; its smoke version with ``smoke``."""
+def _open_study(
+    study: Path,
+    storage: str | None,
+    run_root: Path | None,
+    smoke: bool,
+    overrides: dict[str, Any] | None = None,
+    use_gpu: bool = False,
+) -> Any:
+    """The study file with CLI overrides; with ``smoke``, its smoke version."""
     from drsearch.study import load_study
 
     if smoke and storage:
-        raise UserError("--smoke reads its own SQLite file under <run_root>/smoke/; drop --storage")
+        raise UserError("--smoke keeps its own SQLite file under <run_root>/smoke/; drop --storage")
     loaded = load_study(
-        study, {"storage": storage, "run_root": str(run_root) if run_root else None}
+        study,
+        {**(overrides or {}), "storage": storage, "run_root": str(run_root) if run_root else None},
     )
     if smoke:
         from drsearch.smoke import smoke_study
 
-        loaded = smoke_study(loaded)
+        loaded = smoke_study(loaded, use_gpu=use_gpu)
     return loaded
 
 

@@ -72,8 +72,7 @@ def smoke_study(loaded: LoadedStudy, use_gpu: bool = False) -> LoadedStudy:
         batch=smoke.batch_size,
     )
     folder = smoke_folder(cfg).resolve()
-    data_root = folder / f"synthetic-{smoke.n_images}-{scale.image_size(max(base.data.sizes()))}px"
-    recipe = _smoke_recipe(base, scale, cfg, data_root, loaded.path, use_gpu)
+    recipe = _smoke_recipe(base, scale, cfg, folder, loaded.path, use_gpu)
     space = {key: _smoke_param(key, param, scale) for key, param in loaded.space.items()}
     gpus = min(cfg.resources.gpus_per_trial, 1.0) if use_gpu else 0.0
     study = _smoke_config(cfg, recipe, folder, epochs, gpus, loaded.path)
@@ -116,13 +115,14 @@ def tiny_model(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _smoke_recipe(
-    base: Recipe, scale: Scales, cfg: StudyConfig, data_root: Path, path: Path, use_gpu: bool
+    base: Recipe, scale: Scales, cfg: StudyConfig, folder: Path, path: Path, use_gpu: bool
 ) -> Recipe:
+    n, size = cfg.smoke.n_images, scale.image_size(max(base.data.sizes()))
     raw = base.model_dump(mode="json")
     data, model, train, schedule = raw["data"], raw["model"], raw["train"], raw["schedule"]
     data.update(
         kind="synthetic",
-        root=str(data_root),
+        root=str(folder / f"synthetic-{n}-{size}px"),  # shared by smoke runs of equal data
         csv=None,
         sources=[],
         image_size=scale.image_size(base.data.image_size),
@@ -130,12 +130,7 @@ def _smoke_recipe(
         num_workers=0,
         skip_bad=False,
     )
-    data["synthetic"] = {
-        "n": cfg.smoke.n_images,
-        "size": scale.image_size(max(base.data.sizes())),
-        "seed": 0,
-        "imbalance": "balanced",
-    }
+    data["synthetic"] = {"n": n, "size": size, "seed": 0, "imbalance": "balanced"}
     data["progressive"] = [
         {"epoch": scale.phase_start(i, p.epoch), "size": scale.image_size(p.size)}
         for i, p in enumerate(base.data.progressive)

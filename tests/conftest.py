@@ -16,6 +16,41 @@ os.environ.setdefault("DRSEARCH_CACHE", tempfile.mkdtemp(prefix="drsearch-test-c
 from drsearch.config import Recipe, build_model, set_dotted  # noqa: E402
 from drsearch.data.synth import write_synthetic_dataset  # noqa: E402
 
+#: What every classifier study's search space covers (demo, effb2).
+USUAL_KNOBS = frozenset(
+    {
+        "optim.lr",
+        "optim.backbone_lr_mult",
+        "schedule.warmup_epochs",
+        "schedule.name",
+        "loss.name",
+        "loss.alpha",
+        "loss.gamma",
+        "loss.class_weights.3",
+        "loss.class_weights.4",
+        "augment.mixup_alpha",
+        "augment.cutmix_alpha",
+        "optim.weight_decay",
+        "model.drop_rate",
+        "train.batch_size",
+    }
+)
+
+
+def sampled_recipes(base: Recipe, space: Any, n: int, seed: int = 0) -> list[Recipe]:
+    """``n`` random trials of ``space`` over ``base``, each validated as a whole recipe."""
+    import optuna
+
+    from drsearch.search_space import sample, trial_recipe
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    recipes = []
+    for _ in range(n):
+        trial = study.ask()
+        recipes.append(trial_recipe(base, sample(trial, space, base), f"trial {trial.number}"))
+        study.tell(trial, 0.0)
+    return recipes
+
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -4,16 +4,13 @@ MedSigLIP ships in the ``transformers`` layout: separate q/k/v projections, a po
 embedding table, and a multi-head attention pooling head (``head.probe`` + an
 ``nn.MultiheadAttention``). timm's SigLIP ViTs (``vit_*_siglip_*`` without ``gap``) have the
 same computation with fused ``qkv`` and an ``AttentionPoolLatent`` (``attn_pool``), so the
-tensors map one to one; the text tower is dropped. The position table is resampled when the
-model's patch grid differs from the checkpoint's.
+tensors map one to one; the text tower is dropped. A position table for another patch grid is
+resampled by the generic loader (``model.load_local_weights``).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import nn
 
 _MARKER = "embeddings.patch_embedding.weight"
 _PREFIXES = ("vision_model.", "")
@@ -24,14 +21,14 @@ def is_hf_siglip(state: dict[str, torch.Tensor]) -> bool:
     return any(f"{prefix}{_MARKER}" in state for prefix in _PREFIXES)
 
 
-def convert_hf_siglip(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename and fuse a transformers SigLIP vision tower into ``model``'s timm keys."""
+def convert_hf_siglip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename and fuse a transformers SigLIP vision tower into timm's ViT keys."""
     prefix = next(p for p in _PREFIXES if f"{p}{_MARKER}" in state)
     src = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     out = {
         "patch_embed.proj.weight": src["embeddings.patch_embedding.weight"],
         "patch_embed.proj.bias": src["embeddings.patch_embedding.bias"],
-        "pos_embed": _pos_embed(src["embeddings.position_embedding.weight"], model),
+        "pos_embed": src["embeddings.position_embedding.weight"].unsqueeze(0),
         "norm.weight": src["post_layernorm.weight"],
         "norm.bias": src["post_layernorm.bias"],
     }
@@ -80,25 +77,3 @@ def _pool_head(src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "attn_pool.mlp.fc2.weight": src["head.mlp.fc2.weight"],
         "attn_pool.mlp.fc2.bias": src["head.mlp.fc2.bias"],
     }
-
-
-def _pos_embed(table: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    pos = table.unsqueeze(0)
-    own = getattr(model, "pos_embed", None)
-    return pos if own is None or own.shape == pos.shape else resample_pos_embed(pos, model)
-
-
-def resample_pos_embed(pos: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """A ``(1, prefix + H*W, D)`` position embedding resampled to ``model``'s patch grid."""
-    from timm.layers import resample_abs_pos_embed
-
-    prefix = (
-        0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
-    )
-    side = math.isqrt(pos.shape[1] - prefix)
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    own = model.state_dict()["pos_embed"]
-    new_size = list(grid) if grid else [math.isqrt(own.shape[1] - prefix)] * 2
-    return resample_abs_pos_embed(
-        pos, new_size=new_size, old_size=[side, side], num_prefix_tokens=prefix
-    )

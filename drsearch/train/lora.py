@@ -40,13 +40,13 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if missing:
         linear = sorted(
-            {".".join(n.split(".")[-2:]) for n, m in model.named_modules() if _is_linear(m)}
+            {
+                ".".join(n.split(".")[-2:])
+                for n, m in model.named_modules()
+                if isinstance(m, nn.Linear)
+            }
         )
         raise ConfigError(
             f"model.lora.target_modules: no module of {type(model).__name__} ends with "
             f"{', '.join(missing)}; its linear layers include {', '.join(linear[:8]) or 'none'}"
         )
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import ModelConfig, OptimConfig
 from drsearch.errors import ConfigError
-from drsearch.train.hf_siglip import convert_hf_siglip, is_hf_siglip, resample_pos_embed
+from drsearch.train.hf_siglip import convert_hf_siglip, is_hf_siglip
 
 
 def build_model(
@@ -102,14 +103,14 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
     if is_hf_siglip(state):
-        state = convert_hf_siglip(state, model)
+        state = convert_hf_siglip(state)
     own = model.state_dict()
     if (
         "pos_embed" in state
         and "pos_embed" in own
         and state["pos_embed"].shape != own["pos_embed"].shape
     ):
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], model)
+        state["pos_embed"] = _resample_pos_embed(state["pos_embed"], model)
     head = set(head_parameter_names(model))
     reshaped = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in reshaped}
@@ -122,6 +123,20 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
             f"{len(outside_head)} mismatched key(s) beyond the classifier, e.g. {outside_head[0]}"
         )
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+
+
+def _resample_pos_embed(pos: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A ViT position embedding ``(1, prefix + H*W, D)`` resampled to ``model``'s patch grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    side = math.isqrt(pos.shape[1] - prefix)
+    return resample_abs_pos_embed(
+        pos,
+        new_size=list(model.patch_embed.grid_size),
+        old_size=[side, side],
+        num_prefix_tokens=prefix,
+    )
 
 
 def head_parameter_names(model: nn.Module) -> list[str]:
