@@ -20,7 +20,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo", "demo_lite0", "effb2", "fixres_progressive"])
+@pytest.mark.parametrize(
+    "name", ["demo", "demo_lite0", "effb2", "fixres_progressive", "medsiglip_lora"]
+)
 def test_every_shipped_recipe_validates(name: str) -> None:
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
     assert recipe.pinned is None and recipe.model.name
@@ -69,6 +71,13 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
         ("data: {kind: csv}", "data.csv: data.kind 'csv' needs the label file"),
         ("- just\n- a list", "must be a mapping of sections"),
         ("optim: {lr: [0.1}", "not valid YAML (line 1"),
+        (
+            "model: {lora: {target_modules: everything}}",
+            "model.lora.target_modules: must be one of 'qkv', 'attention' or 'attention_mlp', "
+            "got 'everything'",
+        ),
+        ("model: {lora: {r: 0}}", "model.lora.r: must be >= 1, got 0"),
+        ("model: {lora: {rank: 8}}", "model.lora.rank: unknown key; allowed keys: r, alpha"),
     ],
 )
 def test_bad_recipe_gives_one_line_naming_file_and_key(

@@ -98,14 +98,20 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     errors = exc.errors()
     first = errors[0]
     path, message = _describe(first, model)
-    others = {tuple(e["loc"]) for e in errors} - {tuple(first["loc"])}
+    others = {_key_path(e["loc"]) for e in errors} - {_key_path(first["loc"])}
     more = f" (and {len(others)} more problem(s))" if others else ""
     where = f"{path}: " if path else ""
     return f"{source}: {where}{message}{more}"
 
 
+def _key_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The recipe key of an error location, without pydantic's union-member tags
+    (``literal['qkv', ...]``, ``list[str]``), which are not keys a user can write."""
+    return tuple(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
+
+
 def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> tuple[str, str]:
-    loc = [str(p) for p in error["loc"]]
+    loc = list(_key_path(error["loc"]))
     path = ".".join(loc)
     kind = error["type"]
     ctx = error.get("ctx") or {}
