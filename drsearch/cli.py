@@ -216,6 +216,12 @@ def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str,
     help="Wiring check: tiny model, a few synthetic images, 2 epochs, 2 trials, same code "
     "paths; in <run_root>/smoke/, replaced each time.",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Run failed and interrupted trials again with the same parameters, continuing from "
+    "their checkpoints when the recipe is unchanged.",
+)
 @click.option("--quiet", is_flag=True, help="No live progress view.")
 def run(
     study: Path,
@@ -227,9 +233,14 @@ def run(
     ray_address: str | None,
     run_root: Path | None,
     smoke: bool,
+    retry_failed: bool,
     quiet: bool,
 ) -> None:
-    """Run (or continue) a study until its budget is spent."""
+    """Run (or continue) a study until its budget is spent.
+
+    The budget (budget.n_trials, or --n-trials) is stored with the study: several runners
+    started on one study together run exactly that many trials.
+    """
     import torch
 
     from drsearch.runners import run_study
@@ -246,12 +257,12 @@ def run(
     if smoke:
         _reset_smoke(loaded)
     if quiet:
-        summary = run_study(loaded)
+        summary = run_study(loaded, retry_failed=retry_failed)
     else:
         from drsearch.progress import RichStudyProgress
 
         with RichStudyProgress(loaded.config.budget.n_trials) as progress:
-            summary = run_study(loaded, progress)
+            summary = run_study(loaded, progress, retry_failed=retry_failed)
     _print_summary(summary)
     if summary.counts.counted and summary.counts.counted == summary.counts.failed:
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
@@ -318,6 +329,24 @@ def _print_summary(s: Any) -> None:
     )
     if s.reaped:
         click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")
+    if s.retried:
+        click.echo(f"queued again (--retry-failed): trials {', '.join(map(str, s.retried))}")
+    if s.waiting:
+        click.echo(
+            f"queued but not started, the budget of {s.n_trials} being spent: trials "
+            f"{', '.join(map(str, s.waiting))}; raise it with --n-trials to run them"
+        )
+    if not s.started_trials and c.failed and c.counted >= s.n_trials:
+        click.echo(
+            f"nothing to run: the budget of {s.n_trials} trials is spent and {c.failed} of them "
+            "failed; run them again with --retry-failed, or raise the budget with --n-trials"
+        )
+    for group in s.duplicates:
+        click.echo(
+            f"Warning: trials {', '.join(map(str, group))} ran the same parameters", err=True
+        )
+    if s.runs_dir is not None:
+        click.echo(f"trial run folders: {s.runs_dir}")
     if s.started_trials:
         click.echo(
             f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "

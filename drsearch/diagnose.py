@@ -195,6 +195,7 @@ def _resumes(run: Run) -> list[Finding]:
         before, after = by_epoch.get(k), by_epoch.get(k + 1)
         if not before or not after:
             continue
+        out += _multiplier_change(k, before.get("lr", {}), after.get("lr_first", {}))
         drop = (before["val"].get("accuracy") or 0) - (after["val"].get("accuracy") or 0)
         loss_jump = after["train"]["loss"] / max(before["train"]["loss"], 1e-12)
         if drop > REGRESSION or loss_jump > 1.3:
@@ -212,6 +213,27 @@ def _resumes(run: Run) -> list[Finding]:
                 )
             )
     return out
+
+
+def _multiplier_change(k: int, before: dict[str, float], after: dict[str, float]) -> list[Finding]:
+    """The backbone/head LR ratio (the backbone multiplier) at the last step before a resume
+    and the first step after it: it only changes when the recipe did."""
+    if not all(before.get(g) and after.get(g) for g in ("backbone", "head")):
+        return []
+    was, now = before["backbone"] / before["head"], after["backbone"] / after["head"]
+    if abs(now - was) <= 0.01 * max(was, now):
+        return []
+    return [
+        Finding(
+            "high",
+            f"backbone LR multiplier changed at the resume at epoch {k}",
+            f"backbone/head LR {was:.3g} before (epoch {k}, last step) and {now:.3g} after "
+            f"(epoch {k + 1}, first step): backbone {before['backbone']:.3g} -> "
+            f"{after['backbone']:.3g}, head {before['head']:.3g} -> {after['head']:.3g}",
+            "a resumed run continues the trial it came from: keep optim.backbone_lr_mult; to "
+            "try another multiplier, start a new run from the checkpoint's weights",
+        )
+    ]
 
 
 def _augmentation(run: Run) -> list[Finding]:

@@ -18,7 +18,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from drsearch.config.loading import load_recipe, recipe_to_yaml
+from drsearch.config.loading import load_recipe, recipe_to_yaml, with_relative_paths
 from drsearch.config.recipe import Pinned, Recipe
 from drsearch.errors import ConfigError
 from drsearch.storage import make_storage, masked_url
@@ -91,7 +91,9 @@ def pinned_recipe(loaded: LoadedStudy, trial: FrozenTrial) -> Recipe:
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    return recipe.model_copy(update={"pinned": pinned})
+    # paths as a user writes them: relative to the directory drsearch runs in, where they lie
+    # under it (a study resolved them to absolute ones for its trials)
+    return with_relative_paths(recipe, Path.cwd()).model_copy(update={"pinned": pinned})
 
 
 def write_pinned(recipe: Recipe, out: Path) -> None:

@@ -1,9 +1,9 @@
 """The one place where the search layer meets the trainer, shared by every executor.
 
 A trial runs ``execute_trial`` (in-process or inside a Ray worker), which calls ``fit`` and
-turns each epoch into a plain payload. The executor feeds the payloads to a ``TrialTracker``,
-which turns them into what the Optuna study records: intermediate values, a final state, the
-objective value, constraints and user attributes.
+turns each epoch into an ``EpochReport``. The executor feeds the reports to the trial's
+``TrialTracker``, the one place that decides what the Optuna study records: intermediate
+values, the final state, the best epoch, the objective value, constraints and user attributes.
 
 Medical-grade objective
 -----------------------
@@ -19,13 +19,14 @@ infeasible trials the smaller total shortfall ranks higher. Constraint values
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from drsearch.config.recipe import Recipe
 from drsearch.config.study import PRIMARY_METRICS, ObjectiveConfig
@@ -58,7 +59,49 @@ class PruneSignal(Exception):  # noqa: N818 - a signal, not an error
     """Raised by an in-process executor's reporter to stop a trial the pruner dropped."""
 
 
-Emit = Callable[[dict[str, Any]], None]
+@dataclass
+class EpochReport:
+    """What one finished epoch tells the search layer; plain JSON, so it crosses Ray."""
+
+    epoch: int
+    value: float  # the pruning metric; undefined counts as the low end of its range
+    best_epoch: int  # the trainer's best epoch so far (by the recipe's train.monitor)
+    metrics: dict[str, Any]  # REPORTED_METRICS of this epoch
+    lr_groups: dict[str, float]
+    train_loss: float
+    epoch_seconds: float
+    trainable_params: int | None = None
+    replayed: bool = False  # restored from the run folder on a resume, not trained now
+
+
+@dataclass
+class TrialEnd:
+    """How the trainer's run of a trial ended."""
+
+    status: Literal["finished", "failed"]  # finished: all epochs, or early stopping
+    reason: str | None = None
+    wall_seconds: float = 0.0
+
+
+Message = EpochReport | TrialEnd
+Emit = Callable[[EpochReport], None]
+
+
+def to_message(item: Message) -> dict[str, Any]:
+    """A report as a flat result dict for Ray Tune (``epoch`` and ``value`` always present)."""
+    if isinstance(item, EpochReport):
+        head = {"kind": "epoch", "epoch": item.epoch, "value": item.value}
+    else:
+        head = {"kind": "end", "epoch": 0, "value": float("nan")}
+    return head | {"drsearch": json.dumps(asdict(item))}
+
+
+def from_message(result: dict[str, Any] | None) -> Message | None:
+    """The report inside a Ray result, or ``None`` for anything else."""
+    if not result or "drsearch" not in result:
+        return None
+    data = json.loads(result["drsearch"])
+    return EpochReport(**data) if result.get("kind") == "epoch" else TrialEnd(**data)
 
 
 def execute_trial(
@@ -67,62 +110,46 @@ def execute_trial(
     emit: Emit,
     pruning_metric: str,
     resume: bool = False,
-) -> dict[str, Any]:
-    """Train one trial, emitting a payload per epoch; return the final payload.
-
-    The final payload has ``drsearch_done`` (trained to the end or early-stopped) or
-    ``drsearch_failed`` with a one-line reason. ``PruneSignal`` propagates.
-    """
+) -> TrialEnd:
+    """Train one trial, emitting a report per epoch (on a resume, first the epochs already
+    done); return how it ended. ``PruneSignal`` raised by ``emit`` propagates."""
     started = time.perf_counter()
-    state: dict[str, Any] = {"best": None, "last": None}
 
     def reporter(epoch: int, record: dict[str, Any]) -> None:
-        if record["best_epoch"] == record["epoch"] or state["best"] is None:
-            state["best"] = record
-        payload = epoch_payload(record, state["best"], pruning_metric, started)
-        state["last"] = payload
-        emit(payload)
+        emit(epoch_report(record, pruning_metric))
 
     try:
         fit(recipe, reporter, run_dir=run_dir, resume=resume)
     except PruneSignal:
         raise
     except DrsearchError as exc:
-        return _failed(state["last"], str(exc))
+        return TrialEnd("failed", _one_line(str(exc)), time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's failure reason
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return _failed(
-            state["last"], f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
-        )
-    final = dict(state["last"] or {})
-    final["drsearch_done"] = True
-    final["wall_seconds"] = time.perf_counter() - started
-    return final
+        reason = f"{type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
+        return TrialEnd("failed", _one_line(reason), time.perf_counter() - started)
+    return TrialEnd("finished", None, time.perf_counter() - started)
 
 
-def _failed(last: dict[str, Any] | None, reason: str) -> dict[str, Any]:
-    # "epoch" and "value" stay present: Ray Tune rejects results without its metric
-    payload = dict(last or {"epoch": 0, "value": float("nan")})
-    payload["drsearch_failed"] = reason.splitlines()[0] if reason else "unknown error"
-    return payload
+def _one_line(reason: str) -> str:
+    return reason.splitlines()[0] if reason.strip() else "unknown error"
 
 
-def epoch_payload(
-    record: dict[str, Any], best: dict[str, Any], pruning_metric: str, started: float
-) -> dict[str, Any]:
-    """What one finished epoch tells the search layer (flat, JSON-able)."""
+def epoch_report(record: dict[str, Any], pruning_metric: str) -> EpochReport:
+    """What one epoch record of the trainer tells the search layer."""
     value = record["val"].get(pruning_metric)
     low = PRIMARY_METRICS.get(pruning_metric, (0.0, 1.0))[0]
-    return {
-        "epoch": record["epoch"],
-        "value": low if value is None or math.isnan(value) else float(value),
-        "best_epoch": best["epoch"],
-        "best": {k: best["val"].get(k) for k in REPORTED_METRICS},
-        "lr_groups": record["lr"],
-        "train_loss": record["train"]["loss"],
-        "trainable_params": record.get("trainable_params"),
-        "wall_seconds": time.perf_counter() - started,
-    }
+    return EpochReport(
+        epoch=int(record["epoch"]),
+        value=low if value is None or math.isnan(value) else float(value),
+        best_epoch=int(record["best_epoch"]),
+        metrics={k: record["val"].get(k) for k in REPORTED_METRICS},
+        lr_groups=record["lr"],
+        train_loss=record["train"]["loss"],
+        epoch_seconds=float(record.get("epoch_seconds") or 0.0),
+        trainable_params=record.get("trainable_params"),
+        replayed=bool(record.get("replayed")),
+    )
 
 
 @dataclass
@@ -172,54 +199,72 @@ class Outcome:
 
 
 class TrialTracker:
-    """Turns one trial's payloads into intermediate values and a final ``Outcome``."""
+    """One trial's curve, and the one rule for its state, best epoch and value.
+
+    Every executor feeds it the epoch reports it receives (repeats and replays after a resume
+    are idempotent) and asks it for the outcome once the trial has ended.
+    """
 
     def __init__(self, objective: ObjectiveConfig, max_epochs: int, run_dir: Path) -> None:
         self.objective = objective
         self.max_epochs = max_epochs
         self.run_dir = run_dir
-        self.last: dict[str, Any] | None = None
-        self.intermediate: dict[int, float] = {}
+        self.curve: dict[int, EpochReport] = {}
 
-    def on_epoch(self, payload: dict[str, Any]) -> tuple[int, float] | None:
-        """Remember an epoch payload; return ``(step, value)`` to record, if it is one."""
-        if not payload.get("epoch") or "value" not in payload or "best" not in payload:
-            return None
-        self.last = payload
-        step, value = int(payload["epoch"]), float(payload["value"])
-        self.intermediate[step] = value
-        return step, value
+    def on_epoch(self, report: EpochReport) -> bool:
+        """Remember an epoch; ``True`` when it was not known yet."""
+        new = report.epoch not in self.curve
+        self.curve[report.epoch] = report
+        return new
 
-    def outcome(self, final: dict[str, Any] | None, stopped_by_scheduler: bool) -> Outcome:
-        """The trial's end: failed, completed (incl. early stopping), or pruned."""
-        payload = final or self.last or {}
-        if final is not None and "epoch" in final and not final.get("drsearch_failed"):
-            self.on_epoch(final)
-        attrs = self._attrs(payload)
-        if payload.get("drsearch_failed") or not payload.get("best"):
-            reason = payload.get("drsearch_failed") or "the trial ended without any epoch"
+    @property
+    def intermediate(self) -> dict[int, float]:
+        return {e: r.value for e, r in sorted(self.curve.items())}
+
+    @property
+    def last(self) -> EpochReport | None:
+        return self.curve[max(self.curve)] if self.curve else None
+
+    def outcome(self, end: TrialEnd | None, pruned: bool = False) -> Outcome:
+        """COMPLETE (all epochs, early stopping, or ``max_epochs`` reached), PRUNED (stopped
+        by the pruner before ``max_epochs``) or FAIL (with the reason)."""
+        last = self.last
+        attrs = self._attrs(end)
+        if end is not None and end.status == "failed":
+            return Outcome("FAIL", None, attrs | {"fail_reason": end.reason or "unknown error"})
+        if last is None:
+            reason = "the trial ended without reporting an epoch"
             return Outcome("FAIL", None, attrs | {"fail_reason": reason})
-        s = score(self.objective, payload["best"])
+        best = self.curve.get(last.best_epoch)
+        if best is None:
+            reason = f"its best epoch {last.best_epoch} is missing from the reported curve"
+            return Outcome("FAIL", None, attrs | {"fail_reason": reason})
+        s = score(self.objective, best.metrics)
         attrs |= {
             "objective_primary": s.primary,
             "feasible": s.feasible,
             "constraint_shortfalls": s.shortfalls,
         }
-        epochs = int(payload["epoch"])
-        if payload.get("drsearch_done") or (not stopped_by_scheduler) or epochs >= self.max_epochs:
+        finished = end is not None and end.status == "finished"
+        if finished or last.epoch >= self.max_epochs:
             return Outcome("COMPLETE", s.value, attrs, s.constraints)
-        return Outcome("PRUNED", None, attrs | {"pruned_at_epoch": epochs}, s.constraints)
+        if pruned:
+            return Outcome("PRUNED", None, attrs | {"pruned_at_epoch": last.epoch}, s.constraints)
+        reason = f"stopped at epoch {last.epoch} of {self.max_epochs} without finishing"
+        return Outcome("FAIL", None, attrs | {"fail_reason": reason})
 
-    def _attrs(self, payload: dict[str, Any]) -> dict[str, Any]:
-        attrs: dict[str, Any] = dict(payload.get("best") or {})
-        attrs |= {
-            "epochs_completed": int(payload.get("epoch", 0)),
-            "best_epoch": payload.get("best_epoch"),
-            "wall_seconds": payload.get("wall_seconds"),
-            "run_dir": str(self.run_dir),
-            "lr_groups": payload.get("lr_groups"),
-            "trainable_params": payload.get("trainable_params"),
+    def _attrs(self, end: TrialEnd | None) -> dict[str, Any]:
+        last = self.last
+        attrs: dict[str, Any] = {"run_dir": str(self.run_dir)}
+        if last is None:
+            return attrs | {"epochs_completed": 0}
+        best = self.curve.get(last.best_epoch)
+        attrs |= dict(best.metrics) if best is not None else {}
+        return attrs | {
+            "epochs_completed": last.epoch,
+            "best_epoch": last.best_epoch,
+            "wall_seconds": end.wall_seconds if end is not None and end.wall_seconds else None,
+            "train_seconds": sum(r.epoch_seconds for r in self.curve.values()),
+            "lr_groups": last.lr_groups,
+            "trainable_params": last.trainable_params,
         }
-        if payload.get("ray_node_id"):
-            attrs["ray_node_id"] = payload["ray_node_id"]
-        return attrs

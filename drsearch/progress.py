@@ -130,3 +130,6 @@ class RichStudyProgress:
             detail = str(attrs.get("fail_reason", ""))
         self.console.print(f"trial {number:>4} {outcome.state.lower():<8} {detail}")
         self._refresh()
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"Warning: {message}", highlight=False)

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drsearch.config.loading import build_model, read_yaml, set_dotted
+from drsearch.config.loading import (
+    absolute,
+    build_model,
+    read_yaml,
+    set_dotted,
+    with_absolute_paths,
+)
 from drsearch.config.recipe import Recipe
 from drsearch.config.study import StudyConfig
 from drsearch.errors import ConfigError
@@ -38,7 +44,31 @@ def load_study(path: Path, overrides: dict[str, Any] | None = None) -> LoadedStu
     space = load_search_space(config.search_space, recipe)
     _check_pruner(path, config, recipe)
     _check_storage(path, config)
-    return LoadedStudy(path, config, recipe, space)
+    # Every path is resolved here, once, against the invocation directory: trials run in
+    # other working directories (Ray's trial folders, other nodes) and must not depend on it.
+    cwd = Path.cwd()
+    config = config.model_copy(
+        update={
+            "run_root": absolute(config.run_root, cwd),
+            "storage": _absolute_sqlite(config.storage, cwd),
+        }
+    )
+    return LoadedStudy(path, config, with_absolute_paths(recipe, cwd), space)
+
+
+def _absolute_sqlite(url: str | None, base: Path) -> str | None:
+    """A relative SQLite file in ``url`` made absolute (SQLAlchemy reads it against the cwd)."""
+    if url is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    if Path(parsed.database).is_absolute():
+        return url
+    fixed = parsed.set(database=str(absolute(Path(parsed.database), base)))
+    return fixed.render_as_string(hide_password=False)
 
 
 def _base_recipe(path: Path, config: StudyConfig) -> Recipe:
@@ -81,6 +111,33 @@ def _check_storage(path: Path, config: StudyConfig) -> None:
             f"{path}: storage: not an SQLAlchemy URL; use e.g. sqlite:///runs/study.db or "
             "postgresql+psycopg2://user@host/db"
         ) from None
+
+
+def check_inputs(loaded: LoadedStudy) -> None:
+    """Before any trial: the data and weights the recipe names exist, and a synthetic set is
+    generated (once for the whole study, not once per trial)."""
+    check_weights_exist(loaded)
+    data = loaded.recipe.data
+    singles = [
+        (
+            f"data.sources.{i}",
+            data.model_copy(update={"kind": s.kind, "root": s.root, "csv": s.csv}),
+        )
+        for i, s in enumerate(data.sources)
+    ] or [("data", data)]
+    for key, single in singles:
+        if single.kind == "synthetic":
+            from drsearch.data.sources import ensure_synthetic
+
+            ensure_synthetic(single)
+            continue
+        field, wanted = ("csv", single.csv) if single.kind == "csv" else ("root", single.root)
+        if wanted is not None and not wanted.exists():
+            raise ConfigError(
+                f"{loaded.path}: {key}.{field}: {wanted} not found (relative paths in a study "
+                f"and its recipe are read from the directory drsearch runs in, {Path.cwd()}); "
+                "run drsearch from the folder the paths are relative to, or make them absolute"
+            )
 
 
 def check_weights_exist(loaded: LoadedStudy) -> None:

@@ -105,13 +105,18 @@ def test_train_refuses_to_clobber_and_resume_needs_a_run(
     assert again.exit_code == 2 and "already holds a run" in again.output
     extended = runner.invoke(
         cli, ["train", str(path), "--out", str(out), "--resume", "--epochs", "2", "--quiet"]
+    )  # a longer run would bend the schedule the checkpoint was trained on: refused
+    assert extended.exit_code == 2 and "(train.epochs 1 -> 2)" in extended.output
+    resumed = runner.invoke(
+        cli,
+        ["train", str(path), "--out", str(out), "--resume", "--quiet", "--set", "train.threads=1"],
     )
-    assert extended.exit_code == 0, extended.output
-    assert "best epoch" in extended.output
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert resumed.exit_code == 0, resumed.output
+    assert "best epoch 1/1" in resumed.output
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     resumes = [json.loads(x) for x in (out / "resumes.jsonl").read_text().splitlines()]
-    assert resumes == [{"epoch": 1, "changed": {"train.epochs": [1, 2]}}]
-    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert resumes == [{"epoch": 1, "changed": {"train.threads": [2, 1]}}]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["threads"] == 1
 
 
 @pytest.mark.e2e
@@ -146,3 +151,93 @@ def test_kill_9_then_resume_matches_uninterrupted(
     ref_log = [json.loads(x)["val"] for x in (tmp_path / "ref" / "metrics.jsonl").open()]
     got_log = [json.loads(x)["val"] for x in log.open()]
     assert got_log == ref_log
+
+
+def _log(run_dir: Path) -> list[dict]:
+    timing = ("epoch_seconds", "train_seconds")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("point", ["after_checkpoint", "after_record"])
+def test_kill_between_the_writes_of_an_epoch_then_resume_is_bit_exact(
+    runner: CliRunner, tmp_path: Path, tiny_dataset: Path, point: str
+) -> None:
+    """A kill -9 after epoch 2's checkpoint but before its log line (or after both) and a
+    --resume end with the log and metrics of a run that was never interrupted."""
+    path = write_recipe(tmp_path, tiny_dataset, **{"train.epochs": 4, "train.ema": True})
+    reference = runner.invoke(cli, ["train", str(path), "--out", str(tmp_path / "ref"), "--quiet"])
+    assert reference.exit_code == 0, reference.output
+    out = tmp_path / "killed"
+    killed = subprocess.run(
+        [sys.executable, "-m", "drsearch.cli", "train", str(path), "--out", str(out), "--quiet"],
+        env={**os.environ, "DRSEARCH_FAULT": f"{point}:2"},
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    logged = len((out / "metrics.jsonl").read_text().splitlines())
+    assert logged == (1 if point == "after_checkpoint" else 2)  # the window is really hit
+    resumed = runner.invoke(cli, ["train", str(path), "--out", str(out), "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert _log(out) == _log(tmp_path / "ref")
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "ref" / "metrics.json").read_text()
+    )
+    resumes = [json.loads(x) for x in (out / "resumes.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumes] == [2]  # resumed from the checkpoint's own epoch
+
+
+def test_resume_with_changed_optimisation_settings_is_refused(
+    runner: CliRunner, tmp_path: Path, tiny_dataset: Path
+) -> None:
+    path = write_recipe(tmp_path, tiny_dataset, **{"train.epochs": 2, "schedule.warmup_epochs": 0})
+    out = tmp_path / "run"
+    first = runner.invoke(cli, ["train", str(path), "--out", str(out), "--quiet", "--epochs", "1"])
+    assert first.exit_code == 0, first.output
+    changed = runner.invoke(
+        cli,
+        ["train", str(path), "--out", str(out), "--resume", "--quiet", "--epochs", "1",
+         "--set", "optim.lr=0.0005", "--set", "optim.backbone_lr_mult=0.1"],
+    )  # fmt: skip
+    assert changed.exit_code == 2
+    line = changed.output.strip()
+    assert line.count("\n") == 0 and "cannot resume: the recipe changed" in line
+    assert "optim.lr 0.002 -> 0.0005" in line and "optim.backbone_lr_mult 1.0 -> 0.1" in line
+    longer = runner.invoke(
+        cli, ["train", str(path), "--out", str(out), "--resume", "--quiet", "--epochs", "3"]
+    )
+    assert longer.exit_code == 2 and "train.epochs 1 -> 3" in longer.output
+    # where the data live, the thread count and the device may change
+    same = runner.invoke(
+        cli,
+        ["train", str(path), "--out", str(out), "--resume", "--quiet", "--epochs", "1",
+         "--set", "train.threads=1"],
+    )  # fmt: skip
+    assert same.exit_code == 0, same.output
+
+
+def test_a_damaged_or_crafted_checkpoint_is_refused_in_one_line(
+    runner: CliRunner, tmp_path: Path, tiny_dataset: Path
+) -> None:
+
+    path = write_recipe(tmp_path, tiny_dataset, **{"train.epochs": 1, "schedule.warmup_epochs": 0})
+    out = tmp_path / "run"
+    assert runner.invoke(cli, ["train", str(path), "--out", str(out), "--quiet"]).exit_code == 0
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])  # truncated by a full disk, say
+    damaged = runner.invoke(cli, ["train", str(path), "--out", str(out), "--resume", "--quiet"])
+    assert damaged.exit_code == 2 and "damaged or truncated" in damaged.output
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    import torch
+
+    torch.save({"epoch": 1, "model": Exploit()}, last)
+    crafted = runner.invoke(cli, ["train", str(path), "--out", str(out), "--resume", "--quiet"])
+    assert crafted.exit_code == 2 and "never unpickles code" in crafted.output
+    assert not marker.exists()

@@ -51,8 +51,8 @@ def fake_run(
                         "sensitivity": e.get("sens", [0.95, 0.8, 0.85, 0.8, 0.9]),
                         "support": [60, 10, 20, 5, 5],
                     },
-                    "lr": {"backbone": 1e-3, "head": 1e-3},
-                    "lr_first": {"backbone": 1e-3, "head": 1e-3},
+                    "lr": e.get("lr", {"backbone": 1e-3, "head": 1e-3}),
+                    "lr_first": e.get("lr", {"backbone": 1e-3, "head": 1e-3}),
                     "best_epoch": e.get("best", i),
                 }
             )
@@ -97,6 +97,20 @@ def test_resume_without_optimizer_state(tmp_path: Path) -> None:
     (finding,) = [f for f in diagnose(run) if "resume" in f.title]
     assert finding.title == "regression right after the resume at epoch 3"
     assert "0.680 -> 0.550" in finding.evidence and "0.8000 -> 1.4000" in finding.evidence
+
+
+def test_backbone_multiplier_changed_across_a_resume(tmp_path: Path) -> None:
+    epochs = healthy_epochs(4)
+    for e in epochs[:2]:
+        e["lr"] = {"backbone": 1e-4, "head": 1e-3}  # multiplier 0.1 before the resume
+    run = fake_run(tmp_path, epochs, resumes=[{"epoch": 2, "changed": {}}])
+    (finding,) = [f for f in diagnose(run) if "multiplier" in f.title]
+    assert finding.severity == "high"
+    assert finding.title == "backbone LR multiplier changed at the resume at epoch 2"
+    assert "0.1 before" in finding.evidence and "1 after" in finding.evidence
+    (tmp_path / "b").mkdir()
+    steady = fake_run(tmp_path / "b", healthy_epochs(4), resumes=[{"epoch": 2, "changed": {}}])
+    assert not [f for f in diagnose(steady) if "multiplier" in f.title]
 
 
 def test_augmentation_switched_off_in_a_phase(tmp_path: Path) -> None:

@@ -36,13 +36,15 @@ def finished_study(tmp_path: Path, tiny_dataset: Path) -> tuple[Path, Path]:
 
 
 def test_export_pins_and_retrains_to_the_same_metrics(
-    tmp_path: Path, finished_study: tuple[Path, Path]
+    tmp_path: Path, finished_study: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = finished_study
+    monkeypatch.chdir(tmp_path)  # the project folder, as a user would export from
     runner = CliRunner()
     out = tmp_path / "recipes" / "best.yaml"
     exported = runner.invoke(cli, ["export", str(path), "-o", str(out)])
     assert exported.exit_code == 0, exported.output
+    assert yaml.safe_load(out.read_text())["data"]["root"] == "data"  # as a user writes it
     pinned = yaml.safe_load(out.read_text())["pinned"]
     assert set(pinned["versions"]) >= {"python", "torch", "timm", "albumentations", "drsearch"}
     assert len(pinned["data_fingerprint"]["images_sha256"]) == 64

@@ -219,3 +219,27 @@ def test_loader_workers_do_not_change_results(tmp_path: Path, tiny_dataset: Path
             ]
         )
     assert results[0] == results[1]
+
+
+def test_a_resumed_run_replays_its_curve_to_the_reporter(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    recipe = make_recipe(tiny_dataset, train__epochs=4)
+
+    def crash(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, crash, run_dir=tmp_path / "run")
+    seen: list[tuple[int, bool, int]] = []
+    fit(
+        recipe,
+        lambda e, m: seen.append((e, bool(m.get("replayed")), m["best_epoch"])),
+        run_dir=tmp_path / "run",
+        resume=True,
+    )
+    assert [(e, r) for e, r, _ in seen] == [(1, True), (2, True), (3, False), (4, False)]
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [b for _, _, b in seen] == [r["best_epoch"] for r in logged]
+    assert all("replayed" not in r for r in logged)  # the flag is for the reporter only

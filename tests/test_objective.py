@@ -1,4 +1,4 @@
-"""The medical-grade objective, and how payloads become trial outcomes."""
+"""The medical-grade objective, and how epoch reports become trial outcomes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from drsearch.config.study import Constraint, ObjectiveConfig
-from drsearch.objective import TrialTracker, score
+from drsearch.objective import (
+    EpochReport,
+    TrialEnd,
+    TrialTracker,
+    from_message,
+    score,
+    to_message,
+)
 
 OBJ = ObjectiveConfig()  # accuracy; severe NPDR >= 0.90, PDR >= 0.95, min specificity >= 0.90
 
@@ -57,16 +64,20 @@ def test_qwk_range_and_undefined_metrics() -> None:
     assert score(ObjectiveConfig(constraints=[]), {"accuracy": None}).value == 0.0
 
 
-def payload(epoch: int, value: float, acc: float = 0.8, **extra: object) -> dict:
-    return {
-        "epoch": epoch,
-        "value": value,
-        "best_epoch": epoch,
-        "best": metrics(acc, 0.95, 1.0, 0.95),
-        "lr_groups": {"backbone": 1e-4, "head": 1e-3},
-        "wall_seconds": 1.5 * epoch,
-        **extra,
-    }
+def report(
+    epoch: int, value: float, acc: float = 0.8, best: int | None = None, **kw
+) -> EpochReport:
+    """An epoch's report; ``best`` is the trainer's best epoch so far (default: this one)."""
+    return EpochReport(
+        epoch=epoch,
+        value=value,
+        best_epoch=epoch if best is None else best,
+        metrics=metrics(acc, 0.95, 1.0, 0.95),
+        lr_groups={"backbone": 1e-4, "head": 1e-3},
+        train_loss=1.0,
+        epoch_seconds=1.5,
+        **kw,
+    )
 
 
 def tracker() -> TrialTracker:
@@ -76,37 +87,73 @@ def tracker() -> TrialTracker:
 def test_completed_trial_outcome() -> None:
     t = tracker()
     for e in (1, 2, 3):
-        assert t.on_epoch(payload(e, 0.5 + e / 10)) == (e, pytest.approx(0.5 + e / 10))
-    out = t.outcome(payload(4, 0.9, acc=0.92, drsearch_done=True), stopped_by_scheduler=False)
+        assert t.on_epoch(report(e, 0.5 + e / 10)) is True
+    t.on_epoch(report(4, 0.9, acc=0.92))
+    out = t.outcome(TrialEnd("finished", wall_seconds=7.0))
     assert out.state == "COMPLETE" and out.value == pytest.approx(0.92)
     assert t.intermediate == {1: 0.6, 2: 0.7, 3: pytest.approx(0.8), 4: 0.9}  # last included
     attrs = out.user_attrs
     assert attrs["epochs_completed"] == 4 and attrs["run_dir"] == "/runs/t"
     assert attrs["sensitivity_severe_npdr"] == 0.95 and attrs["feasible"] is True
     assert attrs["lr_groups"] == {"backbone": 1e-4, "head": 1e-3}
+    assert attrs["wall_seconds"] == 7.0 and attrs["train_seconds"] == pytest.approx(6.0)
 
 
 def test_stopped_early_is_pruned_but_stopped_at_max_epochs_is_complete() -> None:
     t = tracker()
-    t.on_epoch(payload(1, 0.3))
-    out = t.outcome(payload(2, 0.31), stopped_by_scheduler=True)
+    t.on_epoch(report(1, 0.3))
+    t.on_epoch(report(2, 0.31))
+    out = t.outcome(None, pruned=True)
     assert out.state == "PRUNED" and out.value is None
     assert out.user_attrs["pruned_at_epoch"] == 2 and t.intermediate[2] == 0.31
     t = tracker()
-    out = t.outcome(payload(4, 0.9), stopped_by_scheduler=True)
-    assert out.state == "COMPLETE"
+    for e in (1, 2, 3, 4):
+        t.on_epoch(report(e, 0.9))
+    assert t.outcome(None, pruned=False).state == "COMPLETE"  # pruner.max_epochs reached
+    early = tracker()
+    early.on_epoch(report(1, 0.9))
+    assert early.outcome(TrialEnd("finished")).state == "COMPLETE"  # early stopping
 
 
 def test_failure_keeps_its_reason() -> None:
     t = tracker()
-    t.on_epoch(payload(1, 0.3))
-    out = t.outcome(
-        payload(1, 0.3, drsearch_failed="training loss became nan at epoch 2"),
-        stopped_by_scheduler=False,
-    )
+    t.on_epoch(report(1, 0.3))
+    out = t.outcome(TrialEnd("failed", "training loss became nan at epoch 2"))
     assert out.state == "FAIL"
     assert out.user_attrs["fail_reason"] == "training loss became nan at epoch 2"
-    empty = tracker().outcome(
-        {"epoch": 0, "value": float("nan"), "drsearch_failed": "boom"}, stopped_by_scheduler=False
-    )
+    assert out.user_attrs["accuracy"] == 0.8  # what it reached is kept
+    empty = tracker().outcome(TrialEnd("failed", "boom"))
     assert empty.state == "FAIL" and empty.user_attrs["fail_reason"] == "boom"
+
+
+def test_a_trial_that_reports_no_epoch_fails_with_a_reason() -> None:
+    out = tracker().outcome(TrialEnd("finished"))
+    assert out.state == "FAIL"
+    assert out.user_attrs["fail_reason"] == "the trial ended without reporting an epoch"
+
+
+def test_best_epoch_comes_from_the_whole_curve_across_a_retry() -> None:
+    """A retried attempt replays the epochs before its checkpoint and continues; the best
+    epoch is the trainer's, looked up in the whole curve, not the first epoch of the retry."""
+    t = tracker()
+    t.on_epoch(report(1, 0.5, acc=0.5))
+    t.on_epoch(report(2, 0.9, acc=0.9))  # the best
+    # the worker dies; the retry replays epochs 1-2 and trains 3-4, which are worse
+    t.on_epoch(report(1, 0.5, acc=0.5, replayed=True))
+    t.on_epoch(report(2, 0.9, acc=0.9, replayed=True))
+    t.on_epoch(report(3, 0.6, acc=0.6, best=2))
+    t.on_epoch(report(4, 0.7, acc=0.7, best=2))
+    out = t.outcome(TrialEnd("finished"))
+    assert out.user_attrs["best_epoch"] == 2
+    assert out.value == pytest.approx(0.9) and out.user_attrs["accuracy"] == 0.9
+    assert t.intermediate == {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.7}
+
+
+def test_reports_cross_ray_as_flat_results() -> None:
+    r = report(3, 0.7, best=2, trainable_params=12)
+    message = to_message(r)
+    assert message["epoch"] == 3 and message["value"] == 0.7 and message["kind"] == "epoch"
+    assert from_message(message) == r
+    end = TrialEnd("failed", "boom", 2.5)
+    assert from_message(to_message(end)) == end
+    assert from_message({"epoch": 1}) is None

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 LR_SPACE = "optim.lr: {type: float, low: 1.0e-8, high: 1.0e-2, log: true}\n"
 MODEL_SPACE = "model.name: {type: categorical, choices: [resnet10t, no_such_model]}\n"
-VOLATILE = {"run_dir", "wall_seconds", "executor", "ray_trial_id", "ray_node_id"}
+VOLATILE = {"run_dir", "wall_seconds", "train_seconds", "executor", "ray_trial_id", "ray_node_id"}
 
 
 def trials(path: Path) -> list[optuna.trial.FrozenTrial]:
@@ -273,3 +273,23 @@ def test_time_limit_stops_starting_new_trials(tmp_path: Path, tiny_dataset: Path
     summary = run_study(load_study(path))
     assert summary.started_trials == 1 and summary.trial_seconds > 2.0
     assert summary.counts.counted == 1
+
+
+def test_duplicate_parameter_sets_are_found_but_re_runs_are_not() -> None:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from drsearch.runners import duplicate_params
+
+    def trial(number: int, lr: float, **attrs: object) -> optuna.trial.FrozenTrial:
+        t = create_trial(
+            params={"optim.lr": lr},
+            distributions={"optim.lr": FloatDistribution(1e-5, 1.0)},
+            value=0.5,
+            user_attrs=attrs,
+        )
+        t.number = number
+        return t
+
+    trials = [trial(0, 0.1), trial(1, 0.2), trial(2, 0.1), trial(3, 0.2, retry_of=1), trial(4, 0.3)]
+    assert duplicate_params(trials) == [[0, 2]]

@@ -132,9 +132,8 @@ def test_missing_weights_stop_a_real_run_before_any_trial(at_root: None, tmp_pat
         cli, ["run", "studies/medsiglip_lora.yaml", "--run-root", str(tmp_path), "--quiet"]
     )
     assert result.exit_code == 2
-    assert "model.pretrained: weights file weights/medsiglip-448/model.safetensors not found" in (
-        result.output
-    )
+    weights = Path.cwd() / "weights/medsiglip-448/model.safetensors"  # resolved from the cwd
+    assert f"model.pretrained: weights file {weights} not found" in result.output
     assert not list(tmp_path.iterdir())  # no database, no trial folders
 
 

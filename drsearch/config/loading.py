@@ -7,15 +7,16 @@ Errors name the file, the dotted key path and what is allowed, e.g.
 from __future__ import annotations
 
 import difflib
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from drsearch.config.recipe import KeyedValueError, Recipe
+from drsearch.config.recipe import NAMED_PRETRAINED, KeyedValueError, Recipe
 from drsearch.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -86,6 +87,53 @@ def load_recipe(path: Path, overrides: Mapping[str, Any] | None = None) -> Recip
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return build_model(Recipe, data, str(path))
+
+
+def absolute(path: Path, base: Path) -> Path:
+    """``path`` against ``base`` (``~`` expanded, ``..`` folded, symlinks kept as given)."""
+    path = path.expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def with_absolute_paths(recipe: Recipe, base: Path) -> Recipe:
+    """The recipe with every file and folder it names made absolute against ``base``.
+
+    A study resolves its recipe's paths once, against the directory ``drsearch`` was started
+    in, before any trial is sent to a worker: a trial never depends on its working directory.
+    """
+    return map_paths(recipe, lambda path: absolute(path, base))
+
+
+def with_relative_paths(recipe: Recipe, base: Path) -> Recipe:
+    """The recipe with paths under ``base`` written relative to it (others stay absolute),
+    so a recipe handed on works from any checkout with the same layout."""
+
+    def relative(path: Path) -> Path:
+        return path.relative_to(base) if path.is_absolute() and path.is_relative_to(base) else path
+
+    return map_paths(recipe, relative)
+
+
+def map_paths(recipe: Recipe, fix: Callable[[Path], Path]) -> Recipe:
+    """The recipe with ``fix`` applied to every file and folder it names."""
+
+    def each(path: Path | None) -> Path | None:
+        return None if path is None else fix(path)
+
+    d = recipe.data
+    sources = [s.model_copy(update={"root": each(s.root), "csv": each(s.csv)}) for s in d.sources]
+    data = d.model_copy(
+        update={
+            "root": each(d.root),
+            "csv": each(d.csv),
+            "cache_dir": each(d.cache_dir),
+            "sources": sources,
+        }
+    )
+    model = recipe.model
+    if model.pretrained is not False and str(model.pretrained) not in NAMED_PRETRAINED:
+        model = model.model_copy(update={"pretrained": each(Path(model.pretrained))})
+    return recipe.model_copy(update={"data": data, "model": model})
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

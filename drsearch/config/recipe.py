@@ -61,6 +61,9 @@ class PreprocessConfig(Section):
     circular_mask: bool = False
 
 
+#: ImageNet weights that ship inside packages, named instead of a file (train/named_weights.py).
+NAMED_PRETRAINED = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
 DatasetKind = Literal[
     "synthetic", "aptos2019", "csv", "eyepacs", "idrid", "ddr", "messidor2", "folder"
 ]

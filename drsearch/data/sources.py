@@ -7,6 +7,9 @@ Problems name the file and row; with ``skip_bad`` they are skipped and counted i
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,11 +89,28 @@ def _combined(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
 
 
 def ensure_synthetic(cfg: DataConfig) -> None:
-    """Generate the synthetic set into ``data.root`` on first use."""
+    """Generate the synthetic set into ``data.root`` on first use.
+
+    The set is written into a private folder beside ``root`` and renamed into place, so a
+    concurrent reader (another runner's trial) never sees a half-written image; when two
+    processes race, the first rename wins and the other's copy is removed.
+    """
     if (cfg.root / "train.csv").is_file():
         return
     s = cfg.synthetic
-    write_synthetic_dataset(cfg.root, n=s.n, size=s.size, seed=s.seed, imbalance=s.imbalance)
+    if cfg.root.exists():  # a folder the user made: fill it in place
+        write_synthetic_dataset(cfg.root, n=s.n, size=s.size, seed=s.seed, imbalance=s.imbalance)
+        return
+    cfg.root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.root.name}.partial-", dir=cfg.root.parent))
+    try:
+        write_synthetic_dataset(tmp, n=s.n, size=s.size, seed=s.seed, imbalance=s.imbalance)
+        os.rename(tmp, cfg.root)
+    except OSError:
+        if not (cfg.root / "train.csv").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _table_path(cfg: DataConfig) -> Path:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.runners.common import SilentProgress, StudyProgress
-from drsearch.storage import INTERRUPTED, Counts, StudyStore, masked_url
-from drsearch.study import LoadedStudy, check_weights_exist
+from drsearch.storage import INTERRUPTED, RETRY_OF, Counts, StudyStore, masked_url
+from drsearch.study import LoadedStudy, check_inputs
 
 
 @dataclass
@@ -29,47 +31,64 @@ class StudySummary:
     best: FrozenTrial | None
     best_feasible: bool
     first_failure: str | None
+    retried: list[int] = field(default_factory=list)  # failed trials queued again
+    duplicates: list[list[int]] = field(default_factory=list)  # trials with equal parameters
+    runs_dir: Path | None = None
+    waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
 
 
 def run_study(
     loaded: LoadedStudy,
     progress: StudyProgress | None = None,
     ray_address: str | None = None,
+    retry_failed: bool = False,
 ) -> StudySummary:
-    """Run ``loaded`` until its budget is spent (or its time limit), with its executor."""
+    """Run ``loaded`` until the study's budget is spent (or the time limit), with its executor.
+
+    ``budget.n_trials`` is written to the study: the budget of every runner of it from now on.
+    With ``retry_failed``, failed and interrupted trials are queued again with their
+    parameters (continuing from their checkpoints where the recipe is unchanged).
+    """
     started = time.time()
     progress = progress or SilentProgress()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = loaded.config
-    check_weights_exist(loaded)
+    check_inputs(loaded)
     store = StudyStore(cfg)
     _describe(store.study, loaded)
     from drsearch.annotations import annotate_study, artifact_store
 
     annotate_study(store.study, loaded)
     store.artifacts = artifact_store(loaded)
+    store.set_budget(cfg.budget.n_trials)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
-    remaining = cfg.budget.n_trials - store.counts().counted
+    retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
     deadline = started + cfg.budget.time_limit_s if cfg.budget.time_limit_s else None
-    if remaining > 0:
-        if cfg.executor == "local":
-            from drsearch.runners.local import run_local
+    if store.counts().claimed < store.budget():
+        store.start_heartbeat()
+        try:
+            if cfg.executor == "local":
+                from drsearch.runners.local import run_local
 
-            run_local(store, loaded, remaining, progress, deadline)
-        else:
-            from drsearch.runners.ray import ray_session, run_ray
+                run_local(store, loaded, progress, deadline)
+            else:
+                from drsearch.runners.ray import ray_session, run_ray
 
-            with ray_session(ray_address or cfg.ray.address):
-                run_ray(store, loaded, remaining, progress, deadline)
+                with ray_session(ray_address or cfg.ray.address):
+                    run_ray(store, loaded, progress, deadline)
+        finally:
+            store.stop_heartbeat()
     trials = store.study.get_trials(deepcopy=False)
-    ours = [t for t in trials if t.number not in before]
+    ours = [t for t in trials if t.number not in before and t.state != TrialState.WAITING]
+    from drsearch.runners.common import study_runs
+
     return StudySummary(
         name=cfg.name,
         storage=masked_url(cfg.storage_url()),
         counts=store.counts(),
-        n_trials=cfg.budget.n_trials,
+        n_trials=store.budget(),
         reaped=reaped,
         started_trials=len(ours),
         wall_seconds=time.time() - started,
@@ -77,7 +96,22 @@ def run_study(
         best=_best(store.study),
         best_feasible=_best_is_feasible(store.study),
         first_failure=_first_failure(trials),
+        retried=retried,
+        duplicates=duplicate_params(trials),
+        runs_dir=study_runs(loaded, store),
+        waiting=[t.number for t in trials if t.state == TrialState.WAITING],
     )
+
+
+def duplicate_params(trials: list[FrozenTrial]) -> list[list[int]]:
+    """Groups of trials that ran the same parameters (re-runs of a failed trial excepted)."""
+    groups: dict[str, list[int]] = {}
+    for t in trials:
+        if t.state == TrialState.WAITING or RETRY_OF in t.user_attrs or not t.params:
+            continue
+        key = json.dumps(t.params, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(t.number)
+    return [numbers for numbers in groups.values() if len(numbers) > 1]
 
 
 def _describe(study: optuna.Study, loaded: LoadedStudy) -> None:

@@ -1,18 +1,21 @@
-"""What both executors do around a trial: ask the study, build the recipe, record the end."""
+"""What both executors do around a trial: claim it, build its recipe, decide after each epoch,
+record its end. Both call the same functions, so the same curve gets the same decisions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import optuna
 
 from drsearch.config.recipe import Recipe
 from drsearch.errors import ConfigError
-from drsearch.objective import Outcome, TrialTracker
+from drsearch.objective import EpochReport, Outcome, TrialEnd, TrialTracker
 from drsearch.search_space import sample, trial_recipe
-from drsearch.storage import StudyStore
+from drsearch.storage import RETRY_OF, StudyStore
 from drsearch.study import LoadedStudy
 
 
@@ -22,23 +25,33 @@ class StudyProgress(Protocol):
     def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
     def trial_epoch(self, number: int, epoch: int, value: float) -> None: ...
     def trial_finished(self, number: int, outcome: Outcome) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 class SilentProgress:
     def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
     def trial_epoch(self, number: int, epoch: int, value: float) -> None: ...
     def trial_finished(self, number: int, outcome: Outcome) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+Decision = Literal["continue", "prune", "stop"]
 
 
 @dataclass
 class TrialContext:
-    """One asked trial: its Optuna handle, parameters, recipe, run folder and tracker."""
+    """One claimed trial: its Optuna handle, parameters, recipe, run folder and tracker."""
 
     trial: optuna.Trial
     params: dict[str, Any]
     recipe: Recipe
     run_dir: Path
     tracker: TrialTracker
+    resume: bool = False  # a re-run that continues from the failed trial's checkpoint
+    decision: Decision = "continue"
+    end: TrialEnd | None = None
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
 
     @property
     def number(self) -> int:
@@ -49,56 +62,124 @@ class TrialContext:
         return self.trial._trial_id
 
 
-def trial_dir(loaded: LoadedStudy, number: int) -> Path:
-    return (loaded.config.study_dir / "trials" / f"{number:04d}").resolve()
+def study_runs(loaded: LoadedStudy, store: StudyStore) -> Path:
+    """The study's run folders: ``<run_root>/<name>/<study uuid, 8 characters>/``.
+
+    Keyed by the study's identity, so a new study under an old name (another storage, a
+    deleted database) never finds the old study's checkpoints in its trial folders."""
+    return loaded.config.study_dir / store.uuid[:8]
+
+
+def trial_dir(loaded: LoadedStudy, store: StudyStore, number: int) -> Path:
+    return study_runs(loaded, store) / f"{number:04d}"
 
 
 def start_trial(
     store: StudyStore, loaded: LoadedStudy, progress: StudyProgress, threads: int | None
-) -> TrialContext | None:
-    """Ask for a trial and build its recipe; an impossible combination fails the trial."""
-    trial = store.ask()
-    params = sample(trial, loaded.space, loaded.recipe)
-    run_dir = trial_dir(loaded, trial.number)
+) -> TrialContext | None | Literal[False]:
+    """Claim a trial and build its recipe. ``None`` when the budget is spent; ``False`` when
+    the claimed trial could not start (an impossible combination: recorded as FAIL)."""
+    trial = store.claim()
+    if trial is None:
+        return None
+    run_dir = trial_dir(loaded, store, trial.number)
     tracker = TrialTracker(loaded.config.objective, loaded.max_epochs, run_dir)
-    progress.trial_started(trial.number, params)
     try:
+        params = sample(trial, loaded.space, loaded.recipe)
+        progress.trial_started(trial.number, params)
         recipe = trial_recipe(loaded.recipe, params, f"trial {trial.number}")
-    except ConfigError as exc:
-        outcome = tracker.outcome({"drsearch_failed": str(exc)}, stopped_by_scheduler=False)
+    except (ConfigError, ValueError, KeyError, TypeError) as exc:
+        progress.trial_started(trial.number, dict(trial.params))
+        outcome = tracker.outcome(TrialEnd("failed", str(exc).splitlines()[0]))
         store.finish(trial._trial_id, outcome, {})
         progress.trial_finished(trial.number, outcome)
-        return None
+        return False
     if recipe.train.threads is None and threads is not None:
         recipe = recipe.model_copy(
             update={"train": recipe.train.model_copy(update={"threads": threads})}
         )
-    return TrialContext(trial, params, recipe, run_dir, tracker)
+    ctx = TrialContext(trial, params, recipe, run_dir, tracker)
+    retry_of = trial.user_attrs.get(RETRY_OF)
+    if retry_of is not None:
+        ctx.resume = _take_over_checkpoint(loaded, store, int(retry_of), ctx)
+    return ctx
+
+
+def _take_over_checkpoint(
+    loaded: LoadedStudy, store: StudyStore, old: int, ctx: TrialContext
+) -> bool:
+    """A re-run continues from the failed trial's checkpoint when that was trained with the
+    same recipe (its ``config.yaml``): the old run folder is copied, never moved."""
+    source = trial_dir(loaded, store, old)
+    last = source / "checkpoints" / "last.pt"
+    config = source / "config.yaml"
+    if not last.is_file() or not config.is_file():
+        return False
+    import yaml
+
+    from drsearch.train.fit import resume_changes
+
+    changed = resume_changes(yaml.safe_load(config.read_text()), ctx.recipe.model_dump(mode="json"))
+    if changed:
+        ctx.extra_attrs["retry_note"] = (
+            f"trial {old}'s checkpoint was trained with another recipe ({', '.join(changed)}): "
+            "started afresh"
+        )
+        return False
+    if ctx.run_dir.exists():
+        return False  # never write over a folder that is already there
+    shutil.copytree(source, ctx.run_dir, ignore=shutil.ignore_patterns(".*"))
+    ctx.extra_attrs["resumed_from_trial"] = old
+    return True
+
+
+def after_epoch(
+    store: StudyStore, ctx: TrialContext, report: EpochReport, progress: StudyProgress
+) -> Decision:
+    """Record one epoch (idempotent) and decide whether the trial goes on.
+
+    ``stop``: ``pruner.max_epochs`` is reached before the recipe's last epoch (the trial is
+    COMPLETE there); ``prune``: the pruner dropped it at this rung; else ``continue``.
+    """
+    record_epoch(store, ctx, report, progress)
+    max_epochs = ctx.tracker.max_epochs
+    if report.epoch >= max_epochs:
+        decision: Decision = "stop" if max_epochs < ctx.recipe.train.epochs else "continue"
+    elif store.should_prune(ctx.trial_id):
+        decision = "prune"
+    else:
+        decision = "continue"
+    if decision != "continue":
+        ctx.decision = decision
+    return decision
 
 
 def record_epoch(
-    store: StudyStore, ctx: TrialContext, payload: dict[str, Any], progress: StudyProgress
+    store: StudyStore, ctx: TrialContext, report: EpochReport, progress: StudyProgress
 ) -> None:
-    """Record one epoch payload's intermediate value (idempotent)."""
-    step_value = ctx.tracker.on_epoch(payload)
-    if step_value is not None:
-        store.record_epoch(ctx.trial_id, *step_value)
-        progress.trial_epoch(ctx.number, *step_value)
+    """Remember an epoch in the trial's curve and the study (each epoch once)."""
+    if ctx.tracker.on_epoch(report):
+        store.record_epoch(ctx.trial_id, report.epoch, report.value)
+        progress.trial_epoch(ctx.number, report.epoch, report.value)
 
 
-def finish_trial(
-    store: StudyStore,
-    ctx: TrialContext,
-    outcome: Outcome,
-    progress: StudyProgress,
-    extra_attrs: dict[str, Any] | None = None,
-) -> None:
-    """Note and artifacts first (Optuna wants them before the tell), then the study record."""
-    if extra_attrs:
-        outcome.user_attrs |= extra_attrs
+def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) -> Outcome:
+    """Decide the outcome (one rule for every executor), attach the dashboard note and
+    artifacts (Optuna wants them before the tell), then write the study record."""
+    outcome = ctx.tracker.outcome(ctx.end, pruned=ctx.decision == "prune")
+    outcome.user_attrs |= ctx.extra_attrs
+    if outcome.user_attrs.get("wall_seconds") is None:  # pruned or stopped: no end report
+        outcome.user_attrs["wall_seconds"] = time.time() - ctx.started
     if store.artifacts is not None and not store.is_finished(ctx.trial_id):
         from drsearch.annotations import annotate_trial
 
-        annotate_trial(ctx.trial, outcome, store.artifacts)
+        try:
+            Path(getattr(store.artifacts, "_base_path", ".")).mkdir(parents=True, exist_ok=True)
+            annotate_trial(ctx.trial, outcome, store.artifacts)
+        except Exception as exc:  # noqa: BLE001 - never lose a trained trial to an artifact
+            problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            outcome.user_attrs["artifact_error"] = problem
+            progress.warn(f"trial {ctx.number}: its artifacts were not stored ({problem})")
     store.finish(ctx.trial_id, outcome, ctx.tracker.intermediate)
     progress.trial_finished(ctx.number, outcome)
+    return outcome

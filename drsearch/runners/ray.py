@@ -2,10 +2,13 @@
 
 drsearch uses its own ``Searcher`` instead of Ray's stock ``OptunaSearch``, which (ray 2.60)
 stores ASHA-stopped trials as COMPLETE, drops the result that triggered the stop, and links
-no Optuna trial to its Ray trial. Here the driver alone writes to the study, each Ray result
-is recorded idempotently, the result that ended a trial is recorded too, and a trial stopped
-by ASHA before ``max_epochs`` is PRUNED. ``Tuner.restore`` is never used: a re-run continues
-the study from the database, the single source of truth.
+no Optuna trial to its Ray trial; and its own ``TrialScheduler`` instead of Ray's
+``ASHAScheduler``, whose rungs live in one process and start empty on every run. Here the
+driver alone writes to the study; every result is recorded idempotently and judged by the
+same ``after_epoch`` as the local executor (ASHA's rungs are in the study, shared by runners
+and kept across runs); the outcome comes from the trial's ``TrialTracker``.
+``Tuner.restore`` is never used: a re-run continues the study from the database, the single
+source of truth.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from drsearch.objective import EpochReport, TrialEnd, from_message
 from drsearch.runners.common import (
     StudyProgress,
     TrialContext,
+    after_epoch,
     finish_trial,
     record_epoch,
     start_trial,
+    study_runs,
 )
 from drsearch.storage import StudyStore
 from drsearch.study import LoadedStudy
@@ -70,50 +76,46 @@ def ray_session(address: str | None, num_cpus: float | None = None) -> Iterator[
 
 
 def _trainable(config: dict[str, Any]) -> None:
-    """Runs in a Ray worker: one trial, each epoch reported to Tune."""
+    """Runs in a Ray worker: one trial, each epoch reported to Tune, then how it ended."""
     import ray
     from ray import tune
 
     from drsearch.config.recipe import Recipe
-    from drsearch.objective import execute_trial
+    from drsearch.objective import execute_trial, to_message
 
     node = ray.get_runtime_context().get_node_id()
     recipe = Recipe.model_validate(config["recipe"])
     run_dir = Path(config["run_dir"])
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()  # a retry after a worker crash
+    # a Ray retry after a worker crash continues from the trial's own checkpoint
+    resume = config["resume"] or (run_dir / "checkpoints" / "last.pt").is_file()
 
-    def report(payload: dict[str, Any]) -> None:
-        tune.report(payload | {"ray_node_id": node})
+    def report(item: Any) -> None:
+        tune.report(to_message(item) | {"ray_node_id": node})
 
-    final = execute_trial(recipe, run_dir, report, config["pruning_metric"], resume=resume)
-    report(final)
+    report(execute_trial(recipe, run_dir, report, config["pruning_metric"], resume=resume))
 
 
-def _searcher_class() -> type:
+def _classes() -> tuple[type, type]:
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
     from ray.tune.search import Searcher
 
     class StudySearcher(Searcher):
-        """Asks the Optuna study for each Ray trial and records every result in it."""
+        """Claims a trial of the Optuna study for each Ray trial and records how it ended."""
 
         def __init__(
             self,
             store: StudyStore,
             loaded: LoadedStudy,
-            n_trials: int,
             progress: StudyProgress,
             deadline: float | None,
         ) -> None:
-            super().__init__(metric="value", mode="max")
+            super().__init__(metric=None, mode=None)
             self.store, self.loaded, self.progress = store, loaded, progress
-            self.n_trials, self.deadline = n_trials, deadline
-            self.started = 0
+            self.deadline = deadline
             self.active: dict[str, TrialContext] = {}
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            while self.started < self.n_trials:
-                if self.deadline is not None and time.time() >= self.deadline:
-                    break
-                self.started += 1
+            while self.deadline is None or time.time() < self.deadline:
                 ctx = start_trial(
                     self.store,
                     self.loaded,
@@ -121,6 +123,8 @@ def _searcher_class() -> type:
                     threads=max(1, int(self.loaded.config.resources.cpus_per_trial)),
                 )
                 if ctx is None:
+                    break  # the study's budget is spent
+                if ctx is False:
                     continue  # its recipe was impossible: already recorded as FAIL
                 self.store.set_user_attrs(ctx.trial_id, {"ray_trial_id": trial_id})
                 self.active[trial_id] = ctx
@@ -129,14 +133,12 @@ def _searcher_class() -> type:
                     "recipe": ctx.recipe.model_dump(mode="json"),
                     "run_dir": str(ctx.run_dir),
                     "pruning_metric": self.loaded.config.pruner.metric,
+                    "resume": ctx.resume,
                 }
             return Searcher.FINISHED
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-            result = _nested(result)
-            ctx = self.active.get(trial_id)
-            if ctx is not None and not _is_final(result):
-                record_epoch(self.store, ctx, result, self.progress)
+            """Nothing: ``StudyScheduler`` records each result and decides on it."""
 
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -144,32 +146,21 @@ def _searcher_class() -> type:
             ctx = self.active.pop(trial_id, None)
             if ctx is None:
                 return
-            result = _nested(result) if result else None
-            if result and not _is_final(result):
-                record_epoch(self.store, ctx, result, self.progress)  # the stop's own result
+            item = from_message(result)
+            if isinstance(item, EpochReport):
+                record_epoch(self.store, ctx, item, self.progress)
+            elif isinstance(item, TrialEnd):
+                ctx.end = item
             if error:
-                outcome = ctx.tracker.outcome(
-                    {
-                        "drsearch_failed": "the Ray worker failed (retries exhausted); see the "
-                        "Ray logs"
-                    },
-                    stopped_by_scheduler=False,
-                )
-            else:
-                final = result if result and _is_final(result) else None
-                outcome = ctx.tracker.outcome(final, stopped_by_scheduler=final is None)
-            finish_trial(
-                self.store,
-                ctx,
-                outcome,
-                self.progress,
-                {"executor": "ray", "ray_trial_id": trial_id},
-            )
+                reason = "the Ray worker failed (retries exhausted); see the Ray logs"
+                ctx.end = TrialEnd("failed", reason)
+            ctx.extra_attrs |= {"executor": "ray", "ray_trial_id": trial_id}
+            finish_trial(self.store, ctx, self.progress)
 
         def __getstate__(self) -> dict[str, Any]:
             # Tuner pickles its search algorithm for Tuner.restore, which drsearch never uses;
             # the live searcher (with its database connection) stays in the driver.
-            return {"n_trials": self.n_trials}
+            return {}
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the Optuna study is the state."""
@@ -177,62 +168,58 @@ def _searcher_class() -> type:
         def restore(self, checkpoint_path: str) -> None:
             """Nothing to restore: a re-run continues from the Optuna study."""
 
-    return StudySearcher
+    class StudyScheduler(FIFOScheduler):
+        """Tune's side of pruning: each result is recorded in the study and judged by
+        ``after_epoch``, the same function the local executor calls."""
 
+        def __init__(self, searcher: StudySearcher) -> None:
+            super().__init__()
+            self.searcher = searcher
 
-def _nested(result: dict[str, Any] | None) -> dict[str, Any]:
-    """Undo Tune's flattening of nested results (``best/accuracy`` -> ``best.accuracy``)."""
-    out: dict[str, Any] = {}
-    for key, value in (result or {}).items():
-        node = out
-        *parents, last = str(key).split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            ctx = self.searcher.active.get(trial.trial_id)
+            item = from_message(result)
+            if ctx is None or item is None:
+                return TrialScheduler.CONTINUE
+            if result.get("ray_node_id"):
+                ctx.extra_attrs["ray_node_id"] = result["ray_node_id"]
+            if isinstance(item, TrialEnd):
+                ctx.end = item
+                return TrialScheduler.CONTINUE
+            decision = after_epoch(self.searcher.store, ctx, item, self.searcher.progress)
+            return TrialScheduler.CONTINUE if decision == "continue" else TrialScheduler.STOP
 
+        def __getstate__(self) -> dict[str, Any]:
+            return {}
 
-def _is_final(result: dict[str, Any]) -> bool:
-    return bool(result.get("drsearch_done") or result.get("drsearch_failed"))
+    return StudySearcher, StudyScheduler
 
 
 def run_ray(
     store: StudyStore,
     loaded: LoadedStudy,
-    n_trials: int,
     progress: StudyProgress,
     deadline: float | None,
 ) -> None:
-    """Run up to ``n_trials`` trials on Ray Tune with ASHA, within ``deadline``."""
+    """Run trials on Ray Tune until the study's budget is spent or ``deadline`` passes."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     cfg = loaded.config
-    searcher = _searcher_class()(store, loaded, n_trials, progress, deadline)
-    if cfg.pruner.enabled:
-        scheduler: Any = ASHAScheduler(
-            time_attr="epoch",
-            max_t=loaded.max_epochs,
-            grace_period=cfg.pruner.grace_period,
-            reduction_factor=cfg.pruner.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    searcher_class, scheduler_class = _classes()
+    searcher = searcher_class(store, loaded, progress, deadline)
     resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
     tuner = tune.Tuner(
         tune.with_resources(_trainable, resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=scheduler,
-            metric="value",
-            mode="max",
-            num_samples=n_trials,
+            scheduler=scheduler_class(searcher),
+            num_samples=-1,  # until the searcher says the study's budget is spent
             max_concurrent_trials=cfg.resources.max_concurrent,
             reuse_actors=cfg.ray.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=str((cfg.study_dir / "ray").resolve()),
+            storage_path=str(study_runs(loaded, store) / "ray"),
             failure_config=tune.FailureConfig(max_failures=cfg.ray.retries),
             verbose=0,
             log_to_file=True,

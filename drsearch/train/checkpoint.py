@@ -1,14 +1,20 @@
 """Full-state checkpoints, written atomically (temporary file, fsync, rename).
 
 A checkpoint holds everything needed to continue exactly: model, optimizer, LR controller,
-grad scaler, EMA, the RNG states, the epoch, the best metric and the early-stopping count.
-A kill at any moment leaves either the previous checkpoint or the new one, never half a file.
+grad scaler, EMA, the RNG states, the epoch, the best metric and the early-stopping count,
+the epoch's own log record and the recipe it was trained with. A kill at any moment leaves
+either the previous checkpoint or the new one, never half a file.
+
+Checkpoints hold only tensors, numbers, strings and containers of them, and are read with
+``torch.load(weights_only=True)``: a crafted file cannot run code when it is loaded.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +39,36 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``atomic_save``."""
+    """Read a checkpoint written by ``atomic_save`` (weights only: no code runs)."""
     if not path.is_file():
         raise TrainingError(f"{path}: no checkpoint to resume from; run without --resume")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TrainingError(
+            f"{path}: refused: it holds objects other than tensors and numbers "
+            f"({str(exc).splitlines()[0][:160]}); drsearch never unpickles code. Delete it to "
+            "start over"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise TrainingError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}); it is damaged or "
+            "truncated. Delete it to start the run over"
+        ) from None
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise TrainingError(
+            f"{path}: not a drsearch checkpoint (no epoch); delete it to start over"
+        )
+    return state
 
 
 def rng_state() -> dict[str, Any]:
-    """Every global RNG a training step may draw from."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """Every global RNG a training step may draw from, as tensors and plain numbers."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -52,8 +77,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

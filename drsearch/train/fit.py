@@ -3,10 +3,19 @@
 The search layer drives training only through ``reporter(epoch, metrics)``, called once per
 finished epoch (1-based) after the epoch is checkpointed and logged. Raising ``StopTraining``
 from it ends the run cleanly; any other exception propagates (e.g. a pruning signal).
+
+On ``resume`` the checkpoint is the truth: training continues after the checkpoint's own
+epoch, the log is reconciled to it (lines after it dropped, its own line restored from the
+checkpoint if a kill came between the two writes), and the reporter is first called once for
+every epoch already done, with ``record["replayed"] = True``, so it sees the whole curve.
+A checkpoint trained with a different recipe (beyond the keys in ``RESUMABLE_CHANGES``) or on
+different data is refused with a one-line error, never loaded into the model.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import math
 import random
 import time
@@ -21,7 +30,7 @@ import torch.nn.functional as F
 
 from drsearch.config.recipe import MONITOR_METRICS, Recipe
 from drsearch.data.fingerprint import data_fingerprint
-from drsearch.errors import NonFiniteLossError
+from drsearch.errors import NonFiniteLossError, TrainingError
 from drsearch.train import checkpoint
 from drsearch.train.augment import describe, train_pipeline
 from drsearch.train.data import (
@@ -31,14 +40,36 @@ from drsearch.train.data import (
     train_batch_count,
     train_batches,
 )
+from drsearch.train.faults import fault_point
 from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
 from drsearch.train.metrics import compute_metrics
 from drsearch.train.model import build_model, build_optimizer, normalization, parameter_counts
-from drsearch.train.outputs import RunFolder, installed_versions
+from drsearch.train.outputs import RunFolder, flatten, installed_versions, to_jsonable
 from drsearch.train.prepare import PreparedData, prepare_data
 from drsearch.train.schedule import LRController, StepPlan
 
 Reporter = Callable[[int, dict[str, Any]], None]
+
+#: Recipe keys that may differ between a checkpoint and the run resuming it: where the data
+#: and weights live (the data fingerprint is compared instead), how fast, and provenance.
+#: Any other change (LR, weight decay, backbone multiplier, epochs, ...) would be silently
+#: overridden by the optimizer and schedule state, so resuming with it is refused.
+RESUMABLE_CHANGES = (
+    "data.root",
+    "data.csv",
+    "data.sources.*.root",
+    "data.sources.*.csv",
+    "data.cache",
+    "data.cache_dir",
+    "data.cache_max_gb",
+    "data.num_workers",
+    "model.pretrained",
+    "train.device",
+    "train.threads",
+    "train.eval_batch_size",
+    "pinned",
+    "pinned.*",
+)
 
 
 class StopTraining(Exception):  # noqa: N818 - a signal, not an error
@@ -145,6 +176,7 @@ class _Trainer:
         self.best_value: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
+        self.start_epoch = 0
 
     # -- starting and resuming ---------------------------------------------------------
     def start(self) -> list[dict[str, Any]]:
@@ -162,7 +194,9 @@ class _Trainer:
         return []
 
     def restore(self) -> list[dict[str, Any]]:
-        state = checkpoint.load(self.folder.checkpoints / checkpoint.LAST)
+        path = self.folder.checkpoints / checkpoint.LAST
+        state = checkpoint.load(path)
+        self._check_resumable(path, state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr.load_state_dict(state["lr"])
@@ -172,8 +206,43 @@ class _Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.bad_epochs = state["bad_epochs"]
-        self.folder.record_resume(state["epoch"], self.recipe)
-        return self.folder.keep_epochs_up_to(state["epoch"])
+        self.start_epoch = int(state["epoch"])
+        record = json.loads(state["record"]) if state.get("record") else None
+        history = self.folder.reconcile_epochs(self.start_epoch, record)
+        self.folder.record_resume(self.start_epoch, self.recipe)
+        return history
+
+    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another recipe or other data (the checkpoint is the truth)."""
+        saved = json.loads(state["recipe"]) if state.get("recipe") else None
+        if saved is None and (self.folder.root / "config.yaml").is_file():
+            import yaml
+
+            saved = yaml.safe_load((self.folder.root / "config.yaml").read_text())
+        if saved is not None:
+            changed = resume_changes(saved, self.recipe.model_dump(mode="json"))
+            if changed:
+                listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                raise TrainingError(
+                    f"{path}: cannot resume: the recipe changed since this checkpoint "
+                    f"({listed}); its optimizer and schedule state would silently keep the old "
+                    f"values. Resume with the recipe in {self.folder.root / 'config.yaml'}, or "
+                    "start a new run (another --out) from these weights with model.pretrained: "
+                    f"{path}"
+                )
+        info = self.folder.root / "run.json"
+        if info.is_file():
+            before = json.loads(info.read_text()).get("data_fingerprint") or {}
+            now = self._data_fingerprint()
+            keys = ("images_sha256", "split_sha256")
+            if before and any(before.get(k) != now.get(k) for k in keys):
+                raise TrainingError(
+                    f"{path}: cannot resume: the data differ from the run's (image list or "
+                    f"validation split fingerprint changed since {info}); start a new run"
+                )
+
+    def _data_fingerprint(self) -> dict[str, Any]:
+        return data_fingerprint(self.data.records, self.data.train_idx, self.data.val_idx)
 
     def _write_run_info(self) -> None:
         self.folder.write_json(
@@ -193,10 +262,9 @@ class _Trainer:
                 "parameters": self.parameters,
                 "amp": self.amp,
                 "image_cache": self.data.cache.location,
-                "data_fingerprint": data_fingerprint(
-                    self.data.records, self.data.train_idx, self.data.val_idx
-                ),
+                "data_fingerprint": self._data_fingerprint(),
                 "versions": installed_versions(),
+                "data_roots": [str(r) for r in _data_roots(self.recipe)],
             },
         )
 
@@ -209,7 +277,14 @@ class _Trainer:
         started: float,
     ) -> FitResult:
         stopped = "completed"
-        for epoch in range(len(history), self.recipe.train.epochs):
+        try:
+            for record in history:  # a resumed run: the reporter sees the whole curve
+                if reporter is not None:
+                    reporter(record["epoch"], {**record, "replayed": True})
+        except StopTraining:
+            stopped = "reporter"
+        epochs = range(self.start_epoch, self.recipe.train.epochs) if stopped == "completed" else []
+        for epoch in epochs:
             record = self._epoch(epoch, progress)
             history.append(record)
             progress.end_epoch(record)
@@ -223,6 +298,8 @@ class _Trainer:
             if patience is not None and self.bad_epochs >= patience:
                 stopped = "early_stopping"
                 break
+        if not history:
+            raise TrainingError(f"{self.folder.root}: the run has no finished epoch to report")
         best = next((r for r in history if r["epoch"] == self.best_epoch), history[-1])
         return FitResult(
             run_dir=self.folder.root,
@@ -264,8 +341,10 @@ class _Trainer:
         }
         if improved:
             self._save_best(record, probs)
-        self._save_last(epoch + 1)
+        self._save_last(record)
+        fault_point("after_checkpoint", epoch + 1, self.folder.root)
         self.folder.append_epoch(record)
+        fault_point("after_record", epoch + 1, self.folder.root)
         return record
 
     def _train_epoch(self, epoch: int, size: int, progress: Progress) -> dict[str, float]:
@@ -374,9 +453,11 @@ class _Trainer:
             {"model": weights, "epoch": record["epoch"]}, self.folder.checkpoints / checkpoint.BEST
         )
 
-    def _save_last(self, epoch: int) -> None:
+    def _save_last(self, record: dict[str, Any]) -> None:
         state = {
-            "epoch": epoch,
+            "epoch": record["epoch"],
+            "record": json.dumps(to_jsonable(record)),
+            "recipe": json.dumps(self.recipe.model_dump(mode="json")),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr": self.lr.state_dict(),
@@ -388,6 +469,24 @@ class _Trainer:
             "bad_epochs": self.bad_epochs,
         }
         checkpoint.atomic_save(state, self.folder.checkpoints / checkpoint.LAST)
+
+
+def _data_roots(recipe: Recipe) -> list[Path]:
+    """Where the run read its images (absolute when a study resolved them)."""
+    data = recipe.data
+    return [s.root for s in data.sources] if data.sources else [data.root]
+
+
+def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Recipe keys whose value differs between a checkpoint's recipe and the current one,
+    apart from ``RESUMABLE_CHANGES``."""
+    before, after = flatten(saved), flatten(current)
+    return {
+        key: (before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+        and not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_CHANGES)
+    }
 
 
 def _make_ema(model: torch.nn.Module, recipe: Recipe) -> Any:

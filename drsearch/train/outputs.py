@@ -43,8 +43,8 @@ class RunFolder:
         """Log a resume and any recipe keys that changed since the run began to
         ``resumes.jsonl``; ``config.yaml`` then holds the recipe in force."""
         path = self.root / "config.yaml"
-        before = _flatten(yaml.safe_load(path.read_text())) if path.is_file() else {}
-        after = _flatten(recipe.model_dump(mode="json"))
+        before = flatten(yaml.safe_load(path.read_text())) if path.is_file() else {}
+        after = flatten(recipe.model_dump(mode="json"))
         changed = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
         with (self.root / "resumes.jsonl").open("a") as fh:
             fh.write(json.dumps({"epoch": epoch, "changed": changed}) + "\n")
@@ -61,14 +61,26 @@ class RunFolder:
             os.fsync(fh.fileno())
 
     def read_epochs(self) -> list[dict[str, Any]]:
+        """The logged epochs; a last line cut short by a kill during the append is ignored."""
         if not self.metrics_log.is_file():
             return []
-        lines = self.metrics_log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = [line for line in self.metrics_log.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise
+        return records
 
-    def keep_epochs_up_to(self, epoch: int) -> list[dict[str, Any]]:
-        """On resume: drop log lines of epochs after the checkpoint (they will be redone)."""
+    def reconcile_epochs(self, epoch: int, record: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """On resume, make the log agree with the checkpoint of ``epoch``: drop lines of later
+        epochs (they will be redone) and restore the checkpoint's own line (``record``) if a
+        kill came between saving the checkpoint and appending it."""
         kept = [r for r in self.read_epochs() if r["epoch"] <= epoch]
+        if record is not None and (not kept or kept[-1]["epoch"] < epoch):
+            kept.append(record)
         write_text_atomic(self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
@@ -86,13 +98,18 @@ class RunFolder:
         os.replace(tmp, path)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1, 2]}}`` -> ``{"a.b.0": 1, "a.b.1": 2}`` (dotted recipe keys)."""
+    if isinstance(data, dict) and data:
+        items = data.items()
+    elif isinstance(data, list) and data:
+        items = enumerate(data)
+    else:
         return {prefix: data}
     out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return {k.rstrip("."): v for k, v in out.items()}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def write_text_atomic(path: Path, text: str) -> None:
