@@ -22,8 +22,10 @@ from drsearch.study import LoadedStudy
 
 
 def artifact_store(loaded: LoadedStudy) -> FileSystemArtifactStore:
-    folder = loaded.config.artifact_dir.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    from drsearch.io import owned_dir
+
+    cfg = loaded.config
+    folder = owned_dir(cfg.artifact_dir, cfg.run_root, "trial artifacts").resolve()
     return FileSystemArtifactStore(str(folder))
 
 

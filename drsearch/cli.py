@@ -38,7 +38,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {pair!r}")
-        out[key.strip()] = parse_scalar(value)
+        out[key.strip()] = parse_scalar(value, key.strip())
     return out
 
 
@@ -137,6 +137,8 @@ def _num(value: float | None) -> str:
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    from drsearch.train.outputs import is_run_folder
+
     has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
@@ -148,6 +150,11 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"{run_dir}: already holds a run; pass --resume to continue it, "
                 "--overwrite to replace it, or --out for a new folder"
             )
+        if not is_run_folder(run_dir):
+            raise UserError(
+                f"{run_dir}: --overwrite only deletes run folders drsearch wrote, and this one "
+                "holds other files too; delete it yourself or pick another --out"
+            )
         shutil.rmtree(run_dir)
 
 
@@ -155,7 +162,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 @_recipe_arg
 @click.option(
     "--steps-per-epoch",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     help="Optimizer steps per epoch (default: computed from the recipe's data).",
 )
 @click.option(
@@ -166,11 +173,20 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 )
 @_set_opt
 def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str, ...]) -> None:
-    """Show the LR of every parameter group at every epoch, without training."""
-    from drsearch.config import load_recipe
+    """Show the LR of every parameter group at every epoch, without training.
+
+    Given a study file, shows its base recipe's schedule (the search varies it per trial)."""
+    from drsearch.config import load_recipe, read_yaml
+    from drsearch.config.loading import is_study_file, recipe_with_overrides
     from drsearch.lr_view import lr_csv, lr_summary, steps_from_data
 
-    config = load_recipe(recipe, _overrides(sets))
+    if is_study_file(read_yaml(recipe)):
+        from drsearch.study import load_study
+
+        base = load_study(recipe).recipe.model_dump(mode="json")
+        config = recipe_with_overrides(base, _overrides(sets), f"{recipe}: recipe", "--set")
+    else:
+        config = load_recipe(recipe, _overrides(sets))
     spe = steps_per_epoch or steps_from_data(config)
     if as_csv:
         sys.stdout.write(lr_csv(config, spe))
@@ -268,14 +284,48 @@ def run(
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
 
 
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--samples",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="How many configurations of the search space to draw and validate.",
+)
+def check(study: Path, samples: int) -> None:
+    """Check a study before paying for it: the study file, its recipe and search space, the
+    data and weights it names, and a sample of the configurations it will try. Writes nothing.
+    """
+    from drsearch.study import check_inputs, load_study, sample_problems
+
+    loaded = load_study(study)
+    check_inputs(loaded, generate=False)
+    problems = sample_problems(loaded, samples)
+    if problems:
+        raise UserError(
+            f"{len(problems)} of {samples} sampled configurations are impossible recipes; "
+            f"first: {problems[0]}"
+        )
+    cfg, r = loaded.config, loaded.recipe
+    click.echo(
+        f"{study}: study {cfg.name} OK - {r.model.name}, {len(loaded.space)} searched keys, "
+        f"{samples} sampled configurations all valid; budget {cfg.budget.n_trials} trials of "
+        f"up to {loaded.max_epochs} epochs, {cfg.executor} executor"
+    )
+
+
 def _reset_smoke(small: Any) -> None:
     """Start the smoke study afresh (data generated once, before any trial) and say so."""
     from drsearch.data.sources import ensure_synthetic
+    from drsearch.io import owned_dir, remove_owned
 
     cfg, recipe = small.config, small.recipe
+    folder = owned_dir(cfg.run_root, cfg.run_root.parent, "smoke runs")  # <run_root>/smoke
     for stale in (cfg.study_dir, cfg.artifact_dir):
-        shutil.rmtree(stale, ignore_errors=True)
-    (cfg.run_root / f"{cfg.name}.db").unlink(missing_ok=True)
+        remove_owned(stale, folder)
+    for made in (f"{cfg.name}.db", f"{cfg.name}.db.lock"):
+        (folder / made).unlink(missing_ok=True)
     ensure_synthetic(recipe.data)
     click.echo(
         f"smoke run of {small.path}: {recipe.model.name} at {recipe.data.sizes()} px, "
@@ -407,20 +457,13 @@ def report(
     study: Path, out: Path | None, storage: str | None, run_root: Path | None, smoke: bool
 ) -> None:
     """Write a self-contained HTML report of a study (opens offline)."""
-    import optuna
-
     from drsearch.report.plots import write_report
     from drsearch.report.records import build_records
-    from drsearch.storage import make_storage
+    from drsearch.storage import open_existing
 
     loaded = _open_study(study, storage, run_root, smoke)
     cfg = loaded.config
-    try:
-        opened = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage_url()))
-    except KeyError:
-        raise UserError(
-            f"{study}: no study {cfg.name!r} in its storage yet; run it first"
-        ) from None
+    opened = open_existing(cfg, study)
     default = Path("reports") / (f"{cfg.name}-smoke" if smoke else cfg.name)
     path = write_report(build_records(loaded, opened), out or default)
     click.echo(f"report of study {cfg.name} -> {path}")
@@ -444,16 +487,19 @@ def dashboard(
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    from drsearch.storage import make_storage, masked_url
+    from drsearch.storage import make_storage, masked_url, open_existing
 
     loaded = _open_study(study, storage, run_root, smoke)
     cfg = loaded.config
+    open_existing(cfg, study)
     artifacts = cfg.artifact_dir.resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(
-            f"Warning: serving on {host}: anyone who can reach this machine can read "
-            "and change the study",
+            f"Warning: serving on {host}: optuna-dashboard has no authentication, so anyone "
+            "who can reach this machine on port "
+            f"{port} can read and change the study; use the default 127.0.0.1 and an SSH "
+            "tunnel to share it safely",
             err=True,
         )
     click.echo(
@@ -482,8 +528,13 @@ def diagnose(target: Path, trial: int | None, run_root: Path | None, smoke: bool
             raise UserError(f"{target}: a study file needs --trial N")
         from drsearch.export import select_trial
 
-        chosen = select_trial(_open_study(target, None, run_root, smoke), str(trial))
+        chosen = select_trial(_open_study(target, None, run_root, smoke), str(trial), False)
         run_dir = Path(str(chosen.user_attrs.get("run_dir", "")))
+        if not (run_dir / "metrics.jsonl").is_file() and chosen.user_attrs.get("fail_reason"):
+            raise UserError(
+                f"trial {trial} failed before it trained an epoch, so there is nothing to "
+                f"diagnose: {chosen.user_attrs['fail_reason']}"
+            )
     console = Console()
     colours = {"high": "red", "medium": "yellow", "low": "cyan", "info": "green"}
     for f in run_diagnosis(run_dir):

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.loading import load_recipe, recipe_to_yaml, with_relative_paths
 from drsearch.config.recipe import Pinned, Recipe
 from drsearch.errors import ConfigError
-from drsearch.storage import make_storage, masked_url
+from drsearch.storage import masked_url, open_existing
 from drsearch.study import LoadedStudy
 
 #: Versions whose difference is reported when a pinned recipe is retrained.
@@ -41,24 +40,27 @@ _PROVENANCE_METRICS = (
 )
 
 
-def select_trial(loaded: LoadedStudy, which: str) -> FrozenTrial:
-    """``best`` (the best feasible trial) or a trial number."""
+def select_trial(loaded: LoadedStudy, which: str, trained_only: bool = True) -> FrozenTrial:
+    """``best`` (the best feasible trial) or a trial number (COMPLETE or PRUNED unless not
+    ``trained_only``: a failed trial's run folder can be diagnosed too)."""
     cfg = loaded.config
-    study = optuna.load_study(study_name=cfg.name, storage=make_storage(cfg.storage_url()))
+    study = open_existing(cfg, loaded.path)
     if which == "best":
         try:
             return study.best_trial
         except ValueError:
             raise ConfigError(
-                f"{loaded.path}: study {cfg.name!r} has no feasible complete trial; "
+                f"{loaded.path}: study {cfg.name!r} has no feasible complete trial yet; "
                 "pick one with --trial N"
             ) from None
+    if not study.trials:
+        raise ConfigError(f"{loaded.path}: study {cfg.name!r} has no trial yet; run it first")
     if not which.isdigit() or int(which) >= len(study.trials):
         raise ConfigError(
             f"--trial: expected 'best' or a trial number < {len(study.trials)}, got {which!r}"
         )
     trial = study.trials[int(which)]
-    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+    if trained_only and trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         raise ConfigError(f"--trial: trial {which} is {trial.state.name}; export a COMPLETE one")
     return trial
 

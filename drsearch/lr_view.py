@@ -7,6 +7,7 @@ import io
 from drsearch.config.recipe import Recipe
 from drsearch.data.sources import Skipped, load_records
 from drsearch.data.split import split_indices
+from drsearch.errors import ConfigError
 from drsearch.train.fit import steps_per_epoch
 from drsearch.train.schedule import StepPlan, restart_epochs, schedule_table
 
@@ -20,6 +21,7 @@ def steps_from_data(recipe: Recipe) -> int:
 
 def lr_csv(recipe: Recipe, spe: int) -> str:
     """``epoch,step,group,lr`` for every optimizer step and group."""
+    check_size(recipe, spe)
     out = io.StringIO()
     out.write("epoch,step,group,lr\n")
     for epoch, step, group, lr in schedule_table(recipe, StepPlan(spe, recipe.train.epochs)):
@@ -27,18 +29,42 @@ def lr_csv(recipe: Recipe, spe: int) -> str:
     return out.getvalue()
 
 
+#: ``drsearch lr`` lists at most this many optimizer steps (a longer run is a typo, or needs
+#: a smaller ``--steps-per-epoch`` to look at).
+MAX_STEPS = 5_000_000
+#: The table shows at most this many epochs (evenly spaced, the last one included).
+MAX_ROWS = 120
+
+
+def check_size(recipe: Recipe, spe: int) -> None:
+    total = recipe.train.epochs * spe
+    if total > MAX_STEPS:
+        raise ConfigError(
+            f"train.epochs: {recipe.train.epochs} epochs x {spe} steps = {total:,} optimizer "
+            f"steps, more than drsearch lr lists ({MAX_STEPS:,}); pass a smaller "
+            "--steps-per-epoch to see the shape of the schedule"
+        )
+
+
 def lr_summary(recipe: Recipe, spe: int) -> tuple[list[list[str]], list[str]]:
     """A table (header first) of each group's LR at the first and last step of each epoch
     (epochs from 1, as in the training log), plus notes a reader might otherwise miss."""
+    check_size(recipe, spe)
     rows = schedule_table(recipe, StepPlan(spe, recipe.train.epochs))
     by_epoch: dict[int, dict[str, list[float]]] = {}
     for epoch, _, group, lr in rows:
         by_epoch.setdefault(epoch, {}).setdefault(group, []).append(lr)
     table = [["epoch", "backbone first", "backbone last", "head first", "head last"]]
+    every = max(1, -(-len(by_epoch) // MAX_ROWS))
     for epoch, groups in sorted(by_epoch.items()):
+        if epoch % every and epoch != len(by_epoch) - 1:
+            continue
         b, h = groups["backbone"], groups["head"]
         table.append([str(epoch + 1), f"{b[0]:.3e}", f"{b[-1]:.3e}", f"{h[0]:.3e}", f"{h[-1]:.3e}"])
-    return table, _notes(recipe, rows)
+    notes = _notes(recipe, rows)
+    if every > 1:
+        notes.append(f"showing every {every}th epoch of {len(by_epoch)}; --csv lists every step")
+    return table, notes
 
 
 def _notes(recipe: Recipe, rows: list[tuple[int, int, str, float]]) -> list[str]:

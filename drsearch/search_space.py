@@ -15,16 +15,14 @@ if every named key (a parameter above it, or a recipe key) has one of the given 
 
 from __future__ import annotations
 
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import optuna
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from drsearch import NUM_CLASSES
-from drsearch.config.loading import build_model, read_yaml
+from drsearch.config.loading import build_model, field_annotation, read_yaml
 from drsearch.config.recipe import KeyedValueError, Recipe, Section
 from drsearch.errors import ConfigError
 
@@ -183,37 +181,6 @@ def _parse_param(path: Path, key: str, raw: Any) -> FloatParam | IntParam | Cate
     return build_model(cls, raw, f"{path}: {key}")
 
 
-def field_annotation(key: str, where: str) -> Any:
-    """The type (with its constraints) of a dotted recipe key; a one-line error if none."""
-    current: Any = Recipe
-    for part in key.split("."):
-        current = _child(current, part)
-        if current is None:
-            raise ConfigError(f"{where}: not a recipe key (the part {part!r} does not exist)")
-    return current
-
-
-def _child(annotation: Any, part: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _child(typing.get_args(annotation)[0], part)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        info = annotation.model_fields.get(part)
-        if info is None:
-            return None
-        return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _child(arg, part)
-            if found is not None:
-                return found
-        return None
-    if origin is list and part.isdigit():
-        limit = NUM_CLASSES
-        return typing.get_args(annotation)[0] if int(part) < limit else None
-    return None
-
-
 def _check_value(annotation: Any, value: Any, where: str) -> None:
     try:
         TypeAdapter(annotation).validate_python(value)
@@ -243,8 +210,14 @@ def _active(param: _Param, params: dict[str, Any], flat: dict[str, Any]) -> bool
 
 
 def _get(data: Any, parts: list[str]) -> Any:
+    """The base recipe's value at a dotted key, or ``None`` where it has none."""
     for part in parts:
-        data = data[int(part)] if isinstance(data, list) else data.get(part)
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict):
+            data = data.get(part)
+        else:
+            return None
     return data
 
 

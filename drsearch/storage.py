@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -66,15 +67,28 @@ def runner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid()) or 0:.2f}"
 
 
+#: Query parameters of a URL whose values are secrets (``?password=...``, ``sslpassword``,
+#: ``api_key``, ``token``...).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|credential|auth", re.IGNORECASE)
+
+
 def masked_url(url: str) -> str:
-    """The storage URL with any password hidden, for messages and records."""
+    """The URL with every secret hidden (the user-info password and password-like query
+    parameters), for anything shown or written: console, records, recipes, errors."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL we can take apart: show none of it
+        return "<storage URL hidden: not a valid SQLAlchemy URL>"
+    query = {k: ("***" if _SECRET_PARAM.search(k) else v) for k, v in parsed.query.items()}
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")
 
 
 def make_storage(url: str) -> RDBStorage:
-    """An ``RDBStorage``; SQLite waits for locks instead of failing at once."""
+    """An ``RDBStorage``; SQLite waits for locks instead of failing at once. A storage that
+    cannot be opened is a one-line error with the URL's secrets masked."""
     from sqlalchemy.engine import make_url
 
     kwargs: dict[str, Any] = {}
@@ -83,7 +97,54 @@ def make_storage(url: str) -> RDBStorage:
         kwargs = {"connect_args": {"timeout": 60}}
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    return RDBStorage(url, engine_kwargs=kwargs)
+    with storage_errors(url):
+        return RDBStorage(url, engine_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn a database error into one line naming the storage, its secrets masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        detail = cause[0] if cause else type(exc).__name__
+        for secret in _secrets(make_url(url)):
+            detail = detail.replace(secret, "***")
+        raise ConfigError(f"storage {masked_url(url)}: cannot open it: {detail}") from None
+
+
+def _secrets(parsed: Any) -> list[str]:
+    found = [parsed.password] if parsed.password else []
+    found += [v for k, v in parsed.query.items() if _SECRET_PARAM.search(k) and isinstance(v, str)]
+    return [str(s) for s in found if s]
+
+
+def open_existing(config: StudyConfig, source: Path | str) -> optuna.Study:
+    """The study, for reading (report, export, dashboard): a one-line error, and no database
+    file created, when it has not been run yet."""
+    from sqlalchemy.engine import make_url
+
+    url = config.storage_url()
+    parsed = make_url(url)
+    missing = (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(str(parsed.database)).is_file()
+    )
+    if not missing:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return optuna.load_study(study_name=config.name, storage=make_storage(url))
+        except KeyError:
+            pass
+    raise ConfigError(
+        f"{source}: no study {config.name!r} in {masked_url(url)} yet; run it first with "
+        f"`drsearch run {source}`"
+    )
 
 
 class StudyLock:
@@ -134,7 +195,9 @@ class StudyLock:
 
         if self._engine is None:
             self._engine = create_engine(self.url, poolclass=NullPool)
-        with self._engine.connect() as conn:
+        with storage_errors(self.url):
+            conn = self._engine.connect()
+        with conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
             try:
                 yield

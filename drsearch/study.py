@@ -9,7 +9,9 @@ from typing import Any
 from drsearch.config.loading import (
     absolute,
     build_model,
+    is_recipe_file,
     read_yaml,
+    recipe_with_overrides,
     set_dotted,
     with_absolute_paths,
 )
@@ -36,6 +38,11 @@ class LoadedStudy:
 def load_study(path: Path, overrides: dict[str, Any] | None = None) -> LoadedStudy:
     """Read ``path``, apply dotted CLI ``overrides`` and check everything a run will need."""
     data = read_yaml(path)
+    if is_recipe_file(data):
+        raise ConfigError(
+            f"{path}: this is a training recipe, not a study file; train it with `drsearch "
+            f"train {path}`, or name it as `recipe:` in a study file (see studies/demo.yaml)"
+        )
     for key, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, key, value)
@@ -77,9 +84,7 @@ def _base_recipe(path: Path, config: StudyConfig) -> Recipe:
         source = f"{config.recipe} (recipe of {path})"
     else:
         raw, source = dict(config.recipe), f"{path}: recipe"
-    for key, value in config.overrides.items():
-        set_dotted(raw, key, value)
-    return build_model(Recipe, raw, source)
+    return recipe_with_overrides(raw, config.overrides, source, f"{path}: overrides:")
 
 
 def _check_pruner(path: Path, config: StudyConfig, recipe: Recipe) -> None:
@@ -105,17 +110,37 @@ def _check_storage(path: Path, config: StudyConfig) -> None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(config.storage)
-    except ArgumentError:
+        url = make_url(config.storage)
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"{path}: storage: not an SQLAlchemy URL; use e.g. sqlite:///runs/study.db or "
             "postgresql+psycopg2://user@host/db"
         ) from None
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"{path}: storage: {backend} is not supported; use SQLite (the default, one machine) "
+            "or PostgreSQL (postgresql+psycopg2://user@host/db, several machines)"
+        )
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError:
+        package = "psycopg2-binary" if backend == "postgresql" else url.drivername
+        raise ConfigError(
+            f"{path}: storage: the {url.drivername} driver is not installed; pip install "
+            f"{package} (or 'drsearch[postgres]')"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - an unknown driver name, e.g. postgresql+nodriver
+        raise ConfigError(
+            f"{path}: storage: unknown database driver {url.drivername!r} "
+            f"({type(exc).__name__}); use postgresql+psycopg2 or sqlite"
+        ) from None
 
 
-def check_inputs(loaded: LoadedStudy) -> None:
+def check_inputs(loaded: LoadedStudy, generate: bool = True) -> None:
     """Before any trial: the data and weights the recipe names exist, and a synthetic set is
-    generated (once for the whole study, not once per trial)."""
+    generated (once for the whole study, not once per trial; not at all without
+    ``generate``)."""
     check_weights_exist(loaded)
     data = loaded.recipe.data
     singles = [
@@ -129,7 +154,8 @@ def check_inputs(loaded: LoadedStudy) -> None:
         if single.kind == "synthetic":
             from drsearch.data.sources import ensure_synthetic
 
-            ensure_synthetic(single)
+            if generate:
+                ensure_synthetic(single)
             continue
         field, wanted = ("csv", single.csv) if single.kind == "csv" else ("root", single.root)
         if wanted is not None and not wanted.exists():
@@ -153,3 +179,23 @@ def check_weights_exist(loaded: LoadedStudy) -> None:
             "it (gated weights need a local copy), set model.pretrained: false, or try the "
             "wiring with --smoke"
         )
+
+
+def sample_problems(loaded: LoadedStudy, n: int, seed: int = 0) -> list[str]:
+    """Draw ``n`` configurations of the space at random (in memory, nothing stored) and
+    validate each as a whole recipe; the one-line problem of each that fails."""
+    import optuna
+
+    from drsearch.search_space import sample, trial_recipe
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    problems = []
+    for i in range(n):
+        trial = study.ask()
+        try:
+            trial_recipe(loaded.recipe, sample(trial, loaded.space, loaded.recipe), f"sample {i}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+        study.tell(trial, 0.0)
+    return problems

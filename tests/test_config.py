@@ -78,6 +78,18 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
         ),
         ("model: {lora: {r: 0}}", "model.lora.r: must be >= 1, got 0"),
         ("model: {lora: {rank: 8}}", "model.lora.rank: unknown key; allowed keys: r, alpha"),
+        ("optim: {lr: 0.1, lr: 0.2}", "not valid YAML (line 1, column 18): the key 'lr' appears"),
+        ("train: {seed: -1}", "train.seed: must be >= 0, got -1"),
+        ("data: {seed: 99999999999999}", "data.seed: must be <= 4294967295"),
+        ("train: {epochs: 1e30}", "train.epochs:"),
+        ("train: {threads: 100000}", "train.threads: must be <= 1024, got 100000"),
+        (
+            "loss: {class_weights: [1, 1, .nan, 1, 1]}",
+            "loss.class_weights.2: Input should be a finite number",
+        ),
+        ("loss: {alpha: .inf}", "loss.alpha: Input should be a finite number"),
+        ("name: x\nrecipe: r.yaml\nsearch_space: s.yaml", "this is a study file"),
+        ("a:\n" + "".join(f"{'  ' * i}- \n" for i in range(1, 3000)), "nested more than 50"),
     ],
 )
 def test_bad_recipe_gives_one_line_naming_file_and_key(
@@ -99,6 +111,26 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = result.output.strip().splitlines()
     assert lines == [f"Error: {path}: optim.lr: must be > 0.0, got -1"]
     assert "Traceback" not in result.output
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes("optim: {lr: 0.1}  # caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: not UTF-8 text \(byte 23\)"):
+        load_recipe(path)
+
+
+def test_overrides_are_blamed_for_their_own_mistakes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    path = write(tmp_path, "train: {epochs: 3}\n")
+    typo = runner.invoke(cli, ["lr", str(path), "--set", "optim.lrr=0.1"])
+    assert typo.exit_code == 2
+    assert typo.output.startswith("Error: --set optim.lrr: not a recipe key")
+    value = runner.invoke(cli, ["lr", str(path), "--set", "optim.lr=-1"])
+    assert value.output.strip() == "Error: --set optim.lr=-1: must be > 0.0, got -1"
+    broken = runner.invoke(cli, ["lr", str(path), "--set", "k=[3"])
+    assert broken.exit_code == 2 and "Error: --set k=[3: not valid YAML" in broken.output
+    assert "Traceback" not in typo.output + value.output + broken.output
 
 
 def test_cli_missing_file_and_bad_override(tmp_path: Path) -> None:

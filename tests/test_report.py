@@ -106,7 +106,8 @@ def test_report_of_a_real_study(tmp_path: Path, tiny_dataset: Path) -> None:
 def test_report_before_the_study_exists(tmp_path: Path, tiny_dataset: Path) -> None:
     path = write_tiny_study(tmp_path, tiny_dataset, SPACE)
     result = CliRunner().invoke(cli, ["report", str(path)])
-    assert result.exit_code == 2 and "no study 'tiny' in its storage yet" in result.output
+    assert result.exit_code == 2 and "no study 'tiny' in sqlite:///" in result.output
+    assert "yet; run it first" in result.output and not (tmp_path / "runs").exists()
 
 
 def test_importances_are_fanova_and_find_the_parameter_that_matters() -> None:

@@ -103,6 +103,19 @@ def test_parses_to_optuna_distribution(tmp_path: Path, text: str, expected: obje
             "model.lora.target_modules: {type: categorical, choices: [qkv, everything]}",
             "model.lora.target_modules: 'everything' is not a valid value",
         ),
+        ("optim.lr: {type: float, low: .nan, high: 0.1}", "low: Input should be a finite number"),
+        ("optim.lr: {type: float, low: 0.1, high: .inf}", "high: Input should be a finite"),
+        (
+            "data.sources.0.use: {type: categorical, choices: [train, val]}",
+            "the recipe's data.sources has 0 entries, so there is no data.sources.0",
+        ),
+        ("pinned.seed: {type: int, low: 1, high: 3}", "the recipe has no pinned; set"),
+        (
+            "optim.lr: {type: float, low: 0.1, high: 0.2, when: {loss.gamma: {a: 1}}}",
+            "optim.lr: when.loss.gamma",
+        ),
+        ("optim.lr: {type: float, low: 0.1, high: 0.2, when: 3}", "optim.lr: when: Input should"),
+        ("optim.lr: {type: float, low: 0.1, high: 0.2}\noptim.lr: {type: int}", "appears twice"),
     ],
 )
 def test_bad_space_gives_one_line_naming_file_and_key(
@@ -114,6 +127,21 @@ def test_bad_space_gives_one_line_naming_file_and_key(
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_condition_on_a_key_the_base_recipe_lacks_samples_without_crashing(
+    tmp_path: Path,
+) -> None:
+    """``when`` on a list element the base recipe holds as a preset name: never active."""
+    import optuna
+
+    base = build_model(Recipe, {"loss": {"class_weights": "inverse"}}, "test")
+    path = space_file(
+        tmp_path, "optim.lr: {type: float, low: 0.1, high: 0.2, when: {loss.class_weights.3: 2}}"
+    )
+    space = load_search_space(path, base)
+    trial = optuna.create_study().ask()
+    assert sample(trial, space, base) == {}
 
 
 def test_class_weight_index_needs_an_explicit_list(tmp_path: Path) -> None:

@@ -9,21 +9,49 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from drsearch import NUM_CLASSES
 from drsearch.config.recipe import NAMED_PRETRAINED, KeyedValueError, Recipe
 from drsearch.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
 
+#: Deeper nesting than this is refused (no config needs it; Python's recursion would fail).
+MAX_DEPTH = 50
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: object, mark: yaml.Mark | None) -> None:
+        super().__init__()
+        self.problem = f"the key {key!r} appears twice in one mapping; keep one"
+        self.problem_mark = mark
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as people write it."""
+    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as people write it, and
+    refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader explains it below
+                break
+            if duplicate:
+                raise DuplicateKeyError(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _FLOAT = re.compile(
@@ -40,14 +68,14 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, or raise a one-line ``ConfigError`` naming the file."""
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+        raise ConfigError(f"{path}: file not found" if not path.is_dir() else f"{path}: a folder")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    data = _load(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -55,9 +83,37 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_scalar(text: str) -> Any:
+def _load(text: str, source: str) -> Any:
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        data = None
+        depth = MAX_DEPTH + 1
+    else:
+        depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise ConfigError(
+            f"{source}: nested more than {MAX_DEPTH} levels deep; no setting needs that"
+        )
+    return data
+
+
+def _depth(data: Any, level: int = 0) -> int:
+    """How deeply ``data`` nests (stops counting past ``MAX_DEPTH``)."""
+    if level > MAX_DEPTH or not isinstance(data, dict | list):
+        return level
+    children = data.values() if isinstance(data, dict) else data
+    return max((_depth(child, level + 1) for child in children), default=level + 1)
+
+
+def parse_scalar(text: str, key: str = "") -> Any:
     """Parse a command-line override value the way YAML would (``1e-4`` -> float)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506
+    return _load(text, f"--set {key}={text}" if key else text)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -82,11 +138,40 @@ def build_model(model: type[M], data: Mapping[str, Any], source: str) -> M:
 
 
 def load_recipe(path: Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
-    """Load and validate a recipe file, after applying dotted ``overrides``."""
+    """Load and validate a recipe file, after applying dotted ``overrides`` (``--set``)."""
     data = read_yaml(path)
-    for key, value in (overrides or {}).items():
+    if is_study_file(data):
+        raise ConfigError(
+            f"{path}: this is a study file (it has name/recipe/search_space), not a training "
+            f"recipe; run the study with `drsearch run {path}`, or train its recipe file"
+        )
+    return recipe_with_overrides(data, overrides or {}, str(path), "--set")
+
+
+def is_study_file(data: Mapping[str, Any]) -> bool:
+    return "search_space" in data or ("recipe" in data and "name" in data)
+
+
+def is_recipe_file(data: Mapping[str, Any]) -> bool:
+    return bool(data) and set(data) <= set(Recipe.model_fields)
+
+
+def recipe_with_overrides(
+    data: dict[str, Any], overrides: Mapping[str, Any], source: str, label: str
+) -> Recipe:
+    """Validate ``data`` with dotted ``overrides`` applied; a problem with an override is
+    blamed on it (``--set optim.lrr=...``), not on the file."""
+    for key, value in overrides.items():
+        field_annotation(key, f"{label} {key}")
         set_dotted(data, key, value)
-    return build_model(Recipe, data, str(path))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        where, message = _describe(exc.errors()[0], Recipe)
+        for key, value in overrides.items():
+            if where == key or where.startswith(f"{key}."):
+                raise ConfigError(f"{label} {key}={value!r}: {message}") from None
+        raise ConfigError(format_validation_error(exc, Recipe, source)) from None
 
 
 def absolute(path: Path, base: Path) -> Path:
@@ -136,6 +221,37 @@ def map_paths(recipe: Recipe, fix: Callable[[Path], Path]) -> Recipe:
     return recipe.model_copy(update={"data": data, "model": model})
 
 
+def field_annotation(key: str, where: str) -> Any:
+    """The type (with its constraints) of a dotted recipe key; a one-line error if none."""
+    current: Any = Recipe
+    for part in key.split("."):
+        current = _child(current, part)
+        if current is None:
+            raise ConfigError(f"{where}: not a recipe key (the part {part!r} does not exist)")
+    return current
+
+
+def _child(annotation: Any, part: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _child(typing.get_args(annotation)[0], part)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        info = annotation.model_fields.get(part)
+        if info is None:
+            return None
+        return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _child(arg, part)
+            if found is not None:
+                return found
+        return None
+    if origin is list and part.isdigit():
+        limit = NUM_CLASSES
+        return typing.get_args(annotation)[0] if int(part) < limit else None
+    return None
+
+
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML (every key, defaults included)."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
@@ -145,6 +261,11 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     """One line: ``source: key.path: what is wrong`` (plus a count of further problems)."""
     errors = exc.errors()
     first = errors[0]
+    # a union (a preset name or a list, say) reports every branch; the deepest error under
+    # the same key is the one that says what is wrong (loss.class_weights.2: not finite)
+    head = _key_path(first["loc"])
+    nested = [e for e in errors if _key_path(e["loc"])[: len(head)] == head]
+    first = max(nested, key=lambda e: len(_key_path(e["loc"])))
     path, message = _describe(first, model)
     others = {_key_path(e["loc"]) for e in errors} - {_key_path(first["loc"])}
     more = f" (and {len(others)} more problem(s))" if others else ""

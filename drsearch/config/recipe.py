@@ -29,25 +29,32 @@ MONITOR_METRICS = {
 }
 
 
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+#: Seeds go to numpy and torch, which take 0 .. 2**32 - 1.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: A count of epochs; far beyond any real run, so a typo (1e30) fails instead of hanging.
+Epochs = Annotated[int, Field(ge=1, le=100_000)]
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated,
+    numbers must be finite (no inf or NaN)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthConfig(Section):
     """How the synthetic fundus set is generated when ``data.kind`` is ``synthetic``."""
 
-    n: int = Field(600, ge=10)
+    n: int = Field(600, ge=10, le=1_000_000)
     size: int = Field(128, ge=32, le=1024)
-    seed: int = 0
+    seed: Seed = 0
     imbalance: Literal["eyepacs", "balanced"] = "eyepacs"
 
 
 class ResizePhase(Section):
     """One phase of progressive resizing: from ``epoch`` (0-based) on, train at ``size`` px."""
 
-    epoch: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=100_000)
     size: int = Field(ge=16, le=2048)
 
 
@@ -91,13 +98,13 @@ class DataConfig(Section):
     csv: Path | None = None
     image_size: int = Field(224, ge=16, le=2048)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     skip_bad: bool = False
     drop_val_duplicates: bool = False
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_dir: Path | None = None
     cache_max_gb: float = Field(4.0, gt=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)
     progressive: list[ResizePhase] = Field(default_factory=list)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
@@ -241,20 +248,20 @@ class ScheduleConfig(Section):
 class TrainConfig(Section):
     """Length, batching, early stopping and numerics of a run."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=2)
-    eval_batch_size: int | None = Field(None, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    patience: int | None = Field(None, ge=1)
+    epochs: Epochs = 10
+    batch_size: int = Field(32, ge=2, le=65_536)
+    eval_batch_size: int | None = Field(None, ge=1, le=65_536)
+    grad_accum: int = Field(1, ge=1, le=4096)
+    patience: int | None = Field(None, ge=1, le=100_000)
     monitor: Literal[
         "accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc", "loss"
     ] = "qwk"
-    seed: int = 0
+    seed: Seed = 0
     amp: bool = True
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)
     channels_last: bool = True
     grad_clip: float | None = Field(None, gt=0)
 
@@ -262,7 +269,7 @@ class TrainConfig(Section):
 class Pinned(Section):
     """What a recipe exported from a study trial was trained with (``drsearch export``)."""
 
-    seed: int
+    seed: Seed
     versions: dict[str, str]
     data_fingerprint: dict[str, Any]
     git_commit: str | None = None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from drsearch.config.recipe import KeyedValueError, Section
+from drsearch.config.recipe import Epochs, KeyedValueError, Section, Seed
+
+#: A study name: it becomes folder and file names under ``run_root``, so nothing that could
+#: climb out of it (``..``, ``/``) or hide (a leading dot).
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 #: Validation metrics a study may optimise (all "higher is better") and their value ranges.
 PRIMARY_METRICS = {
@@ -67,31 +72,31 @@ class PrunerConfig(Section):
 
     enabled: bool = True
     metric: PrimaryMetric = "accuracy"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: int = Field(3, ge=2)
-    max_epochs: int | None = Field(None, ge=1)
+    grace_period: Epochs = 1
+    reduction_factor: int = Field(3, ge=2, le=100)
+    max_epochs: Epochs | None = None
 
 
 class SamplerConfig(Section):
     name: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
-    seed: int | None = 0
-    n_startup_trials: int = Field(5, ge=0)
+    seed: Seed | None = 0
+    n_startup_trials: int = Field(5, ge=0, le=100_000)
 
 
 class BudgetConfig(Section):
-    n_trials: int = Field(20, ge=1)
+    n_trials: int = Field(20, ge=1, le=1_000_000)
     time_limit_s: float | None = Field(None, gt=0)
 
 
 class ResourcesConfig(Section):
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    max_concurrent: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0, le=64)
+    max_concurrent: int = Field(1, ge=1, le=4096)
 
 
 class RayConfig(Section):
     address: str | None = None
-    retries: int = Field(1, ge=0)
+    retries: int = Field(1, ge=0, le=100)
     reuse_actors: bool = True
 
 
@@ -107,17 +112,17 @@ class SmokeConfig(Section):
     """How ``drsearch run --smoke`` shrinks the study into a wiring check (drsearch/smoke.py)."""
 
     n_images: int = Field(60, ge=20, le=5000)
-    epochs: int | None = Field(None, ge=1)  # default: 2, or one per resize phase if more
-    n_trials: int = Field(2, ge=1)
+    epochs: int | None = Field(None, ge=1, le=100)  # default: 2, or one per resize phase
+    n_trials: int = Field(2, ge=1, le=1000)
     max_image_size: int = Field(96, ge=32, le=512)
-    batch_size: int = Field(8, ge=2)
+    batch_size: int = Field(8, ge=2, le=1024)
     model: str | None = None  # default: the study's architecture made tiny
 
 
 class StudyConfig(Section):
     """A study file. Relative paths are relative to the current directory."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     recipe: Path | dict[str, Any]
     overrides: dict[str, Any] = Field(default_factory=dict)
     search_space: Path
@@ -132,6 +137,16 @@ class StudyConfig(Section):
     storage: str | None = None
     run_root: Path = Path("runs")
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not STUDY_NAME.fullmatch(name):
+            raise ValueError(
+                "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit "
+                f"(it names the study's folders under run_root), got {name!r}"
+            )
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

@@ -99,9 +99,9 @@ def _disk_cache(
             os.replace(folder / f"{s}.npy.{tag}", folder / f"{s}.npy")
         np.save(folder / f"usable.npy.{tag}.npy", usable)
         os.replace(folder / f"usable.npy.{tag}.npy", done)  # marks the cache complete
-    usable = np.load(done)
+    usable = np.load(done, allow_pickle=False)
     _handle_unreadable(records, usable, skip_bad, skipped)
-    arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in sizes}
+    arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="r", allow_pickle=False) for s in sizes}
     return ImageCache(arrays, usable, str(folder))
 
 

@@ -28,13 +28,17 @@ def content_ids(records: Sequence[ImageRecord], cache_dir: Path) -> list[str]:
         index = {}
     out, added = [], False
     for record in records:
-        st = record.path.stat()
-        key = f"{record.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        sha = index.get(key)
-        if sha is None:
-            sha = hashlib.sha1(record.path.read_bytes()).hexdigest()
-            index[key] = sha
-            added = True
+        try:
+            st = record.path.stat()
+            key = f"{record.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            sha = index.get(key)
+            if sha is None:
+                sha = hashlib.sha1(record.path.read_bytes()).hexdigest()
+                index[key] = sha
+                added = True
+        except OSError:
+            # unreadable: decoding it fails next, and data.skip_bad decides (skip or stop)
+            sha = f"unreadable:{record.path}"
         out.append(sha)
     if added:
         cache_dir.mkdir(parents=True, exist_ok=True)

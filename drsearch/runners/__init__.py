@@ -56,6 +56,11 @@ def run_study(
     cfg = loaded.config
     check_inputs(loaded)
     store = StudyStore(cfg)
+    from drsearch.io import owned_dir
+    from drsearch.runners.common import study_runs
+
+    owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
+    owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
     _describe(store.study, loaded)
     from drsearch.annotations import annotate_study, artifact_store
 
@@ -82,7 +87,6 @@ def run_study(
             store.stop_heartbeat()
     trials = store.study.get_trials(deepcopy=False)
     ours = [t for t in trials if t.number not in before and t.state != TrialState.WAITING]
-    from drsearch.runners.common import study_runs
 
     return StudySummary(
         name=cfg.name,

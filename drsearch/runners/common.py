@@ -88,9 +88,12 @@ def start_trial(
         params = sample(trial, loaded.space, loaded.recipe)
         progress.trial_started(trial.number, params)
         recipe = trial_recipe(loaded.recipe, params, f"trial {trial.number}")
-    except (ConfigError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - sampling or validation: this trial fails, not the run
         progress.trial_started(trial.number, dict(trial.params))
-        outcome = tracker.outcome(TrialEnd("failed", str(exc).splitlines()[0]))
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, ConfigError):
+            reason = f"{type(exc).__name__} while sampling its parameters: {reason}"
+        outcome = tracker.outcome(TrialEnd("failed", reason))
         store.finish(trial._trial_id, outcome, {})
         progress.trial_finished(trial.number, outcome)
         return False

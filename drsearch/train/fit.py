@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from drsearch.config.recipe import MONITOR_METRICS, Recipe
 from drsearch.data.fingerprint import data_fingerprint
-from drsearch.errors import NonFiniteLossError, TrainingError
+from drsearch.errors import ConfigError, NonFiniteLossError, TrainingError
 from drsearch.train import checkpoint
 from drsearch.train.augment import describe, train_pipeline
 from drsearch.train.data import (
@@ -137,6 +137,11 @@ def fit(
 def _device(recipe: Recipe) -> torch.device:
     if recipe.train.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if recipe.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device: cuda, but torch {torch.__version__} finds no CUDA GPU on this "
+            "machine; set train.device: auto (GPU when there is one) or cpu"
+        )
     return torch.device(recipe.train.device)
 
 

@@ -96,9 +96,14 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConfigError(
+                f"model.pretrained: {path} is not a readable safetensors file ({exc})"
+            ) from None
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_weights_only(path)
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -123,6 +128,24 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
             f"{len(outside_head)} mismatched key(s) beyond the classifier, e.g. {outside_head[0]}"
         )
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+
+
+def _load_weights_only(path: Path) -> Any:
+    """``torch.load`` that never runs code from the file; a bad file is a one-line error."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"model.pretrained: {path} refused: it holds objects other than tensors and numbers, "
+            "and drsearch never unpickles code; save a plain state dict (or safetensors)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise ConfigError(
+            f"model.pretrained: {path} is not a readable weights file ({type(exc).__name__})"
+        ) from None
 
 
 def _resample_pos_embed(pos: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -34,7 +34,15 @@ class RunFolder:
         return self.root / "metrics.jsonl"
 
     def create(self) -> None:
+        """Make the folder (marked as drsearch's own) and clear what a kill left half-done."""
+        from drsearch.io import MARKER
+
+        fresh = not self.root.exists()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            (self.root / MARKER).write_text('{"made_by": "drsearch", "what": "run folder"}\n')
+        for partial in self.checkpoints.glob(".*.pt.*.tmp"):  # a save cut short by a kill
+            partial.unlink(missing_ok=True)
 
     def write_config(self, recipe: Recipe) -> None:
         write_text_atomic(self.root / "config.yaml", recipe_to_yaml(recipe))
@@ -96,6 +104,34 @@ class RunFolder:
                     [image_id, int(label), int(row.argmax()), *(f"{p:.6f}" for p in row)]
                 )
         os.replace(tmp, path)
+
+
+#: What a run folder holds; ``train --overwrite`` deletes only folders made of these.
+RUN_FILES = frozenset(
+    {
+        "config.yaml",
+        "run.json",
+        "split.csv",
+        "metrics.jsonl",
+        "metrics.json",
+        "predictions.csv",
+        "checkpoints",
+        "resumes.jsonl",
+        "confusion_matrix.csv",
+        "lr_trace.csv",
+    }
+)
+
+
+def is_run_folder(path: Path) -> bool:
+    """Made by drsearch: marked, or (an older run folder) holding only run files."""
+    from drsearch.io import is_owned
+
+    if is_owned(path):
+        return True
+    return path.is_dir() and all(
+        p.name in RUN_FILES or p.name.startswith(".") for p in path.iterdir()
+    )
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
