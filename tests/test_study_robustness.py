@@ -15,13 +15,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
 import pytest
 import yaml
+from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from drsearch.cli import cli
 from drsearch.config import load_recipe
 from drsearch.data.synth import write_synthetic_dataset
 from drsearch.objective import score
@@ -46,6 +49,14 @@ def drsearch(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Comp
         text=True,
         timeout=600,
     )
+
+
+def drsearch_here(*args: str) -> SimpleNamespace:
+    """The same command in this process (for tests that need no kill: faster)."""
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def study_trials(path: Path) -> list[optuna.trial.FrozenTrial]:
@@ -175,7 +186,7 @@ def test_ray_worker_killed_between_checkpoint_and_record_resumes_exactly(
         tiny_dataset,
         LR_SPACE,
         executor="ray",
-        budget={"n_trials": 2},
+        budget={"n_trials": 1},
         pruner={"enabled": False},
         ray={"retries": 1},
         recipe_overrides={"train.epochs": 4, "train.threads": 1},
@@ -183,7 +194,7 @@ def test_ray_worker_killed_between_checkpoint_and_record_resumes_exactly(
     out = drsearch("run", str(path), "--quiet", DRSEARCH_FAULT="after_checkpoint:2")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     trials = study_trials(path)
-    assert_settled(trials, 2)
+    assert_settled(trials, 1)
     for t in trials:
         run_dir = Path(t.user_attrs["run_dir"])
         assert (run_dir / ".fault-after_checkpoint-2").exists()  # the worker really died
@@ -242,10 +253,10 @@ def test_runner_killed_then_continued_and_retried(
         tiny_dataset,
         LR_SPACE,
         executor=how.partition("-")[0],
-        budget={"n_trials": 3},
+        budget={"n_trials": 2},
         pruner={"enabled": False},
         resources={"cpus_per_trial": 2, "max_concurrent": 1},
-        recipe_overrides={"train.epochs": 6, "train.threads": 2},
+        recipe_overrides={"train.epochs": 5, "train.threads": 2},
     )
     if how == "local-between-writes":
         out = drsearch("run", str(path), "--quiet", DRSEARCH_FAULT="after_checkpoint:3")
@@ -260,7 +271,7 @@ def test_runner_killed_then_continued_and_retried(
     assert f"marked interrupted: trials {killed}" in again.stdout
     assert f"queued again (--retry-failed): trials {killed}" in again.stdout
     trials = study_trials(path)
-    assert_settled(trials, 3)
+    assert_settled(trials, 2)
     assert trials[killed].user_attrs["fail_reason"] == "interrupted"
     (rerun,) = [t for t in trials if t.user_attrs.get("retry_of") == killed]
     assert rerun.state == TrialState.COMPLETE and rerun.params == trials[killed].params
@@ -269,7 +280,7 @@ def test_runner_killed_then_continued_and_retried(
     resumed_at = json.loads((run_dir / "resumes.jsonl").read_text().splitlines()[0])["epoch"]
     assert resumed_at >= 1
     assert epoch_log(run_dir) == uninterrupted(run_dir, tmp_path / "ref")
-    assert sorted(rerun.intermediate_values) == [1, 2, 3, 4, 5, 6]
+    assert sorted(rerun.intermediate_values) == [1, 2, 3, 4, 5]
 
 
 # -- defect 6: runners started at once on one study -----------------------------------------
@@ -359,8 +370,8 @@ def test_continuing_a_study_proposes_no_earlier_configuration(
         pruner={"enabled": False},
         recipe_overrides={"train.epochs": 1, "schedule.warmup_epochs": 0},
     )
-    first = drsearch("run", str(path), "--quiet")
-    more = drsearch("run", str(path), "--quiet", "--n-trials", "4")
+    first = drsearch_here("run", str(path), "--quiet")
+    more = drsearch_here("run", str(path), "--quiet", "--n-trials", "4")
     assert first.returncode == more.returncode == 0, more.stderr[-2000:]
     lrs = [t.params["optim.lr"] for t in study_trials(path)]
     assert len(lrs) == 4 and len(set(lrs)) == 4
@@ -457,16 +468,16 @@ def test_fixing_a_broken_recipe_then_retrying_the_failed_trials(
         recipe_overrides={"model.name": "resnet_typo", "train.epochs": 1,
                           "schedule.warmup_epochs": 0},
     )  # fmt: skip
-    broken = drsearch("run", str(path), "--quiet")
+    broken = drsearch_here("run", str(path), "--quiet")
     assert broken.returncode == 1 and "unknown timm model 'resnet_typo'" in broken.stderr
     recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     recipe["model"]["name"] = "resnet10t"
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    idle = drsearch("run", str(path), "--quiet")
+    idle = drsearch_here("run", str(path), "--quiet")
     assert idle.returncode == 1  # still nothing but failures in the study
     assert "nothing to run: the budget of 2 trials is spent and 2 of them failed" in idle.stdout
     assert "--retry-failed" in idle.stdout
-    fixed = drsearch("run", str(path), "--quiet", "--retry-failed")
+    fixed = drsearch_here("run", str(path), "--quiet", "--retry-failed")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr[-2000:]
     trials = study_trials(path)
     assert_settled(trials, 2)
