@@ -20,9 +20,10 @@ from skimage import data
 
 from drsearch.config.recipe import AugmentConfig, DataConfig, PreprocessConfig
 from drsearch.data.cache import build_cache
-from drsearch.data.sources import Skipped, load_records
+from drsearch.data.records import Skipped
+from drsearch.data.sources import load_records
 from drsearch.train.augment import train_pipeline
-from drsearch.train.data import Split, train_batches
+from drsearch.train.batches import Split, train_batches
 
 
 def main() -> None:

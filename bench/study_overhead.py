@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from drsearch.config.study import load_study
 from drsearch.data.synth import write_synthetic_dataset
-from drsearch.runners import run_study
-from drsearch.study import load_study
+from drsearch.search.runners import run_study
 
 
 def write_study(folder: Path, data: Path, executor: str, trials: int, epochs: int) -> Path:
@@ -63,7 +63,7 @@ def main() -> None:
             loaded = load_study(write_study(folder, data, executor, args.trials, args.epochs))
             ray_start = 0.0
             if executor == "ray":
-                from drsearch.runners.ray import ray_session
+                from drsearch.search.runners.ray import ray_session
 
                 t0 = time.perf_counter()
                 with ray_session(None):

@@ -21,7 +21,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from drsearch.config import Recipe, build_model
+from drsearch.config import Recipe, parse_config
 from drsearch.data.synth import write_synthetic_dataset
 from drsearch.train import fit
 
@@ -50,7 +50,7 @@ def trainer_speed(
     """Training-phase images/s of ``fit`` over epochs 2..N, plus the first epoch's."""
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic_dataset(Path(tmp) / "data", n=n, size=max(size * 2, 128), seed=0)
-        recipe = build_model(
+        recipe = parse_config(
             Recipe,
             {
                 "data": {

@@ -9,5 +9,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 
-GRADES = ("none", "mild", "moderate", "severe_npdr", "pdr")
-NUM_CLASSES = len(GRADES)
+from drsearch.clinical import GRADES, NUM_CLASSES  # noqa: E402 - after the environment
+
+__all__ = ["GRADES", "NUM_CLASSES", "__version__"]

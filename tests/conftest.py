@@ -13,7 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # keep the tests' image caches and content index out of the home folder
 os.environ.setdefault("DRSEARCH_CACHE", tempfile.mkdtemp(prefix="drsearch-test-cache-"))
 
-from drsearch.config import Recipe, build_model, set_dotted  # noqa: E402
+from drsearch.config import Recipe, parse_config, set_dotted  # noqa: E402
 from drsearch.data.synth import write_synthetic_dataset  # noqa: E402
 
 #: What every classifier study's search space covers (demo, effb2).
@@ -41,7 +41,7 @@ def sampled_recipes(base: Recipe, space: Any, n: int, seed: int = 0) -> list[Rec
     """``n`` random trials of ``space`` over ``base``, each validated as a whole recipe."""
     import optuna
 
-    from drsearch.search_space import sample, trial_recipe
+    from drsearch.config.space import sample, trial_recipe
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     recipes = []
@@ -76,7 +76,7 @@ def tiny_recipe_dict(root: Path, **overrides: Any) -> dict[str, Any]:
 def make_recipe(root: Path, **overrides: Any) -> Recipe:
     """A validated tiny recipe; ``overrides`` use dotted keys with ``__`` for dots."""
     dotted = {k.replace("__", "."): v for k, v in overrides.items()}
-    return build_model(Recipe, tiny_recipe_dict(root, **dotted), "test")
+    return parse_config(Recipe, tiny_recipe_dict(root, **dotted), "test")
 
 
 def write_tiny_study(
@@ -117,7 +117,7 @@ def write_tiny_study(
 @pytest.fixture(scope="session")
 def ray_cluster() -> Any:
     """One local Ray instance for every test that runs the Ray executor."""
-    from drsearch.runners.ray import ray_session
+    from drsearch.search.runners.ray import ray_session
 
     with ray_session(None, num_cpus=2):
         yield

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from drsearch.config.recipe import DataConfig
-from drsearch.data.sources import Skipped, load_records
+from drsearch.data.records import Skipped
+from drsearch.data.sources import load_records
 from drsearch.data.split import split_indices
 from drsearch.errors import DataError
 
@@ -144,11 +145,11 @@ def test_describe_counts_duplicates_and_unreadable(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_training_on_an_eyepacs_replica(tmp_path: Path) -> None:
-    from drsearch.config import Recipe, build_model
+    from drsearch.config import Recipe, parse_config
     from drsearch.train import fit
 
     root = _eyepacs(tmp_path / "eyepacs")
-    recipe = build_model(
+    recipe = parse_config(
         Recipe,
         {
             "data": {"kind": "eyepacs", "root": str(root), "image_size": 16, "val_fraction": 0.25},
@@ -173,7 +174,7 @@ def test_patient_split_on_the_real_eyepacs_label_table() -> None:
     import pandas as pd
 
     from drsearch.data.adapters import eyepacs_patient
-    from drsearch.data.sources import ImageRecord
+    from drsearch.data.records import ImageRecord
 
     spec = importlib.util.find_spec("irfundusset")
     if spec is None or not spec.submodule_search_locations:
@@ -201,11 +202,11 @@ def test_patient_split_on_the_real_eyepacs_label_table() -> None:
 
 
 def test_combined_sources_keep_their_origin_and_role(tmp_path: Path, tiny_dataset: Path) -> None:
-    from drsearch.config import Recipe, build_model
+    from drsearch.config import Recipe, parse_config
     from drsearch.train.prepare import prepare_data
 
     eyepacs_root = _eyepacs(tmp_path / "eyepacs")
-    recipe = build_model(
+    recipe = parse_config(
         Recipe,
         {
             "data": {
@@ -228,11 +229,11 @@ def test_combined_sources_keep_their_origin_and_role(tmp_path: Path, tiny_datase
 
 
 def test_source_names_must_differ() -> None:
-    from drsearch.config import Recipe, build_model
+    from drsearch.config import Recipe, parse_config
     from drsearch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.sources: source names must differ"):
-        build_model(
+        parse_config(
             Recipe,
             {
                 "data": {

@@ -92,6 +92,7 @@ def test_lr_table_from_data_with_notes(
     assert "the head never reaches its configured LR 0.002" in result.output
 
 
+@pytest.mark.e2e
 def test_train_refuses_to_clobber_and_resume_needs_a_run(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -189,6 +190,7 @@ def test_kill_between_the_writes_of_an_epoch_then_resume_is_bit_exact(
     assert [r["epoch"] for r in resumes] == [2]  # resumed from the checkpoint's own epoch
 
 
+@pytest.mark.e2e
 def test_resume_with_changed_optimisation_settings_is_refused(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -218,6 +220,7 @@ def test_resume_with_changed_optimisation_settings_is_refused(
     assert same.exit_code == 0, same.output
 
 
+@pytest.mark.e2e
 def test_a_damaged_or_crafted_checkpoint_is_refused_in_one_line(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:

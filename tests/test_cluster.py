@@ -17,11 +17,11 @@ pytestmark = pytest.mark.e2e
 SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from drsearch.runners.ray import ray_env
+    from drsearch.search.runners.ray import ray_env
     ray_env()
     from ray.cluster_utils import Cluster
-    from drsearch.runners import run_study
-    from drsearch.study import load_study
+    from drsearch.search.runners import run_study
+    from drsearch.config.study import load_study
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)

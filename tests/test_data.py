@@ -12,7 +12,8 @@ import pytest
 from drsearch.config.recipe import DataConfig
 from drsearch.data import cache as cache_mod
 from drsearch.data.cache import build_cache
-from drsearch.data.sources import ImageRecord, Skipped, load_records
+from drsearch.data.records import ImageRecord, Skipped
+from drsearch.data.sources import load_records
 from drsearch.data.split import split_indices, write_split
 from drsearch.errors import DataError
 from drsearch.train.prepare import prepare_data

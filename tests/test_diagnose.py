@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from drsearch.cli import cli
-from drsearch.config import Recipe, build_model, recipe_to_yaml
-from drsearch.diagnose import diagnose
+from drsearch.config import Recipe, parse_config, recipe_to_yaml
+from drsearch.inspect.diagnose import diagnose
 from drsearch.train import fit
 from tests.conftest import make_recipe
 
@@ -34,7 +34,7 @@ def fake_run(
         data[key] = value
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(recipe_to_yaml(build_model(Recipe, data, "test")))
+    (run / "config.yaml").write_text(recipe_to_yaml(parse_config(Recipe, data, "test")))
     lines = []
     for i, e in enumerate(epochs, start=1):
         lines.append(

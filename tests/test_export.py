@@ -95,8 +95,8 @@ def test_drift_warns_and_strict_refuses(tmp_path: Path, finished_study: tuple[Pa
 def test_export_never_writes_the_storage_password(
     tmp_path: Path, finished_study: tuple[Path, Path]
 ) -> None:
-    from drsearch.export import pinned_recipe, select_trial
-    from drsearch.study import load_study
+    from drsearch.config.study import load_study
+    from drsearch.search.export import pinned_recipe, select_trial
 
     path, _ = finished_study
     loaded = load_study(path)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from drsearch.cli import cli
 from drsearch.config import Recipe
 from drsearch.config.study import StudyConfig
-from drsearch.train.outputs import flatten
+from drsearch.io import flatten
 from tests.conftest import tiny_recipe_dict
 
 settings.register_profile(

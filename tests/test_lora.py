@@ -56,6 +56,7 @@ def test_targets_the_model_lacks_are_a_one_line_error() -> None:
         build_model(ModelConfig(name="resnet10t", lora=LoraConfig(target_modules="qkv")))
 
 
+@pytest.mark.e2e
 def test_lora_run_freezes_the_backbone_and_reports_trainable_parameters(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -85,6 +86,7 @@ def test_lora_run_freezes_the_backbone_and_reports_trainable_parameters(
     assert first_epoch["trainable_params"] == info["trainable"]
 
 
+@pytest.mark.e2e
 def test_train_command_prints_the_trainable_parameters(tmp_path: Path, tiny_dataset: Path) -> None:
     raw = tiny_recipe_dict(
         tiny_dataset, **{"model.name": "test_vit", "train.epochs": 1, "schedule.warmup_epochs": 0}

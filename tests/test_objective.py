@@ -7,14 +7,8 @@ from pathlib import Path
 import pytest
 
 from drsearch.config.study import Constraint, ObjectiveConfig
-from drsearch.objective import (
-    EpochReport,
-    TrialEnd,
-    TrialTracker,
-    from_message,
-    score,
-    to_message,
-)
+from drsearch.search.objective import score
+from drsearch.search.trial import EpochReport, TrialEnd, TrialTracker, from_message, to_message
 
 OBJ = ObjectiveConfig()  # accuracy; severe NPDR >= 0.90, PDR >= 0.95, min specificity >= 0.90
 

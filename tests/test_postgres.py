@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from drsearch.runners import run_study
-from drsearch.study import load_study
+from drsearch.config.study import load_study
+from drsearch.search.runners import run_study
 from tests.conftest import write_tiny_study
 
 URL = os.environ.get("DRSEARCH_TEST_POSTGRES")

@@ -12,7 +12,8 @@ from drsearch.config.recipe import DataConfig, PreprocessConfig
 from drsearch.data import cache as cache_mod
 from drsearch.data.cache import build_cache
 from drsearch.data.preprocess import ben_graham, crop_border, preprocess, square_pad
-from drsearch.data.sources import Skipped, load_records
+from drsearch.data.records import Skipped
+from drsearch.data.sources import load_records
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from drsearch.objective import EpochReport, TrialEnd, to_message
-from drsearch.runners.common import SilentProgress, after_epoch, finish_trial, start_trial
-from drsearch.runners.ray import _classes
-from drsearch.storage import StudyStore
-from drsearch.study import load_study
+from drsearch.config.study import load_study
+from drsearch.search.runners.common import SilentProgress, after_epoch, finish_trial, start_trial
+from drsearch.search.runners.ray import _classes
+from drsearch.search.store import StudyStore
+from drsearch.search.trial import EpochReport, TrialEnd, to_message
 from tests.conftest import write_tiny_study
 
 #: Pruning-metric curves of six trials over 8 epochs, run one after another.

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from drsearch.cli import cli
-from drsearch.report.plots import SECTIONS
-from drsearch.report.records import TrialRow, build_records, checklist
-from drsearch.study import load_study
+from drsearch.clinical import checklist
+from drsearch.config.study import load_study
+from drsearch.inspect.report.plots import SECTIONS
+from drsearch.inspect.report.records import TrialRow, build_records
 from tests.conftest import write_tiny_study
 
 SPACE = (
@@ -38,7 +39,7 @@ def log(*accs: float) -> list[dict]:
 
 
 def test_checklist_passes_a_medical_grade_trial() -> None:
-    items = checklist(row(), log(0.80, 0.91, 0.92, 0.92))
+    items = checklist(row().attrs, log(0.80, 0.91, 0.92, 0.92))
     assert [i.name for i in items] == [
         "overall accuracy",
         "severe NPDR sensitivity (grade 3)",
@@ -64,7 +65,7 @@ def test_checklist_passes_a_medical_grade_trial() -> None:
     ],
 )
 def test_checklist_fails_each_criterion(attrs: dict, accs: tuple, failing: str) -> None:
-    items = {i.name: i.passed for i in checklist(row(**attrs), log(*accs))}
+    items = {i.name: i.passed for i in checklist(row(**attrs).attrs, log(*accs))}
     assert [name for name, ok in items.items() if not ok] == [failing]
 
 
@@ -79,7 +80,7 @@ def test_report_of_a_real_study(tmp_path: Path, tiny_dataset: Path) -> None:
         pruner={"metric": "referable_auc", "grace_period": 1, "reduction_factor": 3},
         report={"gpu_hour_price": 2.5},
     )
-    from drsearch.runners import run_study
+    from drsearch.search.runners import run_study
 
     run_study(load_study(path))
     loaded = load_study(path)
@@ -111,7 +112,7 @@ def test_report_before_the_study_exists(tmp_path: Path, tiny_dataset: Path) -> N
 
 
 def test_importances_are_fanova_and_find_the_parameter_that_matters() -> None:
-    from drsearch.report.records import _importances
+    from drsearch.inspect.report.records import _importances
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
     study.optimize(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from drsearch.config import Recipe, build_model
+from drsearch.config import Recipe, parse_config
 from drsearch.train.schedule import (
     LRController,
     StepPlan,
@@ -20,7 +20,7 @@ PLAN = StepPlan(steps_per_epoch=10, epochs=10)  # T = 100 optimizer steps
 
 
 def recipe(**schedule: object) -> Recipe:
-    return build_model(
+    return parse_config(
         Recipe,
         {
             "optim": {"lr": 0.1, "backbone_lr_mult": 0.1},

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from drsearch.cli import cli
-from drsearch.storage import masked_url
+from drsearch.search.database import masked_url
 from tests.conftest import tiny_recipe_dict, write_tiny_study
 
 SPACE = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
@@ -97,6 +97,7 @@ def test_smoke_deletes_only_what_it_made(
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.e2e
 def test_train_overwrite_deletes_only_run_folders(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -116,6 +117,7 @@ def test_train_overwrite_deletes_only_run_folders(
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_save_cut_short_is_cleaned_up(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:
@@ -204,6 +206,7 @@ def test_a_password_in_the_query_is_never_printed_or_written(
 
 
 # -- 4. the dashboard ---------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_the_dashboard_warns_that_it_has_no_authentication(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,6 +239,7 @@ def test_cuda_without_a_gpu_is_one_line(
     assert "train.device: cuda, but torch" in out.output and "finds no CUDA GPU" in out.output
 
 
+@pytest.mark.e2e
 def test_an_unreadable_image_is_skipped_with_skip_bad(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from drsearch.cli import cli
-from drsearch.search_space import CategoricalParam, FloatParam
-from drsearch.smoke import smoke_study, tiny_model
-from drsearch.study import load_study
+from drsearch.config.space import CategoricalParam, FloatParam
+from drsearch.config.study import load_study
+from drsearch.search.smoke import smoke_study, tiny_model
 from tests.conftest import sampled_recipes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ import optuna
 from optuna.trial import TrialState
 
 from drsearch.config.study import StudyConfig
-from drsearch.objective import Outcome
-from drsearch.storage import HEARTBEAT_ATTR, RUNNER_ATTR, StudyStore, masked_url, process_start
+from drsearch.search.database import masked_url
+from drsearch.search.store import HEARTBEAT_ATTR, RUNNER_ATTR, StudyStore, process_start
+from drsearch.search.trial import Outcome
 
 
 def store(tmp_path: Path, **study: object) -> StudyStore:
@@ -139,3 +140,23 @@ def test_study_is_shared_through_the_url(tmp_path: Path) -> None:
     s.finish(claim(s)._trial_id, outcome(0.6, True), {})
     loaded = optuna.load_study(study_name="s", storage=s.config.storage_url())
     assert len(loaded.trials) == 1 and loaded.direction.name == "MAXIMIZE"
+
+
+def test_duplicate_parameter_sets_are_found_but_re_runs_are_not() -> None:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from drsearch.search.runners import duplicate_params
+
+    def trial(number: int, lr: float, **attrs: object) -> optuna.trial.FrozenTrial:
+        t = create_trial(
+            params={"optim.lr": lr},
+            distributions={"optim.lr": FloatDistribution(1e-5, 1.0)},
+            value=0.5,
+            user_attrs=attrs,
+        )
+        t.number = number
+        return t
+
+    trials = [trial(0, 0.1), trial(1, 0.2), trial(2, 0.1), trial(3, 0.2, retry_of=1), trial(4, 0.3)]
+    assert duplicate_params(trials) == [[0, 2]]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drsearch.config.study import load_study
 from drsearch.errors import ConfigError
-from drsearch.study import load_study
 from tests.conftest import USUAL_KNOBS, sampled_recipes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,11 +26,11 @@ from optuna.trial import TrialState
 
 from drsearch.cli import cli
 from drsearch.config import load_recipe
+from drsearch.config.study import load_study
 from drsearch.data.synth import write_synthetic_dataset
-from drsearch.objective import score
-from drsearch.runners import run_study
-from drsearch.storage import make_storage
-from drsearch.study import load_study
+from drsearch.search.database import make_storage
+from drsearch.search.objective import score
+from drsearch.search.runners import run_study
 from drsearch.train import fit
 from tests.conftest import tiny_recipe_dict, write_tiny_study
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from drsearch.config.loading import (
-    build_model,
     load_recipe,
+    parse_config,
     parse_scalar,
     read_yaml,
     recipe_to_yaml,
@@ -15,7 +15,7 @@ from drsearch.config.recipe import MONITOR_METRICS, Recipe
 __all__ = [
     "MONITOR_METRICS",
     "Recipe",
-    "build_model",
+    "parse_config",
     "load_recipe",
     "parse_scalar",
     "read_yaml",

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import NAMED_PRETRAINED, KeyedValueError, Recipe
 from drsearch.errors import ConfigError
+from drsearch.io import set_dotted
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -116,20 +117,7 @@ def parse_scalar(text: str, key: str = "") -> Any:
     return _load(text, f"--set {key}={text}" if key else text)
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``data['a']['b'] = value`` for ``dotted='a.b'``, creating mappings on the way."""
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def build_model(model: type[M], data: Mapping[str, Any], source: str) -> M:
+def parse_config(model: type[M], data: Mapping[str, Any], source: str) -> M:
     """Validate ``data`` into ``model``; on failure raise a one-line ``ConfigError``."""
     try:
         return model.model_validate(dict(data))
@@ -139,13 +127,24 @@ def build_model(model: type[M], data: Mapping[str, Any], source: str) -> M:
 
 def load_recipe(path: Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
     """Load and validate a recipe file, after applying dotted ``overrides`` (``--set``)."""
+    return recipe_with_overrides(read_kind(path, "recipe"), overrides or {}, str(path), "--set")
+
+
+def read_kind(path: Path, kind: str) -> dict[str, Any]:
+    """``read_yaml``, refusing a study file where a recipe is wanted and the other way round,
+    with the command the file is for."""
     data = read_yaml(path)
-    if is_study_file(data):
+    if kind == "recipe" and is_study_file(data):
         raise ConfigError(
             f"{path}: this is a study file (it has name/recipe/search_space), not a training "
             f"recipe; run the study with `drsearch run {path}`, or train its recipe file"
         )
-    return recipe_with_overrides(data, overrides or {}, str(path), "--set")
+    if kind == "study" and is_recipe_file(data):
+        raise ConfigError(
+            f"{path}: this is a training recipe, not a study file; train it with `drsearch "
+            f"train {path}`, or name it as `recipe:` in a study file (see studies/demo.yaml)"
+        )
+    return data
 
 
 def is_study_file(data: Mapping[str, Any]) -> bool:

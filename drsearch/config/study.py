@@ -1,18 +1,34 @@
-"""Pydantic models of a study file: what to search, how to judge it, and where to run it."""
+"""A study file: its pydantic models, and loading it with its recipe and search space.
+
+Every path a study names is resolved once here, against the directory drsearch runs in."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from drsearch.config.recipe import Epochs, KeyedValueError, Section, Seed
+from drsearch.clinical import DEFAULT_CONSTRAINTS
+from drsearch.config.loading import (
+    absolute,
+    parse_config,
+    read_kind,
+    read_yaml,
+    recipe_with_overrides,
+    set_dotted,
+    with_absolute_paths,
+)
+from drsearch.config.recipe import Epochs, KeyedValueError, Recipe, Section, Seed
+from drsearch.config.space import SearchSpace, load_search_space
+from drsearch.errors import ConfigError
 
 #: A study name: it becomes folder and file names under ``run_root``, so nothing that could
 #: climb out of it (``..``, ``/``) or hide (a leading dot).
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 
 #: Validation metrics a study may optimise (all "higher is better") and their value ranges.
 PRIMARY_METRICS = {
@@ -22,7 +38,10 @@ PRIMARY_METRICS = {
     "macro_f1": (0.0, 1.0),
     "referable_auc": (0.0, 1.0),
 }
+
+
 PrimaryMetric = Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"]
+
 
 #: Metrics a constraint may bound from below (each a number in [0, 1]).
 ConstraintMetric = Literal[
@@ -38,6 +57,8 @@ ConstraintMetric = Literal[
     "vtdr_sensitivity",
     "vtdr_specificity",
 ]
+
+
 CONSTRAINT_METRICS = get_args(ConstraintMetric)
 
 
@@ -53,11 +74,7 @@ class Constraint(Section):
 
 
 def _default_constraints() -> list[Constraint]:
-    return [
-        Constraint(metric="sensitivity_severe_npdr", min=0.90),
-        Constraint(metric="sensitivity_pdr", min=0.95),
-        Constraint(metric="min_specificity", min=0.90),
-    ]
+    return [Constraint(metric=metric, min=low) for metric, low in DEFAULT_CONSTRAINTS]
 
 
 class ObjectiveConfig(Section):
@@ -109,7 +126,7 @@ class ReportConfig(Section):
 
 
 class SmokeConfig(Section):
-    """How ``drsearch run --smoke`` shrinks the study into a wiring check (drsearch/smoke.py)."""
+    """How ``drsearch run --smoke`` shrinks the study into a wiring check (drsearch/search/smoke.py)."""
 
     n_images: int = Field(60, ge=20, le=5000)
     epochs: int | None = Field(None, ge=1, le=100)  # default: 2, or one per resize phase
@@ -172,3 +189,114 @@ class StudyConfig(Section):
         if self.storage:
             return self.storage
         return f"sqlite:///{(self.run_root / f'{self.name}.db').resolve()}"
+
+
+@dataclass
+class LoadedStudy:
+    """A validated study: its config, the base recipe every trial starts from, the space."""
+
+    path: Path
+    config: StudyConfig
+    recipe: Recipe
+    space: SearchSpace
+
+    @property
+    def max_epochs(self) -> int:
+        return self.config.pruner.max_epochs or self.recipe.train.epochs
+
+
+def load_study(path: Path, overrides: dict[str, Any] | None = None) -> LoadedStudy:
+    """Read ``path``, apply dotted CLI ``overrides`` and check everything a run will need."""
+    data = read_kind(path, "study")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, key, value)
+    config = parse_config(StudyConfig, data, str(path))
+    recipe = _base_recipe(path, config)
+    space = load_search_space(config.search_space, recipe)
+    _check_pruner(path, config, recipe)
+    _check_storage(path, config)
+    # Every path is resolved here, once, against the invocation directory: trials run in
+    # other working directories (Ray's trial folders, other nodes) and must not depend on it.
+    cwd = Path.cwd()
+    config = config.model_copy(
+        update={
+            "run_root": absolute(config.run_root, cwd),
+            "storage": _absolute_sqlite(config.storage, cwd),
+        }
+    )
+    return LoadedStudy(path, config, with_absolute_paths(recipe, cwd), space)
+
+
+def _absolute_sqlite(url: str | None, base: Path) -> str | None:
+    """A relative SQLite file in ``url`` made absolute (SQLAlchemy reads it against the cwd)."""
+    if url is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    if Path(parsed.database).is_absolute():
+        return url
+    fixed = parsed.set(database=str(absolute(Path(parsed.database), base)))
+    return fixed.render_as_string(hide_password=False)
+
+
+def _base_recipe(path: Path, config: StudyConfig) -> Recipe:
+    if isinstance(config.recipe, Path):
+        raw = read_yaml(config.recipe)
+        source = f"{config.recipe} (recipe of {path})"
+    else:
+        raw, source = dict(config.recipe), f"{path}: recipe"
+    return recipe_with_overrides(raw, config.overrides, source, f"{path}: overrides:")
+
+
+def _check_pruner(path: Path, config: StudyConfig, recipe: Recipe) -> None:
+    epochs = recipe.train.epochs
+    pruner = config.pruner
+    if pruner.max_epochs is not None and pruner.max_epochs > epochs:
+        raise ConfigError(
+            f"{path}: pruner.max_epochs must be <= train.epochs, "
+            f"but got {pruner.max_epochs} > {epochs}"
+        )
+    limit = pruner.max_epochs or epochs
+    if pruner.enabled and pruner.grace_period > limit:
+        raise ConfigError(
+            f"{path}: pruner.grace_period must be <= train.epochs, "
+            f"but got {pruner.grace_period} > {limit}"
+        )
+
+
+def _check_storage(path: Path, config: StudyConfig) -> None:
+    if config.storage is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(config.storage)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"{path}: storage: not an SQLAlchemy URL; use e.g. sqlite:///runs/study.db or "
+            "postgresql+psycopg2://user@host/db"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"{path}: storage: {backend} is not supported; use SQLite (the default, one machine) "
+            "or PostgreSQL (postgresql+psycopg2://user@host/db, several machines)"
+        )
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError:
+        package = "psycopg2-binary" if backend == "postgresql" else url.drivername
+        raise ConfigError(
+            f"{path}: storage: the {url.drivername} driver is not installed; pip install "
+            f"{package} (or 'drsearch[postgres]')"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - an unknown driver name, e.g. postgresql+nodriver
+        raise ConfigError(
+            f"{path}: storage: unknown database driver {url.drivername!r} "
+            f"({type(exc).__name__}); use postgresql+psycopg2 or sqlite"
+        ) from None

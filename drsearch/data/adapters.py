@@ -1,4 +1,8 @@
-"""Adapters for the public DR datasets, read as they are distributed, traps included.
+"""Every dataset layout a recipe can name, in one registry (``ADAPTERS``), read as distributed.
+
+- ``aptos2019`` (and ``synthetic``, generated in that layout): ``train.csv``
+  (``id_code,diagnosis``) and ``train_images/<id>.png``.
+- ``csv``: ``data.csv`` names a file with ``path,label[,patient_id]`` (paths relative to it).
 
 - ``eyepacs`` (Kaggle 2015): ``trainLabels.csv`` (``image,level``), ``<patient>_<left|right>.jpeg``
   under ``train/`` (or the root). The patient is the name before ``_``, so both eyes of a
@@ -11,8 +15,7 @@
   (``filename label``). Label 5 means ungradable: such images are dropped and counted.
 - ``messidor2``: the adjudicated-grades CSV (``image_id,adjudicated_dr_grade,...``) and images
   under ``IMAGES/`` (or the root); rows without a grade are dropped and counted.
-- ``folder``: one sub-folder per grade, ``root/0/*.png`` .. ``root/4/*.jpg``.
-"""
+- ``folder``: one sub-folder per grade, ``root/0/*.png`` .. ``root/4/*.jpg``."""
 
 from __future__ import annotations
 
@@ -21,11 +24,46 @@ from pathlib import Path
 
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import DataConfig
-from drsearch.data.sources import ImageRecord, Skipped, checked_record, read_table
+from drsearch.data.records import ImageRecord, Skipped, checked_record, read_table
 from drsearch.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
 Adapter = Callable[[DataConfig, Skipped], list[ImageRecord]]
+
+
+def aptos2019(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
+    """APTOS 2019: ``train.csv`` (``id_code,diagnosis``) and ``train_images/<id>.png``."""
+    root, skip_bad = cfg.root, cfg.skip_bad
+    table = root / "train.csv"
+    rows = read_table(table, ("id_code", "diagnosis"), "data.root")
+    records = []
+    for line, row in rows:
+        image_id = row["id_code"].strip()
+        path = root / "train_images" / f"{image_id}.png"
+        record = checked_record(
+            table, line, image_id, path, row["diagnosis"], None, skip_bad, skipped
+        )
+        if record:
+            records.append(record)
+    return records
+
+
+def generic_csv(cfg: DataConfig, skipped: Skipped) -> list[ImageRecord]:
+    """``path,label[,patient_id]``; relative paths are relative to the CSV's folder."""
+    assert cfg.csv is not None  # guaranteed by Recipe validation
+    table, skip_bad = cfg.csv, cfg.skip_bad
+    rows = read_table(table, ("path", "label"), "data.csv")
+    records = []
+    for line, row in rows:
+        rel = row["path"].strip()
+        path = Path(rel) if Path(rel).is_absolute() else table.parent / rel
+        patient = (row.get("patient_id") or "").strip() or None
+        record = checked_record(table, line, rel, path, row["label"], patient, skip_bad, skipped)
+        if record:
+            records.append(record)
+    return records
 
 
 def _first_dir(*candidates: Path) -> Path:
@@ -177,6 +215,9 @@ def _with_suffix(stem: Path, suffixes: tuple[str, ...]) -> Path:
 
 
 ADAPTERS: dict[str, Adapter] = {
+    "synthetic": aptos2019,
+    "aptos2019": aptos2019,
+    "csv": generic_csv,
     "eyepacs": eyepacs,
     "idrid": idrid,
     "ddr": ddr,

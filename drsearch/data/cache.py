@@ -25,7 +25,7 @@ import numpy as np
 from drsearch.config.recipe import PreprocessConfig
 from drsearch.data.content import content_ids
 from drsearch.data.preprocess import preprocess
-from drsearch.data.sources import ImageRecord, Skipped
+from drsearch.data.records import ImageRecord, Skipped
 from drsearch.errors import DataError
 
 _FORMAT_VERSION = 1

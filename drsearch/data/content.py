@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from drsearch.data.sources import ImageRecord
+from drsearch.data.records import ImageRecord
+from drsearch.io import write_text_atomic
 
 INDEX_NAME = "content-index.json"
 
@@ -41,10 +41,7 @@ def content_ids(records: Sequence[ImageRecord], cache_dir: Path) -> list[str]:
             sha = f"unreadable:{record.path}"
         out.append(sha)
     if added:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, index_path)
+        write_text_atomic(index_path, json.dumps(index))
     return out
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import DataConfig
-from drsearch.data.sources import Skipped, load_records
+from drsearch.data.records import Skipped
+from drsearch.data.sources import load_records
 from drsearch.data.split import split_indices
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from drsearch.data.sources import ImageRecord
+from drsearch.data.records import ImageRecord
 
 
 def data_fingerprint(

@@ -9,14 +9,15 @@ folds keeps every patient's images on one side; its first fold is the validation
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
-from drsearch.data.sources import ImageRecord
+from drsearch.data.records import ImageRecord
 from drsearch.errors import DataError
+from drsearch.io import write_text_atomic
 
 
 def split_indices(
@@ -66,6 +67,8 @@ def _grouped(labels: np.ndarray, groups: list[str], val_fraction: float, seed: i
         raise DataError(
             f"data.val_fraction: {val_fraction} needs at least {n_folds} patients, got {n_groups}"
         )
+    from sklearn.model_selection import StratifiedGroupKFold  # slow to import: only here
+
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     _, val = next(folds.split(np.zeros(len(labels)), labels, groups))
     return val
@@ -76,11 +79,10 @@ def write_split(
 ) -> None:
     """Record the split as ``split.csv`` (``id,split,patient_id,label,source``), atomically."""
     side = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "split", "patient_id", "label", "source"])
-        for i in sorted(side):
-            r = records[i]
-            writer.writerow([r.id, side[i], r.patient_id or "", r.label, r.source or ""])
-    tmp.replace(path)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", "split", "patient_id", "label", "source"])
+    for i in sorted(side):
+        r = records[i]
+        writer.writerow([r.id, side[i], r.patient_id or "", r.label, r.source or ""])
+    write_text_atomic(path, out.getvalue())

@@ -11,6 +11,7 @@ overlap and grading is learnable but not trivial. Everything is deterministic fo
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from drsearch import NUM_CLASSES
 from drsearch.errors import DataError
+from drsearch.io import write_text_atomic
 
 #: Grade shares of EyePACS (Kaggle 2015) training labels, rounded: 73/7/15/2.5/2.5 %.
 IMBALANCE = {
@@ -67,12 +69,11 @@ def write_synthetic_dataset(
         img = draw_fundus(int(grade), size, np.random.default_rng([seed, i]))
         cv2.imwrite(str(images / f"{image_id}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         rows.append((image_id, grade))
-    tmp = out / "train.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id_code", "diagnosis"])
-        writer.writerows(rows)
-    tmp.replace(out / "train.csv")  # the CSV appears last: its presence marks a complete set
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["id_code", "diagnosis"])
+    writer.writerows(rows)
+    write_text_atomic(out / "train.csv", table.getvalue())  # last: marks a complete set
     return out
 
 

@@ -8,10 +8,12 @@ training never silently drops to test-time preprocessing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import albumentations as A
 import cv2
 
-from drsearch.config.recipe import AugmentConfig
+from drsearch.config.recipe import AugmentConfig, Recipe
 
 
 def train_pipeline(cfg: AugmentConfig) -> A.Compose | None:
@@ -53,3 +55,22 @@ def train_pipeline(cfg: AugmentConfig) -> A.Compose | None:
 def describe(pipeline: A.Compose | None) -> list[str]:
     """Names of the transforms, for the run record (so an empty phase is visible)."""
     return [] if pipeline is None else [type(t).__name__ for t in pipeline.transforms]
+
+
+def make_mixup(recipe: Recipe) -> Any:
+    """timm's batch MixUp/CutMix from ``augment`` (``None`` when both alphas are 0); soft
+    targets carry ``loss.label_smoothing``."""
+    aug = recipe.augment
+    if aug.mixup_alpha <= 0 and aug.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha,
+        prob=aug.mix_prob,
+        switch_prob=aug.switch_prob,
+        mode="batch",
+        label_smoothing=recipe.loss.label_smoothing,
+        num_classes=5,
+    )

@@ -11,7 +11,6 @@ Checkpoints hold only tensors, numbers, strings and containers of them, and are 
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -21,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from drsearch.errors import TrainingError
+from drsearch.errors import DrsearchError, TrainingError
+from drsearch.io import atomic_write
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -29,37 +29,36 @@ BEST = "best.pt"
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by ``atomic_save`` (weights only: no code runs)."""
     if not path.is_file():
         raise TrainingError(f"{path}: no checkpoint to resume from; run without --resume")
+    state = load_weights_only(path, str(path), "delete it to start the run over", TrainingError)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise TrainingError(f"{path}: not a drsearch checkpoint; delete it to start over")
+    return state
+
+
+def load_weights_only(
+    path: Path, what: str, fix: str, error: type[DrsearchError] = TrainingError
+) -> Any:
+    """``torch.load(weights_only=True)``: a file holding anything but tensors, numbers and
+    strings is refused, never unpickled; a damaged one is named. Both in one line."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise TrainingError(
-            f"{path}: refused: it holds objects other than tensors and numbers "
-            f"({str(exc).splitlines()[0][:160]}); drsearch never unpickles code. Delete it to "
-            "start over"
+        raise error(
+            f"{what}: refused: it holds objects other than tensors and numbers "
+            f"({str(exc).splitlines()[0][:160]}); drsearch never unpickles code; {fix}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise TrainingError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}); it is damaged or "
-            "truncated. Delete it to start the run over"
+        raise error(
+            f"{what}: not a readable file of tensors ({type(exc).__name__}): it is damaged or "
+            f"truncated; {fix}"
         ) from None
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise TrainingError(
-            f"{path}: not a drsearch checkpoint (no epoch); delete it to start over"
-        )
-    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,32 +6,18 @@ Undefined values (a grade absent from validation) are ``None``, never a made-up 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from drsearch import NUM_CLASSES
-
-#: z for a two-sided 95% interval.
-Z95 = 1.959963984540054
+from drsearch.clinical import NUM_CLASSES, wilson_lower
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
     """5x5 counts, rows true grade, columns predicted grade."""
     idx = labels.astype(int) * NUM_CLASSES + preds.astype(int)
     return np.bincount(idx, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
-
-
-def wilson_lower(successes: int, n: int, z: float = Z95) -> float | None:
-    """Lower end of the Wilson score interval for a proportion (95% by default)."""
-    if n == 0:
-        return None
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - margin) / (1 + z * z / n)
 
 
 def quadratic_kappa(cm: np.ndarray) -> float | None:

@@ -103,7 +103,14 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
                 f"model.pretrained: {path} is not a readable safetensors file ({exc})"
             ) from None
     else:
-        state = _load_weights_only(path)
+        from drsearch.train.checkpoint import load_weights_only
+
+        state = load_weights_only(
+            path,
+            f"model.pretrained: {path}",
+            "save a plain state dict (or safetensors)",
+            ConfigError,
+        )
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -128,24 +135,6 @@ def load_local_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
             f"{len(outside_head)} mismatched key(s) beyond the classifier, e.g. {outside_head[0]}"
         )
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
-
-
-def _load_weights_only(path: Path) -> Any:
-    """``torch.load`` that never runs code from the file; a bad file is a one-line error."""
-    import pickle
-    import zipfile
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ConfigError(
-            f"model.pretrained: {path} refused: it holds objects other than tensors and numbers, "
-            "and drsearch never unpickles code; save a plain state dict (or safetensors)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise ConfigError(
-            f"model.pretrained: {path} is not a readable weights file ({type(exc).__name__})"
-        ) from None
 
 
 def _resample_pos_embed(pos: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -206,3 +195,10 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     return mean, std
+
+
+def make_ema(model: nn.Module, decay: float) -> Any:
+    """timm's ``ModelEmaV3`` of ``model``: the weights evaluated when ``train.ema`` is on."""
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)

@@ -8,9 +8,9 @@ epoch), ``predictions.csv`` (validation predictions at the best epoch) and ``che
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import yaml
 
 from drsearch.config.loading import recipe_to_yaml
 from drsearch.config.recipe import Recipe
+from drsearch.io import append_jsonl, flatten, read_jsonl, write_text_atomic
 
 
 class RunFolder:
@@ -63,24 +64,11 @@ class RunFolder:
 
     def append_epoch(self, record: dict[str, Any]) -> None:
         """Append one epoch to ``metrics.jsonl`` and fsync, so a kill cannot lose it."""
-        with self.metrics_log.open("a") as fh:
-            fh.write(json.dumps(to_jsonable(record)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.metrics_log, to_jsonable(record))
 
     def read_epochs(self) -> list[dict[str, Any]]:
         """The logged epochs; a last line cut short by a kill during the append is ignored."""
-        if not self.metrics_log.is_file():
-            return []
-        lines = [line for line in self.metrics_log.read_text().splitlines() if line.strip()]
-        records = []
-        for i, line in enumerate(lines):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i < len(lines) - 1:
-                    raise
-        return records
+        return read_jsonl(self.metrics_log)
 
     def reconcile_epochs(self, epoch: int, record: dict[str, Any] | None) -> list[dict[str, Any]]:
         """On resume, make the log agree with the checkpoint of ``epoch``: drop lines of later
@@ -94,16 +82,12 @@ class RunFolder:
 
     def write_predictions(self, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
         """``predictions.csv``: ``id,label,pred,p0..p4`` for the validation set."""
-        path = self.root / "predictions.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "label", "pred", *(f"p{c}" for c in range(probs.shape[1]))])
-            for image_id, label, row in zip(ids, labels, probs, strict=True):
-                writer.writerow(
-                    [image_id, int(label), int(row.argmax()), *(f"{p:.6f}" for p in row)]
-                )
-        os.replace(tmp, path)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["id", "label", "pred", *(f"p{c}" for c in range(probs.shape[1]))])
+        for image_id, label, row in zip(ids, labels, probs, strict=True):
+            writer.writerow([image_id, int(label), int(row.argmax()), *(f"{p:.6f}" for p in row)])
+        write_text_atomic(self.root / "predictions.csv", out.getvalue())
 
 
 #: What a run folder holds; ``train --overwrite`` deletes only folders made of these.
@@ -134,26 +118,6 @@ def is_run_folder(path: Path) -> bool:
     )
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": [1, 2]}}`` -> ``{"a.b.0": 1, "a.b.1": 2}`` (dotted recipe keys)."""
-    if isinstance(data, dict) and data:
-        items = data.items()
-    elif isinstance(data, list) and data:
-        items = enumerate(data)
-    else:
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in items:
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def to_jsonable(value: Any) -> Any:
     """Plain JSON: numpy scalars to Python, NaN/inf to ``None``, paths to strings."""
     if isinstance(value, dict):
@@ -181,3 +145,29 @@ def installed_versions() -> dict[str, str]:
         # the modules' own __version__: torch's carries its build (e.g. +cu130, +cpu)
         out[package] = str(getattr(importlib.import_module(package), "__version__", "unknown"))
     return out
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check ``--out`` against ``--resume`` / ``--overwrite``; replace an old run only when
+    it is a run folder drsearch wrote."""
+    import shutil
+
+    from drsearch.errors import ConfigError
+
+    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pick one")
+    if resume and not has_run:
+        raise ConfigError(f"{run_dir}: no run to resume; drop --resume or point --out at a run")
+    if has_run and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"{run_dir}: already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or --out for a new folder"
+            )
+        if not is_run_folder(run_dir):
+            raise ConfigError(
+                f"{run_dir}: --overwrite only deletes run folders drsearch wrote, and this one "
+                "holds other files too; delete it yourself or pick another --out"
+            )
+        shutil.rmtree(run_dir)

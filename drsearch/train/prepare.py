@@ -10,9 +10,10 @@ import numpy as np
 from drsearch.config.recipe import DataConfig
 from drsearch.data.cache import ImageCache, build_cache, default_cache_dir
 from drsearch.data.content import content_ids, cross_split_duplicates
-from drsearch.data.sources import ImageRecord, Skipped, load_records
+from drsearch.data.records import ImageRecord, Skipped
+from drsearch.data.sources import load_records
 from drsearch.data.split import split_indices
-from drsearch.train.data import Split
+from drsearch.train.batches import Split
 
 
 @dataclass

@@ -26,6 +26,16 @@ from typing import Any
 from drsearch.config.recipe import Recipe, ScheduleConfig
 
 
+def train_batch_count(n_train: int, batch_size: int) -> int:
+    """Batches per training epoch (full batches only; at least one)."""
+    return max(1, n_train // batch_size)
+
+
+def steps_per_epoch(n_train: int, recipe: Recipe) -> int:
+    """Optimizer steps per epoch: full batches, grouped by gradient accumulation."""
+    return math.ceil(train_batch_count(n_train, recipe.train.batch_size) / recipe.train.grad_accum)
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """How many optimizer steps a run takes."""

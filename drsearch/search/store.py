@@ -8,47 +8,54 @@ budget) once the runner that owned them is gone.
 
 The budget belongs to the study: ``n_trials`` is stored with it, and a trial is claimed under
 a lock that every runner of the study takes (a file lock beside a SQLite database, an
-advisory lock in PostgreSQL), so any number of runners together start exactly the budget.
-"""
+advisory lock in PostgreSQL), so any number of runners together start exactly the budget."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
-import re
 import socket
 import threading
 import time
 import uuid
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import StudyConfig
-from drsearch.errors import ConfigError
-from drsearch.objective import Outcome
+from drsearch.search.database import StudyLock, make_storage
+from drsearch.search.samplers import make_pruner, make_sampler
+from drsearch.search.trial import Outcome
 
 RUNNER_ATTR = "drsearch:runner"
+
+
 HEARTBEAT_ATTR = "drsearch:heartbeat"
+
+
 BUDGET_ATTR = "drsearch:n_trials"
+
+
 UUID_ATTR = "drsearch:uuid"
+
+
 #: User attribute of a re-run trial (``--retry-failed``): the number of the failed trial it
 #: repeats. The failed trial then no longer counts toward the budget; its re-run does.
 RETRY_OF = "retry_of"
+
+
 INTERRUPTED = "interrupted"
+
+
 #: A RUNNING trial of a runner on another host is presumed dead after this long without news.
 STALE_AFTER_S = 300.0
+
+
 HEARTBEAT_EVERY_S = 30.0
 
 
@@ -65,247 +72,6 @@ def process_start(pid: int) -> float | None:
 def runner_id() -> str:
     """``host:pid:process start time`` of this process: a reused PID is a different runner."""
     return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid()) or 0:.2f}"
-
-
-#: Query parameters of a URL whose values are secrets (``?password=...``, ``sslpassword``,
-#: ``api_key``, ``token``...).
-_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|credential|auth", re.IGNORECASE)
-
-
-def masked_url(url: str) -> str:
-    """The URL with every secret hidden (the user-info password and password-like query
-    parameters), for anything shown or written: console, records, recipes, errors."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL we can take apart: show none of it
-        return "<storage URL hidden: not a valid SQLAlchemy URL>"
-    query = {k: ("***" if _SECRET_PARAM.search(k) else v) for k, v in parsed.query.items()}
-    shown = parsed.set(query=query).render_as_string(hide_password=True)
-    return shown.replace("%2A%2A%2A", "***")
-
-
-def make_storage(url: str) -> RDBStorage:
-    """An ``RDBStorage``; SQLite waits for locks instead of failing at once. A storage that
-    cannot be opened is a one-line error with the URL's secrets masked."""
-    from sqlalchemy.engine import make_url
-
-    kwargs: dict[str, Any] = {}
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        kwargs = {"connect_args": {"timeout": 60}}
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    with storage_errors(url):
-        return RDBStorage(url, engine_kwargs=kwargs)
-
-
-@contextlib.contextmanager
-def storage_errors(url: str) -> Iterator[None]:
-    """Turn a database error into one line naming the storage, its secrets masked."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        detail = cause[0] if cause else type(exc).__name__
-        for secret in _secrets(make_url(url)):
-            detail = detail.replace(secret, "***")
-        raise ConfigError(f"storage {masked_url(url)}: cannot open it: {detail}") from None
-
-
-def _secrets(parsed: Any) -> list[str]:
-    found = [parsed.password] if parsed.password else []
-    found += [v for k, v in parsed.query.items() if _SECRET_PARAM.search(k) and isinstance(v, str)]
-    return [str(s) for s in found if s]
-
-
-def open_existing(config: StudyConfig, source: Path | str) -> optuna.Study:
-    """The study, for reading (report, export, dashboard): a one-line error, and no database
-    file created, when it has not been run yet."""
-    from sqlalchemy.engine import make_url
-
-    url = config.storage_url()
-    parsed = make_url(url)
-    missing = (
-        parsed.get_backend_name() == "sqlite"
-        and parsed.database not in (None, "", ":memory:")
-        and not Path(str(parsed.database)).is_file()
-    )
-    if not missing:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            return optuna.load_study(study_name=config.name, storage=make_storage(url))
-        except KeyError:
-            pass
-    raise ConfigError(
-        f"{source}: no study {config.name!r} in {masked_url(url)} yet; run it first with "
-        f"`drsearch run {source}`"
-    )
-
-
-class StudyLock:
-    """A lock every runner of a study takes to claim a trial (and to create the study).
-
-    SQLite: ``flock`` on ``<database>.lock`` (one machine; SQLite is not for several).
-    PostgreSQL: a session advisory lock keyed by the study name, so runners on any machine
-    that reaches the server exclude each other. Not re-entrant.
-    """
-
-    def __init__(self, url: str, name: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        self.backend = parsed.get_backend_name()
-        self.url = url
-        self.file: Path | None = None
-        self._engine: Any = None
-        if self.backend == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                self.file = Path(parsed.database + ".lock")
-        elif self.backend != "postgresql":
-            raise ConfigError(
-                f"storage: {self.backend} is not supported; use SQLite (the default) or "
-                "PostgreSQL (postgresql+psycopg2://user@host/db)"
-            )
-        digest = hashlib.sha256(f"drsearch:{name}".encode()).digest()
-        self.key = int.from_bytes(digest[:8], "big", signed=True)
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        if self.backend == "postgresql":
-            yield from self._advisory()
-        elif self.file is not None:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            with self.file.open("a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-        else:
-            yield
-
-    def _advisory(self) -> Iterator[None]:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.pool import NullPool
-
-        if self._engine is None:
-            self._engine = create_engine(self.url, poolclass=NullPool)
-        with storage_errors(self.url):
-            conn = self._engine.connect()
-        with conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-
-
-def trial_seed(seed: int, number: int) -> int:
-    """The sampler seed of trial ``number``: fixed by the study seed and the trial alone."""
-    digest = hashlib.sha256(f"drsearch-sampler:{seed}:{number}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
-class TrialSeededSampler(BaseSampler):
-    """A sampler rebuilt before every trial with a seed derived from the study seed and the
-    trial number.
-
-    A seeded study stays reproducible (trial ``n`` always draws from the same stream), and a
-    continued study or a second runner never replays an earlier trial's draws, as rebuilding
-    one sampler with the study seed in every process would. The samplers drsearch uses keep
-    their state in the study (TPE, GP and random read the history each time; CMA-ES stores
-    its optimizer in trial attributes), so a fresh instance per trial loses nothing.
-    """
-
-    def __init__(self, factory: Callable[[int | None], BaseSampler], seed: int | None) -> None:
-        self._factory = factory
-        self._seed = seed
-        self._inner = factory(None if seed is None else trial_seed(seed, -1))
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._seed is not None:
-            self._inner = self._factory(trial_seed(self._seed, trial.number))
-        self._inner.before_trial(study, trial)
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self._inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-
-def make_sampler(config: StudyConfig) -> BaseSampler:
-    """The study's sampler, seeded per trial (``TrialSeededSampler``). TPE runs with
-    ``constant_liar``: trials running in other workers or runners count as bad results, so
-    concurrent trials are not proposed next to each other."""
-    s = config.sampler
-
-    def build(seed: int | None) -> BaseSampler:
-        if s.name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if s.name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-        if s.name == "cmaes":
-            return optuna.samplers.CmaEsSampler(
-                seed=seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False
-            )
-        with warnings.catch_warnings():  # multivariate/group are "experimental" since 2.2
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=seed,
-                n_startup_trials=s.n_startup_trials,
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-            )
-
-    return TrialSeededSampler(build, s.seed)
-
-
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """ASHA as Optuna implements it (``SuccessiveHalvingPruner``), for both executors.
-
-    Its rungs are stored with the trials, so they survive a restart and are shared by every
-    runner of the study; ``drsearch.runners.common.after_epoch`` asks it after each epoch.
-    """
-    p = config.pruner
-    if not p.enabled:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=p.grace_period,
-        reduction_factor=p.reduction_factor,
-        min_early_stopping_rate=0,
-    )
 
 
 @dataclass

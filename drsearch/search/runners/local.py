@@ -8,16 +8,17 @@ from __future__ import annotations
 import contextlib
 import time
 
-from drsearch.objective import EpochReport, PruneSignal, execute_trial
-from drsearch.runners.common import (
+from drsearch.config.study import LoadedStudy
+from drsearch.search.runners.common import (
     StudyProgress,
     TrialContext,
     after_epoch,
     finish_trial,
     start_trial,
 )
-from drsearch.storage import StudyStore
-from drsearch.study import LoadedStudy
+from drsearch.search.store import StudyStore
+from drsearch.search.trial import EpochReport
+from drsearch.search.worker import PruneSignal, execute_trial
 
 
 def run_local(

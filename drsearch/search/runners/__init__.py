@@ -11,9 +11,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from drsearch.runners.common import SilentProgress, StudyProgress
-from drsearch.storage import INTERRUPTED, RETRY_OF, Counts, StudyStore, masked_url
-from drsearch.study import LoadedStudy, check_inputs
+from drsearch.config.study import LoadedStudy
+from drsearch.search.checks import check_inputs
+from drsearch.search.database import masked_url
+from drsearch.search.runners.common import SilentProgress, StudyProgress
+from drsearch.search.store import INTERRUPTED, RETRY_OF, Counts, StudyStore
 
 
 @dataclass
@@ -57,12 +59,12 @@ def run_study(
     check_inputs(loaded)
     store = StudyStore(cfg)
     from drsearch.io import owned_dir
-    from drsearch.runners.common import study_runs
+    from drsearch.search.runners.common import study_runs
 
     owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
     owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
     _describe(store.study, loaded)
-    from drsearch.annotations import annotate_study, artifact_store
+    from drsearch.search.annotations import annotate_study, artifact_store
 
     annotate_study(store.study, loaded)
     store.artifacts = artifact_store(loaded)
@@ -75,11 +77,11 @@ def run_study(
         store.start_heartbeat()
         try:
             if cfg.executor == "local":
-                from drsearch.runners.local import run_local
+                from drsearch.search.runners.local import run_local
 
                 run_local(store, loaded, progress, deadline)
             else:
-                from drsearch.runners.ray import ray_session, run_ray
+                from drsearch.search.runners.ray import ray_session, run_ray
 
                 with ray_session(ray_address or cfg.ray.address):
                     run_ray(store, loaded, progress, deadline)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 
 from drsearch.config.recipe import Recipe
-from drsearch.data.sources import Skipped, load_records
+from drsearch.data.records import Skipped
+from drsearch.data.sources import load_records
 from drsearch.data.split import split_indices
 from drsearch.errors import ConfigError
-from drsearch.train.fit import steps_per_epoch
-from drsearch.train.schedule import StepPlan, restart_epochs, schedule_table
+from drsearch.train.schedule import StepPlan, restart_epochs, schedule_table, steps_per_epoch
 
 
 def steps_from_data(recipe: Recipe) -> int:

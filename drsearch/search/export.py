@@ -19,9 +19,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.loading import load_recipe, recipe_to_yaml, with_relative_paths
 from drsearch.config.recipe import Pinned, Recipe
+from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
-from drsearch.storage import masked_url, open_existing
-from drsearch.study import LoadedStudy
+from drsearch.io import write_text_atomic
+from drsearch.search.database import masked_url, open_existing
 
 #: Versions whose difference is reported when a pinned recipe is retrained.
 CHECKED_VERSIONS = ("python", "torch", "timm", "albumentations", "numpy", "drsearch")
@@ -105,10 +106,7 @@ def write_pinned(recipe: Recipe, out: Path) -> None:
         f"# Pinned by drsearch export from study {prov['study']}, trial {prov['trial']}.\n"
         "# Retrain with: drsearch train THIS_FILE  (--strict refuses version/data drift)\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(header + recipe_to_yaml(recipe))
-    tmp.replace(out)
+    write_text_atomic(out, header + recipe_to_yaml(recipe))
 
 
 def git_commit() -> str | None:
@@ -133,7 +131,8 @@ def drift(recipe: Recipe) -> list[str]:
     if recipe.pinned is None:
         return []
     from drsearch.data.fingerprint import data_fingerprint
-    from drsearch.data.sources import Skipped, load_records
+    from drsearch.data.records import Skipped
+    from drsearch.data.sources import load_records
     from drsearch.data.split import split_indices
     from drsearch.train.outputs import installed_versions
 

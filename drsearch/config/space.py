@@ -16,15 +16,18 @@ if every named key (a parameter above it, or a recipe key) has one of the given 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-import optuna
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from drsearch import NUM_CLASSES
-from drsearch.config.loading import build_model, field_annotation, read_yaml
+from drsearch.config.loading import field_annotation, parse_config, read_yaml
 from drsearch.config.recipe import KeyedValueError, Recipe, Section
 from drsearch.errors import ConfigError
+from drsearch.io import get_dotted
+
+if TYPE_CHECKING:
+    import optuna
 
 Scalar = Union[bool, int, float, str, None]  # noqa: UP007 - pydantic needs the runtime union
 
@@ -45,11 +48,6 @@ class FloatParam(_Param):
         _check_range(self.low, self.high, self.log, self.step)
         return self
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.FloatDistribution(
-            self.low, self.high, log=self.log, step=self.step
-        )
-
     def extremes(self) -> list[Any]:
         return [self.low, self.high]
 
@@ -69,11 +67,6 @@ class IntParam(_Param):
         _check_range(self.low, self.high, self.log, self.step if self.step != 1 else None)
         return self
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.IntDistribution(
-            self.low, self.high, log=self.log, step=self.step
-        )
-
     def extremes(self) -> list[Any]:
         return [self.low, self.high]
 
@@ -84,9 +77,6 @@ class IntParam(_Param):
 class CategoricalParam(_Param):
     type: Literal["categorical"]
     choices: list[Scalar] = Field(min_length=1)
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.CategoricalDistribution(self.choices)
 
     def extremes(self) -> list[Any]:
         return list(self.choices)
@@ -178,7 +168,7 @@ def _parse_param(path: Path, key: str, raw: Any) -> FloatParam | IntParam | Cate
         raise ConfigError(
             f"{path}: {key}: type must be one of {', '.join(_PARAM_TYPES)}, got {raw.get('type')!r}"
         )
-    return build_model(cls, raw, f"{path}: {key}")
+    return parse_config(cls, raw, f"{path}: {key}")
 
 
 def _check_value(annotation: Any, value: Any, where: str) -> None:
@@ -202,23 +192,11 @@ def sample(trial: optuna.Trial, space: SearchSpace, base: Recipe) -> dict[str, A
 
 def _active(param: _Param, params: dict[str, Any], flat: dict[str, Any]) -> bool:
     for key, wanted in (param.when or {}).items():
-        value = params[key] if key in params else _get(flat, key.split("."))
+        value = params[key] if key in params else get_dotted(flat, key)
         allowed = wanted if isinstance(wanted, list) else [wanted]
         if value not in allowed:
             return False
     return True
-
-
-def _get(data: Any, parts: list[str]) -> Any:
-    """The base recipe's value at a dotted key, or ``None`` where it has none."""
-    for part in parts:
-        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        elif isinstance(data, dict):
-            data = data.get(part)
-        else:
-            return None
-    return data
 
 
 def apply_params(base: Recipe, params: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +224,7 @@ def _set(data: Any, parts: list[str], value: Any) -> None:
 
 def trial_recipe(base: Recipe, params: dict[str, Any], source: str) -> Recipe:
     """The recipe a trial trains: base plus params, validated as a whole."""
-    return build_model(Recipe, apply_params(base, params), source)
+    return parse_config(Recipe, apply_params(base, params), source)
 
 
 __all__ = [

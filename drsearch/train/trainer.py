@@ -8,21 +8,18 @@ On ``resume`` the checkpoint is the truth: training continues after the checkpoi
 epoch, the log is reconciled to it (lines after it dropped, its own line restored from the
 checkpoint if a kill came between the two writes), and the reporter is first called once for
 every epoch already done, with ``record["replayed"] = True``, so it sees the whole curve.
-A checkpoint trained with a different recipe (beyond the keys in ``RESUMABLE_CHANGES``) or on
-different data is refused with a one-line error, never loaded into the model.
+A checkpoint trained with a different recipe or on different data is refused with a one-line
+error, never loaded into the model (``drsearch.train.resume``).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,84 +29,28 @@ from drsearch.config.recipe import MONITOR_METRICS, Recipe
 from drsearch.data.fingerprint import data_fingerprint
 from drsearch.errors import ConfigError, NonFiniteLossError, TrainingError
 from drsearch.train import checkpoint
-from drsearch.train.augment import describe, train_pipeline
-from drsearch.train.data import (
+from drsearch.train.augment import describe, make_mixup, train_pipeline
+from drsearch.train.batches import (
     Normalizer,
     epoch_seed,
     eval_batches,
-    train_batch_count,
     train_batches,
 )
 from drsearch.train.faults import fault_point
 from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
 from drsearch.train.metrics import compute_metrics
-from drsearch.train.model import build_model, build_optimizer, normalization, parameter_counts
-from drsearch.train.outputs import RunFolder, flatten, installed_versions, to_jsonable
-from drsearch.train.prepare import PreparedData, prepare_data
-from drsearch.train.schedule import LRController, StepPlan
-
-Reporter = Callable[[int, dict[str, Any]], None]
-
-#: Recipe keys that may differ between a checkpoint and the run resuming it: where the data
-#: and weights live (the data fingerprint is compared instead), how fast, and provenance.
-#: Any other change (LR, weight decay, backbone multiplier, epochs, ...) would be silently
-#: overridden by the optimizer and schedule state, so resuming with it is refused.
-RESUMABLE_CHANGES = (
-    "data.root",
-    "data.csv",
-    "data.sources.*.root",
-    "data.sources.*.csv",
-    "data.cache",
-    "data.cache_dir",
-    "data.cache_max_gb",
-    "data.num_workers",
-    "model.pretrained",
-    "train.device",
-    "train.threads",
-    "train.eval_batch_size",
-    "pinned",
-    "pinned.*",
+from drsearch.train.model import (
+    build_model,
+    build_optimizer,
+    make_ema,
+    normalization,
+    parameter_counts,
 )
-
-
-class StopTraining(Exception):  # noqa: N818 - a signal, not an error
-    """Raise from a reporter to end training after the current epoch."""
-
-
-class Progress(Protocol):
-    """What ``fit`` tells a progress display; every method may be a no-op."""
-
-    def status(self, message: str) -> None: ...
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
-    def advance(self, loss: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-class _Silent:
-    def status(self, message: str) -> None: ...
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
-    def advance(self, loss: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class FitResult:
-    """What a run achieved; ``best`` holds the validation metrics of ``best_epoch``."""
-
-    run_dir: Path
-    best_epoch: int
-    best: dict[str, Any]
-    last: dict[str, Any]
-    epochs_completed: int
-    stopped: str  # "completed", "early_stopping" or "reporter"
-    wall_seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)  # total / trainable / lora
-
-
-def steps_per_epoch(n_train: int, recipe: Recipe) -> int:
-    """Optimizer steps per epoch: full batches, grouped by gradient accumulation."""
-    return math.ceil(train_batch_count(n_train, recipe.train.batch_size) / recipe.train.grad_accum)
+from drsearch.train.outputs import RunFolder, installed_versions, to_jsonable
+from drsearch.train.prepare import PreparedData, prepare_data
+from drsearch.train.resume import check_resumable
+from drsearch.train.schedule import LRController, StepPlan, steps_per_epoch
+from drsearch.train.seam import FitResult, Progress, Reporter, StopTraining, _Silent
 
 
 def fit(
@@ -173,8 +114,8 @@ class _Trainer:
         self.criterion = SoftTargetLoss(recipe.loss, self.class_weights).to(self.device)
         self.amp = recipe.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.ema = _make_ema(self.model, recipe) if recipe.train.ema else None
-        self.mixup = _make_mixup(recipe)
+        self.ema = make_ema(self.model, recipe.train.ema_decay) if recipe.train.ema else None
+        self.mixup = make_mixup(recipe)
         self.pipeline = train_pipeline(recipe.augment)
         mode = MONITOR_METRICS[recipe.train.monitor]
         self.higher_is_better = mode == "max"
@@ -201,7 +142,7 @@ class _Trainer:
     def restore(self) -> list[dict[str, Any]]:
         path = self.folder.checkpoints / checkpoint.LAST
         state = checkpoint.load(path)
-        self._check_resumable(path, state)
+        check_resumable(path, state, self.recipe, self.folder.root, self._data_fingerprint())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr.load_state_dict(state["lr"])
@@ -216,35 +157,6 @@ class _Trainer:
         history = self.folder.reconcile_epochs(self.start_epoch, record)
         self.folder.record_resume(self.start_epoch, self.recipe)
         return history
-
-    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another recipe or other data (the checkpoint is the truth)."""
-        saved = json.loads(state["recipe"]) if state.get("recipe") else None
-        if saved is None and (self.folder.root / "config.yaml").is_file():
-            import yaml
-
-            saved = yaml.safe_load((self.folder.root / "config.yaml").read_text())
-        if saved is not None:
-            changed = resume_changes(saved, self.recipe.model_dump(mode="json"))
-            if changed:
-                listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-                raise TrainingError(
-                    f"{path}: cannot resume: the recipe changed since this checkpoint "
-                    f"({listed}); its optimizer and schedule state would silently keep the old "
-                    f"values. Resume with the recipe in {self.folder.root / 'config.yaml'}, or "
-                    "start a new run (another --out) from these weights with model.pretrained: "
-                    f"{path}"
-                )
-        info = self.folder.root / "run.json"
-        if info.is_file():
-            before = json.loads(info.read_text()).get("data_fingerprint") or {}
-            now = self._data_fingerprint()
-            keys = ("images_sha256", "split_sha256")
-            if before and any(before.get(k) != now.get(k) for k in keys):
-                raise TrainingError(
-                    f"{path}: cannot resume: the data differ from the run's (image list or "
-                    f"validation split fingerprint changed since {info}); start a new run"
-                )
 
     def _data_fingerprint(self) -> dict[str, Any]:
         return data_fingerprint(self.data.records, self.data.train_idx, self.data.val_idx)
@@ -480,38 +392,3 @@ def _data_roots(recipe: Recipe) -> list[Path]:
     """Where the run read its images (absolute when a study resolved them)."""
     data = recipe.data
     return [s.root for s in data.sources] if data.sources else [data.root]
-
-
-def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Recipe keys whose value differs between a checkpoint's recipe and the current one,
-    apart from ``RESUMABLE_CHANGES``."""
-    before, after = flatten(saved), flatten(current)
-    return {
-        key: (before.get(key), after.get(key))
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key) != after.get(key)
-        and not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_CHANGES)
-    }
-
-
-def _make_ema(model: torch.nn.Module, recipe: Recipe) -> Any:
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=recipe.train.ema_decay)
-
-
-def _make_mixup(recipe: Recipe) -> Any:
-    aug = recipe.augment
-    if aug.mixup_alpha <= 0 and aug.cutmix_alpha <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=aug.mixup_alpha,
-        cutmix_alpha=aug.cutmix_alpha,
-        prob=aug.mix_prob,
-        switch_prob=aug.switch_prob,
-        mode="batch",
-        label_smoothing=recipe.loss.label_smoothing,
-        num_classes=5,
-    )

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drsearch.config.loading import build_model
+from drsearch.config.loading import parse_config
 from drsearch.config.recipe import Recipe
-from drsearch.config.study import StudyConfig
-from drsearch.search_space import CategoricalParam, FloatParam, IntParam
-from drsearch.study import LoadedStudy
+from drsearch.config.space import CategoricalParam, FloatParam, IntParam
+from drsearch.config.study import LoadedStudy, StudyConfig
 
 #: timm ``test_*`` stand-ins by family (substring of the model name).
 TINY_MODELS = (
@@ -149,7 +148,7 @@ def _smoke_recipe(
     schedule["warmup_epochs"] = scale.epochs_float(base.schedule.warmup_epochs)
     schedule["t0"] = max(0.5, base.schedule.t0 * scale.epoch)
     schedule["step_epochs"] = max(0.5, base.schedule.step_epochs * scale.epoch)
-    return build_model(Recipe, raw, f"{path} (--smoke recipe)")
+    return parse_config(Recipe, raw, f"{path} (--smoke recipe)")
 
 
 def _smoke_param(key: str, param: Param, scale: Scales) -> Param:
@@ -205,4 +204,25 @@ def _smoke_config(
         resources={"cpus_per_trial": 1, "gpus_per_trial": gpus, "max_concurrent": 1},
     )
     raw["pruner"].update(grace_period=min(cfg.pruner.grace_period, epochs), max_epochs=None)
-    return build_model(StudyConfig, raw, f"{path} (--smoke)")
+    return parse_config(StudyConfig, raw, f"{path} (--smoke)")
+
+
+def reset_smoke(small: LoadedStudy) -> str:
+    """Start a smoke study afresh: remove its previous run (only what drsearch made there) and
+    generate its data once, before any trial. Returns a line describing the run."""
+    from drsearch.data.sources import ensure_synthetic
+    from drsearch.io import owned_dir, remove_owned
+
+    cfg, recipe = small.config, small.recipe
+    folder = owned_dir(cfg.run_root, cfg.run_root.parent, "smoke runs")  # <run_root>/smoke
+    for stale in (cfg.study_dir, cfg.artifact_dir):
+        remove_owned(stale, folder)
+    for made in (f"{cfg.name}.db", f"{cfg.name}.db.lock"):
+        (folder / made).unlink(missing_ok=True)
+    ensure_synthetic(recipe.data)
+    return (
+        f"smoke run of {small.path}: {recipe.model.name} at {recipe.data.sizes()} px, "
+        f"{recipe.data.synthetic.n} synthetic images, {recipe.train.epochs} epochs, "
+        f"{cfg.budget.n_trials} trials on {'GPU' if cfg.resources.gpus_per_trial else 'CPU'} "
+        f"-> {cfg.run_root}"
+    )

@@ -9,7 +9,7 @@ per-epoch metrics, the confusion matrix, the LR trace of every group, and the co
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,10 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from drsearch import GRADES
-from drsearch.objective import Outcome
-from drsearch.study import LoadedStudy
+from drsearch.config.study import LoadedStudy
+from drsearch.fmt import num
+from drsearch.io import read_jsonl, write_text_atomic
+from drsearch.search.trial import Outcome
 
 
 def artifact_store(loaded: LoadedStudy) -> FileSystemArtifactStore:
@@ -52,26 +54,25 @@ def trial_artifacts(run_dir: Path, outcome: Outcome) -> list[Path]:
     made = []
     cm = outcome.user_attrs.get("confusion_matrix")
     if cm:
-        path = run_dir / "confusion_matrix.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["true\\predicted", *GRADES])
-            writer.writerows([GRADES[i], *row] for i, row in enumerate(cm))
-        made.append(path)
+        rows = [["true\\predicted", *GRADES], *([GRADES[i], *row] for i, row in enumerate(cm))]
+        made.append(_write_csv(run_dir / "confusion_matrix.csv", rows))
     log = run_dir / "metrics.jsonl"
     if log.is_file():
-        path = run_dir / "lr_trace.csv"
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["epoch", "step_of_epoch", "group", "lr"])
-            for line in log.read_text().splitlines():
-                record = json.loads(line)
-                for where, key in (("first", "lr_first"), ("last", "lr")):
-                    for group, lr in record.get(key, {}).items():
-                        writer.writerow([record["epoch"], where, group, lr])
-        made.append(path)
+        rows = [["epoch", "step_of_epoch", "group", "lr"]]
+        for record in read_jsonl(log):
+            for where, key in (("first", "lr_first"), ("last", "lr")):
+                for group, lr in record.get(key, {}).items():
+                    rows.append([record["epoch"], where, group, lr])
+        made.append(_write_csv(run_dir / "lr_trace.csv", rows))
     own = [run_dir / n for n in ("predictions.csv", "metrics.jsonl", "config.yaml")]
     return [p for p in own if p.is_file()] + made
+
+
+def _write_csv(path: Path, rows: list[list[Any]]) -> Path:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    write_text_atomic(path, out.getvalue())
+    return path
 
 
 def trial_note(number: int, outcome: Outcome) -> str:
@@ -98,11 +99,11 @@ def trial_note(number: int, outcome: Outcome) -> str:
     support = a.get("support") or [None] * 5
     for g, name in enumerate(GRADES):
         lines.append(
-            f"| {g} {name} | {_f(sens[g])} | {_f(low[g])} | {_f(spec[g])} | {support[g]} |"
+            f"| {g} {name} | {num(sens[g])} | {num(low[g])} | {num(spec[g])} | {support[g]} |"
         )
     lines += [
         "",
-        f"accuracy {_f(a.get('accuracy'))}, QWK {_f(a.get('qwk'))}, best epoch "
+        f"accuracy {num(a.get('accuracy'))}, QWK {num(a.get('qwk'))}, best epoch "
         f"{a.get('best_epoch')} of {a.get('epochs_completed')}; final LR per group "
         f"{a.get('lr_groups')}; trainable parameters {a.get('trainable_params')}",
         "",
@@ -138,7 +139,3 @@ def _describe(p: dict[str, Any]) -> str:
         return f"one of {p['choices']}{when}"
     log = ", log" if p.get("log") else ""
     return f"{p['type']} in [{p['low']}, {p['high']}]{log}{when}"
-
-
-def _f(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

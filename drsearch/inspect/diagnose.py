@@ -9,18 +9,19 @@ overall accuracy. Each finding has a severity, the evidence and what to change.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drsearch.clinical import MEDICAL_GAP
 from drsearch.config.loading import load_recipe
 from drsearch.config.recipe import Recipe
 from drsearch.errors import ConfigError
+from drsearch.fmt import num, sci
+from drsearch.io import read_jsonl
 
 GAP_WIDE = 0.15  # train - validation accuracy
 REGRESSION = 0.05  # validation accuracy drop right after a resume
-MEDICAL_GAP = 0.30  # overall accuracy - a severe grade's sensitivity
 
 
 @dataclass
@@ -42,15 +43,10 @@ def load_run(run_dir: Path) -> Run:
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
     if not config.is_file() or not metrics.is_file():
         raise ConfigError(f"{run_dir}: not a run folder (needs config.yaml and metrics.jsonl)")
-    log = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    log = read_jsonl(metrics)
     if not log:
         raise ConfigError(f"{metrics}: no epoch logged yet")
-    resumes_file = run_dir / "resumes.jsonl"
-    resumes = (
-        [json.loads(x) for x in resumes_file.read_text().splitlines() if x.strip()]
-        if resumes_file.is_file()
-        else []
-    )
+    resumes = read_jsonl(run_dir / "resumes.jsonl")
     return Run(load_recipe(config), log, resumes)
 
 
@@ -70,7 +66,7 @@ def diagnose(run_dir: Path) -> list[Finding]:
                 "info",
                 "healthy run",
                 f"{len(run.log)} epochs; final validation accuracy "
-                f"{_f(last.get('accuracy'))}, QWK {_f(last.get('qwk'))}; LR, gap, "
+                f"{num(last.get('accuracy'))}, QWK {num(last.get('qwk'))}; LR, gap, "
                 "resumes, augmentation and per-grade sensitivity look normal",
                 "nothing to change",
             )
@@ -115,8 +111,9 @@ def _lr(run: Run) -> list[Finding]:
             Finding(
                 "medium" if mult <= 0.2 else "low",
                 f"the backbone trains at {mult:.2g}x the head LR",
-                f"optim.backbone_lr_mult {mult:.3g}: last epoch backbone LR {_e(backbone)} vs head "
-                f"{_e(log[-1].get('lr', {}).get('head'))}; a log of param_groups[0] alone would "
+                f"optim.backbone_lr_mult {mult:.3g}: last epoch backbone LR {sci(backbone, 2)} "
+                f"vs head {sci(log[-1].get('lr', {}).get('head'), 2)}; a log of param_groups[0] "
+                "alone would "
                 "show only one of them",
                 "intended for fine-tuning pretrained weights; from scratch use 1.0",
             )
@@ -162,7 +159,7 @@ def _gap_and_plateau(run: Run) -> list[Finding]:
                 f"train - validation accuracy gap grew to {last_gap:.3f} (from "
                 f"{min(g for _, g in gaps):.3f}); validation loss lowest at epoch "
                 f"{best_loss_epoch} "
-                f"({_f(dict(losses)[best_loss_epoch])}) and {_f(losses[-1][1])} at the end",
+                f"({num(dict(losses)[best_loss_epoch])}) and {num(losses[-1][1])} at the end",
                 "more augmentation or MixUp/CutMix, weight decay or dropout, early stopping "
                 "(train.patience), or fewer epochs",
             )
@@ -179,7 +176,7 @@ def _gap_and_plateau(run: Run) -> list[Finding]:
                 Finding(
                     "medium",
                     f"plateau since epoch {best_epoch}",
-                    f"best {monitor} {_f(dict(values)[best_epoch])} at epoch {best_epoch}; "
+                    f"best {monitor} {num(dict(values)[best_epoch])} at epoch {best_epoch}; "
                     f"no improvement in the {stale} epochs after",
                     "stop earlier (train.patience) or change the LR schedule",
                 )
@@ -204,8 +201,8 @@ def _resumes(run: Run) -> list[Finding]:
                 Finding(
                     "high",
                     f"regression right after the resume at epoch {k}",
-                    f"validation accuracy {_f(before['val'].get('accuracy'))} -> "
-                    f"{_f(after['val'].get('accuracy'))}, train loss "
+                    f"validation accuracy {num(before['val'].get('accuracy'))} -> "
+                    f"{num(after['val'].get('accuracy'))}, train loss "
                     f"{before['train']['loss']:.4f} -> {after['train']['loss']:.4f} "
                     f"({loss_jump:.2f}x); recipe keys changed at the resume: {changed}",
                     "resume from a full checkpoint (optimizer, schedule, scaler, EMA) and keep the "
@@ -279,11 +276,3 @@ def _medical_gap(run: Run) -> list[Finding]:
 def _val_drop(log: list[dict[str, Any]], epoch: int) -> float:
     by_epoch = {r["epoch"]: r["val"].get("accuracy") or 0 for r in log}
     return by_epoch.get(epoch - 1, 0) - by_epoch.get(epoch, 0)
-
-
-def _f(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _e(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.2e}"

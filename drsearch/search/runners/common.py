@@ -12,11 +12,11 @@ from typing import Any, Literal, Protocol
 import optuna
 
 from drsearch.config.recipe import Recipe
+from drsearch.config.space import sample, trial_recipe
+from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
-from drsearch.objective import EpochReport, Outcome, TrialEnd, TrialTracker
-from drsearch.search_space import sample, trial_recipe
-from drsearch.storage import RETRY_OF, StudyStore
-from drsearch.study import LoadedStudy
+from drsearch.search.store import RETRY_OF, StudyStore
+from drsearch.search.trial import EpochReport, Outcome, TrialEnd, TrialTracker
 
 
 class StudyProgress(Protocol):
@@ -120,7 +120,7 @@ def _take_over_checkpoint(
         return False
     import yaml
 
-    from drsearch.train.fit import resume_changes
+    from drsearch.train.resume import resume_changes
 
     changed = resume_changes(yaml.safe_load(config.read_text()), ctx.recipe.model_dump(mode="json"))
     if changed:
@@ -174,7 +174,7 @@ def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) 
     if outcome.user_attrs.get("wall_seconds") is None:  # pruned or stopped: no end report
         outcome.user_attrs["wall_seconds"] = time.time() - ctx.started
     if store.artifacts is not None and not store.is_finished(ctx.trial_id):
-        from drsearch.annotations import annotate_trial
+        from drsearch.search.annotations import annotate_trial
 
         try:
             Path(getattr(store.artifacts, "_base_path", ".")).mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 import plotly.colors
 import plotly.graph_objects as go
 
-from drsearch import GRADES
-from drsearch.report.records import ReportRecords, TrialRow
+from drsearch.clinical import (
+    GRADES,
+    PDR_SENSITIVITY_MIN,
+    SEVERE_NPDR_SENSITIVITY_MIN,
+    SPECIFICITY_MIN,
+)
+from drsearch.fmt import num
+from drsearch.inspect.report.records import ReportRecords, TrialRow
+from drsearch.io import write_text_atomic
 
 _GRADE_LABELS = [f"{i} {name.replace('_', ' ')}" for i, name in enumerate(GRADES)]
 SECTIONS = (
@@ -114,26 +120,24 @@ def grades_figure(r: ReportRecords) -> go.Figure:
     fig = go.Figure()
     palette = plotly.colors.qualitative.Plotly
     for i, t in enumerate(r.top):
-        sens = t.attrs.get("sensitivity") or [None] * 5
-        spec = t.attrs.get("specificity") or [None] * 5
-        color = palette[i % len(palette)]
-        fig.add_bar(
-            x=[f"sens {g}" for g in _GRADE_LABELS],
-            y=sens,
-            name=f"trial {t.number}",
-            legendgroup=str(t.number),
-            marker_color=color,
-        )
-        fig.add_bar(
-            x=[f"spec {g}" for g in _GRADE_LABELS],
-            y=spec,
-            name=f"trial {t.number}",
-            legendgroup=str(t.number),
-            showlegend=False,
-            marker_color=color,
-        )
-    for y, label in ((0.90, "0.90: severe NPDR sens., every spec."), (0.95, "0.95: PDR sens.")):
-        fig.add_hline(y=y, line_dash="dash", annotation_text=label)
+        for short, key in (("sens", "sensitivity"), ("spec", "specificity")):
+            fig.add_bar(
+                x=[f"{short} {g}" for g in _GRADE_LABELS],
+                y=t.attrs.get(key) or [None] * 5,
+                name=f"trial {t.number}",
+                legendgroup=str(t.number),
+                showlegend=short == "sens",
+                marker_color=palette[i % len(palette)],
+            )
+    lines: dict[float, list[str]] = {}
+    for y, what in (
+        (SEVERE_NPDR_SENSITIVITY_MIN, "severe NPDR sens."),
+        (SPECIFICITY_MIN, "every spec."),
+        (PDR_SENSITIVITY_MIN, "PDR sens."),
+    ):
+        lines.setdefault(y, []).append(what)
+    for y, whats in lines.items():
+        fig.add_hline(y=y, line_dash="dash", annotation_text=f"{y:.2f}: {', '.join(whats)}")
     fig.update_layout(barmode="group", yaxis_range=[0, 1.05])
     return _layout(
         fig,
@@ -214,11 +218,8 @@ def write_report(r: ReportRecords, out_dir: Path) -> Path:
         parts.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>{body}</section>")
     parts.append(_checklist_html(r))
     parts.append(_compute_html(r))
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(_page(r, "\n".join(parts)))
-    tmp.replace(path)
+    write_text_atomic(path, _page(r, "\n".join(parts)))
     return path
 
 
@@ -227,8 +228,8 @@ def _checklist_html(r: ReportRecords) -> str:
         return "<section id='checklist'><h2>Medical-grade checklist</h2><p>No trial.</p></section>"
     rows = "".join(
         f"<tr class='{'pass' if c.passed else 'fail'}'><td>{html.escape(c.name)}</td>"
-        f"<td>{_fmt(c.observed)}</td><td>{html.escape(c.threshold)}</td>"
-        f"<td>{_fmt(c.wilson_lower)}</td><td>{'PASS' if c.passed else 'FAIL'}</td>"
+        f"<td>{num(c.observed)}</td><td>{html.escape(c.threshold)}</td>"
+        f"<td>{num(c.wilson_lower)}</td><td>{'PASS' if c.passed else 'FAIL'}</td>"
         f"<td>{html.escape(c.detail)}</td></tr>"
         for c in r.checklist
     )
@@ -261,10 +262,6 @@ def _compute_html(r: ReportRecords) -> str:
     ]
     body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
     return f"<section id='compute'><h2>Compute spent</h2><table>{body}</table></section>"
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _best_line(r: ReportRecords) -> str:

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from drsearch.objective import EpochReport, TrialEnd, from_message
-from drsearch.runners.common import (
+from drsearch.config.study import LoadedStudy
+from drsearch.search.runners.common import (
     StudyProgress,
     TrialContext,
     after_epoch,
@@ -31,8 +31,8 @@ from drsearch.runners.common import (
     start_trial,
     study_runs,
 )
-from drsearch.storage import StudyStore
-from drsearch.study import LoadedStudy
+from drsearch.search.store import StudyStore
+from drsearch.search.trial import EpochReport, TrialEnd, from_message
 
 RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",  # otherwise Ray writes a token into the home folder
@@ -81,7 +81,8 @@ def _trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     from drsearch.config.recipe import Recipe
-    from drsearch.objective import execute_trial, to_message
+    from drsearch.search.trial import to_message
+    from drsearch.search.worker import execute_trial
 
     node = ray.get_runtime_context().get_node_id()
     recipe = Recipe.model_validate(config["recipe"])

@@ -7,9 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-
-def _fmt(value: Any) -> str:
-    return "  n/a" if value is None else f"{value:.3f}"
+from drsearch.fmt import num
 
 
 class RichTrainProgress:
@@ -60,8 +58,9 @@ class RichTrainProgress:
         lrs = " ".join(f"{name} {value:.2e}" for name, value in lr.items())
         self.console.print(
             f"epoch {record['epoch']:>3} train loss {train['loss']:.3f}"
-            f" acc {train['accuracy']:.3f} | val acc {_fmt(val['accuracy'])} qwk {_fmt(val['qwk'])}"
-            f" sens3 {_fmt(sens[3])} sens4 {_fmt(sens[4])} | lr {lrs}"
+            f" acc {train['accuracy']:.3f} | val acc {num(val['accuracy']).rjust(5)}"
+            f" qwk {num(val['qwk']).rjust(5)}"
+            f" sens3 {num(sens[3]).rjust(5)} sens4 {num(sens[4]).rjust(5)} | lr {lrs}"
             f" | {record['epoch_seconds']:.1f}s"
         )
 
@@ -69,7 +68,7 @@ class RichTrainProgress:
 class RichStudyProgress:
     """Live view of a study: finished / pruned / failed / running and the best value so far.
 
-    Implements ``drsearch.runners.common.StudyProgress``; one line is printed per finished
+    Implements ``drsearch.search.runners.common.StudyProgress``; one line is printed per finished
     trial so the history stays on screen.
     """
 
@@ -121,7 +120,7 @@ class RichStudyProgress:
             if self.best is None or outcome.value > self.best[0]:
                 self.best = (outcome.value, number)
             detail = (
-                f"value {outcome.value:.4f} (accuracy {_fmt(attrs.get('accuracy'))}, "
+                f"value {outcome.value:.4f} (accuracy {num(attrs.get('accuracy')).rjust(5)}, "
                 f"{'feasible' if attrs.get('feasible') else 'infeasible'})"
             )
         elif outcome.state == "PRUNED":

@@ -76,11 +76,6 @@ def eval_batches(split: Split, batch_size: int, workers: int) -> DataLoader:
     return _loader(_Batches(split, batches, None, [0] * len(batches)), workers)
 
 
-def train_batch_count(n_train: int, batch_size: int) -> int:
-    """Batches per training epoch (full batches only; at least one)."""
-    return max(1, n_train // batch_size)
-
-
 def _loader(dataset: _Batches, workers: int) -> DataLoader:
     return DataLoader(
         dataset,

@@ -1,14 +1,11 @@
 """A study -> plain records for the report (no plotly here, so this is tested on its own).
 
-The medical-grade checklist uses fixed clinical thresholds, independent of the study's own
-constraints: overall accuracy >= 0.90, severe NPDR sensitivity >= 0.90, PDR sensitivity
->= 0.95, every per-grade specificity > 0.90, and stable convergence (validation accuracy over
-the last ``STABLE_EPOCHS`` epochs varies by less than 5 points).
+The medical-grade checklist (``drsearch.clinical``) is judged on the best trial, with fixed
+clinical thresholds independent of the study's own constraints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +14,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from drsearch.study import LoadedStudy
-from drsearch.train.metrics import wilson_lower
-
-STABLE_EPOCHS = 3
-THRESHOLDS = {
-    "accuracy": 0.90,
-    "sensitivity_severe_npdr": 0.90,
-    "sensitivity_pdr": 0.95,
-    "specificity": 0.90,
-    "stability_points": 5.0,
-}
+from drsearch.clinical import CheckItem, checklist
+from drsearch.config.study import LoadedStudy
+from drsearch.io import read_jsonl
 
 
 @dataclass
@@ -41,16 +30,6 @@ class TrialRow:
     epochs: int
     feasible: bool | None
     attrs: dict[str, Any]
-
-
-@dataclass
-class CheckItem:
-    name: str
-    observed: float | None
-    threshold: str
-    passed: bool
-    wilson_lower: float | None = None
-    detail: str = ""
 
 
 @dataclass
@@ -114,7 +93,7 @@ def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
         best_feasible=best_feasible,
         best_curve=[(r["epoch"], r["train"]["accuracy"], r["val"]["accuracy"]) for r in best_log],
         best_lr=_lr_points(best_log),
-        checklist=checklist(best, best_log) if best else [],
+        checklist=checklist(best.attrs, best_log) if best else [],
         compute=_compute(rows, loaded),
         notes=_notes(rows, best, best_feasible),
     )
@@ -180,7 +159,7 @@ def _run_log(row: TrialRow | None) -> list[dict[str, Any]]:
     log = Path(str(row.attrs["run_dir"])) / "metrics.jsonl"
     if not log.is_file():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return read_jsonl(log)
 
 
 def _lr_points(log: list[dict[str, Any]]) -> list[LrPoint]:
@@ -190,83 +169,6 @@ def _lr_points(log: list[dict[str, Any]]) -> list[LrPoint]:
             for group, lr in (record.get(key) or {}).items():
                 points.append(LrPoint(record["epoch"], group, float(lr), where))
     return points
-
-
-def checklist(best: TrialRow, log: list[dict[str, Any]]) -> list[CheckItem]:
-    """The medical-grade checklist of one trial (module docstring)."""
-    a = best.attrs
-    support = a.get("support") or []
-    n = int(sum(support)) if support else 0
-    lower = a.get("sensitivity_wilson_lower") or [None] * 5
-    acc = a.get("accuracy")
-    items = [
-        CheckItem(
-            "overall accuracy",
-            acc,
-            ">= 0.90",
-            _ge(acc, 0.90),
-            wilson_lower(round(acc * n), n) if acc is not None and n else None,
-            f"{n} validation images",
-        ),
-        _sensitivity_item("severe NPDR sensitivity (grade 3)", a, 3, 0.90, lower),
-        _sensitivity_item("PDR sensitivity (grade 4)", a, 4, 0.95, lower),
-    ]
-    spec = [s for s in a.get("specificity") or [] if s is not None]
-    worst = min(spec) if spec else None
-    items.append(
-        CheckItem(
-            "every per-grade specificity",
-            worst,
-            "> 0.90",
-            worst is not None and worst > 0.90,
-            detail="lowest: grade " + str((a.get("specificity") or []).index(worst))
-            if spec
-            else "",
-        )
-    )
-    items.append(_stability(log))
-    return items
-
-
-def _sensitivity_item(
-    name: str, a: dict[str, Any], grade: int, threshold: float, lower: list[Any]
-) -> CheckItem:
-    sens = (a.get("sensitivity") or [None] * 5)[grade]
-    support = (a.get("support") or [0] * 5)[grade]
-    return CheckItem(
-        name,
-        sens,
-        f">= {threshold:.2f}",
-        _ge(sens, threshold),
-        lower[grade],
-        f"{support} validation images of grade {grade}",
-    )
-
-
-def _stability(log: list[dict[str, Any]]) -> CheckItem:
-    accs = [
-        r["val"]["accuracy"] for r in log[-STABLE_EPOCHS:] if r["val"].get("accuracy") is not None
-    ]
-    if len(accs) < 2:
-        return CheckItem(
-            "stable convergence",
-            None,
-            "< 5 points over the last epochs",
-            False,
-            detail="not enough epochs logged",
-        )
-    spread = (max(accs) - min(accs)) * 100
-    return CheckItem(
-        "stable convergence",
-        spread,
-        f"< 5 points over the last {len(accs)} epochs",
-        spread < THRESHOLDS["stability_points"],
-        detail="validation accuracy " + ", ".join(f"{x:.3f}" for x in accs),
-    )
-
-
-def _ge(value: float | None, threshold: float) -> bool:
-    return value is not None and value >= threshold
 
 
 def _compute(rows: list[TrialRow], loaded: LoadedStudy) -> Compute:

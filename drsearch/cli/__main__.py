@@ -1,0 +1,5 @@
+"""``python -m drsearch.cli``."""
+
+from drsearch.cli import main
+
+main()

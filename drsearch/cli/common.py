@@ -1,0 +1,92 @@
+"""What every command shares: the group, one-line errors (exit code 2) and common options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from drsearch.errors import DrsearchError
+
+
+class UserError(click.ClickException):
+    """A user mistake, shown as one ``Error: ...`` line with exit code 2."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns every ``DrsearchError`` into a one-line error instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DrsearchError as exc:
+            raise UserError(str(exc)) from None
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    from drsearch.config import parse_scalar
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {pair!r}")
+        out[key.strip()] = parse_scalar(value, key.strip())
+    return out
+
+
+_recipe_arg = click.argument(
+    "recipe", type=click.Path(path_type=Path, dir_okay=False), metavar="RECIPE.yaml"
+)
+
+
+_set_opt = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. --set optim.lr=3e-4 (repeatable).",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="drsearch")
+def cli() -> None:
+    """drsearch: train and tune diabetic-retinopathy graders (ICDR grades 0-4)."""
+
+
+def _smoke_options(command: Any) -> Any:
+    """``--smoke`` and ``--run-root`` for commands that open a study's results."""
+    command = click.option(
+        "--smoke", is_flag=True, help="Open the study's smoke version (<run_root>/smoke/)."
+    )(command)
+    return click.option(
+        "--run-root", type=click.Path(path_type=Path, file_okay=False), help="Override run_root."
+    )(command)
+
+
+def _open_study(
+    study: Path,
+    storage: str | None,
+    run_root: Path | None,
+    smoke: bool,
+    overrides: dict[str, Any] | None = None,
+    use_gpu: bool = False,
+) -> Any:
+    """The study file with CLI overrides; with ``smoke``, its smoke version."""
+    from drsearch.config.study import load_study
+
+    if smoke and storage:
+        raise UserError("--smoke keeps its own SQLite file under <run_root>/smoke/; drop --storage")
+    loaded = load_study(
+        study,
+        {**(overrides or {}), "storage": storage, "run_root": str(run_root) if run_root else None},
+    )
+    if smoke:
+        from drsearch.search.smoke import smoke_study
+
+        loaded = smoke_study(loaded, use_gpu=use_gpu)
+    return loaded

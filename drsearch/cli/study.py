@@ -1,0 +1,196 @@
+"""Commands that run a study or take a trial out of it: ``run``, ``check``, ``export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from drsearch.cli.common import UserError, _open_study, _smoke_options, cli
+from drsearch.fmt import short
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    help="Override budget.n_trials (with --smoke: smoke.n_trials).",
+)
+@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: SQLite file).")
+@click.option(
+    "--executor",
+    type=click.Choice(["ray", "local"]),
+    help="ray (default): Ray Tune with ASHA; local: in-process, for debugging.",
+)
+@click.option(
+    "--max-concurrent", type=click.IntRange(min=1), help="Override resources.max_concurrent."
+)
+@click.option("--study-name", help="Override the study name.")
+@click.option("--ray-address", help="Join an existing Ray cluster (e.g. 10.0.0.1:6379).")
+@click.option(
+    "--run-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Override run_root (trial folders and the default SQLite file).",
+)
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="Wiring check: tiny model, a few synthetic images, 2 epochs, 2 trials, same code "
+    "paths; in <run_root>/smoke/, replaced each time.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Run failed and interrupted trials again with the same parameters, continuing from "
+    "their checkpoints when the recipe is unchanged.",
+)
+@click.option("--quiet", is_flag=True, help="No live progress view.")
+def run(
+    study: Path,
+    n_trials: int | None,
+    storage: str | None,
+    executor: str | None,
+    max_concurrent: int | None,
+    study_name: str | None,
+    ray_address: str | None,
+    run_root: Path | None,
+    smoke: bool,
+    retry_failed: bool,
+    quiet: bool,
+) -> None:
+    """Run (or continue) a study until its budget is spent.
+
+    The budget (budget.n_trials, or --n-trials) is stored with the study: several runners
+    started on one study together run exactly that many trials.
+    """
+    import torch
+
+    from drsearch.search.runners import run_study
+
+    overrides = {
+        "smoke.n_trials" if smoke else "budget.n_trials": n_trials,
+        "executor": executor,
+        "resources.max_concurrent": max_concurrent,
+        "name": study_name,
+        "ray.address": ray_address,
+    }
+    use_gpu = smoke and torch.cuda.is_available()
+    loaded = _open_study(study, storage, run_root, smoke, overrides, use_gpu)
+    if smoke:
+        from drsearch.search.smoke import reset_smoke
+
+        click.echo(reset_smoke(loaded), err=True)
+    if quiet:
+        summary = run_study(loaded, retry_failed=retry_failed)
+    else:
+        from drsearch.cli.progress import RichStudyProgress
+
+        with RichStudyProgress(loaded.config.budget.n_trials) as progress:
+            summary = run_study(loaded, progress, retry_failed=retry_failed)
+    _print_summary(summary)
+    if summary.counts.counted and summary.counts.counted == summary.counts.failed:
+        raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
+
+
+_samples_opt = click.option(
+    "--samples", default=20, show_default=True, type=click.IntRange(1, 10_000),
+    help="How many configurations of the search space to draw and validate.",
+)  # fmt: skip
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@_samples_opt
+def check(study: Path, samples: int) -> None:
+    """Check a study before paying for it: the study file, its recipe and search space, the
+    data and weights it names, and a sample of the configurations it will try. Writes nothing.
+    """
+    from drsearch.config.study import load_study
+    from drsearch.search.checks import check_inputs, sample_problems
+
+    loaded = load_study(study)
+    check_inputs(loaded, generate=False)
+    problems = sample_problems(loaded, samples)
+    if problems:
+        raise UserError(
+            f"{len(problems)} of {samples} sampled configurations are impossible recipes; "
+            f"first: {problems[0]}"
+        )
+    cfg, r = loaded.config, loaded.recipe
+    click.echo(
+        f"{study}: study {cfg.name} OK - {r.model.name}, {len(loaded.space)} searched keys, "
+        f"{samples} sampled configurations all valid; budget {cfg.budget.n_trials} trials of "
+        f"up to {loaded.max_epochs} epochs, {cfg.executor} executor"
+    )
+
+
+def _print_summary(s: Any) -> None:
+    c = s.counts
+    click.echo(
+        f"study {s.name} ({s.storage}): {c.counted}/{s.n_trials} trials counted - "
+        f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
+        + (f", {c.interrupted} interrupted (not counted)" if c.interrupted else "")
+    )
+    if s.reaped:
+        click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")
+    if s.retried:
+        click.echo(f"queued again (--retry-failed): trials {', '.join(map(str, s.retried))}")
+    if s.waiting:
+        click.echo(
+            f"queued but not started, the budget of {s.n_trials} being spent: trials "
+            f"{', '.join(map(str, s.waiting))}; raise it with --n-trials to run them"
+        )
+    if not s.started_trials and c.failed and c.counted >= s.n_trials:
+        click.echo(
+            f"nothing to run: the budget of {s.n_trials} trials is spent and {c.failed} of them "
+            "failed; run them again with --retry-failed, or raise the budget with --n-trials"
+        )
+    for group in s.duplicates:
+        click.echo(
+            f"Warning: trials {', '.join(map(str, group))} ran the same parameters", err=True
+        )
+    if s.runs_dir is not None:
+        click.echo(f"trial run folders: {s.runs_dir}")
+    if s.started_trials:
+        click.echo(
+            f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "
+            f"trials' own time {s.trial_seconds:.1f}s"
+        )
+    if s.best is not None:
+        kind = "feasible" if s.best_feasible else "no trial is feasible; best infeasible"
+        params = ", ".join(f"{k}={short(v)}" for k, v in s.best.params.items())
+        click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--trial",
+    "which",
+    default="best",
+    show_default=True,
+    help="'best' (the best feasible trial) or a trial number.",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml.",
+)
+@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+@_smoke_options
+def export(
+    study: Path, which: str, out: Path, storage: str | None, run_root: Path | None, smoke: bool
+) -> None:
+    """Write a trial as a pinned training recipe that `drsearch train` retrains exactly."""
+    from drsearch.search.export import pinned_recipe, select_trial, write_pinned
+
+    loaded = _open_study(study, storage, run_root, smoke)
+    trial = select_trial(loaded, which)
+    recipe = pinned_recipe(loaded, trial)
+    write_pinned(recipe, out)
+    value = "n/a" if trial.value is None else f"{trial.value:.4f}"
+    click.echo(f"trial {trial.number} ({trial.state.name}, value {value}) -> {out}")

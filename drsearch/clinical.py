@@ -1,0 +1,136 @@
+"""The medical rules, in one place: grades, the thresholds a DR grader is held to, and the
+medical-grade checklist.
+
+The ICDR grades are 0 none, 1 mild, 2 moderate, 3 severe NPDR and 4 PDR. A study's default
+constraints and the report's checklist use the same thresholds: severe NPDR sensitivity
+>= 0.90, PDR sensitivity >= 0.95, every per-grade specificity >= 0.90 (> 0.90 in the
+checklist), overall accuracy >= 0.90, and validation accuracy varying by less than 5 points
+over the last 3 epochs; each with its Wilson 95% lower bound where it is a proportion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+GRADES = ("none", "mild", "moderate", "severe_npdr", "pdr")
+NUM_CLASSES = len(GRADES)
+
+ACCURACY_MIN = 0.90
+SEVERE_NPDR_SENSITIVITY_MIN = 0.90
+PDR_SENSITIVITY_MIN = 0.95
+SPECIFICITY_MIN = 0.90
+#: Validation accuracy may vary by less than this many points over the last epochs.
+STABILITY_POINTS = 5.0
+STABLE_EPOCHS = 3
+#: ``diagnose`` flags a severe grade whose sensitivity lies this far below overall accuracy.
+MEDICAL_GAP = 0.30
+
+#: A study's constraints when its file names none: ``(metric, min)``.
+DEFAULT_CONSTRAINTS = (
+    ("sensitivity_severe_npdr", SEVERE_NPDR_SENSITIVITY_MIN),
+    ("sensitivity_pdr", PDR_SENSITIVITY_MIN),
+    ("min_specificity", SPECIFICITY_MIN),
+)
+
+#: z for a two-sided 95% interval.
+Z95 = 1.959963984540054
+
+
+def wilson_lower(successes: int, n: int, z: float = Z95) -> float | None:
+    """Lower end of the Wilson score interval for a proportion (95% by default)."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - margin) / (1 + z * z / n)
+
+
+@dataclass
+class CheckItem:
+    name: str
+    observed: float | None
+    threshold: str
+    passed: bool
+    wilson_lower: float | None = None
+    detail: str = ""
+
+
+def checklist(a: dict[str, Any], log: list[dict[str, Any]]) -> list[CheckItem]:
+    """The medical-grade checklist of a trial's best-epoch metrics ``a`` and its epoch log."""
+    support = a.get("support") or []
+    n = int(sum(support)) if support else 0
+    lower = a.get("sensitivity_wilson_lower") or [None] * 5
+    acc = a.get("accuracy")
+    items = [
+        CheckItem(
+            "overall accuracy",
+            acc,
+            f">= {ACCURACY_MIN:.2f}",
+            _ge(acc, ACCURACY_MIN),
+            wilson_lower(round(acc * n), n) if acc is not None and n else None,
+            f"{n} validation images",
+        ),
+        _sensitivity_item(
+            "severe NPDR sensitivity (grade 3)", a, 3, SEVERE_NPDR_SENSITIVITY_MIN, lower
+        ),
+        _sensitivity_item("PDR sensitivity (grade 4)", a, 4, PDR_SENSITIVITY_MIN, lower),
+    ]
+    spec = [s for s in a.get("specificity") or [] if s is not None]
+    worst = min(spec) if spec else None
+    items.append(
+        CheckItem(
+            "every per-grade specificity",
+            worst,
+            f"> {SPECIFICITY_MIN:.2f}",
+            worst is not None and worst > SPECIFICITY_MIN,
+            detail="lowest: grade " + str((a.get("specificity") or []).index(worst))
+            if spec
+            else "",
+        )
+    )
+    items.append(_stability(log))
+    return items
+
+
+def _sensitivity_item(
+    name: str, a: dict[str, Any], grade: int, threshold: float, lower: list[Any]
+) -> CheckItem:
+    sens = (a.get("sensitivity") or [None] * 5)[grade]
+    support = (a.get("support") or [0] * 5)[grade]
+    return CheckItem(
+        name,
+        sens,
+        f">= {threshold:.2f}",
+        _ge(sens, threshold),
+        lower[grade],
+        f"{support} validation images of grade {grade}",
+    )
+
+
+def _stability(log: list[dict[str, Any]]) -> CheckItem:
+    accs = [
+        r["val"]["accuracy"] for r in log[-STABLE_EPOCHS:] if r["val"].get("accuracy") is not None
+    ]
+    if len(accs) < 2:
+        return CheckItem(
+            "stable convergence",
+            None,
+            f"< {STABILITY_POINTS:g} points over the last epochs",
+            False,
+            detail="not enough epochs logged",
+        )
+    spread = (max(accs) - min(accs)) * 100
+    return CheckItem(
+        "stable convergence",
+        spread,
+        f"< {STABILITY_POINTS:g} points over the last {len(accs)} epochs",
+        spread < STABILITY_POINTS,
+        detail="validation accuracy " + ", ".join(f"{x:.3f}" for x in accs),
+    )
+
+
+def _ge(value: float | None, threshold: float) -> bool:
+    return value is not None and value >= threshold

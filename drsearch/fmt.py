@@ -1,0 +1,20 @@
+"""One way to show a number: metrics to three decimals, "n/a" where undefined."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def num(value: Any, digits: int = 3) -> str:
+    """A metric or other float: ``0.912``; ``n/a`` for an undefined (``None``) value."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def short(value: Any) -> str:
+    """A parameter value in a line of text: floats to 4 significant digits, the rest as is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def sci(value: Any, digits: int = 3) -> str:
+    """A learning rate or other tiny number: ``3.000e-04``; ``n/a`` when undefined."""
+    return "n/a" if value is None else f"{value:.{digits}e}"

@@ -1,0 +1,122 @@
+"""Samplers and the pruner of a study.
+
+A seeded sampler is rebuilt before every trial with a seed derived from the study seed and
+the trial number (``TrialSeededSampler``): reproducible, and never repeated by a restart or a
+second runner. ASHA is Optuna's ``SuccessiveHalvingPruner`` for both executors."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from drsearch.config.study import StudyConfig
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: fixed by the study seed and the trial alone."""
+    digest = hashlib.sha256(f"drsearch-sampler:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class TrialSeededSampler(BaseSampler):
+    """A sampler rebuilt before every trial with a seed derived from the study seed and the
+    trial number.
+
+    A seeded study stays reproducible (trial ``n`` always draws from the same stream), and a
+    continued study or a second runner never replays an earlier trial's draws, as rebuilding
+    one sampler with the study seed in every process would. The samplers drsearch uses keep
+    their state in the study (TPE, GP and random read the history each time; CMA-ES stores
+    its optimizer in trial attributes), so a fresh instance per trial loses nothing.
+    """
+
+    def __init__(self, factory: Callable[[int | None], BaseSampler], seed: int | None) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._inner = factory(None if seed is None else trial_seed(seed, -1))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._seed is not None:
+            self._inner = self._factory(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(config: StudyConfig) -> BaseSampler:
+    """The study's sampler, seeded per trial (``TrialSeededSampler``). TPE runs with
+    ``constant_liar``: trials running in other workers or runners count as bad results, so
+    concurrent trials are not proposed next to each other."""
+    s = config.sampler
+
+    def build(seed: int | None) -> BaseSampler:
+        if s.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s.name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+        if s.name == "cmaes":
+            return optuna.samplers.CmaEsSampler(
+                seed=seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False
+            )
+        with warnings.catch_warnings():  # multivariate/group are "experimental" since 2.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=s.n_startup_trials,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+            )
+
+    return TrialSeededSampler(build, s.seed)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """ASHA as Optuna implements it (``SuccessiveHalvingPruner``), for both executors.
+
+    Its rungs are stored with the trials, so they survive a restart and are shared by every
+    runner of the study; ``drsearch.search.runners.common.after_epoch`` asks it after each epoch.
+    """
+    p = config.pruner
+    if not p.enabled:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=p.grace_period,
+        reduction_factor=p.reduction_factor,
+        min_early_stopping_rate=0,
+    )
