@@ -126,7 +126,7 @@ class ReportConfig(Section):
 
 
 class SmokeConfig(Section):
-    """How ``drsearch run --smoke`` shrinks the study into a wiring check (drsearch/search/smoke.py)."""
+    """How ``drsearch run --smoke`` shrinks the study into a wiring check (search/smoke.py)."""
 
     n_images: int = Field(60, ge=20, le=5000)
     epochs: int | None = Field(None, ge=1, le=100)  # default: 2, or one per resize phase

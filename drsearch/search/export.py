@@ -12,9 +12,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.loading import load_recipe, recipe_to_yaml, with_relative_paths
@@ -156,7 +154,3 @@ def drift(recipe: Recipe) -> list[str]:
                 f"({current[key][:12]} != {pinned_value[:12]})"
             )
     return found
-
-
-def provenance_summary(recipe: Recipe) -> dict[str, Any]:
-    return yaml.safe_load(yaml.safe_dump(recipe.pinned.provenance)) if recipe.pinned else {}
