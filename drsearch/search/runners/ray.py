@@ -85,7 +85,7 @@ def _trainable(config: dict[str, Any]) -> None:
     from drsearch.search.worker import execute_trial
 
     node = ray.get_runtime_context().get_node_id()
-    recipe = Recipe.model_validate(config["recipe"])
+    recipe: Recipe = config["recipe"]
     run_dir = Path(config["run_dir"])
     # a Ray retry after a worker crash continues from the trial's own checkpoint
     resume = config["resume"] or (run_dir / "checkpoints" / "last.pt").is_file()
@@ -131,7 +131,7 @@ def _classes() -> tuple[type, type]:
                 self.active[trial_id] = ctx
                 return {
                     "trial_number": ctx.number,
-                    "recipe": ctx.recipe.model_dump(mode="json"),
+                    "recipe": ctx.recipe,  # the validated object itself: parsed once
                     "run_dir": str(ctx.run_dir),
                     "pruning_metric": self.loaded.config.pruner.metric,
                     "resume": ctx.resume,
