@@ -44,11 +44,11 @@ def test_study_runs_across_two_ray_nodes(tmp_path: Path, tiny_dataset: Path) -> 
         tiny_dataset,
         "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n",
         executor="ray",
-        budget={"n_trials": 4},
+        budget={"n_trials": 2},
         pruner={"enabled": False},
         resources={"cpus_per_trial": 1, "max_concurrent": 2},
         ray={"reuse_actors": False},
-        recipe_overrides={"train.epochs": 3},
+        recipe_overrides={"train.epochs": 2},
     )
     storage = f"sqlite:///{(tmp_path / 'runs' / 'tiny.db').resolve()}"
     out = subprocess.run(
@@ -59,6 +59,6 @@ def test_study_runs_across_two_ray_nodes(tmp_path: Path, tiny_dataset: Path) -> 
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [state for state, _ in rows] == ["COMPLETE"] * 4
+    assert [state for state, _ in rows] == ["COMPLETE"] * 2
     nodes = {node for _, node in rows}
     assert len(nodes) == 2, nodes  # one CPU per node: concurrent trials need both nodes

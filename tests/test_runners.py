@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -159,58 +154,6 @@ def test_both_executors_give_the_same_trial_records(
         ]
     assert records["local"] == records["ray"]
     assert len(records["local"]) == 2
-
-
-def test_rerun_after_kill_9_continues_to_exactly_the_budget(
-    tmp_path: Path, tiny_dataset: Path
-) -> None:
-    path = write_tiny_study(
-        tmp_path,
-        tiny_dataset,
-        LR_SPACE,
-        budget={"n_trials": 3},
-        pruner={"enabled": False},
-        recipe_overrides={"train.epochs": 8},  # a wide window to kill trial 1 in
-    )
-    log = (tmp_path / "runner.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ),
-    )
-    url = load_study(path).config.storage_url()
-    deadline = time.time() + 240
-    killed_during, study = None, None
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        try:
-            study = study or optuna.load_study(study_name="tiny", storage=make_storage(url))
-            current = study.get_trials(deepcopy=False)
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            continue
-        done = [t for t in current if t.state == TrialState.COMPLETE]
-        running = [t for t in current if t.state == TrialState.RUNNING and t.intermediate_values]
-        if done and running:
-            killed_during = running[0].number
-            break
-    log.close()
-    assert killed_during is not None, (
-        "never saw a finished trial next to a running one; runner exit "
-        f"{proc.poll()}, output: {(tmp_path / 'runner.log').read_text()[-2000:]}"
-    )
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    summary = run_study(load_study(path))
-    final = trials(path)
-    assert summary.reaped == [killed_during]
-    assert summary.counts.counted == 3 and summary.counts.interrupted == 1
-    assert final[killed_during].state == TrialState.FAIL
-    assert final[killed_during].user_attrs["fail_reason"] == "interrupted"
-    assert final[killed_during].intermediate_values  # what it had recorded is kept
-    assert [t.state for t in final].count(TrialState.COMPLETE) == 3
-    again = run_study(load_study(path))  # nothing left to do
-    assert again.started_trials == 0 and again.counts.counted == 3
 
 
 def test_cli_run_prints_a_summary_and_continues_to_a_larger_budget(

@@ -115,8 +115,8 @@ def test_smoke_study_runs_end_to_end_on_ray(
             assert params["lora"] > 0 and params["trainable"] < params["total"] / 5
         if name == "fixres_progressive" and t.state == TrialState.COMPLETE:
             assert [e["image_size"] for e in epochs] == [64, 88, 96]
-    # a second --smoke starts from scratch instead of finding the budget spent
-    assert len(_smoke(name, tmp_path)) == 2
+    if name == "effb2":  # a second --smoke starts from scratch, not with its budget spent
+        assert len(_smoke(name, tmp_path)) == 2
 
 
 def test_smoke_refuses_a_storage(at_root: None, tmp_path: Path) -> None:

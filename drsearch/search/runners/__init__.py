@@ -12,9 +12,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import LoadedStudy
+from drsearch.io import owned_dir
+from drsearch.search.annotations import annotate_study, artifact_store
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
-from drsearch.search.runners.common import SilentProgress, StudyProgress
+from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
 from drsearch.search.store import INTERRUPTED, RETRY_OF, Counts, StudyStore
 
 
@@ -57,18 +59,7 @@ def run_study(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = loaded.config
     check_inputs(loaded)
-    store = StudyStore(cfg)
-    from drsearch.io import owned_dir
-    from drsearch.search.runners.common import study_runs
-
-    owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
-    owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
-    _describe(store.study, loaded)
-    from drsearch.search.annotations import annotate_study, artifact_store
-
-    annotate_study(store.study, loaded)
-    store.artifacts = artifact_store(loaded)
-    store.set_budget(cfg.budget.n_trials)
+    store = _open(loaded)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
@@ -118,6 +109,20 @@ def duplicate_params(trials: list[FrozenTrial]) -> list[list[int]]:
         key = json.dumps(t.params, sort_keys=True, default=str)
         groups.setdefault(key, []).append(t.number)
     return [numbers for numbers in groups.values() if len(numbers) > 1]
+
+
+def _open(loaded: LoadedStudy) -> StudyStore:
+    """The study's store, its folders (inside the run root, marked as drsearch's), its
+    definition and dashboard note, its artifact store and its budget."""
+    cfg = loaded.config
+    store = StudyStore(cfg)
+    owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
+    owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
+    _describe(store.study, loaded)
+    annotate_study(store.study, loaded)
+    store.artifacts = artifact_store(loaded)
+    store.set_budget(cfg.budget.n_trials)
+    return store
 
 
 def _describe(study: optuna.Study, loaded: LoadedStudy) -> None:
