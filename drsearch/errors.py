@@ -21,3 +21,8 @@ class TrainingError(DrsearchError):
 
 class NonFiniteLossError(TrainingError):
     """The training loss became NaN or infinite."""
+
+
+class StudyInterrupted(Exception):  # noqa: N818 - not an error: the user stopped the run
+    """Ctrl-C during ``drsearch run``: the message says what stopped and how to continue;
+    the CLI prints it and exits with code 130."""

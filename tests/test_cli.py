@@ -244,3 +244,93 @@ def test_a_damaged_or_crafted_checkpoint_is_refused_in_one_line(
     crafted = runner.invoke(cli, ["train", str(path), "--out", str(out), "--resume", "--quiet"])
     assert crafted.exit_code == 2 and "never unpickles code" in crafted.output
     assert not marker.exists()
+
+
+@pytest.mark.e2e
+def test_study_commands_a_newcomer_meets(
+    runner: CliRunner, tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run (with --set and a storage from the environment) prints where to look next; trials,
+    best and diagnose --trial best find what it ran; --debug shows the traceback."""
+    from tests.conftest import write_tiny_study
+
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        space,
+        objective={"metric": "accuracy", "constraints": []},
+        pruner={"enabled": False},
+    )
+    db = tmp_path / "elsewhere" / "tiny.db"
+    monkeypatch.setenv("DRSEARCH_STORAGE", f"sqlite:///{db}")
+    ran = runner.invoke(cli, ["run", str(path), "--quiet", "--set", "train.epochs=1",
+                              "--set", "schedule.warmup_epochs=0"])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    assert db.is_file() and not (tmp_path / "runs" / "tiny.db").exists()
+    assert "study wall time:" in ran.output and "next steps:" in ran.output
+    assert f"drsearch report {path}" in ran.output and f"drsearch trials {path}" in ran.output
+    assert f"drsearch export {path} -o recipes/tiny-best.yaml" in ran.output
+
+    table = runner.invoke(cli, ["trials", str(path), "--sort", "value"])
+    assert table.exit_code == 0 and "study tiny: 2 trials" in table.output
+    listed = json.loads(runner.invoke(cli, ["trials", str(path), "--format", "json"]).output)
+    assert [t["number"] for t in listed] == [0, 1]
+    assert all(t["state"] == "COMPLETE" and t["epochs"] == 1 for t in listed)  # --set applied
+    top = max(listed, key=lambda t: t["value"])
+    best = runner.invoke(cli, ["best", str(path)])
+    assert best.exit_code == 0 and f"trial {top['number']}, value {top['value']:.4f}" in best.output
+    diagnosed = runner.invoke(cli, ["diagnose", str(path), "--trial", "best"])
+    assert diagnosed.exit_code == 0 and "evidence:" in diagnosed.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: -1}\n")
+    plain = runner.invoke(cli, ["train", str(bad)])
+    assert plain.exit_code == 2 and plain.exception.__class__ is SystemExit
+    debug = runner.invoke(cli, ["--debug", "train", str(bad)])
+    assert type(debug.exception).__name__ == "ConfigError"  # the traceback is shown
+    monkeypatch.setenv("DRSEARCH_DEBUG", "1")
+    assert type(runner.invoke(cli, ["train", str(bad)]).exception).__name__ == "ConfigError"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    import optuna
+
+    from drsearch.config.study import load_study
+    from drsearch.search.database import make_storage
+    from tests.conftest import write_tiny_study
+
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n",
+        budget={"n_trials": 3},
+        pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 8},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = load_study(path).config.storage_url()
+    deadline, running = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None and not running:
+        time.sleep(0.1)
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        running = [t.number for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
+    assert running, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"Interrupted: study tiny: trial(s) {running[0]} marked interrupted" in err
+    assert "--retry-failed" in err and "Traceback" not in err
+    trial = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials[running[0]]
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"

@@ -76,7 +76,7 @@ def test_report_of_a_real_study(tmp_path: Path, tiny_dataset: Path) -> None:
         tiny_dataset,
         SPACE,
         budget={"n_trials": 4},
-        # ASHA prunes 2 of the 4 (rungs at epochs 1 and 3), leaving 2 complete for fANOVA
+        # ASHA rungs at epochs 1 and 3: some of the 4 are pruned
         pruner={"metric": "referable_auc", "grace_period": 1, "reduction_factor": 3},
         report={"gpu_hour_price": 2.5},
     )
@@ -100,7 +100,12 @@ def test_report_of_a_real_study(tmp_path: Path, tiny_dataset: Path) -> None:
     page = (tmp_path / "rep" / "report.html").read_text()
     assert re.findall(r"<section id='(\w+)'", page) == list(SECTIONS)
     assert "<script src=" not in page  # offline: plotly.js is inline, no CDN
-    assert page.count("plotly.js v") == 1 and page.count("Plotly.newPlot") == 7  # embedded once
+    assert page.count("plotly.js v") == 1  # embedded once
+    # every section but importances has data here; fANOVA needs 2 complete trials with
+    # different values, which the pruning of this tiny study does not always leave
+    drawn = 7 if records.importances else 6
+    assert page.count("Plotly.newPlot") == drawn
+    assert page.count("Not enough complete trials") == 7 - drawn
     assert "Medical-grade checklist" in page and "Compute spent" in page
 
 

@@ -269,6 +269,7 @@ def test_an_unreadable_image_is_skipped_with_skip_bad(
          "--set", "data.skip_bad=true"],
     )  # fmt: skip
     assert skip.exit_code == 0, skip.output
+    assert "skipped (data.skip_bad): 1 x unreadable image; the files are listed" in skip.output
     run = yaml.safe_load((tmp_path / "b" / "run.json").read_text())
     assert run["skipped"] == {"unreadable image": 1}
 

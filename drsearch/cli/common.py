@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from drsearch.errors import DrsearchError
+from drsearch.errors import DrsearchError, StudyInterrupted
 
 
 class UserError(click.ClickException):
@@ -17,13 +17,19 @@ class UserError(click.ClickException):
 
 
 class _Group(click.Group):
-    """Turns every ``DrsearchError`` into a one-line error instead of a traceback."""
+    """Turns every ``DrsearchError`` into a one-line error instead of a traceback (unless
+    ``--debug`` or ``DRSEARCH_DEBUG=1``), and an interrupted study into exit code 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DrsearchError as exc:
+            if ctx.meta.get("drsearch.debug"):
+                raise
             raise UserError(str(exc)) from None
+        except StudyInterrupted as exc:
+            click.echo(str(exc), err=True)
+            ctx.exit(130)
 
 
 def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -54,8 +60,28 @@ _set_opt = click.option(
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="drsearch")
-def cli() -> None:
-    """drsearch: train and tune diabetic-retinopathy graders (ICDR grades 0-4)."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="DRSEARCH_DEBUG",
+    help="Show the traceback behind a one-line error (also DRSEARCH_DEBUG=1).",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """drsearch: train and tune diabetic-retinopathy graders (ICDR grades 0-4).
+
+    Start with `drsearch run studies/demo.yaml` (or `make demo`); `drsearch COMMAND --help`
+    explains each command.
+    """
+    ctx.meta["drsearch.debug"] = debug
+
+
+_storage_opt = click.option(
+    "--storage",
+    envvar="DRSEARCH_STORAGE",
+    show_envvar=True,
+    help="SQLAlchemy URL of the Optuna storage (default: the study's, a SQLite file).",
+)
 
 
 def _smoke_options(command: Any) -> Any:
@@ -75,15 +101,23 @@ def _open_study(
     smoke: bool,
     overrides: dict[str, Any] | None = None,
     use_gpu: bool = False,
+    recipe_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """The study file with CLI overrides; with ``smoke``, its smoke version."""
     from drsearch.config.study import load_study
 
+    current = click.get_current_context(silent=True)
+    if smoke and current is not None:
+        from click.core import ParameterSource
+
+        if current.get_parameter_source("storage") == ParameterSource.ENVIRONMENT:
+            storage = None  # DRSEARCH_STORAGE names the real study; a smoke run keeps its own
     if smoke and storage:
         raise UserError("--smoke keeps its own SQLite file under <run_root>/smoke/; drop --storage")
     loaded = load_study(
         study,
         {**(overrides or {}), "storage": storage, "run_root": str(run_root) if run_root else None},
+        recipe_overrides,
     )
     if smoke:
         from drsearch.search.smoke import smoke_study

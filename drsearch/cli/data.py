@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from drsearch.cli.common import _overrides, _recipe_arg, _set_opt, cli
@@ -61,7 +60,9 @@ def describe(recipe: Path, sets: tuple[str, ...]) -> None:
 
     config = load_recipe(recipe, _overrides(sets))
     s = describe_dataset(config.data)
-    console = Console()
+    from drsearch.cli.progress import stderr_console
+
+    console = stderr_console(stderr=False)
     table = Table(title=f"{config.data.kind} at {config.data.root}: {s.n_images} images")
     table.add_column("split")
     for g, name in enumerate(GRADES):

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from drsearch.cli.common import UserError, _open_study, _smoke_options, cli
+from drsearch.cli.common import UserError, _open_study, _smoke_options, _storage_opt, cli
+from drsearch.fmt import num, short
 
 
 @cli.command()
@@ -17,7 +18,7 @@ from drsearch.cli.common import UserError, _open_study, _smoke_options, cli
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder for report.html (default: reports/<study name>/).",
 )
-@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+@_storage_opt
 @_smoke_options
 def report(
     study: Path, out: Path | None, storage: str | None, run_root: Path | None, smoke: bool
@@ -44,7 +45,7 @@ def report(
     help="Interface to bind; anything but loopback exposes the study to the network.",
 )
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+@_storage_opt
 @_smoke_options
 def dashboard(
     study: Path, host: str, port: int, storage: str | None, run_root: Path | None, smoke: bool
@@ -67,28 +68,129 @@ def dashboard(
 
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path), metavar="RUN_DIR|STUDY.yaml")
-@click.option("--trial", type=click.IntRange(min=0), help="With a study file: the trial number.")
+@click.option(
+    "--trial", help="With a study file: a trial number, or 'best' (the best feasible trial)."
+)
+@_storage_opt
 @_smoke_options
-def diagnose(target: Path, trial: int | None, run_root: Path | None, smoke: bool) -> None:
+def diagnose(
+    target: Path, trial: str | None, storage: str | None, run_root: Path | None, smoke: bool
+) -> None:
     """Say, with numbers, what a run's records show went wrong (or that it is healthy)."""
     from drsearch.inspect.diagnose import diagnose as run_diagnosis
 
     run_dir = target
     if target.is_file():
         if trial is None:
-            raise UserError(f"{target}: a study file needs --trial N")
+            raise UserError(f"{target}: a study file needs --trial N (or --trial best)")
         from drsearch.search.export import select_trial
 
-        chosen = select_trial(_open_study(target, None, run_root, smoke), str(trial), False)
+        chosen = select_trial(_open_study(target, storage, run_root, smoke), trial, False)
         run_dir = Path(str(chosen.user_attrs.get("run_dir", "")))
         if not (run_dir / "metrics.jsonl").is_file() and chosen.user_attrs.get("fail_reason"):
             raise UserError(
-                f"trial {trial} failed before it trained an epoch, so there is nothing to "
+                f"trial {chosen.number} failed before it trained an epoch, so there is nothing to "
                 f"diagnose: {chosen.user_attrs['fail_reason']}"
             )
-    console = Console()
+    from drsearch.cli.progress import stderr_console
+
+    console = stderr_console(stderr=False)
     colours = {"high": "red", "medium": "yellow", "low": "cyan", "info": "green"}
     for f in run_diagnosis(run_dir):
         console.print(f"[bold {colours[f.severity]}]{f.severity.upper():<6}[/] [bold]{f.title}[/]")
         console.print(f"       evidence: {f.evidence}", highlight=False)
         console.print(f"       change:   {f.advice}", highlight=False)
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@click.option(
+    "--sort",
+    type=click.Choice(["number", "value", "duration"]),
+    default="number",
+    show_default=True,
+    help="Order of the rows (value: best first).",
+)
+@click.option(
+    "--format",
+    "as_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: one object per trial, for scripts.",
+)
+@_storage_opt
+@_smoke_options
+def trials(
+    study: Path,
+    sort: str,
+    as_format: str,
+    storage: str | None,
+    run_root: Path | None,
+    smoke: bool,
+) -> None:
+    """List a study's trials: state, value, feasibility, constraints, parameters, time."""
+    import json
+
+    from rich.table import Table
+
+    from drsearch.inspect.trials import trial_lines
+    from drsearch.search.database import open_existing
+
+    cfg = _open_study(study, storage, run_root, smoke).config
+    lines = trial_lines(open_existing(cfg, study), sort)
+    if as_format == "json":
+        click.echo(json.dumps([line.as_json() for line in lines], indent=2))
+        return
+    table = Table(title=f"study {cfg.name}: {len(lines)} trials", title_justify="left")
+    for column in ("#", "state", "value", "feasible", "constraints short by", "epochs", "time"):
+        table.add_column(column, justify="right" if column in ("#", "value", "epochs") else "left")
+    table.add_column("parameters / note", overflow="fold")
+    for r in lines:
+        short_by = ", ".join(f"{k} {v:.3f}" for k, v in r.shortfalls.items() if v > 0) or (
+            "-" if r.feasible is None else "none"
+        )
+        feasible = {True: "yes", False: "no", None: "-"}[r.feasible]
+        params = ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
+        table.add_row(
+            str(r.number),
+            r.state.lower(),
+            num(r.value, 4),
+            feasible,
+            short_by,
+            "-" if r.epochs is None else str(r.epochs),
+            "-" if r.seconds is None else f"{r.seconds:.0f}s",
+            params + (f"  [{r.note}]" if r.note else ""),
+        )
+    Console(soft_wrap=False).print(table)
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@_storage_opt
+@_smoke_options
+def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -> None:
+    """Show the best feasible trial: value, medical-grade figures, parameters, where it is."""
+    from drsearch.inspect.trials import best_trial, trial_line
+    from drsearch.search.database import open_existing
+
+    cfg = _open_study(study, storage, run_root, smoke).config
+    trial = best_trial(open_existing(cfg, study))
+    if trial is None:
+        raise UserError(
+            f"{study}: study {cfg.name!r} has no feasible complete trial yet; see "
+            f"`drsearch trials {study}` for what the trials reached"
+        )
+    r = trial_line(trial)
+    click.echo(f"best feasible trial of {cfg.name}: trial {r.number}, value {num(r.value, 4)}")
+    click.echo(
+        "  "
+        + ", ".join(f"{k} {num(v)}" for k, v in r.metrics.items())
+        + f" (best epoch {r.best_epoch} of {r.epochs})"
+    )
+    click.echo("  " + ", ".join(f"{k}={short(v)}" for k, v in r.params.items()))
+    click.echo(f"  run folder: {trial.user_attrs.get('run_dir')}")
+    flag = " --smoke" if smoke else ""
+    click.echo(
+        f"  export it: drsearch export {study}{flag} --trial {r.number} -o recipes/NAME.yaml"
+    )

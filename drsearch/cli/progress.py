@@ -1,20 +1,33 @@
-"""A rich progress display for ``drsearch train``: epoch and batch bars, one line per epoch."""
+"""Live displays: ``drsearch train`` (epoch and batch bars, a line per epoch) and
+``drsearch run`` (elapsed, time left, running trials by epoch, a line per finished trial)."""
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from drsearch.fmt import num
+from drsearch.fmt import num, short
+
+
+def stderr_console(stderr: bool = True) -> Console:
+    """A console (progress: stderr; tables: stdout): on a terminal, rich as usual; in a log
+    or a pipe (``| tee``, CI), lines are never wrapped at 80 columns."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    width = int(os.environ.get("COLUMNS") or 200)  # no terminal: wide tables, no wrapping
+    return Console(stderr=stderr, soft_wrap=True, width=width)
 
 
 class RichTrainProgress:
     """Implements ``drsearch.train.Progress`` on a rich console."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or stderr_console()
         self.bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -72,13 +85,17 @@ class RichStudyProgress:
     trial so the history stays on screen.
     """
 
-    def __init__(self, n_trials: int, console: Console | None = None) -> None:
+    def __init__(
+        self, n_trials: int, max_epochs: int | None = None, console: Console | None = None
+    ) -> None:
         from rich.live import Live
 
-        self.console = console or Console(stderr=True)
-        self.n_trials = n_trials
+        self.console = console or stderr_console()
+        self.n_trials, self.max_epochs = n_trials, max_epochs
+        self.started = time.monotonic()
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.running: dict[int, str] = {}
+        self.params: dict[int, dict[str, Any]] = {}
         self.best: tuple[float, int] | None = None
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
 
@@ -95,21 +112,34 @@ class RichStudyProgress:
         c = self.counts
         best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
         lines = [
-            f"trials this run: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed,"
-            f" {len(self.running)} running (budget {self.n_trials}) | best {best}"
+            f"{_clock(time.monotonic() - self.started)} elapsed{self._eta()} | this run: "
+            f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
+            f"{len(self.running)} running (budget {self.n_trials}) | best {best}"
         ]
         lines += [f"  trial {n}: {status}" for n, status in sorted(self.running.items())]
         return Text("\n".join(lines))
+
+    def _eta(self) -> str:
+        """A rough time left: the mean time per finished trial times the trials left (pruned
+        trials make the real figure smaller)."""
+        done = sum(self.counts.values())
+        if not done:
+            return ""
+        left = max(0, self.n_trials - done - len(self.running)) + len(self.running) / 2
+        per_trial = (time.monotonic() - self.started) / (done + len(self.running) / 2)
+        return f", about {_clock(left * per_trial)} left"
 
     def _refresh(self) -> None:
         self.live.update(self._render())
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self.running[number] = "starting"
+        self.params[number] = params
         self._refresh()
 
     def trial_epoch(self, number: int, epoch: int, value: float) -> None:
-        self.running[number] = f"epoch {epoch}, pruning metric {value:.4f}"
+        of = f"/{self.max_epochs}" if self.max_epochs else ""
+        self.running[number] = f"epoch {epoch}{of}, pruning metric {value:.4f}"
         self._refresh()
 
     def trial_finished(self, number: int, outcome: Any) -> None:
@@ -127,8 +157,19 @@ class RichStudyProgress:
             detail = f"at epoch {attrs.get('pruned_at_epoch')}"
         else:
             detail = str(attrs.get("fail_reason", ""))
-        self.console.print(f"trial {number:>4} {outcome.state.lower():<8} {detail}")
+        params = ", ".join(f"{k}={short(v)}" for k, v in self.params.pop(number, {}).items())
+        self.console.print(
+            f"trial {number:>4} {outcome.state.lower():<8} {detail}"
+            + (f" | {params}" if params else ""),
+            highlight=False,
+        )
         self._refresh()
 
     def warn(self, message: str) -> None:
         self.console.print(f"Warning: {message}", highlight=False)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

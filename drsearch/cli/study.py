@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from drsearch.cli.common import UserError, _open_study, _smoke_options, cli
+from drsearch.cli.common import (
+    UserError,
+    _open_study,
+    _overrides,
+    _set_opt,
+    _smoke_options,
+    _storage_opt,
+    cli,
+)
 from drsearch.fmt import short
 
 
@@ -18,7 +26,7 @@ from drsearch.fmt import short
     type=click.IntRange(min=1),
     help="Override budget.n_trials (with --smoke: smoke.n_trials).",
 )
-@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: SQLite file).")
+@_storage_opt
 @click.option(
     "--executor",
     type=click.Choice(["ray", "local"]),
@@ -46,6 +54,7 @@ from drsearch.fmt import short
     help="Run failed and interrupted trials again with the same parameters, continuing from "
     "their checkpoints when the recipe is unchanged.",
 )
+@_set_opt
 @click.option("--quiet", is_flag=True, help="No live progress view.")
 def run(
     study: Path,
@@ -58,6 +67,7 @@ def run(
     run_root: Path | None,
     smoke: bool,
     retry_failed: bool,
+    sets: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Run (or continue) a study until its budget is spent.
@@ -77,7 +87,7 @@ def run(
         "ray.address": ray_address,
     }
     use_gpu = smoke and torch.cuda.is_available()
-    loaded = _open_study(study, storage, run_root, smoke, overrides, use_gpu)
+    loaded = _open_study(study, storage, run_root, smoke, overrides, use_gpu, _overrides(sets))
     if smoke:
         from drsearch.search.smoke import reset_smoke
 
@@ -87,9 +97,11 @@ def run(
     else:
         from drsearch.cli.progress import RichStudyProgress
 
-        with RichStudyProgress(loaded.config.budget.n_trials) as progress:
+        with RichStudyProgress(loaded.config.budget.n_trials, loaded.max_epochs) as progress:
             summary = run_study(loaded, progress, retry_failed=retry_failed)
     _print_summary(summary)
+    click.echo(f"study wall time: {summary.wall_seconds:.1f}s")
+    _print_next_steps(study, smoke, summary)
     if summary.counts.counted and summary.counts.counted == summary.counts.failed:
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
 
@@ -158,10 +170,32 @@ def _print_summary(s: Any) -> None:
             f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "
             f"trials' own time {s.trial_seconds:.1f}s"
         )
+    for reason, n in s.failures:
+        click.echo(f"failed: {n} x {reason}")
     if s.best is not None:
         kind = "feasible" if s.best_feasible else "no trial is feasible; best infeasible"
         params = ", ".join(f"{k}={short(v)}" for k, v in s.best.params.items())
         click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
+
+
+def _print_next_steps(study: Path, smoke: bool, s: Any) -> None:
+    """Where to look next: the commands that open this study's results."""
+    if s.best is None and not s.counts.counted:
+        return
+    flag = " --smoke" if smoke else ""
+    click.echo("next steps:")
+    steps = [
+        (f"drsearch trials {study}{flag}", "every trial in a table"),
+        (f"drsearch report {study}{flag}", "one HTML page: history, curves, per-grade figures"),
+        (f"drsearch dashboard {study}{flag}", "optuna-dashboard on http://127.0.0.1:8080"),
+    ]
+    if s.best is not None and s.best_feasible:
+        steps.append(
+            (f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml", "the best, pinned")
+        )
+    width = max(len(cmd) for cmd, _ in steps)
+    for cmd, what in steps:
+        click.echo(f"  {cmd:<{width}}  # {what}")
 
 
 @cli.command()
@@ -180,7 +214,7 @@ def _print_summary(s: Any) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml.",
 )
-@click.option("--storage", help="SQLAlchemy URL of the Optuna storage (default: the study's).")
+@_storage_opt
 @_smoke_options
 def export(
     study: Path, which: str, out: Path, storage: str | None, run_root: Path | None, smoke: bool

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from drsearch.cli.common import UserError, _overrides, _recipe_arg, _set_opt, cli
@@ -75,6 +74,9 @@ def train(
         f"PDR {num(best['sensitivity'][4])}; {result.wall_seconds:.1f}s -> {run_dir}"
     )
     click.echo(_parameter_line(result.parameters))
+    if result.skipped:
+        counts = ", ".join(f"{n} x {reason}" for reason, n in result.skipped.items())
+        click.echo(f"skipped (data.skip_bad): {counts}; the files are listed in run.json")
 
 
 def _parameter_line(counts: dict[str, Any]) -> str:
@@ -121,7 +123,9 @@ def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str,
         sys.stdout.write(lr_csv(config, spe))
         return
     table, notes = lr_summary(config, spe)
-    console = Console()
+    from drsearch.cli.progress import stderr_console
+
+    console = stderr_console(stderr=False)
     rich_table = Table(title=f"{recipe}: LR per group ({spe} optimizer steps per epoch)")
     for column in table[0]:
         rich_table.add_column(column, justify="right")

@@ -205,12 +205,21 @@ class LoadedStudy:
         return self.config.pruner.max_epochs or self.recipe.train.epochs
 
 
-def load_study(path: Path, overrides: dict[str, Any] | None = None) -> LoadedStudy:
-    """Read ``path``, apply dotted CLI ``overrides`` and check everything a run will need."""
+def load_study(
+    path: Path,
+    overrides: dict[str, Any] | None = None,
+    recipe_overrides: dict[str, Any] | None = None,
+) -> LoadedStudy:
+    """Read ``path``, apply dotted CLI ``overrides`` of study keys and ``recipe_overrides``
+    (``run --set``: recipe keys for every trial, over the file's ``overrides:``), and check
+    everything a run will need."""
     data = read_kind(path, "study")
     for key, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, key, value)
+    if recipe_overrides:
+        base = data.get("overrides") if isinstance(data.get("overrides"), dict) else {}
+        data["overrides"] = {**base, **recipe_overrides}
     config = parse_config(StudyConfig, data, str(path))
     recipe = _base_recipe(path, config)
     space = load_search_space(config.search_space, recipe)

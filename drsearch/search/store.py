@@ -254,6 +254,19 @@ class StudyStore:
                 queued.append((t.number, len(queued)))
         return queued
 
+    def interrupt_own(self) -> list[int]:
+        """Mark this runner's running trials FAIL (``interrupted``) now, as a later run would
+        (on Ctrl-C); their numbers."""
+        stopped = []
+        for trial_id in sorted(self._active):
+            if self._finished(trial_id):
+                continue
+            self.storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            stopped.append(self.storage.get_trial_number_from_id(trial_id))
+        self._active.clear()
+        return stopped
+
     # -- bookkeeping -----------------------------------------------------------------------
     def reap_interrupted(self) -> list[int]:
         """Mark RUNNING trials whose runner is gone as FAIL (``interrupted``); their numbers."""

@@ -48,3 +48,4 @@ class FitResult:
     wall_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # total / trainable / lora
+    skipped: dict[str, int] = field(default_factory=dict)  # data.skip_bad: reason -> count

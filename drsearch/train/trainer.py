@@ -228,6 +228,7 @@ class _Trainer:
             wall_seconds=time.perf_counter() - started,
             history=history,
             parameters=self.parameters,
+            skipped=dict(self.data.skipped.reasons),
         )
 
     def _epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:

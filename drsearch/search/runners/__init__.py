@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import LoadedStudy
+from drsearch.errors import StudyInterrupted
 from drsearch.io import owned_dir
 from drsearch.search.annotations import annotate_study, artifact_store
 from drsearch.search.checks import check_inputs
@@ -39,6 +40,7 @@ class StudySummary:
     duplicates: list[list[int]] = field(default_factory=list)  # trials with equal parameters
     runs_dir: Path | None = None
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
+    failures: list[tuple[str, int]] = field(default_factory=list)  # reason, how many (top 3)
 
 
 def run_study(
@@ -76,6 +78,9 @@ def run_study(
 
                 with ray_session(ray_address or cfg.ray.address):
                     run_ray(store, loaded, progress, deadline)
+        except KeyboardInterrupt:
+            stopped = store.interrupt_own()
+            raise StudyInterrupted(_interrupted_message(loaded, stopped)) from None
         finally:
             store.stop_heartbeat()
     trials = store.study.get_trials(deepcopy=False)
@@ -97,6 +102,7 @@ def run_study(
         duplicates=duplicate_params(trials),
         runs_dir=study_runs(loaded, store),
         waiting=[t.number for t in trials if t.state == TrialState.WAITING],
+        failures=_failures(trials),
     )
 
 
@@ -109,6 +115,19 @@ def duplicate_params(trials: list[FrozenTrial]) -> list[list[int]]:
         key = json.dumps(t.params, sort_keys=True, default=str)
         groups.setdefault(key, []).append(t.number)
     return [numbers for numbers in groups.values() if len(numbers) > 1]
+
+
+def _interrupted_message(loaded: LoadedStudy, stopped: list[int]) -> str:
+    which = (
+        f"trial(s) {', '.join(map(str, stopped))} marked interrupted"
+        if stopped
+        else ("no trial was running")
+    )
+    return (
+        f"Interrupted: study {loaded.config.name}: {which} (they do not count toward the "
+        f"budget). Continue with `drsearch run {loaded.path}` (new trials take their place) or "
+        f"`drsearch run {loaded.path} --retry-failed` (they resume from their checkpoints)"
+    )
 
 
 def _open(loaded: LoadedStudy) -> StudyStore:
@@ -151,6 +170,18 @@ def _best_is_feasible(study: optuna.Study) -> bool:
         return all(v <= 0 for v in study.best_trial.constraints.values())
     except ValueError:
         return False
+
+
+def _failures(trials: list[FrozenTrial]) -> list[tuple[str, int]]:
+    """Why trials failed (interrupted ones aside), the commonest reasons first."""
+    from collections import Counter
+
+    reasons = Counter(
+        str(t.user_attrs.get("fail_reason") or "unknown")
+        for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") != INTERRUPTED
+    )
+    return reasons.most_common(3)
 
 
 def _first_failure(trials: list[FrozenTrial]) -> str | None:

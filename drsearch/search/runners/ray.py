@@ -41,6 +41,9 @@ RAY_ENV = {
     "TUNE_MAX_PENDING_TRIALS_PG": "1",
     "RAY_DEDUP_LOGS": "0",
     "RAY_TRAIN_V2_ENABLED": "0",
+    # Ctrl-C reaches drsearch (which marks the running trials interrupted and says how to
+    # continue) instead of Tune's handler, which would stop the trials as if they had ended
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 

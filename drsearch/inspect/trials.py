@@ -1,0 +1,75 @@
+"""A study's trials as rows: what ``drsearch trials`` lists and ``drsearch best`` shows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+SORTS = ("number", "value", "duration")
+
+
+@dataclass
+class TrialLine:
+    number: int
+    state: str
+    value: float | None
+    feasible: bool | None
+    shortfalls: dict[str, float]  # constraint -> how far below its minimum (0: met)
+    epochs: int | None
+    best_epoch: int | None
+    seconds: float | None
+    params: dict[str, Any]
+    note: str = ""  # why it failed, where it was pruned, which trial it re-runs
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_METRICS = ("accuracy", "qwk", "sensitivity_severe_npdr", "sensitivity_pdr", "min_specificity")
+
+
+def trial_line(t: FrozenTrial) -> TrialLine:
+    a = t.user_attrs
+    if t.state == TrialState.FAIL:
+        note = str(a.get("fail_reason") or "")
+    elif t.state == TrialState.PRUNED:
+        note = f"pruned at epoch {a.get('pruned_at_epoch')}"
+    else:
+        note = ""
+    if "retry_of" in a:
+        note = f"re-run of {a['retry_of']}" + (f"; {note}" if note else "")
+    return TrialLine(
+        number=t.number,
+        state=t.state.name,
+        value=t.value if t.state == TrialState.COMPLETE else None,
+        feasible=a.get("feasible"),
+        shortfalls=dict(a.get("constraint_shortfalls") or {}),
+        epochs=a.get("epochs_completed"),
+        best_epoch=a.get("best_epoch"),
+        seconds=a.get("wall_seconds"),
+        params=dict(t.params),
+        note=note,
+        metrics={k: a.get(k) for k in _METRICS if k in a},
+    )
+
+
+def trial_lines(study: optuna.Study, sort: str = "number") -> list[TrialLine]:
+    """Every trial of the study; ``value`` sorts best first (trials without one last)."""
+    lines = [trial_line(t) for t in study.get_trials(deepcopy=False)]
+    if sort == "value":
+        lines.sort(key=lambda r: (r.value is None, -(r.value or 0.0), r.number))
+    elif sort == "duration":
+        lines.sort(key=lambda r: (r.seconds is None, -(r.seconds or 0.0), r.number))
+    return lines
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best feasible complete trial (Optuna's constrained ``best_trial``), if any."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
