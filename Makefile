@@ -28,6 +28,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/study_overhead.py
 	$(BIN)/python bench/jpeg_loading.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/demo_wall.py
 
 clean:
 	rm -rf $(VENV) runs data

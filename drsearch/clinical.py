@@ -56,6 +56,7 @@ class CheckItem:
     passed: bool
     wilson_lower: float | None = None
     detail: str = ""
+    unit: str = ""  # of ``observed`` where it is not a proportion
 
 
 def checklist(a: dict[str, Any], log: list[dict[str, Any]]) -> list[CheckItem]:
@@ -129,6 +130,7 @@ def _stability(log: list[dict[str, Any]]) -> CheckItem:
         f"< {STABILITY_POINTS:g} points over the last {len(accs)} epochs",
         spread < STABILITY_POINTS,
         detail="validation accuracy " + ", ".join(f"{x:.3f}" for x in accs),
+        unit="points (max - min accuracy, %)",
     )
 
 

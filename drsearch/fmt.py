@@ -1,4 +1,4 @@
-"""One way to show a number: metrics to three decimals, "n/a" where undefined."""
+"""One way to show a number: metrics to three decimals, "n/a" where undefined; durations."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def short(value: Any) -> str:
 def sci(value: Any, digits: int = 3) -> str:
     """A learning rate or other tiny number: ``3.000e-04``; ``n/a`` when undefined."""
     return "n/a" if value is None else f"{value:.{digits}e}"
+
+
+def duration(seconds: float | None) -> str:
+    """A wall time: ``4:05`` (minutes), ``1:02:03`` past an hour; ``n/a`` when unknown."""
+    if seconds is None:
+        return "n/a"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

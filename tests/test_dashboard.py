@@ -89,3 +89,5 @@ def test_dashboard_serves_study_attributes_notes_and_artifacts(
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert f"at http://127.0.0.1:{port}/dashboard/" in output
+    assert "GET /api" not in output and "Bottle" not in output  # quiet unless --verbose
+    assert "| constraint | required | observed | holds |" in trial["note"]["body"]

@@ -151,3 +151,32 @@ def test_reports_cross_ray_as_flat_results() -> None:
     end = TrialEnd("failed", "boom", 2.5)
     assert from_message(to_message(end)) == end
     assert from_message({"epoch": 1}) is None
+
+
+def test_a_pruned_trials_note_explains_the_value_the_dashboard_shows() -> None:
+    from drsearch.config.study import StudyConfig
+    from drsearch.search.annotations import trial_note
+
+    config = StudyConfig(
+        name="s",
+        recipe={},
+        search_space=Path("space.yaml"),
+        resources={"gpus_per_trial": 1},
+        report={"gpu_hour_price": 2.0},
+    )
+    t = tracker()
+    t.on_epoch(report(1, 0.5, acc=0.756))
+    t.on_epoch(report(2, 0.31, acc=0.7, best=1))
+    out = t.outcome(TrialEnd("finished", wall_seconds=1800.0), pruned=False)
+    assert out.state == "COMPLETE"  # early stopping before max_epochs
+    out = t.outcome(None, pruned=True)
+    out.user_attrs["wall_seconds"] = 1800.0
+    note = trial_note(7, out, config)
+    # the stored value is the last pruning value (Optuna's rule); the note says so in figures
+    assert note.startswith("## Trial 7: PRUNED at epoch 2 of 4 (feasible so far)")
+    assert "shows, 0.310, is accuracy at epoch 2" in note
+    assert "best epoch so far (epoch 1) was 0.756" in note
+    assert "| sensitivity_pdr | >= 0.95 | 1.000 | yes |" in note
+    assert "| 3 severe npdr | 0.950 |" in note and "| backbone | 0.0001 |" in note
+    assert "| GPU hours (cost) | 0.500 (1.00 USD) |" in note
+    assert "| trial wall time | 30:00 |" in note

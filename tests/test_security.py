@@ -210,10 +210,10 @@ def test_a_password_in_the_query_is_never_printed_or_written(
 def test_the_dashboard_warns_that_it_has_no_authentication(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import optuna_dashboard
+    import bottle
 
     served: list[str] = []
-    monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **kw: served.append(kw["host"]))
+    monkeypatch.setattr(bottle, "run", lambda *a, **kw: served.append(kw["host"]))
     path = write_tiny_study(
         tmp_path, tiny_dataset, SPACE, recipe_overrides={"train.epochs": 1,
                                                          "schedule.warmup_epochs": 0},

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from drsearch.cli import cli
 from drsearch.config.space import CategoricalParam, FloatParam
 from drsearch.config.study import load_study
+from drsearch.inspect.report.plots import SECTIONS
 from drsearch.search.smoke import smoke_study, tiny_model
 from tests.conftest import sampled_recipes
 
@@ -152,7 +153,7 @@ def test_report_export_and_diagnose_open_the_smoke_study(
     assert report.exit_code == 0, report.output
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "<title>drsearch report: medsiglip_lora</title>" in html
-    assert html.count("<section id=") == 9 and "section id='curves'" in html
+    assert html.count("<section id=") == len(SECTIONS) and "section id='curves'" in html
     out = tmp_path / "best.yaml"
     export = runner.invoke(
         cli, ["export", "studies/medsiglip_lora.yaml", *smoke, "--trial", "0", "-o", str(out)]

@@ -32,7 +32,7 @@ def report(
     cfg = loaded.config
     opened = open_existing(cfg, study)
     default = Path("reports") / (f"{cfg.name}-smoke" if smoke else cfg.name)
-    path = write_report(build_records(loaded, opened), out or default)
+    path = write_report(build_records(loaded, opened), opened, out or default)
     click.echo(f"report of study {cfg.name} -> {path}")
 
 
@@ -45,10 +45,17 @@ def report(
     help="Interface to bind; anything but loopback exposes the study to the network.",
 )
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--verbose", is_flag=True, help="Log every HTTP request the server answers.")
 @_storage_opt
 @_smoke_options
 def dashboard(
-    study: Path, host: str, port: int, storage: str | None, run_root: Path | None, smoke: bool
+    study: Path,
+    host: str,
+    port: int,
+    verbose: bool,
+    storage: str | None,
+    run_root: Path | None,
+    smoke: bool,
 ) -> None:
     """Serve optuna-dashboard on the study's storage, with its trial artifacts."""
     from drsearch.inspect.dashboard import serve
@@ -63,6 +70,7 @@ def dashboard(
         host,
         port,
         lambda line, warning: click.echo(line, err=warning),
+        verbose,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from drsearch.fmt import num, short
+from drsearch.fmt import duration, num, short
 
 
 def stderr_console(stderr: bool = True) -> Console:
@@ -112,7 +112,7 @@ class RichStudyProgress:
         c = self.counts
         best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
         lines = [
-            f"{_clock(time.monotonic() - self.started)} elapsed{self._eta()} | this run: "
+            f"{duration(time.monotonic() - self.started)} elapsed{self._eta()} | this run: "
             f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
             f"{len(self.running)} running (budget {self.n_trials}) | best {best}"
         ]
@@ -127,7 +127,7 @@ class RichStudyProgress:
             return ""
         left = max(0, self.n_trials - done - len(self.running)) + len(self.running) / 2
         per_trial = (time.monotonic() - self.started) / (done + len(self.running) / 2)
-        return f", about {_clock(left * per_trial)} left"
+        return f", about {duration(left * per_trial)} left"
 
     def _refresh(self) -> None:
         self.live.update(self._render())
@@ -167,9 +167,3 @@ class RichStudyProgress:
 
     def warn(self, message: str) -> None:
         self.console.print(f"Warning: {message}", highlight=False)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

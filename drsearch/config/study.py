@@ -184,6 +184,12 @@ class StudyConfig(Section):
         """Optuna artifact store of the study (predictions, curves, ...): beside its database."""
         return self.run_root / f"{self.name}-artifacts"
 
+    def compute_cost(self, seconds: float) -> tuple[float, float | None]:
+        """GPU hours of ``seconds`` of trial wall time and their price (``None`` unpriced)."""
+        gpu_hours = seconds / 3600 * self.resources.gpus_per_trial
+        price = self.report.gpu_hour_price
+        return gpu_hours, None if price is None else gpu_hours * price
+
     def storage_url(self) -> str:
         """The SQLAlchemy URL; by default a SQLite file beside the study folder."""
         if self.storage:

@@ -16,12 +16,14 @@ def serve(
     host: str,
     port: int,
     say: Callable[[str, bool], None],
+    verbose: bool = False,
 ) -> None:
     """Serve ``storage`` until interrupted; ``say(line, is_warning)`` tells the user where
     (``title`` names the study and its masked storage URL) and, off loopback, that the
-    dashboard has no authentication."""
+    dashboard has no authentication. The server logs every request only when ``verbose``."""
+    from bottle import run
     from optuna.artifacts import FileSystemArtifactStore
-    from optuna_dashboard import run_server
+    from optuna_dashboard import wsgi
 
     artifacts.mkdir(parents=True, exist_ok=True)
     if host not in LOOPBACK:
@@ -32,6 +34,6 @@ def serve(
             True,
         )
     say(f"optuna-dashboard for {title} at http://{host}:{port}/dashboard/ - Ctrl+C to stop", False)
-    run_server(
-        storage, host=host, port=port, artifact_store=FileSystemArtifactStore(str(artifacts))
-    )
+    app = wsgi(storage, artifact_store=FileSystemArtifactStore(str(artifacts)))
+    # optuna-dashboard's own run_server is bottle's run() without ``quiet``: a line per GET
+    run(app, host=host, port=port, quiet=not verbose)

@@ -17,8 +17,8 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from drsearch import GRADES
-from drsearch.config.study import LoadedStudy
-from drsearch.fmt import num
+from drsearch.config.study import LoadedStudy, StudyConfig
+from drsearch.fmt import duration, num
 from drsearch.io import read_jsonl, write_text_atomic
 from drsearch.search.trial import Outcome
 
@@ -37,11 +37,13 @@ def annotate_study(study: optuna.Study, loaded: LoadedStudy) -> None:
     save_note(study, study_note(loaded))
 
 
-def annotate_trial(trial: optuna.Trial, outcome: Outcome, store: FileSystemArtifactStore) -> None:
+def annotate_trial(
+    trial: optuna.Trial, outcome: Outcome, store: FileSystemArtifactStore, config: StudyConfig
+) -> None:
     """Trial note and artifacts; call before the trial is told."""
     from optuna_dashboard import save_note
 
-    save_note(trial, trial_note(trial.number, outcome))
+    save_note(trial, trial_note(trial.number, outcome, config))
     run_dir = Path(str(outcome.user_attrs.get("run_dir", "")))
     for path in trial_artifacts(run_dir, outcome):
         upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
@@ -75,19 +77,39 @@ def _write_csv(path: Path, rows: list[list[Any]]) -> Path:
     return path
 
 
-def trial_note(number: int, outcome: Outcome) -> str:
+def trial_note(number: int, outcome: Outcome, config: StudyConfig) -> str:
+    """The trial's note in optuna-dashboard: markdown tables a DR reader can scan."""
     a = outcome.user_attrs
     if outcome.state == "FAIL":
         return f"## Trial {number}: FAIL\n\n{a.get('fail_reason', '')}\n"
-    value = "" if outcome.value is None else f", objective {outcome.value:.4f}"
-    lines = [
-        f"## Trial {number}: {outcome.state}{value} "
-        f"({'feasible' if a.get('feasible') else 'infeasible'})",
-        "",
-    ]
-    lines += ["| constraint | shortfall | holds |", "|---|---|---|"]
-    for name, short in (a.get("constraint_shortfalls") or {}).items():
-        lines.append(f"| {name} | {short:.3f} | {'yes' if short <= 0 else '**no**'} |")
+    feasible = "feasible" if a.get("feasible") else "**infeasible**"
+    if outcome.state == "PRUNED":
+        epoch, planned = a.get("pruned_at_epoch"), a.get("epochs_planned", "?")
+        head = [
+            f"## Trial {number}: PRUNED at epoch {epoch} of {planned} ({feasible} so far)",
+            "",
+            f"The value the dashboard shows, {num(a.get('value_at_stop'))}, is "
+            f"{config.pruner.metric} at epoch {epoch}, where ASHA stopped the trial (Optuna "
+            "keeps a pruned trial's last reported value). Its objective on its best epoch so "
+            f"far (epoch {a.get('best_epoch')}) was {num(a.get('objective_so_far'))}; the "
+            f"figures below are from that epoch.",
+        ]
+    else:
+        head = [
+            f"## Trial {number}: COMPLETE, objective {num(outcome.value)} ({feasible})",
+            "",
+            f"Objective: {config.objective.metric} on the best epoch "
+            f"({a.get('best_epoch')} of {a.get('epochs_completed')}), minus the penalty when a "
+            "constraint fails. The figures below are from that epoch, on the validation split.",
+        ]
+    lines = [*head, "", "| constraint | required | observed | holds |", "|---|---|---|---|"]
+    shortfalls = a.get("constraint_shortfalls") or {}
+    for c in config.objective.constraints:
+        observed = a.get(c.metric)
+        holds = shortfalls.get(c.name, 0.0) <= 0 and observed is not None
+        lines.append(
+            f"| {c.metric} | >= {c.min:g} | {num(observed)} | {'yes' if holds else '**no**'} |"
+        )
     lines += [
         "",
         "| grade | sensitivity | Wilson 95% lower | specificity | images |",
@@ -99,17 +121,31 @@ def trial_note(number: int, outcome: Outcome) -> str:
     support = a.get("support") or [None] * 5
     for g, name in enumerate(GRADES):
         lines.append(
-            f"| {g} {name} | {num(sens[g])} | {num(low[g])} | {num(spec[g])} | {support[g]} |"
+            f"| {g} {name.replace('_', ' ')} | {num(sens[g])} | {num(low[g])} | {num(spec[g])} "
+            f"| {support[g]} |"
         )
+    lines += ["", "| summary | value |", "|---|---|"]
     lines += [
-        "",
-        f"accuracy {num(a.get('accuracy'))}, QWK {num(a.get('qwk'))}, best epoch "
-        f"{a.get('best_epoch')} of {a.get('epochs_completed')}; final LR per group "
-        f"{a.get('lr_groups')}; trainable parameters {a.get('trainable_params')}",
-        "",
-        f"Run folder: `{a.get('run_dir')}`",
+        f"| accuracy | {num(a.get('accuracy'))} |",
+        f"| quadratic weighted kappa | {num(a.get('qwk'))} |",
+        f"| referable DR AUC | {num(a.get('referable_auc'))} |",
+        f"| trainable parameters | {_count(a.get('trainable_params'))} |",
+        f"| trial wall time | {duration(a.get('wall_seconds'))} |",
     ]
+    gpu_hours, cost = config.compute_cost(float(a.get("wall_seconds") or 0.0))
+    if config.resources.gpus_per_trial:
+        priced = "no price set" if cost is None else f"{cost:.2f} {config.report.currency}"
+        lines.append(f"| GPU hours (cost) | {gpu_hours:.3f} ({priced}) |")
+    lr_groups = a.get("lr_groups") or {}
+    if lr_groups:
+        lines += ["", "| parameter group | LR at the end of the last epoch |", "|---|---|"]
+        lines += [f"| {g} | {lr:.3g} |" for g, lr in lr_groups.items()]
+    lines += ["", f"Run folder: `{a.get('run_dir')}`"]
     return "\n".join(lines) + "\n"
+
+
+def _count(n: Any) -> str:
+    return "-" if n is None else f"{int(n):,}"
 
 
 def study_note(loaded: LoadedStudy) -> str:

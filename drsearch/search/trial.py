@@ -121,7 +121,13 @@ class TrialTracker:
         if finished or last.epoch >= self.max_epochs:
             return Outcome("COMPLETE", s.value, attrs, s.constraints)
         if pruned:
-            return Outcome("PRUNED", None, attrs | {"pruned_at_epoch": last.epoch}, s.constraints)
+            # Optuna stores a pruned trial's last intermediate value as its value; say so
+            stop = {
+                "pruned_at_epoch": last.epoch,
+                "value_at_stop": last.value,
+                "objective_so_far": s.value,
+            }
+            return Outcome("PRUNED", None, attrs | stop, s.constraints)
         reason = f"stopped at epoch {last.epoch} of {self.max_epochs} without finishing"
         return Outcome("FAIL", None, attrs | {"fail_reason": reason})
 
@@ -134,6 +140,7 @@ class TrialTracker:
         attrs |= dict(best.metrics) if best is not None else {}
         return attrs | {
             "epochs_completed": last.epoch,
+            "epochs_planned": self.max_epochs,
             "best_epoch": last.best_epoch,
             "wall_seconds": end.wall_seconds if end is not None and end.wall_seconds else None,
             "train_seconds": sum(r.epoch_seconds for r in self.curve.values()),

@@ -1,14 +1,22 @@
 """Report records -> one self-contained HTML file with plotly figures (plotly.js embedded once).
 
-kaleido cannot export images on these machines (it needs Chrome), so the report is HTML that
-opens offline. Every section is a ``<section id=...>`` so tests and scripts can find it.
+Optuna's own figures (``optuna.visualization``) show what they were made for: the
+optimisation history, fANOVA importances, parallel coordinates, slices and the learning
+curves (intermediate values). drsearch draws what they cannot: the study's constraints per
+trial, per-grade sensitivity and specificity against the medical-grade thresholds, the best
+trial's confusion matrix and the LR every parameter group really got. kaleido cannot export
+images on these machines (it needs Chrome), so the report is HTML that opens offline. Every
+section is a ``<section id=...>`` and every figure a ``<div id='fig-...'>``, so tests and
+scripts can find them.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import plotly.colors
 import plotly.graph_objects as go
 
@@ -19,15 +27,23 @@ from drsearch.clinical import (
     SPECIFICITY_MIN,
 )
 from drsearch.fmt import num
-from drsearch.inspect.report.records import ReportRecords, TrialRow
+from drsearch.inspect.report.records import (
+    MIN_IMPORTANCE_TRIALS,
+    ReportRecords,
+    TrialRow,
+    importance_evaluator,
+)
 from drsearch.io import write_text_atomic
 
 _GRADE_LABELS = [f"{i} {name.replace('_', ' ')}" for i, name in enumerate(GRADES)]
+_PALETTE = plotly.colors.qualitative.Dark24  # 24 distinct colours before any repeats
 SECTIONS = (
     "history",
     "importances",
     "parallel",
+    "slices",
     "curves",
+    "constraints",
     "grades",
     "confusion",
     "lr",
@@ -36,115 +52,157 @@ SECTIONS = (
 )
 
 
-def history_figure(r: ReportRecords) -> go.Figure:
+def _objective_name(r: ReportRecords) -> str:
+    return f"objective ({r.metric}, penalised when infeasible)"
+
+
+def _complete(r: ReportRecords) -> list[TrialRow]:
+    return [t for t in r.trials if t.state == "COMPLETE" and t.value is not None]
+
+
+# -- Optuna's figures ----------------------------------------------------------------------
+def history_figure(r: ReportRecords, study: optuna.Study) -> go.Figure:
+    fig = optuna.visualization.plot_optimization_history(study, target_name=_objective_name(r))
+    return _layout(fig, "Optimization history (complete trials; infeasible in grey)")
+
+
+def importance_figure(r: ReportRecords, study: optuna.Study) -> go.Figure:
+    fig = optuna.visualization.plot_param_importances(
+        study, evaluator=importance_evaluator(), params=list(r.importances)
+    )
+    n = len(_complete(r))
+    return _layout(fig, f"Parameter importances (fANOVA on {n} complete trials)")
+
+
+def parallel_figure(r: ReportRecords, study: optuna.Study) -> go.Figure:
+    fig = optuna.visualization.plot_parallel_coordinate(
+        study, params=r.parallel_params, target_name="objective"
+    )
+    # Optuna 5 draws the axes as x ticks: long dotted names (loss.focal.gamma) overlap when
+    # level, so tilt them and leave room below
+    fig.update_xaxes(tickangle=-25)
+    _layout(fig, "Parallel coordinates (complete trials)")
+    return fig.update_layout(height=520, margin={"t": 90, "l": 70, "r": 30, "b": 110})
+
+
+SLICES_PER_ROW = 4
+
+
+def slice_figures(r: ReportRecords, study: optuna.Study) -> list[go.Figure]:
+    """Optuna's slice plots, four parameters a row (Optuna makes one row 300 px a parameter
+    wide, which runs off the page for a real search space)."""
+    params = r.parallel_params
+    rows = [params[i : i + SLICES_PER_ROW] for i in range(0, len(params), SLICES_PER_ROW)]
+    figures = []
+    for i, row in enumerate(rows):
+        fig = optuna.visualization.plot_slice(study, params=row, target_name="objective")
+        part = f" ({i + 1} of {len(rows)})" if len(rows) > 1 else ""
+        _layout(fig, f"Objective against each parameter, complete trials{part}")
+        figures.append(fig.update_layout(width=None, autosize=True, height=380))
+    return figures
+
+
+def curves_figure(r: ReportRecords, study: optuna.Study) -> go.Figure:
+    """Optuna's intermediate values, one distinct colour per trial (pruned: dotted, and an x
+    where ASHA stopped it), with the legend naming trial and state."""
+    fig = optuna.visualization.plot_intermediate_values(study)
+    rows = {t.number: t for t in r.trials}
+    for i, trace in enumerate(fig.data):
+        number = int(str(trace.name).removeprefix("Trial"))
+        row = rows.get(number)
+        state = row.state.lower() if row else "running"
+        pruned = state == "pruned"
+        n = len(trace.x or ())
+        trace.update(
+            name=f"trial {number} ({state})",
+            line={"color": _PALETTE[i % len(_PALETTE)], "dash": "dot" if pruned else "solid"},
+            marker={
+                "color": _PALETTE[i % len(_PALETTE)],
+                "symbol": ["circle"] * (n - 1) + ["x" if pruned else "circle"],
+                "size": [5] * (n - 1) + [11 if pruned else 5],
+                "maxdisplayed": 0,
+            },
+        )
+    fig.update_layout(showlegend=True)
+    return _layout(
+        fig,
+        "Learning curves: the pruning metric per epoch (pruned trials dotted, x where ASHA "
+        "stopped them)",
+        "epoch",
+        f"validation {r.pruning_metric}",
+    )
+
+
+# -- drsearch's own figures ----------------------------------------------------------------
+def constraints_figure(r: ReportRecords) -> go.Figure:
+    """Each constraint's metric on every trained trial's best epoch, against its minimum."""
     fig = go.Figure()
-    for feasible, name, symbol in ((True, "feasible", "circle"), (False, "infeasible", "x")):
-        pts = [h for h in r.history if h[3] == feasible]
+    trained = [t for t in r.trials if t.state in ("COMPLETE", "PRUNED")]
+    for i, c in enumerate(r.constraints):
+        colour = _PALETTE[i % len(_PALETTE)]
+        pts = [(t.number, t.attrs.get(c["metric"]), t.state) for t in trained]
+        pts = [p for p in pts if p[1] is not None]
         fig.add_scatter(
             x=[p[0] for p in pts],
             y=[p[1] for p in pts],
             mode="markers",
-            name=f"{name} trials",
-            marker={"symbol": symbol, "size": 9},
-        )
-    fig.add_scatter(
-        x=[h[0] for h in r.history],
-        y=[h[2] for h in r.history],
-        mode="lines",
-        name="best so far",
-        line={"shape": "hv"},
-    )
-    return _layout(fig, "Optimization history", "trial", f"objective ({r.metric}, penalised)")
-
-
-def importance_figure(r: ReportRecords) -> go.Figure:
-    items = sorted(r.importances.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h"))
-    return _layout(fig, "Parameter importances (fANOVA)", "importance", "")
-
-
-def parallel_figure(r: ReportRecords) -> go.Figure:
-    rows = [t for t in r.trials if t.state == "COMPLETE" and t.value is not None]
-    dims = []
-    for p in r.parallel_params:
-        values = [t.params[p] for t in rows]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            dims.append({"label": p, "values": values})
-        else:
-            labels = sorted({str(v) for v in values})
-            dims.append(
-                {
-                    "label": p,
-                    "values": [labels.index(str(v)) for v in values],
-                    "tickvals": list(range(len(labels))),
-                    "ticktext": labels,
-                }
-            )
-    dims.append({"label": "objective", "values": [t.value for t in rows]})
-    fig = go.Figure(
-        go.Parcoords(
-            dimensions=dims,
-            line={"color": [t.value for t in rows], "colorscale": "Viridis", "showscale": True},
-        )
-    )
-    return _layout(fig, "Parallel coordinates (complete trials)", "", "")
-
-
-def curves_figure(r: ReportRecords) -> go.Figure:
-    fig = go.Figure()
-    for t in r.trials:
-        if not t.curve:
-            continue
-        pruned = t.state == "PRUNED"
-        fig.add_scatter(
-            x=list(t.curve),
-            y=list(t.curve.values()),
-            mode="lines+markers",
-            name=f"trial {t.number} ({t.state.lower()})",
-            line={"dash": "dot" if pruned else "solid", "width": 1 if pruned else 2},
+            name=c["metric"],
+            legendgroup=c["metric"],
             marker={
-                "symbol": ["circle"] * (len(t.curve) - 1) + ["x" if pruned else "circle"],
-                "size": [4] * (len(t.curve) - 1) + [10 if pruned else 4],
+                "color": colour,
+                "size": 10,
+                "symbol": ["circle" if p[2] == "COMPLETE" else "circle-open" for p in pts],
             },
+            hovertemplate="trial %{x}: %{y:.3f}<extra>" + c["metric"] + "</extra>",
         )
+        numbers = [t.number for t in trained] or [0]
+        fig.add_scatter(
+            x=[min(numbers) - 0.5, max(numbers) + 0.5],
+            y=[c["min"], c["min"]],
+            mode="lines",
+            name=f"{c['metric']} >= {c['min']:g}",
+            legendgroup=c["metric"],
+            line={"color": colour, "dash": "dash"},
+            hoverinfo="skip",
+        )
+    seen = [y for trace in fig.data for y in (trace.y or ()) if y is not None]
+    fig.update_layout(yaxis_range=[max(0.0, min(seen, default=0.0) - 0.05), 1.02])
     return _layout(
         fig,
-        "Learning curves (pruning metric per epoch; pruned trials dotted, "
-        "x where ASHA stopped them)",
-        "epoch",
+        "Study constraints per trial (best epoch; open circles: pruned trials)",
+        "trial",
         "validation metric",
     )
 
 
 def grades_figure(r: ReportRecords) -> go.Figure:
     fig = go.Figure()
-    palette = plotly.colors.qualitative.Plotly
+    x = [f"sens {g}" for g in _GRADE_LABELS] + [f"spec {g}" for g in _GRADE_LABELS]
     for i, t in enumerate(r.top):
-        for short, key in (("sens", "sensitivity"), ("spec", "specificity")):
-            fig.add_bar(
-                x=[f"{short} {g}" for g in _GRADE_LABELS],
-                y=t.attrs.get(key) or [None] * 5,
-                name=f"trial {t.number}",
-                legendgroup=str(t.number),
-                showlegend=short == "sens",
-                marker_color=palette[i % len(palette)],
-            )
-    lines: dict[float, list[str]] = {}
-    for y, what in (
-        (SEVERE_NPDR_SENSITIVITY_MIN, "severe NPDR sens."),
-        (SPECIFICITY_MIN, "every spec."),
-        (PDR_SENSITIVITY_MIN, "PDR sens."),
+        y = list(t.attrs.get("sensitivity") or [None] * 5) + list(
+            t.attrs.get("specificity") or [None] * 5
+        )
+        fig.add_bar(x=x, y=y, name=f"trial {t.number}", marker_color=_PALETTE[i % len(_PALETTE)])
+    # each threshold drawn on the bars it applies to, named once in the legend (no labels
+    # over the bars)
+    for xs, y, what in (
+        ([x[3]], SEVERE_NPDR_SENSITIVITY_MIN, "severe NPDR sensitivity"),
+        ([x[4]], PDR_SENSITIVITY_MIN, "PDR sensitivity"),
+        (x[5:], SPECIFICITY_MIN, "every specificity"),
     ):
-        lines.setdefault(y, []).append(what)
-    for y, whats in lines.items():
-        fig.add_hline(y=y, line_dash="dash", annotation_text=f"{y:.2f}: {', '.join(whats)}")
+        fig.add_scatter(
+            x=xs,
+            y=[y] * len(xs),
+            mode="markers",
+            name=f"medical grade: {what} >= {y:.2f}",
+            marker={"symbol": "line-ew-open", "size": 56, "line": {"width": 3}, "color": "black"},
+        )
     fig.update_layout(barmode="group", yaxis_range=[0, 1.05])
     return _layout(
         fig,
-        "Per-grade sensitivity and specificity of the top trials against the "
-        "medical-grade thresholds",
+        "Per-grade sensitivity and specificity of the top trials (validation, best epoch)",
         "",
-        "",
+        "proportion",
     )
 
 
@@ -162,7 +220,7 @@ def confusion_figure(r: ReportRecords) -> go.Figure:
     )
     fig.update_yaxes(autorange="reversed")
     title = f"Confusion matrix of trial {r.best.number}" if r.best else "Confusion matrix"
-    return _layout(fig, title, "predicted grade", "true grade")
+    return _layout(fig, title + " (validation images)", "predicted grade", "true grade")
 
 
 def lr_figure(r: ReportRecords) -> go.Figure:
@@ -176,48 +234,80 @@ def lr_figure(r: ReportRecords) -> go.Figure:
         fig.add_scatter(
             x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=group
         )
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", dtick="D2", tickformat=".0e")  # 1e-4, 2e-4, 5e-4, 1e-3
     title = f"LR per parameter group over training (trial {r.best.number})" if r.best else "LR"
     return _layout(fig, title, "epoch (start .. end)", "learning rate")
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x: str | None = None, y: str | None = None) -> go.Figure:
     fig.update_layout(
         title=title,
-        xaxis_title=x,
-        yaxis_title=y,
         height=460,
-        margin={"l": 60, "r": 30, "t": 60, "b": 50},
+        margin={"l": 70, "r": 30, "t": 60, "b": 50},
         template="plotly_white",
     )
+    if x is not None:
+        fig.update_xaxes(title_text=x)
+    if y is not None:
+        fig.update_yaxes(title_text=y)
     return fig
 
 
-def write_report(r: ReportRecords, out_dir: Path) -> Path:
+Figure = Callable[[], go.Figure | list[go.Figure]]
+
+
+def _sections(r: ReportRecords, study: optuna.Study) -> list[tuple[str, str, Figure | str]]:
+    """(id, title, figure maker or the reason there is no figure) in page order."""
+    complete = len(_complete(r))
+    few = f"Not enough complete trials for this section yet ({complete} so far)."
+    compared = complete >= 2 and bool(r.parallel_params)
+    if complete < MIN_IMPORTANCE_TRIALS:
+        hidden = (
+            f"fANOVA importances need at least {MIN_IMPORTANCE_TRIALS} complete trials to "
+            f"mean anything; this study has {complete}."
+        )
+    else:
+        hidden = "fANOVA found no importances (the complete trials do not differ enough)."
+    none = "The study has no constraints, or no trained trial yet."
+    table: list[tuple[str, str, bool, Figure, str]] = [
+        ("history", "Optimization history", bool(r.history), lambda: history_figure(r, study), few),
+        ("importances", "Parameter importances", bool(r.importances),
+         lambda: importance_figure(r, study), hidden),
+        ("parallel", "Parallel coordinates", compared, lambda: parallel_figure(r, study), few),
+        ("slices", "Slices", compared, lambda: slice_figures(r, study), few),
+        ("curves", "Learning curves", any(t.curve for t in r.trials),
+         lambda: curves_figure(r, study), few),
+        ("constraints", "Constraints", bool(r.constraints and r.best),
+         lambda: constraints_figure(r), none),
+        ("grades", "Per-grade sensitivity and specificity", bool(r.top),
+         lambda: grades_figure(r), few),
+        ("confusion", "Best trial: confusion matrix", r.best is not None,
+         lambda: confusion_figure(r), few),
+        ("lr", "Best trial: LR per parameter group", bool(r.best_lr), lambda: lr_figure(r), few),
+    ]  # fmt: skip
+    return [(key, title, make if drawn else why) for key, title, drawn, make, why in table]
+
+
+def write_report(r: ReportRecords, study: optuna.Study, out_dir: Path) -> Path:
     """Write ``report.html`` (plotly.js embedded once, so it opens offline)."""
-    figures: list[tuple[str, str, go.Figure | None]] = [
-        ("history", "Optimization history", history_figure(r) if r.history else None),
-        ("importances", "Parameter importances", importance_figure(r) if r.importances else None),
-        (
-            "parallel",
-            "Parallel coordinates",
-            parallel_figure(r) if r.history and r.parallel_params else None,
-        ),
-        ("curves", "Learning curves", curves_figure(r)),
-        ("grades", "Per-grade sensitivity and specificity", grades_figure(r) if r.top else None),
-        ("confusion", "Best trial: confusion matrix", confusion_figure(r) if r.best else None),
-        ("lr", "Best trial: LR per parameter group", lr_figure(r) if r.best_lr else None),
-    ]
     parts, js_done = [], False
-    for key, title, fig in figures:
-        if fig is None:
-            body = "<p class='empty'>Not enough complete trials for this section yet.</p>"
+    for key, title, figure in _sections(r, study):
+        if isinstance(figure, str):
+            body = f"<p class='empty'>{html.escape(figure)}</p>"
         else:
-            body = fig.to_html(full_html=False, include_plotlyjs=not js_done, div_id=f"fig-{key}")
-            js_done = True
+            made = figure()
+            bodies = []
+            for n, fig in enumerate(made if isinstance(made, list) else [made]):
+                div = f"fig-{key}" if n == 0 else f"fig-{key}-{n + 1}"
+                bodies.append(
+                    fig.to_html(full_html=False, include_plotlyjs=not js_done, div_id=div)
+                )
+                js_done = True
+            body = "\n".join(bodies)
         parts.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>{body}</section>")
     parts.append(_checklist_html(r))
     parts.append(_compute_html(r))
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
     write_text_atomic(path, _page(r, "\n".join(parts)))
     return path
@@ -228,7 +318,8 @@ def _checklist_html(r: ReportRecords) -> str:
         return "<section id='checklist'><h2>Medical-grade checklist</h2><p>No trial.</p></section>"
     rows = "".join(
         f"<tr class='{'pass' if c.passed else 'fail'}'><td>{html.escape(c.name)}</td>"
-        f"<td>{num(c.observed)}</td><td>{html.escape(c.threshold)}</td>"
+        f"<td>{num(c.observed)}{' ' + html.escape(c.unit) if c.unit else ''}</td>"
+        f"<td>{html.escape(c.threshold)}</td>"
         f"<td>{num(c.wilson_lower)}</td><td>{'PASS' if c.passed else 'FAIL'}</td>"
         f"<td>{html.escape(c.detail)}</td></tr>"
         for c in r.checklist
@@ -236,7 +327,9 @@ def _checklist_html(r: ReportRecords) -> str:
     kind = "best feasible" if r.best_feasible else "best (infeasible)"
     return (
         f"<section id='checklist'><h2>Medical-grade checklist: {kind} trial "
-        f"{r.best.number}</h2><table><tr><th>criterion</th><th>observed</th>"
+        f"{r.best.number}</h2><p class='caveat'>Judged on the validation split the search "
+        "ranked and pruned on: an optimistic figure until a held-out test set confirms it."
+        "</p><table><tr><th>criterion</th><th>observed</th>"
         f"<th>required</th><th>Wilson 95% lower bound</th><th>result</th><th>evidence</th>"
         f"</tr>{rows}</table></section>"
     )
@@ -285,10 +378,11 @@ body {{ font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #22
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 tr.pass td:nth-child(5) {{ color: #0a7d2c; font-weight: bold; }}
 tr.fail td:nth-child(5) {{ color: #b00020; font-weight: bold; }}
-section {{ margin-top: 2em; }} .empty {{ color: #777; }}
+section {{ margin-top: 2em; }} .empty, .caveat {{ color: #777; }}
 </style></head><body>
 <h1>Study {html.escape(r.study)}</h1>
-<p>Objective: {html.escape(r.metric)} on the best epoch; study constraints: {constraints}.</p>
+<p>Objective: {html.escape(r.metric)} on the best epoch; study constraints: {constraints}.
+All figures are on the validation split.</p>
 <p>{_best_line(r)}</p>
 <ul>{notes}</ul>
 {body}

@@ -50,10 +50,15 @@ class LrPoint:
     where: str  # "first" or "last" step of the epoch
 
 
+#: fANOVA importances on fewer complete trials than this are noise: the report hides them.
+MIN_IMPORTANCE_TRIALS = 8
+
+
 @dataclass
 class ReportRecords:
     study: str
     metric: str
+    pruning_metric: str
     constraints: list[dict[str, Any]]
     trials: list[TrialRow]
     history: list[tuple[int, float, float, bool]]  # number, value, best so far, feasible
@@ -81,6 +86,7 @@ def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
     return ReportRecords(
         study=cfg.name,
         metric=cfg.objective.metric,
+        pruning_metric=cfg.pruner.metric,
         constraints=[c.model_dump() | {"name": c.name} for c in cfg.objective.constraints],
         trials=rows,
         history=history,
@@ -132,14 +138,23 @@ def _history(complete: list[TrialRow]) -> list[tuple[int, float, float, bool]]:
     return out
 
 
+def importance_evaluator() -> optuna.importance.FanovaImportanceEvaluator:
+    """Optuna 5's default evaluator is PED-ANOVA; the report promises fANOVA, seeded."""
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
 def _importances(study: optuna.Study, complete: list[TrialRow]) -> dict[str, float]:
-    if len(complete) < 2 or not _shared_params(complete):
+    """fANOVA importances of the parameters every complete trial has; empty below
+    ``MIN_IMPORTANCE_TRIALS`` complete trials or when they cannot be computed."""
+    params = _shared_params(complete)
+    if len(complete) < MIN_IMPORTANCE_TRIALS or not params:
         return {}
     try:
-        # Optuna 5's default evaluator is PED-ANOVA; the report promises fANOVA, seeded
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-    except (RuntimeError, ValueError, ZeroDivisionError):  # too few or constant trials
+        found = optuna.importance.get_param_importances(
+            study, evaluator=importance_evaluator(), params=params
+        )
+        return dict(found)
+    except (RuntimeError, ValueError, ZeroDivisionError):  # constant trials
         return {}
 
 
@@ -179,14 +194,13 @@ def _compute(rows: list[TrialRow], loaded: LoadedStudy) -> Compute:
         sum((loaded.max_epochs - r.epochs) * r.wall_seconds / max(r.epochs, 1) for r in pruned)
         / 3600
     )
-    gpu_hours = hours * cfg.resources.gpus_per_trial
-    price = cfg.report.gpu_hour_price
+    gpu_hours, cost = cfg.compute_cost(hours * 3600)
     return Compute(
         trial_hours=hours,
         pruned_hours=sum(r.wall_seconds for r in pruned) / 3600,
         saved_hours=saved,
         gpu_hours=gpu_hours,
-        cost=None if price is None else gpu_hours * price,
+        cost=cost,
         currency=cfg.report.currency,
     )
 

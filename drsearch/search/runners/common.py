@@ -178,7 +178,7 @@ def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) 
 
         try:
             Path(getattr(store.artifacts, "_base_path", ".")).mkdir(parents=True, exist_ok=True)
-            annotate_trial(ctx.trial, outcome, store.artifacts)
+            annotate_trial(ctx.trial, outcome, store.artifacts, store.config)
         except Exception as exc:  # noqa: BLE001 - never lose a trained trial to an artifact
             problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
             outcome.user_attrs["artifact_error"] = problem
