@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/jpeg_loading.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/demo_wall.py
+	$(BIN)/python bench/pruning_metric.py
 
 clean:
 	rm -rf $(VENV) runs data

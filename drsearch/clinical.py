@@ -1,6 +1,9 @@
 """The medical rules, in one place: grades, the thresholds a DR grader is held to, and the
 medical-grade checklist.
 
+The objective a study ranks by (its primary metric minus a penalty when a constraint fails,
+``objective_score``) lives here too, so the trainer and the search score an epoch alike.
+
 The ICDR grades are 0 none, 1 mild, 2 moderate, 3 severe NPDR and 4 PDR. A study's default
 constraints and the report's checklist use the same thresholds: severe NPDR sensitivity
 >= 0.90, PDR sensitivity >= 0.95, every per-grade specificity >= 0.90 (> 0.90 in the
@@ -33,6 +36,61 @@ DEFAULT_CONSTRAINTS = (
     ("sensitivity_pdr", PDR_SENSITIVITY_MIN),
     ("min_specificity", SPECIFICITY_MIN),
 )
+
+#: Validation metrics a study may optimise (all "higher is better") and their value ranges.
+PRIMARY_METRIC_RANGES = {
+    "accuracy": (0.0, 1.0),
+    "balanced_accuracy": (0.0, 1.0),
+    "qwk": (-1.0, 1.0),
+    "macro_f1": (0.0, 1.0),
+    "referable_auc": (0.0, 1.0),
+}
+
+
+def constraint_name(metric: str, minimum: float) -> str:
+    """How a constraint is named in records: ``sensitivity_pdr>=0.95``."""
+    return f"{metric}>={minimum:g}"
+
+
+@dataclass
+class Score:
+    """The medical-grade objective of one epoch's validation metrics.
+
+    ``primary`` is the study's metric. Each constraint ``metric >= min`` has a shortfall
+    ``max(0, min - metric)`` (an undefined metric, e.g. a grade absent from validation,
+    counts as 0). A feasible epoch scores ``primary``; an infeasible one scores
+    ``primary - (R + sum of shortfalls)``, where ``R`` is the width of the primary metric's
+    range (1, or 2 for QWK). So every infeasible result ranks below every feasible one, and
+    among infeasible ones the smaller total shortfall ranks higher. Constraint values
+    ``min - metric`` are also stored for Optuna (feasible when all are <= 0).
+    """
+
+    value: float
+    primary: float
+    constraints: dict[str, float]  # name -> min - metric; feasible when all <= 0
+    shortfalls: dict[str, float]
+    feasible: bool
+
+
+def objective_score(
+    metric: str, constraints: list[tuple[str, float]], metrics: dict[str, Any]
+) -> Score:
+    """The objective (``Score``) of ``metrics`` for a primary ``metric`` and constraints
+    given as ``(metric, min)`` pairs."""
+    low, high = PRIMARY_METRIC_RANGES[metric]
+    raw = metrics.get(metric)
+    primary = low if raw is None or math.isnan(raw) else float(raw)
+    bounds, shortfalls = {}, {}
+    for name, minimum in constraints:
+        value = metrics.get(name)
+        observed = 0.0 if value is None else float(value)
+        key = constraint_name(name, minimum)
+        bounds[key] = minimum - observed
+        shortfalls[key] = max(0.0, minimum - observed)
+    feasible = all(v <= 0 for v in bounds.values())
+    value = primary if feasible else primary - ((high - low) + sum(shortfalls.values()))
+    return Score(value, primary, bounds, shortfalls, feasible)
+
 
 #: z for a two-sided 95% interval.
 Z95 = 1.959963984540054

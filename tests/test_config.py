@@ -58,10 +58,16 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
             "schedule.warmup_epochs: warmup must end before training does",
         ),
         ("loss: {class_weights: [1, 2, 3]}", "loss.class_weights: needs 5 weights"),
+        ("loss: {alpha: [1, 2]}", "loss.alpha: needs 5 weights"),
+        ("loss: {alpha: balanced}", "loss.alpha: must be one of 'inverse' or 'inverse_sqrt'"),
         ("loss: {name: dice}", "loss.name: must be one of 'ce' or 'focal', got 'dice'"),
         ("train: {epochs: ten}", "train.epochs: Input should be a valid integer"),
         ("model: {pretrained: true}", "model.pretrained: true would download"),
         ("schedule: {name: cosine, min_lr: 0.5}\noptim: {lr: 0.1}", "schedule.min_lr: must be <"),
+        (
+            "schedule: {name: cosine_restarts, min_lr: 0.1}\noptim: {lr: 0.1}",
+            "schedule.min_lr: must be < optim.lr (0.1) for a cosine_restarts decay",
+        ),
         ("data: {progressive: [{epoch: 1, size: 64}]}", "data.progressive: the first phase"),
         (
             "train: {epochs: 4}\ndata: {progressive: [{epoch: 0, size: 32}, {epoch: 4, size: 64}]}",

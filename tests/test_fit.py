@@ -246,3 +246,24 @@ def test_a_resumed_run_replays_its_curve_to_the_reporter(
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [b for _, _, b in seen] == [r["best_epoch"] for r in logged]
     assert all("replayed" not in r for r in logged)  # the flag is for the reporter only
+
+
+def test_monitor_objective_picks_the_epoch_the_study_would_rank_highest(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    from drsearch.config.objective import ObjectiveConfig
+
+    objective = ObjectiveConfig(
+        metric="accuracy", constraints=[{"metric": "sensitivity_pdr", "min": 0.75}]
+    )
+    recipe = make_recipe(
+        tiny_dataset, train__epochs=4, train__monitor="objective", train__objective=objective
+    )
+    result = fit(recipe, run_dir=tmp_path / "run")
+    log = read_log(tmp_path / "run")
+    scores = [objective.score(r["val"]) for r in log]
+    assert [r["val"]["objective"] for r in log] == [pytest.approx(s.value) for s in scores]
+    best = max(range(4), key=lambda i: (scores[i].value, -i)) + 1  # the first of the highest
+    assert log[-1]["best_epoch"] == best and result.best_epoch == best
+    with pytest.raises(Exception, match="train.objective: train.monitor: objective needs"):
+        make_recipe(tiny_dataset, train__monitor="objective")

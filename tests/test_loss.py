@@ -98,3 +98,48 @@ def test_explicit_weights_pass_through() -> None:
         8.0,
         6.0,
     ]
+
+
+def test_focal_alpha_per_grade_is_lin_et_al_alpha_t() -> None:
+    # fixed logits, hand-written reference of FL(p_t) = -alpha_t (1 - p_t)^gamma log p_t
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.3], [0.1, 0.2, 0.3, 1.5, -0.5]])
+    labels = torch.tensor([0, 3])
+    alpha = [0.25, 1.0, 1.0, 2.0, 3.0]
+    gamma = 2.0
+    p = logits.softmax(1)
+    by_hand = [
+        -alpha[int(y)] * (1 - float(p[i, y])) ** gamma * torch.log(p[i, y]).item()
+        for i, y in enumerate(labels)
+    ]
+    loss = SoftTargetLoss(LossConfig(name="focal", gamma=gamma, alpha=alpha), None)
+    assert loss(logits, F.one_hot(labels, 5).float()).item() == pytest.approx(
+        sum(by_hand) / 2, rel=1e-6
+    )
+    # a per-grade alpha changes the balance between grades, not merely the loss's scale
+    flat = SoftTargetLoss(LossConfig(name="focal", gamma=gamma, alpha=1.5), None)
+    one, three = (F.one_hot(torch.tensor([y]), 5).float() for y in (0, 3))
+    ratio = loss(logits[1:], three) / loss(logits[:1], one)
+    assert ratio.item() == pytest.approx(8.0 * (flat(logits[1:], three) / flat(logits[:1], one)))
+
+
+def test_focal_alpha_presets_come_from_the_training_grades() -> None:
+    from drsearch.train.loss import resolve_focal_alpha
+
+    labels = [0] * 60 + [1] * 10 + [2] * 20 + [3] * 5 + [4] * 5
+    assert resolve_focal_alpha(LossConfig(alpha="inverse"), labels) == resolve_class_weights(
+        LossConfig(class_weights="inverse"), labels
+    )
+    assert resolve_focal_alpha(LossConfig(alpha=2.0), labels) == [2.0] * 5
+    with pytest.raises(ValueError, match="training labels"):
+        SoftTargetLoss(LossConfig(name="focal", alpha="inverse_sqrt"), None)
+
+
+def test_focal_with_label_smoothing_weights_each_grade_share() -> None:
+    logits = torch.tensor([[1.0, 0.2, -0.3, 0.0, 0.5]])
+    targets = one_hot_smoothed(torch.tensor([0]), 0.1)
+    p = logits.softmax(1)[0]
+    by_hand = sum(
+        -float(targets[0, c]) * (1 - float(p[c])) ** 2 * float(torch.log(p[c])) for c in range(5)
+    )
+    loss = SoftTargetLoss(LossConfig(name="focal", gamma=2.0, label_smoothing=0.1), None)
+    assert loss(logits, targets).item() == pytest.approx(by_hand, rel=1e-6)

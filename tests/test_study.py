@@ -9,7 +9,7 @@ import yaml
 
 from drsearch.config.study import load_study
 from drsearch.errors import ConfigError
-from tests.conftest import USUAL_KNOBS, sampled_recipes
+from tests.conftest import USUAL_KNOBS, sampled_recipes, write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,8 +152,88 @@ def test_medsiglip_lora_study_is_the_one_users_describe(monkeypatch: pytest.Monk
     assert (recipe.train.batch_size, recipe.train.grad_accum) == (6, 4)
     assert recipe.train.patience is not None and recipe.train.patience >= 8
     bounds = {k: (getattr(p, "low", None), getattr(p, "high", None)) for k, p in space.items()}
-    assert bounds["loss.alpha"][1] == 4.0 and bounds["loss.gamma"][1] == 6.0
+    assert bounds["loss.gamma"][1] == 6.0  # alpha: per grade, not a scale Adam cancels
+    assert space["loss.alpha"].choices == [1.0, "inverse_sqrt", "inverse"]
     assert bounds["loss.class_weights.3"][1] == 8.0 and bounds["loss.class_weights.4"][1] == 6.0
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout"} <= set(space)
     assert set(space["model.lora.target_modules"].choices) == {"qkv", "attention", "attention_mlp"}
     assert len(sampled_recipes(recipe, space, 10)) == 10  # each a valid recipe
+
+
+def test_every_metric_a_study_may_name_is_computed_and_reported() -> None:
+    import numpy as np
+
+    from drsearch.config.study import CONSTRAINT_METRICS, PRIMARY_METRICS
+    from drsearch.search.worker import REPORTED_METRICS
+    from drsearch.train.metrics import compute_metrics
+
+    labels = np.array([0, 0, 1, 2, 3, 4, 4, 2])
+    probs = np.eye(5)[[0, 1, 1, 2, 3, 4, 3, 2]] * 0.9 + 0.02
+    metrics = compute_metrics(labels, probs)
+    named = set(CONSTRAINT_METRICS) | set(PRIMARY_METRICS)
+    assert named <= set(REPORTED_METRICS)
+    assert all(metrics[m] is not None for m in named), [m for m in named if metrics[m] is None]
+    # the weakest grade: grade 4 found once of twice (grade 1 once of once)
+    assert metrics["min_sensitivity"] == 0.5
+
+
+def test_a_constraint_the_validation_split_cannot_compute_is_refused(tmp_path: Path) -> None:
+    from drsearch.data.synth import write_synthetic_dataset
+    from drsearch.search.checks import check_inputs
+
+    root = write_synthetic_dataset(tmp_path / "data", n=40, size=32, seed=0, imbalance="balanced")
+    table = root / "train.csv"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join([rows[0]] + [r for r in rows[1:] if not r.endswith(",4")]) + "\n")
+    path = write_tiny_study(tmp_path, root, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
+    loaded = load_study(path)  # the default constraint: sensitivity_pdr >= 0.5
+    with pytest.raises(ConfigError, match=r"objective.constraints.0: sensitivity_pdr is undefined"):
+        check_inputs(loaded)
+    fine = write_tiny_study(
+        tmp_path,
+        root,
+        "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n",
+        name="fine",
+        objective={
+            "metric": "accuracy",
+            "constraints": [{"metric": "min_sensitivity", "min": 0.2}],
+        },
+    )
+    check_inputs(load_study(fine))  # min_sensitivity is over the grades present
+
+
+def test_a_study_pins_its_objective_into_every_trial_recipe(tmp_path: Path) -> None:
+    from drsearch.search.worker import epoch_report
+
+    path = write_tiny_study(
+        tmp_path,
+        tmp_path / "data",
+        "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n",
+        recipe_overrides={"train.monitor": "qwk"},
+        pruner={"metric": "objective", "grace_period": 2, "reduction_factor": 2},
+    )
+    loaded = load_study(path)
+    assert loaded.recipe.train.monitor == "objective"  # the study's rule, not the recipe's
+    assert loaded.recipe.train.objective == loaded.config.objective
+    (recipe,) = sampled_recipes(loaded.recipe, loaded.space, 1)
+    assert recipe.train.objective == loaded.config.objective
+    record = {"epoch": 2, "best_epoch": 1, "lr": {}, "train": {"loss": 1.0},
+              "val": {"accuracy": 0.8, "objective": -0.4}}  # fmt: skip
+    assert epoch_report(record, "objective").value == -0.4  # pruning on the objective
+    assert loaded.warnings == []  # rungs at 2 (and 4 > 3 epochs: none), after the 1-epoch warmup
+
+
+def test_rungs_inside_the_warmup_or_before_a_resize_are_warned_at_load(tmp_path: Path) -> None:
+    path = write_tiny_study(
+        tmp_path,
+        tmp_path / "data",
+        "schedule.warmup_epochs: {type: float, low: 0.0, high: 2.0}\n",
+        recipe_overrides={
+            "train.epochs": 8,
+            "data.progressive": [{"epoch": 0, "size": 32}, {"epoch": 4, "size": 48}],
+        },
+        pruner={"grace_period": 1, "reduction_factor": 2},
+    )
+    warmup, resize = load_study(path).warnings
+    assert "pruner rungs at epoch(s) [1, 2] fall inside the LR warmup (up to 2 epochs)" in warmup
+    assert "rungs at epoch(s) [1, 2, 4] come before the first resolution change (epoch 5" in resize

@@ -88,6 +88,8 @@ def run(
     }
     use_gpu = smoke and torch.cuda.is_available()
     loaded = _open_study(study, storage, run_root, smoke, overrides, use_gpu, _overrides(sets))
+    for warning in loaded.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     if smoke:
         from drsearch.search.smoke import reset_smoke
 
@@ -123,6 +125,8 @@ def check(study: Path, samples: int) -> None:
     from drsearch.search.checks import check_inputs, sample_problems
 
     loaded = load_study(study)
+    for warning in loaded.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     check_inputs(loaded, generate=False)
     problems = sample_problems(loaded, samples)
     if problems:

@@ -264,7 +264,14 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     # the same key is the one that says what is wrong (loss.class_weights.2: not finite)
     head = _key_path(first["loc"])
     nested = [e for e in errors if _key_path(e["loc"])[: len(head)] == head]
-    first = max(nested, key=lambda e: len(_key_path(e["loc"])))
+    # ... and among equals, for a word, the branch that lists the words it may be
+    first = max(
+        nested,
+        key=lambda e: (
+            len(_key_path(e["loc"])),
+            e["type"] == "literal_error" and isinstance(e.get("input"), str),
+        ),
+    )
     path, message = _describe(first, model)
     others = {_key_path(e["loc"]) for e in errors} - {_key_path(first["loc"])}
     more = f" (and {len(others)} more problem(s))" if others else ""
@@ -274,8 +281,13 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
 
 def _key_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
     """The recipe key of an error location, without pydantic's union-member tags
-    (``literal['qkv', ...]``, ``list[str]``), which are not keys a user can write."""
-    return tuple(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
+    (``literal['qkv', ...]``, ``list[str]``, ``constrained-float``, ``float``), which are not
+    keys a user can write (recipe keys are identifiers)."""
+    return tuple(str(p) for p in loc if not (isinstance(p, str) and _UNION_TAG.search(p)))
+
+
+#: What only pydantic's union-member tags contain (a bracket or a hyphen), or are.
+_UNION_TAG = re.compile(r"[\[-]|^(float|int|str|bool|none|list|dict)$")
 
 
 def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> tuple[str, str]:

@@ -10,13 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from drsearch import NUM_CLASSES
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+from drsearch.config.base import (  # noqa: F401 - re-exported: recipe sections' types
+    Epochs,
+    Fraction,
+    NonNegFloat,
+    PositiveFloat,
+    Section,
+    Seed,
+)
+from drsearch.config.objective import ObjectiveConfig
 
 #: Validation metrics a recipe may monitor (early stopping, best checkpoint, plateau).
 MONITOR_METRICS = {
@@ -26,20 +31,9 @@ MONITOR_METRICS = {
     "macro_f1": "max",
     "referable_auc": "max",
     "loss": "min",
+    # the study's objective (primary metric minus the constraint penalty): train.objective
+    "objective": "max",
 }
-
-
-#: Seeds go to numpy and torch, which take 0 .. 2**32 - 1.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-#: A count of epochs; far beyond any real run, so a typo (1e30) fails instead of hanging.
-Epochs = Annotated[int, Field(ge=1, le=100_000)]
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignments are validated,
-    numbers must be finite (no inf or NaN)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthConfig(Section):
@@ -192,15 +186,23 @@ ClassWeightPreset = Literal["none", "inverse", "inverse_sqrt"]
 
 
 class LossConfig(Section):
-    """Cross-entropy or focal loss ``alpha * (1 - p_t)**gamma * CE`` with class weights."""
+    """Cross-entropy, or focal loss ``alpha_t * (1 - p_t)**gamma * CE`` (Lin et al. 2017),
+    with class weights.
+
+    ``alpha`` is Lin et al.'s per-class alpha_t: five numbers (one per grade), or derived from
+    the training grade frequencies (``inverse``, ``inverse_sqrt``, normalised to mean 1 over
+    the training images, like the class-weight presets). A single number is one alpha for
+    every grade: a constant scale of the loss, which Adam and AdamW normalise away, so it is
+    not worth searching.
+    """
 
     name: Literal["ce", "focal"] = "ce"
-    alpha: PositiveFloat = 1.0
+    alpha: PositiveFloat | list[PositiveFloat] | Literal["inverse", "inverse_sqrt"] = 1.0
     gamma: NonNegFloat = 2.0
     class_weights: ClassWeightPreset | list[PositiveFloat] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
-    @field_validator("class_weights")
+    @field_validator("class_weights", "alpha")
     @classmethod
     def _five_weights(cls, value: object) -> object:
         if isinstance(value, list) and len(value) != NUM_CLASSES:
@@ -221,13 +223,18 @@ class AugmentConfig(Section):
 
 
 class OptimConfig(Section):
-    """Optimizer with two parameter groups: backbone (``lr * backbone_lr_mult``) and head."""
+    """Optimizer over two parameter groups, backbone (``lr * backbone_lr_mult``) and head, each
+    split in a weight-decayed and an undecayed part (biases, norms) unless
+    ``decay_norm_and_bias``."""
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegFloat = 0.05
     backbone_lr_mult: float = Field(1.0, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
+    # as timm does: no weight decay on biases, normalisation weights (every 1-d tensor) and
+    # the model's own no_weight_decay() set (position embeddings, class tokens)
+    decay_norm_and_bias: bool = False
 
 
 class ScheduleConfig(Section):
@@ -254,12 +261,17 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, le=4096)
     patience: int | None = Field(None, ge=1, le=100_000)
     monitor: Literal[
-        "accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc", "loss"
+        "accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc", "loss", "objective"
     ] = "qwk"
+    # with monitor: objective, the study's objective (a study pins it into every trial)
+    objective: ObjectiveConfig | None = None
     seed: Seed = 0
     amp: bool = True
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
+    # the decay ramps up over the first steps (timm's ModelEmaV3 warmup): without it, an
+    # early ASHA rung compares high-decay trials on weights still close to the random init
+    ema_warmup: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, le=1024)
     channels_last: bool = True
@@ -297,10 +309,17 @@ class Recipe(Section):
                 f"warmup must end before training does: must be < train.epochs ({epochs}), "
                 f"got {self.schedule.warmup_epochs}",
             )
-        if self.schedule.name == "cosine" and self.schedule.min_lr >= self.optim.lr:
+        if self.train.monitor == "objective" and self.train.objective is None:
+            raise _at(
+                "train.objective",
+                "train.monitor: objective needs the objective: set train.objective "
+                "(metric and constraints, as in a study file)",
+            )
+        cosine = self.schedule.name in ("cosine", "cosine_restarts")
+        if cosine and self.schedule.min_lr >= self.optim.lr:
             raise _at(
                 "schedule.min_lr",
-                f"must be < optim.lr ({self.optim.lr}) for a cosine decay, "
+                f"must be < optim.lr ({self.optim.lr}) for a {self.schedule.name} decay, "
                 f"got {self.schedule.min_lr}",
             )
         for i, phase in enumerate(self.data.progressive):

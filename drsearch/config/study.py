@@ -5,13 +5,12 @@ Every path a study names is resolved once here, against the directory drsearch r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drsearch.clinical import DEFAULT_CONSTRAINTS
 from drsearch.config.loading import (
     absolute,
     parse_config,
@@ -20,6 +19,14 @@ from drsearch.config.loading import (
     recipe_with_overrides,
     set_dotted,
     with_absolute_paths,
+)
+from drsearch.config.objective import (  # noqa: F401 - re-exported for study users
+    CONSTRAINT_METRICS,
+    PRIMARY_METRICS,
+    Constraint,
+    ConstraintMetric,
+    ObjectiveConfig,
+    PrimaryMetric,
 )
 from drsearch.config.recipe import Epochs, KeyedValueError, Recipe, Section, Seed
 from drsearch.config.space import SearchSpace, load_search_space
@@ -30,65 +37,12 @@ from drsearch.errors import ConfigError
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-#: Validation metrics a study may optimise (all "higher is better") and their value ranges.
-PRIMARY_METRICS = {
-    "accuracy": (0.0, 1.0),
-    "balanced_accuracy": (0.0, 1.0),
-    "qwk": (-1.0, 1.0),
-    "macro_f1": (0.0, 1.0),
-    "referable_auc": (0.0, 1.0),
-}
-
-
-PrimaryMetric = Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"]
-
-
-#: Metrics a constraint may bound from below (each a number in [0, 1]).
-ConstraintMetric = Literal[
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "sensitivity_severe_npdr",
-    "sensitivity_pdr",
-    "min_specificity",
-    "min_sensitivity",
-    "referable_sensitivity",
-    "referable_specificity",
-    "vtdr_sensitivity",
-    "vtdr_specificity",
-]
-
-
-CONSTRAINT_METRICS = get_args(ConstraintMetric)
-
-
-class Constraint(Section):
-    """``metric >= min`` on the trial's best epoch."""
-
-    metric: ConstraintMetric
-    min: float = Field(ge=0, le=1)
-
-    @property
-    def name(self) -> str:
-        return f"{self.metric}>={self.min:g}"
-
-
-def _default_constraints() -> list[Constraint]:
-    return [Constraint(metric=metric, min=low) for metric, low in DEFAULT_CONSTRAINTS]
-
-
-class ObjectiveConfig(Section):
-    """Primary metric to maximise, and medical-grade constraints on the best epoch."""
-
-    metric: PrimaryMetric = "accuracy"
-    constraints: list[Constraint] = Field(default_factory=_default_constraints)
-
-
 class PrunerConfig(Section):
     """ASHA (Ray's ``ASHAScheduler``; Optuna's ``SuccessiveHalvingPruner`` in-process)."""
 
     enabled: bool = True
-    metric: PrimaryMetric = "accuracy"
+    # a validation metric, or ``objective``: the study's objective (primary minus penalty)
+    metric: PrimaryMetric | Literal["objective"] = "accuracy"
     grace_period: Epochs = 1
     reduction_factor: int = Field(3, ge=2, le=100)
     max_epochs: Epochs | None = None
@@ -205,6 +159,7 @@ class LoadedStudy:
     config: StudyConfig
     recipe: Recipe
     space: SearchSpace
+    warnings: list[str] = field(default_factory=list)  # said by ``run`` and ``check``
 
     @property
     def max_epochs(self) -> int:
@@ -228,8 +183,13 @@ def load_study(
         data["overrides"] = {**base, **recipe_overrides}
     config = parse_config(StudyConfig, data, str(path))
     recipe = _base_recipe(path, config)
+    # a trial's best epoch (its best.pt, early stopping, the value it is told with) is
+    # chosen on what the study ranks by: the study's objective, pinned into every recipe
+    train = recipe.train.model_copy(update={"monitor": "objective", "objective": config.objective})
+    recipe = recipe.model_copy(update={"train": train})
     space = load_search_space(config.search_space, recipe)
     _check_pruner(path, config, recipe)
+    warnings = _rung_warnings(path, config, recipe, space)
     _check_storage(path, config)
     # Every path is resolved here, once, against the invocation directory: trials run in
     # other working directories (Ray's trial folders, other nodes) and must not depend on it.
@@ -240,7 +200,7 @@ def load_study(
             "storage": _absolute_sqlite(config.storage, cwd),
         }
     )
-    return LoadedStudy(path, config, with_absolute_paths(recipe, cwd), space)
+    return LoadedStudy(path, config, with_absolute_paths(recipe, cwd), space, warnings)
 
 
 def _absolute_sqlite(url: str | None, base: Path) -> str | None:
@@ -281,6 +241,53 @@ def _check_pruner(path: Path, config: StudyConfig, recipe: Recipe) -> None:
             f"{path}: pruner.grace_period must be <= train.epochs, "
             f"but got {pruner.grace_period} > {limit}"
         )
+
+
+def pruner_rungs(config: StudyConfig, max_epochs: int) -> list[int]:
+    """The epochs after which ASHA compares trials: ``grace * reduction**k < max_epochs``."""
+    pruner = config.pruner
+    if not pruner.enabled:
+        return []
+    rungs, rung = [], pruner.grace_period
+    while rung < max_epochs:
+        rungs.append(rung)
+        rung *= pruner.reduction_factor
+    return rungs
+
+
+def _rung_warnings(
+    path: Path, config: StudyConfig, recipe: Recipe, space: SearchSpace
+) -> list[str]:
+    """ASHA rungs that judge trials while their warmup runs, or before the first resolution
+    change of progressive resizing (the size they will be judged on at the end)."""
+    rungs = pruner_rungs(config, config.pruner.max_epochs or recipe.train.epochs)
+    warmup = float(recipe.schedule.warmup_epochs)
+    searched = space.get("schedule.warmup_epochs")
+    if searched is not None and getattr(searched, "high", None) is not None:
+        warmup = max(warmup, float(searched.high))
+    out = []
+    early = [r for r in rungs if r <= warmup]
+    if early:
+        out.append(
+            f"{path}: pruner rungs at epoch(s) {early} fall inside the LR warmup (up to "
+            f"{warmup:g} epochs): ASHA will compare trials before they reach their LR; raise "
+            "pruner.grace_period above the warmup"
+        )
+    phases = recipe.data.progressive
+    if len(phases) > 1:
+        first_change = phases[1].epoch
+        searched = space.get("data.progressive.1.epoch")
+        if searched is not None and getattr(searched, "high", None) is not None:
+            first_change = max(first_change, int(searched.high))
+        before = [r for r in rungs if r <= first_change]
+        if before:
+            out.append(
+                f"{path}: pruner rungs at epoch(s) {before} come before the first resolution "
+                f"change (epoch {first_change + 1} trains at {phases[1].size} px): ASHA will "
+                f"judge trials at {phases[0].size} px; raise pruner.grace_period past "
+                f"{first_change}"
+            )
+    return out
 
 
 def _check_storage(path: Path, config: StudyConfig) -> None:

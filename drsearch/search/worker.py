@@ -30,6 +30,7 @@ REPORTED_METRICS = (
     "sensitivity_severe_npdr",
     "sensitivity_pdr",
     "min_specificity",
+    "min_sensitivity",
     "referable_sensitivity",
     "referable_specificity",
     "referable_auc",

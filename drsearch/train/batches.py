@@ -22,6 +22,15 @@ def epoch_seed(seed: int, epoch: int, batch: int = -1) -> int:
     return int(mixed[0] & 0x7FFFFFFF)
 
 
+def accumulation_group(batch: int, n_batches: int, accum: int) -> tuple[int, bool]:
+    """How many batches the accumulation group of ``batch`` (0-based) holds, and whether
+    the optimizer steps after it. The last group of an epoch may be shorter than ``accum``:
+    its gradient is the mean over the batches it really has."""
+    start = batch // accum * accum
+    size = min(accum, n_batches - start)
+    return size, batch + 1 == start + size
+
+
 @dataclass
 class Split:
     """The images of one side of the split at one size."""

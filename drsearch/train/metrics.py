@@ -81,6 +81,7 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         "sensitivity_severe_npdr": sens[3],
         "sensitivity_pdr": sens[4],
         "min_specificity": min((s for s in spec if s is not None), default=None),
+        "min_sensitivity": min(present, default=None),
         "referable_sensitivity": ref_sens,
         "referable_specificity": ref_spec,
         "referable_auc": _auc(labels >= 2, probs[:, 2:].sum(axis=1)),

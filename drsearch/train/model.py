@@ -161,17 +161,32 @@ def head_parameter_names(model: nn.Module) -> list[str]:
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Backbone and head groups; ``base_lr`` is each group's LR before the schedule."""
+    """Backbone and head groups; ``base_lr`` is each group's LR before the schedule.
+
+    Unless ``cfg.decay_norm_and_bias``, each role is split as timm's
+    ``param_groups_weight_decay`` does: biases, 1-d tensors (normalisation weights) and the
+    model's ``no_weight_decay()`` names go to a part of the same name with weight decay 0.
+    Both parts of a role share its LR (logged once under the role's name).
+    """
     head_names = set(head_parameter_names(model))
-    head, backbone = [], []
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    parts: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (role, decay): [] for role in ("backbone", "head") for decay in (True, False)
+    }
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (head if name in head_names else backbone).append(param)
+        if not param.requires_grad:
+            continue
+        role = "head" if name in head_names else "backbone"
+        undecayed = param.ndim <= 1 or name.endswith(".bias") or name in skip
+        parts[(role, cfg.decay_norm_and_bias or not undecayed)].append(param)
     lr = cfg.lr
-    return [
-        {"name": "backbone", "params": backbone, "base_lr": lr * cfg.backbone_lr_mult, "lr": lr},
-        {"name": "head", "params": head, "base_lr": lr, "lr": lr},
-    ]
+    base = {"backbone": lr * cfg.backbone_lr_mult, "head": lr}
+    groups = []
+    for (role, decay), params in parts.items():
+        if params or decay:  # the decayed part always, so every role has a group
+            group = {"name": role, "params": params, "base_lr": base[role], "lr": lr}
+            groups.append(group if decay else group | {"weight_decay": 0.0})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -197,8 +212,12 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     return mean, std
 
 
-def make_ema(model: nn.Module, decay: float) -> Any:
-    """timm's ``ModelEmaV3`` of ``model``: the weights evaluated when ``train.ema`` is on."""
+def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> Any:
+    """timm's ``ModelEmaV3`` of ``model``: the weights evaluated when ``train.ema`` is on.
+
+    With ``warmup`` the decay at optimizer step ``k`` is ``min(decay, 1 - k**(-2/3))``
+    (timm's default warmup power), so the average starts from the trained weights rather
+    than lingering at the initial ones."""
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=decay)
+    return ModelEmaV3(model, decay=decay, use_warmup=warmup)

@@ -32,12 +32,18 @@ from drsearch.train import checkpoint
 from drsearch.train.augment import describe, make_mixup, train_pipeline
 from drsearch.train.batches import (
     Normalizer,
+    accumulation_group,
     epoch_seed,
     eval_batches,
     train_batches,
 )
 from drsearch.train.faults import fault_point
-from drsearch.train.loss import SoftTargetLoss, one_hot_smoothed, resolve_class_weights
+from drsearch.train.loss import (
+    SoftTargetLoss,
+    one_hot_smoothed,
+    resolve_class_weights,
+    resolve_focal_alpha,
+)
 from drsearch.train.metrics import compute_metrics
 from drsearch.train.model import (
     build_model,
@@ -111,10 +117,21 @@ class _Trainer:
         self.plan = StepPlan(steps_per_epoch(len(data.train_idx), recipe), recipe.train.epochs)
         self.lr = LRController(self.optimizer, recipe, self.plan)
         self.class_weights = resolve_class_weights(recipe.loss, data.labels("train"))
-        self.criterion = SoftTargetLoss(recipe.loss, self.class_weights).to(self.device)
+        self.focal_alpha = (
+            resolve_focal_alpha(recipe.loss, data.labels("train"))
+            if recipe.loss.name == "focal"
+            else None
+        )
+        self.criterion = SoftTargetLoss(recipe.loss, self.class_weights, self.focal_alpha).to(
+            self.device
+        )
         self.amp = recipe.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.ema = make_ema(self.model, recipe.train.ema_decay) if recipe.train.ema else None
+        self.ema = (
+            make_ema(self.model, recipe.train.ema_decay, recipe.train.ema_warmup)
+            if recipe.train.ema
+            else None
+        )
         self.mixup = make_mixup(recipe)
         self.pipeline = train_pipeline(recipe.augment)
         mode = MONITOR_METRICS[recipe.train.monitor]
@@ -174,6 +191,7 @@ class _Trainer:
                 "skipped_examples": self.data.skipped.examples,
                 "steps_per_epoch": self.plan.steps_per_epoch,
                 "class_weights": self.class_weights,
+                "focal_alpha": self.focal_alpha,
                 "augmentations": describe(self.pipeline),
                 "device": str(self.device),
                 "parameters": self.parameters,
@@ -242,6 +260,9 @@ class _Trainer:
         probs, val_loss = self._predict()
         labels = self.data.labels("val")
         val = compute_metrics(labels, probs) | {"loss": val_loss}
+        objective = self.recipe.train.objective
+        if objective is not None:  # what a study ranks by, scored on every epoch alike
+            val["objective"] = objective.score(val).value
         self.lr.end_epoch(val[self.recipe.train.monitor], self.higher_is_better)
         improved = self._track_best(epoch + 1, val[self.recipe.train.monitor])
         record = {
@@ -285,8 +306,9 @@ class _Trainer:
                     f"training loss became {loss.item()} at epoch {epoch + 1}, batch {k + 1}; "
                     "lower optim.lr or set train.grad_clip"
                 )
-            self.scaler.scale(loss / cfg.grad_accum).backward()
-            if (k + 1) % cfg.grad_accum == 0 or k + 1 == len(batches):
+            group, last = accumulation_group(k, len(batches), cfg.grad_accum)
+            self.scaler.scale(loss / group).backward()
+            if last:
                 self._optimizer_step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1).cpu() == labels).sum().item()

@@ -1,0 +1,72 @@
+"""The objective a study ranks its trials by: a primary metric and medical-grade constraints.
+
+A study file's ``objective:`` section; a study also pins it into every trial's recipe
+(``train.monitor: objective``), so that a trial's best epoch is chosen on what the study
+ranks by. The scoring rule itself is ``drsearch.clinical.objective_score``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import Field
+
+from drsearch.clinical import (
+    DEFAULT_CONSTRAINTS,
+    PRIMARY_METRIC_RANGES,
+    Score,
+    constraint_name,
+    objective_score,
+)
+from drsearch.config.base import Section
+
+#: Validation metrics a study may optimise (all "higher is better") and their value ranges.
+PRIMARY_METRICS = PRIMARY_METRIC_RANGES
+
+
+PrimaryMetric = Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"]
+
+
+#: Metrics a constraint may bound from below (each a number in [0, 1]).
+ConstraintMetric = Literal[
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "sensitivity_severe_npdr",
+    "sensitivity_pdr",
+    "min_specificity",
+    "min_sensitivity",
+    "referable_sensitivity",
+    "referable_specificity",
+    "vtdr_sensitivity",
+    "vtdr_specificity",
+]
+
+
+CONSTRAINT_METRICS = get_args(ConstraintMetric)
+
+
+class Constraint(Section):
+    """``metric >= min`` on the trial's best epoch."""
+
+    metric: ConstraintMetric
+    min: float = Field(ge=0, le=1)
+
+    @property
+    def name(self) -> str:
+        return constraint_name(self.metric, self.min)
+
+
+def _default_constraints() -> list[Constraint]:
+    return [Constraint(metric=metric, min=low) for metric, low in DEFAULT_CONSTRAINTS]
+
+
+class ObjectiveConfig(Section):
+    """Primary metric to maximise, and medical-grade constraints on the best epoch."""
+
+    metric: PrimaryMetric = "accuracy"
+    constraints: list[Constraint] = Field(default_factory=_default_constraints)
+
+    def score(self, metrics: dict[str, Any]) -> Score:
+        """The objective of one epoch's validation metrics (``clinical.objective_score``)."""
+        return objective_score(self.metric, [(c.metric, c.min) for c in self.constraints], metrics)
