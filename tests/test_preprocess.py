@@ -87,3 +87,20 @@ def test_cache_is_reused_and_recomputed_when_preprocessing_changes(
     other = build_cache(records, [64], "disk", 4.0, tmp_path / "c", False, Skipped(), prep=graham)
     assert len(reads) == 1 and other.location != first.location
     assert not np.array_equal(np.asarray(other.arrays[64]), np.asarray(first.arrays[64]))
+
+
+def test_a_wide_photograph_keeps_its_round_fundus_by_default() -> None:
+    # a 2:1 photograph (as many fundus cameras write), the fundus a centred disc, no crop
+    img = np.zeros((100, 200, 3), dtype=np.uint8)
+    cv2.circle(img, (100, 50), 45, (180, 90, 40), -1)
+
+    def extent(out: np.ndarray) -> tuple[int, int]:
+        bright = out.max(axis=2) > 30
+        rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+        return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+    assert PreprocessConfig().keep_aspect
+    h, w = extent(preprocess(img, PreprocessConfig(), 64))
+    assert abs(h - w) <= 1 and h == pytest.approx(64 * 90 / 200, abs=2)  # round, padded
+    h, w = extent(preprocess(img, PreprocessConfig(keep_aspect=False), 64))
+    assert w / h == pytest.approx(0.5, abs=0.05)  # squashed: the old behaviour, on request

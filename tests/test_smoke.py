@@ -69,8 +69,8 @@ def test_smoke_version_is_small_and_separate(name: str, at_root: None, tmp_path:
 
 def test_epoch_valued_bounds_shrink_with_the_run(at_root: None, tmp_path: Path) -> None:
     effb2 = smoke_study(load_study(Path("studies/effb2.yaml"), {"run_root": str(tmp_path)}))
-    warmup = effb2.space["schedule.warmup_epochs"]  # 0..5 of 20 epochs -> 0..0.5 of 2
-    assert isinstance(warmup, FloatParam) and (warmup.low, warmup.high) == (0.0, 0.5)
+    warmup = effb2.space["schedule.warmup_epochs"]  # 0..2.5 of 20 epochs -> 0..0.25 of 2
+    assert isinstance(warmup, FloatParam) and (warmup.low, warmup.high) == (0.0, 0.25)
     t0 = effb2.space["schedule.t0"]  # 2..8 of 20 -> 1 (a single choice)
     assert isinstance(t0, CategoricalParam) and t0.choices == [1]
     assert effb2.space["schedule.t0"].when == {"schedule.name": "cosine_restarts"}

@@ -27,6 +27,10 @@ def test_every_shipped_study_validates(name: str, monkeypatch: pytest.MonkeyPatc
     loaded = load_study(Path("studies") / f"{name}.yaml")
     assert loaded.config.name == name and loaded.space
     assert loaded.recipe.train.epochs >= loaded.config.pruner.grace_period
+    assert loaded.warnings == []  # no rung inside a warmup or before a resize
+    from drsearch.search.checks import sample_problems
+
+    assert sample_problems(loaded, 60) == []  # e.g. no focal loss drawn for a regression head
 
 
 @pytest.mark.parametrize("name", ["demo", "effb2"])

@@ -57,6 +57,9 @@ class PreprocessConfig(Section):
 
     crop_border: bool = False
     border_threshold: int = Field(10, ge=0, le=254)
+    # pad to a square (black, centred) before resizing, so a non-square photograph's fundus
+    # stays round; false squashes it to the square training size
+    keep_aspect: bool = True
     ben_graham: bool = False
     ben_graham_sigma: float = Field(0.1, gt=0, le=1)
     circular_mask: bool = False
@@ -167,6 +170,12 @@ class ModelConfig(Section):
     drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     lora: LoraConfig | None = None
+    #: What the last layer predicts (see train/heads.py): 5 grade logits, the grade as one
+    #: number (regression), or 4 cumulative "grade > k" logits (ordinal)
+    head: Literal["classification", "regression", "ordinal"] = "classification"
+    #: Fixed grade thresholds of a regression or ordinal head's score (4, increasing);
+    #: unset, they are fitted on validation every epoch to maximise QWK
+    thresholds: list[float] | None = None
     #: Further ``timm.create_model`` arguments, e.g. ``{embed_dim: 64, depth: 2}``.
     kwargs: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
@@ -179,6 +188,13 @@ class ModelConfig(Section):
             )
         if value in (None, "false", "none", ""):
             return False
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _four_increasing(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 4 or sorted(value) != value):
+            raise ValueError(f"needs 4 increasing numbers (grade 0|1|2|3|4 cuts), got {value}")
         return value
 
 
@@ -309,6 +325,14 @@ class Recipe(Section):
                 f"warmup must end before training does: must be < train.epochs ({epochs}), "
                 f"got {self.schedule.warmup_epochs}",
             )
+        if self.model.head != "classification" and self.loss.name == "focal":
+            raise _at(
+                "loss.name",
+                f"focal is for model.head: classification; a {self.model.head} head has its "
+                "own loss (see train/heads.py): use loss.name: ce",
+            )
+        if self.model.head == "classification" and self.model.thresholds is not None:
+            raise _at("model.thresholds", "only a regression or ordinal head has thresholds")
         if self.train.monitor == "objective" and self.train.objective is None:
             raise _at(
                 "train.objective",

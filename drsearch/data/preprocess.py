@@ -2,13 +2,16 @@
 
 - ``crop_border``: crop to the bounding box of pixels whose grey level exceeds
   ``border_threshold`` (removes the black frame around the field of view).
+- ``keep_aspect`` (default on): pad to a centred square with black before resizing, so the
+  fundus of a non-square photograph stays round (always on after ``crop_border``).
 - ``ben_graham``: Ben Graham's local colour normalisation (Kaggle DR 2015 winner):
   ``4 * img - 4 * GaussianBlur(img, sigma) + 128`` with ``sigma = ben_graham_sigma * r``,
   ``r`` the fundus radius in pixels at the output size, so it means the same at any size.
 - ``circular_mask``: set everything outside the inscribed circle to black (after Ben Graham,
   whose output is mid-grey off the fundus).
 
-Order: crop, resize to the training size, Ben Graham, mask. Random augmentation is not here.
+Order: crop, pad to a square, resize to the training size, Ben Graham, mask. Random
+augmentation is not here.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ def circular_mask(img: np.ndarray, margin: float = 0.0) -> np.ndarray:
 def preprocess(img: np.ndarray, cfg: PreprocessConfig, size: int) -> np.ndarray:
     """The deterministic pipeline for one decoded RGB image at one output size."""
     if cfg.crop_border:
-        img = square_pad(crop_border(img, cfg.border_threshold))
+        img = crop_border(img, cfg.border_threshold)
+    if cfg.crop_border or cfg.keep_aspect:
+        img = square_pad(img)
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     if cfg.ben_graham:
         img = ben_graham(img, cfg.ben_graham_sigma)

@@ -25,6 +25,7 @@ from drsearch.search.database import masked_url, open_existing
 #: Versions whose difference is reported when a pinned recipe is retrained.
 CHECKED_VERSIONS = ("python", "torch", "timm", "albumentations", "numpy", "drsearch")
 _PROVENANCE_METRICS = (
+    "thresholds",
     "accuracy",
     "qwk",
     "balanced_accuracy",

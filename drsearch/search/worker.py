@@ -38,6 +38,7 @@ REPORTED_METRICS = (
     "vtdr_specificity",
     "confusion_matrix",
     "support",
+    "thresholds",  # a regression or ordinal head's grade cuts at that epoch
 )
 
 

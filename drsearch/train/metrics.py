@@ -46,10 +46,13 @@ def _binary(labels: np.ndarray, preds: np.ndarray, threshold: int) -> tuple[Any,
     return sens, spec
 
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """All validation metrics from true grades and class probabilities (N x 5)."""
+def compute_metrics(
+    labels: np.ndarray, probs: np.ndarray, preds: np.ndarray | None = None
+) -> dict[str, Any]:
+    """All validation metrics from true grades and class probabilities (N x 5); the predicted
+    grades are the most probable ones unless ``preds`` gives them (a thresholded score)."""
     labels = np.asarray(labels, dtype=int)
-    preds = probs.argmax(axis=1)
+    preds = probs.argmax(axis=1) if preds is None else np.asarray(preds, dtype=int)
     cm = confusion(labels, preds)
     n = cm.sum()
     tp = np.diag(cm).astype(float)

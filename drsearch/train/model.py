@@ -10,9 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from drsearch import NUM_CLASSES
 from drsearch.config.recipe import ModelConfig, OptimConfig
 from drsearch.errors import ConfigError
+from drsearch.train.heads import OUTPUTS
 from drsearch.train.hf_siglip import convert_hf_siglip, is_hf_siglip
 
 
@@ -34,7 +34,7 @@ def build_model(
         model = timm.create_model(
             cfg.name,
             pretrained=False,
-            num_classes=NUM_CLASSES,
+            num_classes=OUTPUTS[cfg.head],
             drop_rate=cfg.drop_rate,
             drop_path_rate=cfg.drop_path_rate or None,
             **_input_size_kwargs(cfg.name, image_size, dynamic_size),

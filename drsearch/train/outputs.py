@@ -80,13 +80,15 @@ class RunFolder:
         write_text_atomic(self.metrics_log, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
-    def write_predictions(self, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    def write_predictions(
+        self, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray, preds: np.ndarray
+    ) -> None:
         """``predictions.csv``: ``id,label,pred,p0..p4`` for the validation set."""
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["id", "label", "pred", *(f"p{c}" for c in range(probs.shape[1]))])
-        for image_id, label, row in zip(ids, labels, probs, strict=True):
-            writer.writerow([image_id, int(label), int(row.argmax()), *(f"{p:.6f}" for p in row)])
+        for image_id, label, pred, row in zip(ids, labels, preds, probs, strict=True):
+            writer.writerow([image_id, int(label), int(pred), *(f"{p:.6f}" for p in row)])
         write_text_atomic(self.root / "predictions.csv", out.getvalue())
 
 

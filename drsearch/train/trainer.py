@@ -38,6 +38,15 @@ from drsearch.train.batches import (
     train_batches,
 )
 from drsearch.train.faults import fault_point
+from drsearch.train.heads import (
+    DEFAULT_THRESHOLDS,
+    HeadLoss,
+    fit_thresholds,
+    grade_probabilities,
+    grade_score,
+    head_loss,
+    to_grades,
+)
 from drsearch.train.loss import (
     SoftTargetLoss,
     one_hot_smoothed,
@@ -122,9 +131,13 @@ class _Trainer:
             if recipe.loss.name == "focal"
             else None
         )
-        self.criterion = SoftTargetLoss(recipe.loss, self.class_weights, self.focal_alpha).to(
-            self.device
+        self.head = recipe.model.head
+        criterion = (
+            SoftTargetLoss(recipe.loss, self.class_weights, self.focal_alpha)
+            if self.head == "classification"
+            else HeadLoss(self.head, self.class_weights)
         )
+        self.criterion = criterion.to(self.device)
         self.amp = recipe.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = (
@@ -257,9 +270,12 @@ class _Trainer:
         train = self._train_epoch(epoch, size, progress)
         lr_last = self._last_step_lrs()
         train_seconds = time.perf_counter() - t0
-        probs, val_loss = self._predict()
+        outputs, val_loss = self._predict()
         labels = self.data.labels("val")
-        val = compute_metrics(labels, probs) | {"loss": val_loss}
+        probs, preds, thresholds = self._decode(outputs, labels)
+        val = compute_metrics(labels, probs, preds) | {"loss": val_loss}
+        if thresholds is not None:  # a regression or ordinal head's cuts of its score
+            val["thresholds"] = thresholds
         objective = self.recipe.train.objective
         if objective is not None:  # what a study ranks by, scored on every epoch alike
             val["objective"] = objective.score(val).value
@@ -279,7 +295,7 @@ class _Trainer:
             "epoch_seconds": time.perf_counter() - t0,
         }
         if improved:
-            self._save_best(record, probs)
+            self._save_best(record, probs, preds)
         self._save_last(record)
         fault_point("after_checkpoint", epoch + 1, self.folder.root)
         self.folder.append_epoch(record)
@@ -311,7 +327,7 @@ class _Trainer:
             if last:
                 self._optimizer_step()
             loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1).cpu() == labels).sum().item()
+            correct += (self._train_grades(logits) == labels).sum().item()
             seen += len(labels)
             progress.advance(loss.item())
         return {"loss": loss_sum / seen, "accuracy": correct / seen, "images": int(seen)}
@@ -346,19 +362,48 @@ class _Trainer:
 
     @torch.no_grad()
     def _predict(self) -> tuple[np.ndarray, float]:
+        """The model's raw outputs on validation (N x outputs of the head) and the mean loss."""
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         cfg = self.recipe.train
         split = self.data.split("val", self.recipe.data.image_size)
-        probs, loss_sum = [], 0.0
+        outputs, loss_sum = [], 0.0
         for images, labels in eval_batches(
             split, cfg.eval_batch_size or 2 * cfg.batch_size, self.recipe.data.num_workers
         ):
             with torch.autocast(self.device.type, enabled=self.amp):
                 logits = model(self.normalize(images)).float()
-            loss_sum += F.cross_entropy(logits, labels.to(self.device), reduction="sum").item()
-            probs.append(logits.softmax(1).cpu().numpy())
-        return np.concatenate(probs).astype(np.float64), loss_sum / len(split.indices)
+            y = labels.to(self.device)
+            if self.head == "classification":
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            else:  # the head's own loss, unweighted
+                loss_sum += head_loss(
+                    self.head, logits, one_hot_smoothed(y, 0.0), None
+                ).item() * len(y)
+            outputs.append(logits.cpu().numpy())
+        return np.concatenate(outputs).astype(np.float64), loss_sum / len(split.indices)
+
+    def _decode(
+        self, outputs: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+        """Per-grade probabilities, predicted grades and (regression, ordinal) thresholds:
+        ``model.thresholds``, or fitted on this validation split for the kappa."""
+        probs = grade_probabilities(self.head, outputs)
+        if self.head == "classification":
+            return probs, probs.argmax(axis=1), None
+        score = grade_score(self.head, outputs)
+        fixed = self.recipe.model.thresholds
+        thresholds = list(fixed) if fixed is not None else fit_thresholds(score, labels)
+        return probs, to_grades(score, thresholds), thresholds
+
+    def _train_grades(self, logits: torch.Tensor) -> torch.Tensor:
+        """Grades of a training batch's outputs (a regression or ordinal head: cut at the
+        recipe's thresholds, or the midpoints)."""
+        if self.head == "classification":
+            return logits.argmax(1).cpu()
+        score = grade_score(self.head, logits.float().cpu().numpy())
+        cuts = self.recipe.model.thresholds or DEFAULT_THRESHOLDS
+        return torch.from_numpy(to_grades(score, cuts))
 
     # -- best and last state -----------------------------------------------------------------
     def _track_best(self, epoch: int, value: float | None) -> bool:
@@ -377,8 +422,9 @@ class _Trainer:
             self.bad_epochs += 1
         return better
 
-    def _save_best(self, record: dict[str, Any], probs: np.ndarray) -> None:
-        self.folder.write_predictions(self.data.ids("val"), self.data.labels("val"), probs)
+    def _save_best(self, record: dict[str, Any], probs: np.ndarray, preds: np.ndarray) -> None:
+        labels = self.data.labels("val")
+        self.folder.write_predictions(self.data.ids("val"), labels, probs, preds)
         self.folder.write_json(
             "metrics.json",
             {
