@@ -51,6 +51,7 @@ def main() -> None:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     trial_wall = sum(float(t.user_attrs.get("wall_seconds") or 0) for t in trials)
     train = sum(float(t.user_attrs.get("train_seconds") or 0) for t in trials)
+    feasible = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("feasible")]
     epochs = sum(int(t.user_attrs.get("epochs_completed") or 0) for t in trials)
     rows = [
         ("cores", str(os.cpu_count())),
@@ -61,7 +62,8 @@ def main() -> None:
         ("summed trial wall time", f"{trial_wall:.1f} s"),
         ("summed training time (epochs)", f"{train:.1f} s"),
         ("trial wall / study wall (2 at a time: <= 2)", f"{trial_wall / wall:.2f}"),
-        ("best value", f"{study.best_value:.4f}" if states.get("COMPLETE") else "-"),
+        ("feasible complete trials", str(len(feasible))),
+        ("best feasible value", f"{max(t.value for t in feasible):.4f}" if feasible else "-"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -140,7 +140,7 @@ def test_best_epoch_comes_from_the_whole_curve_across_a_retry() -> None:
     out = t.outcome(TrialEnd("finished"))
     assert out.user_attrs["best_epoch"] == 2
     assert out.value == pytest.approx(0.9) and out.user_attrs["accuracy"] == 0.9
-    assert t.intermediate == {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.7}
+    assert t.intermediate == {1: 0.5, 2: 0.9, 3: 0.9, 4: 0.9}  # what ASHA compares: best so far
 
 
 def test_reports_cross_ray_as_flat_results() -> None:
@@ -174,7 +174,7 @@ def test_a_pruned_trials_note_explains_the_value_the_dashboard_shows() -> None:
     note = trial_note(7, out, config)
     # the stored value is the last pruning value (Optuna's rule); the note says so in figures
     assert note.startswith("## Trial 7: PRUNED at epoch 2 of 4 (feasible so far)")
-    assert "shows, 0.310, is accuracy at epoch 2" in note
+    assert "shows, 0.500, is the best accuracy up to epoch 2" in note
     assert "best epoch so far (epoch 1) was 0.756" in note
     assert "| sensitivity_pdr | >= 0.95 | 1.000 | yes |" in note
     assert "| 3 severe npdr | 0.950 |" in note and "| backbone | 0.0001 |" in note

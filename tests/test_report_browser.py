@@ -191,6 +191,6 @@ def test_report_opens_offline_in_a_browser_with_data_in_every_figure(
     for f in figures:
         assert f["traces"] > 0 and all(n > 0 for n in f["points"]), f
     curves = drawn["fig-curves"]
-    assert curves["traces"] == 11 and curves["ytitle"] == "validation accuracy"
+    assert curves["traces"] == 11 and curves["ytitle"] == "validation accuracy, best so far"
     assert drawn["fig-constraints"]["traces"] == 4  # two constraints, each with its minimum
     assert drawn["fig-lr"]["traces"] == 2  # backbone and head

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from drsearch.cli.common import UserError, _open_study, _smoke_options, _storage_opt, cli
 from drsearch.fmt import num, short
@@ -170,7 +169,9 @@ def trials(
             "-" if r.seconds is None else f"{r.seconds:.0f}s",
             params + (f"  [{r.note}]" if r.note else ""),
         )
-    Console(soft_wrap=False).print(table)
+    from drsearch.cli.progress import stderr_console
+
+    stderr_console(stderr=False).print(table)
 
 
 @cli.command()

@@ -88,8 +88,8 @@ def trial_note(number: int, outcome: Outcome, config: StudyConfig) -> str:
         head = [
             f"## Trial {number}: PRUNED at epoch {epoch} of {planned} ({feasible} so far)",
             "",
-            f"The value the dashboard shows, {num(a.get('value_at_stop'))}, is "
-            f"{config.pruner.metric} at epoch {epoch}, where ASHA stopped the trial (Optuna "
+            f"The value the dashboard shows, {num(a.get('value_at_stop'))}, is the best "
+            f"{config.pruner.metric} up to epoch {epoch}, where ASHA stopped the trial (Optuna "
             "keeps a pruned trial's last reported value). Its objective on its best epoch so "
             f"far (epoch {a.get('best_epoch')}) was {num(a.get('objective_so_far'))}; the "
             f"figures below are from that epoch.",

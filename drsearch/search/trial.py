@@ -8,6 +8,7 @@ attributes. Reports cross Ray as flat JSON results (``to_message`` / ``from_mess
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,7 +92,14 @@ class TrialTracker:
 
     @property
     def intermediate(self) -> dict[int, float]:
-        return {e: r.value for e, r in sorted(self.curve.items())}
+        """What the pruner sees after each epoch: the best pruning value so far. A trial is
+        worth its best epoch (it is told with that), so ASHA compares trials at a rung by
+        what each would be worth if stopped there, not by one noisy epoch."""
+        out, best = {}, -math.inf
+        for epoch, report in sorted(self.curve.items()):
+            best = max(best, report.value)
+            out[epoch] = best
+        return out
 
     @property
     def last(self) -> EpochReport | None:
@@ -124,7 +132,7 @@ class TrialTracker:
             # Optuna stores a pruned trial's last intermediate value as its value; say so
             stop = {
                 "pruned_at_epoch": last.epoch,
-                "value_at_stop": last.value,
+                "value_at_stop": self.intermediate[last.epoch],
                 "objective_so_far": s.value,
             }
             return Outcome("PRUNED", None, attrs | stop, s.constraints)

@@ -126,10 +126,10 @@ def curves_figure(r: ReportRecords, study: optuna.Study) -> go.Figure:
     fig.update_layout(showlegend=True)
     return _layout(
         fig,
-        "Learning curves: the pruning metric per epoch (pruned trials dotted, x where ASHA "
-        "stopped them)",
+        "Learning curves: the best pruning metric so far, as ASHA compares it (pruned trials "
+        "dotted, x where ASHA stopped them)",
         "epoch",
-        f"validation {r.pruning_metric}",
+        f"validation {r.pruning_metric}, best so far",
     )
 
 

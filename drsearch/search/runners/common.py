@@ -162,7 +162,7 @@ def record_epoch(
 ) -> None:
     """Remember an epoch in the trial's curve and the study (each epoch once)."""
     if ctx.tracker.on_epoch(report):
-        store.record_epoch(ctx.trial_id, report.epoch, report.value)
+        store.record_epoch(ctx.trial_id, report.epoch, ctx.tracker.intermediate[report.epoch])
         progress.trial_epoch(ctx.number, report.epoch, report.value)
 
 
