@@ -113,3 +113,37 @@ def test_export_errors(tmp_path: Path, finished_study: tuple[Path, Path]) -> Non
     runner = CliRunner()
     bad = runner.invoke(cli, ["export", str(path), "--trial", "9", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--trial: expected 'best' or a trial number < 2" in bad.output
+
+
+def test_best_epoch_weights_travel_with_the_recipe(
+    tmp_path: Path, finished_study: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    import torch
+
+    from drsearch.config import load_recipe
+    from drsearch.train.model import build_model, load_local_weights
+
+    path, _ = finished_study
+    monkeypatch.chdir(tmp_path)
+    out, weights = Path("recipes/best.yaml"), Path("recipes/best.pt")
+    result = CliRunner().invoke(
+        cli, ["export", str(path), "-o", str(out), "--weights", str(weights)]
+    )
+    assert result.exit_code == 0, result.output
+    pinned = yaml.safe_load(out.read_text())["pinned"]["provenance"]
+    saved = torch.load(weights, weights_only=True)  # tensors, numbers and strings only
+    assert saved["epoch"] == pinned["metrics"]["best_epoch"] and saved["study"] == "tiny"
+    assert saved["trial"] == pinned["trial"]
+    assert saved["recipe_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f"best-epoch weights (epoch {saved['epoch']}) -> {weights}" in result.output
+    # the very weights of the trial's best epoch, and they load as the recipe's model
+    best = torch.load(Path(pinned["run_dir"]) / "checkpoints" / "best.pt", weights_only=True)
+    assert best["model"].keys() == saved["state_dict"].keys()
+    assert all(torch.equal(best["model"][k], v) for k, v in saved["state_dict"].items())
+    model = build_model(load_recipe(out).model)
+    problems = load_local_weights(model, weights)
+    assert not any(problems.values()), problems  # every key, head included
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved["state_dict"][k])

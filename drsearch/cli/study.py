@@ -218,13 +218,25 @@ def _print_next_steps(study: Path, smoke: bool, s: Any) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml.",
 )
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the trial's best-epoch weights here (e.g. recipes/effb2-best.pt), to "
+    "evaluate or deploy without retraining.",
+)
 @_storage_opt
 @_smoke_options
 def export(
-    study: Path, which: str, out: Path, storage: str | None, run_root: Path | None, smoke: bool
+    study: Path,
+    which: str,
+    out: Path,
+    weights: Path | None,
+    storage: str | None,
+    run_root: Path | None,
+    smoke: bool,
 ) -> None:
     """Write a trial as a pinned training recipe that `drsearch train` retrains exactly."""
-    from drsearch.search.export import pinned_recipe, select_trial, write_pinned
+    from drsearch.search.export import export_weights, pinned_recipe, select_trial, write_pinned
 
     loaded = _open_study(study, storage, run_root, smoke)
     trial = select_trial(loaded, which)
@@ -232,3 +244,9 @@ def export(
     write_pinned(recipe, out)
     value = "n/a" if trial.value is None else f"{trial.value:.4f}"
     click.echo(f"trial {trial.number} ({trial.state.name}, value {value}) -> {out}")
+    if weights is not None:
+        epoch = export_weights(trial, loaded.config.name, out, weights)
+        click.echo(
+            f"best-epoch weights (epoch {epoch}) -> {weights}; load them with "
+            f"model.pretrained: {weights}"
+        )

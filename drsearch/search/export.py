@@ -98,6 +98,46 @@ def pinned_recipe(loaded: LoadedStudy, trial: FrozenTrial) -> Recipe:
     return with_relative_paths(recipe, Path.cwd()).model_copy(update={"pinned": pinned})
 
 
+def export_weights(trial: FrozenTrial, study: str, recipe_file: Path, out: Path) -> int:
+    """Write the trial's best-epoch weights (its ``best.pt``) to ``out`` as a plain state dict
+    with what they belong to: study, trial, epoch and the SHA-256 of the pinned recipe file.
+    Only tensors, numbers and strings: it loads with ``weights_only=True``, and as
+    ``model.pretrained`` of the pinned recipe. Returns the epoch."""
+    import hashlib
+
+    from drsearch.train.checkpoint import BEST, atomic_save, load_weights_only
+
+    run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
+    source = run_dir / "checkpoints" / BEST
+    if not source.is_file():
+        raise ConfigError(
+            f"trial {trial.number}: no best-epoch weights at {source} (its run folder is gone); "
+            "export the recipe without --weights and retrain it"
+        )
+    state = load_weights_only(
+        source, str(source), "retrain the exported recipe instead", ConfigError
+    )
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ConfigError(f"{source}: not a drsearch best-epoch checkpoint")
+    epoch = int(state.get("epoch", 0))
+    best = trial.user_attrs.get("best_epoch")
+    if best is not None and int(best) != epoch:
+        raise ConfigError(
+            f"{source} holds epoch {epoch}, but trial {trial.number}'s best epoch is {best} "
+            "(the run was trained before best epochs followed the study's objective); retrain "
+            "the exported recipe"
+        )
+    payload = {
+        "state_dict": state["model"],
+        "epoch": epoch,
+        "trial": trial.number,
+        "study": study,
+        "recipe_sha256": hashlib.sha256(recipe_file.read_bytes()).hexdigest(),
+    }
+    atomic_save(payload, out)
+    return epoch
+
+
 def write_pinned(recipe: Recipe, out: Path) -> None:
     assert recipe.pinned is not None
     prov = recipe.pinned.provenance
