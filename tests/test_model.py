@@ -99,7 +99,7 @@ def test_ema_warmup_follows_training_where_a_plain_high_decay_lingers_at_the_sta
 
     def gap(ema: object) -> float:
         pairs = zip(ema.module.parameters(), model.parameters(), strict=True)  # type: ignore[attr-defined]
-        return max(float((e - m.detach()).abs().max()) for e, m in pairs)
+        return max(float((e.detach() - m.detach()).abs().max()) for e, m in pairs)
 
     moved = max(
         float((m.detach() - s).abs().max()) for m, s in zip(model.parameters(), start, strict=True)

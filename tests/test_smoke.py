@@ -90,6 +90,8 @@ def _smoke(name: str, root: Path) -> list[optuna.trial.FrozenTrial]:
     )
     assert result.exit_code == 0, result.output
     assert f"smoke run of studies/{name}.yaml" in result.output
+    # the next steps open this very study: same --smoke and --run-root
+    assert f"drsearch trials studies/{name}.yaml --smoke --run-root {root}" in result.output
     storage = f"sqlite:///{root / 'smoke' / f'{name}.db'}"
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 

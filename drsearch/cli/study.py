@@ -103,7 +103,12 @@ def run(
             summary = run_study(loaded, progress, retry_failed=retry_failed)
     _print_summary(summary)
     click.echo(f"study wall time: {summary.wall_seconds:.1f}s")
-    _print_next_steps(study, smoke, summary)
+    _print_next_steps(study, smoke, run_root, summary)
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("storage")
+    if storage is not None and source == ParameterSource.COMMANDLINE:
+        click.echo("  (add the same --storage to each, or export DRSEARCH_STORAGE=... once)")
     if summary.counts.counted and summary.counts.counted == summary.counts.failed:
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
 
@@ -182,11 +187,12 @@ def _print_summary(s: Any) -> None:
         click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
 
 
-def _print_next_steps(study: Path, smoke: bool, s: Any) -> None:
-    """Where to look next: the commands that open this study's results."""
+def _print_next_steps(study: Path, smoke: bool, run_root: Path | None, s: Any) -> None:
+    """Where to look next: the commands that open this study's results (with the same
+    ``--smoke`` and ``--run-root``)."""
     if s.best is None and not s.counts.counted:
         return
-    flag = " --smoke" if smoke else ""
+    flag = (" --smoke" if smoke else "") + (f" --run-root {run_root}" if run_root else "")
     click.echo("next steps:")
     steps = [
         (f"drsearch trials {study}{flag}", "every trial in a table"),
@@ -195,7 +201,10 @@ def _print_next_steps(study: Path, smoke: bool, s: Any) -> None:
     ]
     if s.best is not None and s.best_feasible:
         steps.append(
-            (f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml", "the best, pinned")
+            (
+                f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml",
+                "the best, pinned (--weights FILE.pt: its weights too)",
+            )
         )
     width = max(len(cmd) for cmd, _ in steps)
     for cmd, what in steps:
