@@ -13,32 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from drsearch.config.recipe import Recipe
-from drsearch.config.study import PRIMARY_METRICS
+from drsearch.config.study import CONSTRAINT_METRICS, PRIMARY_METRICS
 from drsearch.errors import DrsearchError
 from drsearch.search.trial import EpochReport, TrialEnd
 from drsearch.train import fit
 
-#: Best-epoch metrics copied into every payload and, from there, into user attributes.
-REPORTED_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "qwk",
-    "macro_f1",
-    "sensitivity",
-    "specificity",
-    "sensitivity_wilson_lower",
-    "sensitivity_severe_npdr",
-    "sensitivity_pdr",
-    "min_specificity",
-    "min_sensitivity",
-    "referable_sensitivity",
-    "referable_specificity",
-    "referable_auc",
-    "vtdr_sensitivity",
-    "vtdr_specificity",
-    "confusion_matrix",
-    "support",
-    "thresholds",  # a regression or ordinal head's grade cuts at that epoch
+#: Best-epoch metrics copied into every payload and, from there, into user attributes: every
+#: metric a study may rank or constrain by, and the per-grade figures behind them.
+REPORTED_METRICS = tuple(
+    dict.fromkeys(
+        (
+            *PRIMARY_METRICS,
+            *CONSTRAINT_METRICS,
+            "sensitivity",
+            "specificity",
+            "sensitivity_wilson_lower",
+            "confusion_matrix",
+            "support",
+            "thresholds",  # a regression or ordinal head's grade cuts at that epoch
+        )
+    )
 )
 
 

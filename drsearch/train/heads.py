@@ -75,18 +75,17 @@ def grade_score(head: str, out: np.ndarray) -> np.ndarray:
 
 def grade_probabilities(head: str, out: np.ndarray) -> np.ndarray:
     """Per-grade probabilities (N x 5) of a head's outputs."""
+    from scipy.special import softmax
+
     if head == "classification":
-        z = out - out.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(out, axis=1)
     if head == "ordinal":
         above = _cumulative(out)
         ones, zeros = np.ones((len(out), 1)), np.zeros((len(out), 1))
         probs = np.hstack([ones, above]) - np.hstack([above, zeros])
         return probs / probs.sum(axis=1, keepdims=True)
     score = grade_score(head, out)[:, None]
-    logits = -((score - np.arange(NUM_CLASSES)[None, :]) ** 2)
-    return grade_probabilities("classification", logits)
+    return softmax(-((score - np.arange(NUM_CLASSES)[None, :]) ** 2), axis=1)
 
 
 def _cumulative(out: np.ndarray) -> np.ndarray:
