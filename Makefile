@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/drsearch run studies/demo.yaml
+	$(BIN)/drsearch evaluate studies/demo.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q

@@ -30,6 +30,15 @@ STABLE_EPOCHS = 3
 #: ``diagnose`` flags a severe grade whose sensitivity lies this far below overall accuracy.
 MEDICAL_GAP = 0.30
 
+#: The binary endpoints a DR screen is judged on: positive when the grade is at least this.
+#: Referable DR is moderate NPDR or worse; vision-threatening DR is severe NPDR or PDR.
+ENDPOINTS = {"referable": 2, "vision_threatening": 3}
+#: ``drsearch evaluate``'s operating point: the threshold on P(grade >= k) chosen on
+#: validation for this sensitivity (Gulshan et al. 2016's high-sensitivity point: 97.5%).
+TARGET_SENSITIVITY = 0.975
+#: Confidence level of every interval ``evaluate`` reports.
+CONFIDENCE = 0.95
+
 #: A study's constraints when its file names none: ``(metric, min)``.
 DEFAULT_CONSTRAINTS = (
     ("sensitivity_severe_npdr", SEVERE_NPDR_SENSITIVITY_MIN),
@@ -96,14 +105,21 @@ def objective_score(
 Z95 = 1.959963984540054
 
 
-def wilson_lower(successes: int, n: int, z: float = Z95) -> float | None:
-    """Lower end of the Wilson score interval for a proportion (95% by default)."""
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95% by default); ``None`` when ``n`` is 0."""
     if n == 0:
         return None
     p = successes / n
     centre = p + z * z / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - margin) / (1 + z * z / n)
+    scale = 1 + z * z / n
+    return max(0.0, (centre - margin) / scale), min(1.0, (centre + margin) / scale)
+
+
+def wilson_lower(successes: int, n: int, z: float = Z95) -> float | None:
+    """Lower end of the Wilson score interval for a proportion (95% by default)."""
+    interval = wilson_interval(successes, n, z)
+    return None if interval is None else interval[0]
 
 
 @dataclass
@@ -117,8 +133,12 @@ class CheckItem:
     unit: str = ""  # of ``observed`` where it is not a proportion
 
 
-def checklist(a: dict[str, Any], log: list[dict[str, Any]]) -> list[CheckItem]:
-    """The medical-grade checklist of a trial's best-epoch metrics ``a`` and its epoch log."""
+def checklist(
+    a: dict[str, Any], log: list[dict[str, Any]], side: str = "validation"
+) -> list[CheckItem]:
+    """The medical-grade checklist of a trial's best-epoch metrics ``a`` (measured on
+    ``side``: validation, or the held-out test set) and its epoch log (stability is always
+    judged on the validation epochs)."""
     support = a.get("support") or []
     n = int(sum(support)) if support else 0
     lower = a.get("sensitivity_wilson_lower") or [None] * 5
@@ -130,12 +150,12 @@ def checklist(a: dict[str, Any], log: list[dict[str, Any]]) -> list[CheckItem]:
             f">= {ACCURACY_MIN:.2f}",
             _ge(acc, ACCURACY_MIN),
             wilson_lower(round(acc * n), n) if acc is not None and n else None,
-            f"{n} validation images",
+            f"{n} {side} images",
         ),
         _sensitivity_item(
-            "severe NPDR sensitivity (grade 3)", a, 3, SEVERE_NPDR_SENSITIVITY_MIN, lower
+            "severe NPDR sensitivity (grade 3)", a, 3, SEVERE_NPDR_SENSITIVITY_MIN, lower, side
         ),
-        _sensitivity_item("PDR sensitivity (grade 4)", a, 4, PDR_SENSITIVITY_MIN, lower),
+        _sensitivity_item("PDR sensitivity (grade 4)", a, 4, PDR_SENSITIVITY_MIN, lower, side),
     ]
     spec = [s for s in a.get("specificity") or [] if s is not None]
     worst = min(spec) if spec else None
@@ -155,7 +175,7 @@ def checklist(a: dict[str, Any], log: list[dict[str, Any]]) -> list[CheckItem]:
 
 
 def _sensitivity_item(
-    name: str, a: dict[str, Any], grade: int, threshold: float, lower: list[Any]
+    name: str, a: dict[str, Any], grade: int, threshold: float, lower: list[Any], side: str
 ) -> CheckItem:
     sens = (a.get("sensitivity") or [None] * 5)[grade]
     support = (a.get("support") or [0] * 5)[grade]
@@ -165,7 +185,7 @@ def _sensitivity_item(
         f">= {threshold:.2f}",
         _ge(sens, threshold),
         lower[grade],
-        f"{support} validation images of grade {grade}",
+        f"{support} {side} images of grade {grade}",
     )
 
 
@@ -188,6 +208,24 @@ def _stability(log: list[dict[str, Any]]) -> CheckItem:
         f"< {STABILITY_POINTS:g} points over the last {len(accs)} epochs",
         spread < STABILITY_POINTS,
         detail="validation accuracy " + ", ".join(f"{x:.3f}" for x in accs),
+        unit="points (max - min accuracy, %)",
+    )
+
+
+def seed_variation(accuracies: list[float]) -> CheckItem:
+    """The "< 5 points" stability item judged across retrainings with different seeds
+    (``drsearch confirm``): max - min validation accuracy of the seeds' best epochs."""
+    rule = f"< {STABILITY_POINTS:g} points across seeds"
+    if len(accuracies) < 2:
+        return CheckItem("stable across seeds", None, rule, False, detail="fewer than 2 seeds")
+    spread = (max(accuracies) - min(accuracies)) * 100
+    return CheckItem(
+        "stable across seeds",
+        spread,
+        rule,
+        spread < STABILITY_POINTS,
+        detail=f"validation accuracy over {len(accuracies)} seeds: "
+        + ", ".join(f"{x:.3f}" for x in accuracies),
         unit="points (max - min accuracy, %)",
     )
 

@@ -36,7 +36,7 @@ def test_eyepacs_groups_both_eyes_of_a_patient(tmp_path: Path) -> None:
     (tmp_path / "trainLabels.csv").write_text("\n".join(rows) + "\n")
     got, _ = records("eyepacs", tmp_path)
     assert len(got) == 120 and got[0].patient_id == "100" and got[0].path.suffix == ".jpeg"
-    train, val = split_indices(got, 0.2, seed=0)
+    train, val, _ = split_indices(got, 0.2, seed=0)
     assert not {got[i].patient_id for i in train} & {got[i].patient_id for i in val}
 
 
@@ -131,7 +131,7 @@ def test_describe_counts_duplicates_and_unreadable(tmp_path: Path) -> None:
     root = _eyepacs(tmp_path)
     cfg = DataConfig(kind="eyepacs", root=root, val_fraction=0.25)
     records_, _ = records("eyepacs", root)
-    train, val = split_indices(records_, 0.25, seed=0)
+    train, val, _ = split_indices(records_, 0.25, seed=0)
     a, b = records_[int(train[0])], records_[int(val[0])]
     b.path.write_bytes(a.path.read_bytes())  # the same photograph on both sides
     records_[int(train[1])].path.write_bytes(b"truncated")
@@ -189,7 +189,7 @@ def test_patient_split_on_the_real_eyepacs_label_table() -> None:
         )
     ]
     assert len(recs) == 35108 and len({r.patient_id for r in recs}) == 17561
-    train, val = split_indices(recs, 0.2, seed=0)
+    train, val, _ = split_indices(recs, 0.2, seed=0)
     assert not {recs[i].patient_id for i in train} & {recs[i].patient_id for i in val}
     assert abs(len(val) / len(recs) - 0.2) < 0.005
     labels = np.array([r.label for r in recs])

@@ -91,7 +91,7 @@ def _records(n_patients: int, seed: int = 0) -> list[ImageRecord]:
 
 def test_patient_split_keeps_both_eyes_together_and_is_deterministic() -> None:
     records = _records(300)
-    train, val = split_indices(records, 0.2, seed=7)
+    train, val, _ = split_indices(records, 0.2, seed=7)
     train_patients = {records[i].patient_id for i in train}
     val_patients = {records[i].patient_id for i in val}
     assert not train_patients & val_patients
@@ -105,7 +105,7 @@ def test_patient_split_keeps_both_eyes_together_and_is_deterministic() -> None:
 def test_stratified_split_without_patients() -> None:
     labels = [0] * 50 + [1] * 20 + [2] * 20 + [3] * 5 + [4] * 5
     records = [ImageRecord(str(i), Path(f"{i}.png"), g) for i, g in enumerate(labels)]
-    train, val = split_indices(records, 0.2, seed=0)
+    train, val, _ = split_indices(records, 0.2, seed=0)
     val_counts = np.bincount([labels[i] for i in val], minlength=5)
     assert val_counts.tolist() == [10, 4, 4, 1, 1]
     assert len(set(train) | set(val)) == 100

@@ -187,7 +187,7 @@ def test_report_opens_offline_in_a_browser_with_data_in_every_figure(
     assert problems == [] and outside == []  # loads offline, no console errors
     assert sections == list(SECTIONS) and empty == []
     drawn = {f["id"]: f for f in figures}
-    assert sorted(drawn) == sorted(f"fig-{s}" for s in SECTIONS[:-2])  # all but the tables
+    assert sorted(drawn) == sorted(f"fig-{s}" for s in SECTIONS[:-3])  # all but the tables
     for f in figures:
         assert f["traces"] > 0 and all(n > 0 for n in f["points"]), f
     curves = drawn["fig-curves"]

@@ -233,6 +233,13 @@ def _print_next_steps(study: Path, smoke: bool, run_root: Path | None, s: Any) -
     help="Also write the trial's best-epoch weights here (e.g. recipes/effb2-best.pt), to "
     "evaluate or deploy without retraining.",
 )
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=2),
+    help="Export the K best feasible trials as one ensemble: -o names the ensemble file, its "
+    "members (pinned recipes and weights) go in the folder of the same name.",
+)
+@click.option("--tta", is_flag=True, help="With --top-k: the ensemble averages flipped views.")
 @_storage_opt
 @_smoke_options
 def export(
@@ -240,16 +247,38 @@ def export(
     which: str,
     out: Path,
     weights: Path | None,
+    top_k: int | None,
+    tta: bool,
     storage: str | None,
     run_root: Path | None,
     smoke: bool,
 ) -> None:
-    """Write a trial as a pinned training recipe that `drsearch train` retrains exactly."""
+    """Write a trial as a pinned training recipe that `drsearch train` retrains exactly (or,
+    with --top-k, the best trials as an ensemble that `drsearch evaluate` measures)."""
+    from drsearch.search.database import open_existing
     from drsearch.search.export import export_weights, pinned_recipe, select_trial, write_pinned
 
     loaded = _open_study(study, storage, run_root, smoke)
+    attrs = open_existing(loaded.config, loaded.path).user_attrs
+    if top_k is not None:
+        from drsearch.search.export import export_ensemble, ranked_trials
+
+        if which != "best" or weights is not None:
+            raise UserError("--top-k exports the best trials with their weights; drop --trial "
+                            "and --weights")  # fmt: skip
+        trials = ranked_trials(loaded, top_k)
+        views = ["identity", "hflip", "vflip"] if tta else ["identity"]
+        files = export_ensemble(loaded, trials, out, views, attrs)
+        click.echo(
+            f"ensemble of trials {', '.join(str(t.number) for t in trials)} -> {out} "
+            f"(members in {out.with_suffix('')}/: {', '.join(f.name for f in files)} and "
+            "their weights)"
+        )
+        return
+    if tta:
+        raise UserError("--tta is for an ensemble (--top-k K)")
     trial = select_trial(loaded, which)
-    recipe = pinned_recipe(loaded, trial)
+    recipe = pinned_recipe(loaded, trial, attrs.get(f"evaluation:trial{trial.number}"))
     write_pinned(recipe, out)
     value = "n/a" if trial.value is None else f"{trial.value:.4f}"
     click.echo(f"trial {trial.number} ({trial.state.name}, value {value}) -> {out}")

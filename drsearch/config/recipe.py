@@ -80,7 +80,9 @@ class SourceConfig(Section):
     root: Path
     csv: Path | None = None
     name: str | None = None
-    use: Literal["split", "train", "val"] = "split"
+    #: ``test``: a held-out test set (e.g. APTOS's or IDRiD's official one) that only
+    #: ``drsearch evaluate`` reads; a search never sees it
+    use: Literal["split", "train", "val", "test"] = "split"
 
 
 class DataConfig(Section):
@@ -95,6 +97,9 @@ class DataConfig(Section):
     csv: Path | None = None
     image_size: int = Field(224, ge=16, le=2048)
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    #: Share of all images held out as the test set, which a search never sees (patient-level,
+    #: stratified, carved before validation); 0 keeps none (a source may give one: use: test)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     seed: Seed = 0
     skip_bad: bool = False
     drop_val_duplicates: bool = False
@@ -106,6 +111,15 @@ class DataConfig(Section):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must leave at least 10% for training, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
 
     @field_validator("progressive")
     @classmethod
@@ -302,6 +316,10 @@ class Pinned(Section):
     data_fingerprint: dict[str, Any]
     git_commit: str | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
+    #: What ``drsearch evaluate`` chose on validation (operating-point thresholds, grade
+    #: thresholds, temperature) and measured on the held-out test set; evaluating this recipe
+    #: again uses these choices instead of refitting them
+    evaluation: dict[str, Any] | None = None
 
 
 class Recipe(Section):

@@ -36,9 +36,9 @@ class DatasetSummary:
 def describe_dataset(cfg: DataConfig) -> DatasetSummary:
     skipped = Skipped()
     records = load_records(cfg.model_copy(update={"skip_bad": True}), skipped)
-    train_idx, val_idx = split_indices(records, cfg.val_fraction, cfg.seed)
-    side = {int(i): "train" for i in train_idx} | {int(i): "val" for i in val_idx}
-    counts = {s: [0] * NUM_CLASSES for s in ("train", "val")}
+    sides = split_indices(records, cfg.val_fraction, cfg.seed, cfg.test_fraction)
+    side = {int(i): name for name, idx in sides._asdict().items() for i in idx}
+    counts = {s: [0] * NUM_CLASSES for s in ("train", "val", "test")}
     for i, r in enumerate(records):
         counts[side[i]][r.label] += 1
     sizes, unreadable, by_hash = [], [], defaultdict(list)
@@ -53,7 +53,10 @@ def describe_dataset(cfg: DataConfig) -> DatasetSummary:
     patients = {r.patient_id for r in records if r.patient_id}
     return DatasetSummary(
         n_images=len(records),
-        grade_counts={"all": list(np.add(counts["train"], counts["val"]).tolist()), **counts},
+        grade_counts={
+            "all": np.sum(list(counts.values()), axis=0).tolist(),
+            **{k: v for k, v in counts.items() if k != "test" or any(v)},
+        },
         n_patients=len(patients) if patients else None,
         sizes=_size_stats(sizes),
         unreadable=unreadable,

@@ -15,7 +15,8 @@ from drsearch.train.schedule import StepPlan, restart_epochs, schedule_table, st
 def steps_from_data(recipe: Recipe) -> int:
     """Optimizer steps per epoch from the label table and split (images are not decoded)."""
     records = load_records(recipe.data, Skipped())
-    train_idx, _ = split_indices(records, recipe.data.val_fraction, recipe.data.seed)
+    d = recipe.data
+    train_idx = split_indices(records, d.val_fraction, d.seed, d.test_fraction).train
     return steps_per_epoch(len(train_idx), recipe)
 
 

@@ -157,7 +157,10 @@ def study_note(loaded: LoadedStudy) -> str:
     return (
         f"## {cfg.name}\n\n"
         f"**Data**: {r.data.kind} at `{r.data.root}`, {r.data.image_size} px, validation "
-        f"fraction {r.data.val_fraction} (seed {r.data.seed}).\n\n"
+        f"fraction {r.data.val_fraction}, held-out test fraction {r.data.test_fraction} "
+        f"(seed {r.data.seed}).\n\n"
+        "**Every figure here is on the validation split** the search pruned and ranked on "
+        "(optimistic). The held-out test split is measured only by `drsearch evaluate`.\n\n"
         f"**Model**: `{r.model.name}`, pretrained: {r.model.pretrained}; "
         f"{r.train.epochs} epochs, batch {r.train.batch_size}.\n\n"
         f"**Objective**: maximise {cfg.objective.metric} on the best epoch; constraints: "

@@ -72,7 +72,7 @@ def check_metrics_computable(loaded: LoadedStudy) -> None:
     data = loaded.recipe.data
     try:
         records = load_records(data, Skipped())
-        _, val = split_indices(records, data.val_fraction, data.seed)
+        val = split_indices(records, data.val_fraction, data.seed, data.test_fraction).val
     except DataError:
         return  # the trials say what is wrong with the data, one line each
     counts = np.bincount([records[i].label for i in val], minlength=5)

@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -21,6 +22,9 @@ from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 from drsearch.io import write_text_atomic
 from drsearch.search.database import masked_url, open_existing
+
+if TYPE_CHECKING:  # torch: imported when a model is built
+    from drsearch.train.predict import TrainedModel
 
 #: Versions whose difference is reported when a pinned recipe is retrained.
 CHECKED_VERSIONS = ("python", "torch", "timm", "albumentations", "numpy", "drsearch")
@@ -40,15 +44,21 @@ _PROVENANCE_METRICS = (
 )
 
 
-def select_trial(loaded: LoadedStudy, which: str, trained_only: bool = True) -> FrozenTrial:
-    """``best`` (the best feasible trial) or a trial number (COMPLETE or PRUNED unless not
-    ``trained_only``: a failed trial's run folder can be diagnosed too)."""
+def select_trial(
+    loaded: LoadedStudy, which: str, trained_only: bool = True, infeasible_ok: bool = False
+) -> FrozenTrial:
+    """``best`` (the best feasible trial; with ``infeasible_ok``, the best complete one when
+    none is feasible) or a trial number (COMPLETE or PRUNED unless not ``trained_only``: a
+    failed trial's run folder can be diagnosed too)."""
     cfg = loaded.config
     study = open_existing(cfg, loaded.path)
     if which == "best":
         try:
             return study.best_trial
         except ValueError:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if infeasible_ok and complete:
+                return max(complete, key=lambda t: (t.value or float("-inf"), -t.number))
             raise ConfigError(
                 f"{loaded.path}: study {cfg.name!r} has no feasible complete trial yet; "
                 "pick one with --trial N"
@@ -65,8 +75,11 @@ def select_trial(loaded: LoadedStudy, which: str, trained_only: bool = True) -> 
     return trial
 
 
-def pinned_recipe(loaded: LoadedStudy, trial: FrozenTrial) -> Recipe:
-    """The trial's resolved recipe with its ``pinned`` section filled in."""
+def pinned_recipe(
+    loaded: LoadedStudy, trial: FrozenTrial, evaluation: dict[str, Any] | None = None
+) -> Recipe:
+    """The trial's resolved recipe with its ``pinned`` section filled in (``evaluation``: what
+    ``drsearch evaluate`` chose and measured for it, kept with the study)."""
     run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
     config, info = run_dir / "config.yaml", run_dir / "run.json"
     if not config.is_file() or not info.is_file():
@@ -76,6 +89,7 @@ def pinned_recipe(loaded: LoadedStudy, trial: FrozenTrial) -> Recipe:
     recipe = load_recipe(config)
     run = json.loads(info.read_text())
     pinned = Pinned(
+        evaluation=evaluation,
         seed=recipe.train.seed,
         versions=run.get("versions", {}),
         data_fingerprint=run.get("data_fingerprint", {}),
@@ -98,14 +112,24 @@ def pinned_recipe(loaded: LoadedStudy, trial: FrozenTrial) -> Recipe:
     return with_relative_paths(recipe, Path.cwd()).model_copy(update={"pinned": pinned})
 
 
-def export_weights(trial: FrozenTrial, study: str, recipe_file: Path, out: Path) -> int:
-    """Write the trial's best-epoch weights (its ``best.pt``) to ``out`` as a plain state dict
-    with what they belong to: study, trial, epoch and the SHA-256 of the pinned recipe file.
-    Only tensors, numbers and strings: it loads with ``weights_only=True``, and as
-    ``model.pretrained`` of the pinned recipe. Returns the epoch."""
-    import hashlib
+def ranked_trials(loaded: LoadedStudy, top_k: int) -> list[FrozenTrial]:
+    """The ``top_k`` best feasible COMPLETE trials, best first (ties: the earlier trial)."""
+    study = open_existing(loaded.config, loaded.path)
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and t.user_attrs.get("feasible")
+    ]
+    if not feasible:
+        raise ConfigError(
+            f"{loaded.path}: study {loaded.config.name!r} has no feasible complete trial yet"
+        )
+    return sorted(feasible, key=lambda t: (-float(t.value or 0.0), t.number))[:top_k]
 
-    from drsearch.train.checkpoint import BEST, atomic_save, load_weights_only
+
+def best_weights(trial: FrozenTrial) -> tuple[dict[str, Any], int]:
+    """The trial's best-epoch model state dict (its ``best.pt``, read weights-only) and epoch."""
+    from drsearch.train.checkpoint import BEST, load_weights_only
 
     run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
     source = run_dir / "checkpoints" / BEST
@@ -127,8 +151,45 @@ def export_weights(trial: FrozenTrial, study: str, recipe_file: Path, out: Path)
             "(the run was trained before best epochs followed the study's objective); retrain "
             "the exported recipe"
         )
+    return state["model"], epoch
+
+
+def trial_model(trial: FrozenTrial) -> TrainedModel:
+    """A study trial's best-epoch weights with the recipe, data fingerprint and epochs of its
+    run folder."""
+    from drsearch.train.outputs import RunFolder
+    from drsearch.train.predict import TrainedModel
+
+    run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
+    config, info = run_dir / "config.yaml", run_dir / "run.json"
+    if not config.is_file() or not info.is_file():
+        raise ConfigError(
+            f"trial {trial.number}: its run folder {run_dir} is missing config.yaml or run.json"
+        )
+    weights, _ = best_weights(trial)
+    return TrainedModel(
+        label=f"trial {trial.number}",
+        recipe=load_recipe(config),
+        state_dict=weights,
+        fingerprint=json.loads(info.read_text()).get("data_fingerprint") or {},
+        trial=trial.number,
+        log=RunFolder(run_dir).read_epochs(),
+    )
+
+
+def export_weights(trial: FrozenTrial, study: str, recipe_file: Path, out: Path) -> int:
+    """Write the trial's best-epoch weights (its ``best.pt``) to ``out`` as a plain state dict
+    with what they belong to: study, trial, epoch and the SHA-256 of the pinned recipe file.
+    Only tensors, numbers and strings: it loads with ``weights_only=True``, and as
+    ``model.pretrained`` of the pinned recipe. Returns the epoch."""
+    import hashlib
+
+    from drsearch.train.checkpoint import atomic_save
+
+    weights, epoch = best_weights(trial)
+
     payload = {
-        "state_dict": state["model"],
+        "state_dict": weights,
         "epoch": epoch,
         "trial": trial.number,
         "study": study,
@@ -169,6 +230,8 @@ def drift(recipe: Recipe) -> list[str]:
     """How the installed versions and the data differ from what the recipe pins."""
     if recipe.pinned is None:
         return []
+    import numpy as np
+
     from drsearch.data.fingerprint import data_fingerprint
     from drsearch.data.records import Skipped
     from drsearch.data.sources import load_records
@@ -181,12 +244,22 @@ def drift(recipe: Recipe) -> list[str]:
         pinned = recipe.pinned.versions.get(name)
         if pinned is not None and pinned != now.get(name):
             found.append(f"{name} {now.get(name)} is installed, the recipe pins {pinned}")
-    records = load_records(recipe.data, Skipped())
-    train_idx, val_idx = split_indices(records, recipe.data.val_fraction, recipe.data.seed)
-    current = data_fingerprint(records, train_idx, val_idx)
+    d = recipe.data
+    loaded = load_records(d, Skipped())
+    sides = split_indices(loaded, d.val_fraction, d.seed, d.test_fraction)
+    kept = np.sort(np.concatenate([sides.train, sides.val]))
+    records = [loaded[i] for i in kept]
+    position = {int(i): k for k, i in enumerate(kept)}
+    current = data_fingerprint(
+        records,
+        np.array([position[int(i)] for i in sides.train]),
+        np.array([position[int(i)] for i in sides.val]),
+        [loaded[i].id for i in sides.test],
+    )
     for key, what in (
         ("images_sha256", "image list (ids, labels, file sizes)"),
         ("split_sha256", "validation split"),
+        ("test_sha256", "held-out test split"),
     ):
         pinned_value = recipe.pinned.data_fingerprint.get(key)
         if pinned_value is not None and pinned_value != current[key]:
@@ -195,3 +268,45 @@ def drift(recipe: Recipe) -> list[str]:
                 f"({current[key][:12]} != {pinned_value[:12]})"
             )
     return found
+
+
+def export_ensemble(
+    loaded: LoadedStudy,
+    trials: list[FrozenTrial],
+    out: Path,
+    views: list[str],
+    attrs: dict[str, Any],
+) -> list[Path]:
+    """Write ``trials`` as an ensemble: each member's pinned recipe and best-epoch weights in
+    the folder ``out`` names without its suffix, and ``out`` listing them (relative to its
+    folder) with the views and what the study's evaluation of this ensemble chose. Returns
+    the member recipe files."""
+    import yaml
+
+    folder = out.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    written, members = [], []
+    for trial in trials:
+        recipe_file = folder / f"trial{trial.number}.yaml"
+        weights_file = recipe_file.with_suffix(".pt")
+        evaluation = attrs.get(f"evaluation:trial{trial.number}")
+        write_pinned(pinned_recipe(loaded, trial, evaluation), recipe_file)
+        export_weights(trial, loaded.config.name, recipe_file, weights_file)
+        members.append(
+            {
+                "recipe": str(recipe_file.relative_to(out.parent)),
+                "weights": str(weights_file.relative_to(out.parent)),
+            }
+        )
+        written.append(recipe_file)
+    tag = f"top{len(trials)}" + ("-tta" if len(views) > 1 else "")
+    body: dict[str, Any] = {"members": members, "views": views}
+    if attrs.get(f"evaluation:{tag}") is not None:
+        body["evaluation"] = attrs[f"evaluation:{tag}"]
+    numbers = ", ".join(str(t.number) for t in trials)
+    header = (
+        f"# Ensemble of study {loaded.config.name}, trials {numbers} (drsearch export --top-k).\n"
+        f"# Evaluate with: drsearch evaluate {out}\n"
+    )
+    write_text_atomic(out, header + yaml.safe_dump({"ensemble": body}, sort_keys=False))
+    return written

@@ -99,6 +99,20 @@ def to_grades(score: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     return np.searchsorted(np.sort(np.asarray(thresholds, dtype=np.float64)), score, side="right")
 
 
+def decode(
+    head: str, outputs: np.ndarray, labels: np.ndarray, fixed: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    """Per-grade probabilities, predicted grades and (regression, ordinal) thresholds of a
+    head's outputs: the thresholds are ``fixed`` (``model.thresholds``), or fitted on these
+    (validation) ``labels`` for the kappa."""
+    probs = grade_probabilities(head, outputs)
+    if head == "classification":
+        return probs, probs.argmax(axis=1), None
+    score = grade_score(head, outputs)
+    thresholds = list(fixed) if fixed is not None else fit_thresholds(score, labels)
+    return probs, to_grades(score, thresholds), thresholds
+
+
 def fit_thresholds(score: np.ndarray, labels: np.ndarray) -> list[float]:
     """Thresholds that maximise the quadratic weighted kappa of ``to_grades(score)``
     against ``labels``: Nelder-Mead from the midpoints, the best of start and result."""

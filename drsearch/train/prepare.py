@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from drsearch.data.cache import ImageCache, build_cache, default_cache_dir
 from drsearch.data.content import content_ids, cross_split_duplicates
 from drsearch.data.records import ImageRecord, Skipped
 from drsearch.data.sources import load_records
-from drsearch.data.split import split_indices
+from drsearch.data.split import held_out_indices, split_indices, val_share
 from drsearch.train.batches import Split
 
 
@@ -27,6 +27,9 @@ class PreparedData:
     skipped: Skipped
     cache_rows: np.ndarray  # row of each record in the cache arrays
     val_duplicates: int = 0  # validation images whose exact file content is also in training
+    #: ids of the held-out test images, for the fingerprint only: their pixels and labels
+    #: never reach a run
+    test_ids: list[str] = field(default_factory=list)
 
     def split(self, side: str, size: int) -> Split:
         idx = self.train_idx if side == "train" else self.val_idx
@@ -45,9 +48,13 @@ class PreparedData:
 def prepare_data(
     cfg: DataConfig, progress: Callable[[int, int], None] | None = None
 ) -> PreparedData:
-    """Read labels, decode every image once, drop unusable ones, split by grade/patient."""
+    """Read labels, hold out the test side, decode every other image once, drop unusable
+    ones, split the rest by grade/patient."""
     skipped = Skipped()
-    all_records = load_records(cfg, skipped)
+    loaded = load_records(cfg, skipped)
+    test = held_out_indices(loaded, cfg.test_fraction, cfg.seed)
+    held_out = set(test.tolist())
+    all_records = [r for i, r in enumerate(loaded) if i not in held_out]
     # content ids once: they key the disk cache and find train/validation duplicates
     all_ids = content_ids(all_records, cfg.cache_dir or default_cache_dir())
     cache = build_cache(
@@ -64,7 +71,9 @@ def prepare_data(
     )
     rows = np.flatnonzero(cache.usable)
     records = [all_records[i] for i in rows]
-    train_idx, val_idx = split_indices(records, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx, _ = split_indices(
+        records, val_share(cfg.val_fraction, cfg.test_fraction), cfg.seed
+    )
     ids = [all_ids[i] for i in rows]
     duplicates = cross_split_duplicates(ids, train_idx, val_idx)
     if duplicates and cfg.drop_val_duplicates:
@@ -74,5 +83,6 @@ def prepare_data(
             )
         val_idx = np.setdiff1d(val_idx, duplicates)
     data = PreparedData(records, train_idx, val_idx, cache, skipped, rows)
+    data.test_ids = [loaded[i].id for i in test]
     data.val_duplicates = len(duplicates)
     return data

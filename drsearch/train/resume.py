@@ -64,8 +64,8 @@ def check_resumable(
     if info.is_file():
         before = json.loads(info.read_text()).get("data_fingerprint") or {}
         now = fingerprint
-        keys = ("images_sha256", "split_sha256")
-        if before and any(before.get(k) != now.get(k) for k in keys):
+        keys = ("images_sha256", "split_sha256", "test_sha256")
+        if before and any(k in before and before[k] != now.get(k) for k in keys):
             raise TrainingError(
                 f"{path}: cannot resume: the data differ from the run's (image list or "
                 f"validation split fingerprint changed since {info}); start a new run"

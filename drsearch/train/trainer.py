@@ -41,8 +41,7 @@ from drsearch.train.faults import fault_point
 from drsearch.train.heads import (
     DEFAULT_THRESHOLDS,
     HeadLoss,
-    fit_thresholds,
-    grade_probabilities,
+    decode,
     grade_score,
     head_loss,
     to_grades,
@@ -189,7 +188,9 @@ class _Trainer:
         return history
 
     def _data_fingerprint(self) -> dict[str, Any]:
-        return data_fingerprint(self.data.records, self.data.train_idx, self.data.val_idx)
+        return data_fingerprint(
+            self.data.records, self.data.train_idx, self.data.val_idx, self.data.test_ids
+        )
 
     def _write_run_info(self) -> None:
         self.folder.write_json(
@@ -386,15 +387,8 @@ class _Trainer:
     def _decode(
         self, outputs: np.ndarray, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
-        """Per-grade probabilities, predicted grades and (regression, ordinal) thresholds:
-        ``model.thresholds``, or fitted on this validation split for the kappa."""
-        probs = grade_probabilities(self.head, outputs)
-        if self.head == "classification":
-            return probs, probs.argmax(axis=1), None
-        score = grade_score(self.head, outputs)
-        fixed = self.recipe.model.thresholds
-        thresholds = list(fixed) if fixed is not None else fit_thresholds(score, labels)
-        return probs, to_grades(score, thresholds), thresholds
+        """Per-grade probabilities, predicted grades and thresholds (``heads.decode``)."""
+        return decode(self.head, outputs, labels, self.recipe.model.thresholds)
 
     def _train_grades(self, logits: torch.Tensor) -> torch.Tensor:
         """Grades of a training batch's outputs (a regression or ordinal head: cut at the

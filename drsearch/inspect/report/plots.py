@@ -48,6 +48,7 @@ SECTIONS = (
     "confusion",
     "lr",
     "checklist",
+    "evaluation",
     "compute",
 )
 
@@ -306,6 +307,7 @@ def write_report(r: ReportRecords, study: optuna.Study, out_dir: Path) -> Path:
             body = "\n".join(bodies)
         parts.append(f"<section id='{key}'><h2>{html.escape(title)}</h2>{body}</section>")
     parts.append(_checklist_html(r))
+    parts.append(_held_out_html(r))
     parts.append(_compute_html(r))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
@@ -333,6 +335,60 @@ def _checklist_html(r: ReportRecords) -> str:
         f"<th>required</th><th>Wilson 95% lower bound</th><th>result</th><th>evidence</th>"
         f"</tr>{rows}</table></section>"
     )
+
+
+def _held_out_html(r: ReportRecords) -> str:
+    """The held-out test figures of ``drsearch evaluate`` and the finalists of ``confirm``."""
+    from drsearch.inspect.report.evaluation import interval
+
+    parts = ["<section id='evaluation'><h2>Held-out test set and repeated seeds</h2>"]
+    if not r.evaluations:
+        parts.append(
+            "<p class='hint'>No evaluation yet: <code>drsearch evaluate STUDY.yaml</code> "
+            "measures the best trial once on the held-out test set.</p>"
+        )
+    else:
+        head = ("evaluated", "test images", "accuracy", "QWK", "referable sens.",
+                "referable spec.", "referable AUC", "file")  # fmt: skip
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{c}</td>"
+                for c in (
+                    html.escape(tag),
+                    e["test"]["n"],
+                    interval(e["test"]["accuracy"]),
+                    interval(e["test"]["qwk"]),
+                    interval(e["test"]["referable_sensitivity"]),
+                    interval(e["test"]["referable_specificity"]),
+                    interval(e["test"]["referable_auc"]),
+                    html.escape(str(e.get("file", ""))),
+                )
+            )
+            + "</tr>"
+            for tag, e in sorted(r.evaluations.items())
+        )
+        parts.append(
+            "<p>Measured once on the test split no trial saw, at the operating points chosen "
+            "on validation (95% intervals).</p><table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head)
+            + f"</tr>{rows}</table>"
+        )
+    if r.confirm:
+        rows = "".join(
+            f"<tr><td>{rank}</td><td>{f['trial']}</td><td>{num(f['search_value'])}</td>"
+            f"<td>{num(f['stats']['value']['mean'])}</td><td>{num(f['stats']['value']['sd'])}"
+            f"</td><td>{f['stats']['value']['n']}</td>"
+            f"<td>{'PASS' if f['stable_across_seeds']['passed'] else 'FAIL'}</td></tr>"
+            for rank, f in enumerate(r.confirm["finalists"], 1)
+        )
+        parts.append(
+            "<p>Finalists retrained with fresh seeds (<code>drsearch confirm</code>), ranked by "
+            "their mean, not their luckiest seed:</p><table><tr><th>rank</th><th>trial</th>"
+            "<th>search value</th><th>mean value</th><th>sd</th><th>seeds</th>"
+            f"<th>&lt; 5 points across seeds</th></tr>{rows}</table>"
+        )
+    return "".join(parts) + "</section>"
 
 
 def _compute_html(r: ReportRecords) -> str:

@@ -72,6 +72,10 @@ class ReportRecords:
     checklist: list[CheckItem]
     compute: Compute
     notes: list[str] = field(default_factory=list)
+    #: ``drsearch evaluate`` summaries by tag (``trial7``, ``top3-tta``): held-out test figures
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``drsearch confirm``'s finalists, ranked by their mean over fresh seeds
+    confirm: dict[str, Any] | None = None
 
 
 def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
@@ -102,6 +106,12 @@ def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
         checklist=checklist(best.attrs, best_log) if best else [],
         compute=_compute(rows, loaded),
         notes=_notes(rows, best, best_feasible),
+        evaluations={
+            k.removeprefix("evaluation:"): v
+            for k, v in study.user_attrs.items()
+            if k.startswith("evaluation:")
+        },
+        confirm=study.user_attrs.get("confirm"),
     )
 
 

@@ -155,6 +155,11 @@ def _describe(study: optuna.Study, loaded: LoadedStudy) -> None:
         "search_space", {k: p.model_dump(mode="json") for k, p in loaded.space.items()}
     )
     study.set_user_attr("recipe", loaded.recipe.model_dump(mode="json"))
+    study.set_user_attr(
+        "metrics_measured_on",
+        "validation: the split the search pruned and ranked on (optimistic); the held-out "
+        "test split is read only by drsearch evaluate",
+    )
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:

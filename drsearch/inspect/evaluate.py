@@ -1,0 +1,381 @@
+"""``drsearch evaluate``: best-epoch weights on the held-out test set, as a reviewer reads it.
+
+One or more trained models (a study's best trial, a trial number, its top-k feasible trials as
+an ensemble, or an exported recipe with its weights) predict on the recipe's validation split
+and on its test split, which no search ever saw. Validation chooses what may be chosen (the
+operating-point thresholds on ``P(grade >= k)``, the grade thresholds of a regression or
+ordinal head, the temperature); the test split is then measured once with those choices
+frozen: accuracy, QWK, per-grade and endpoint sensitivity/specificity/AUC with 95% intervals
+(``stats``), calibration, and the medical-grade checklist judged on the test figures.
+
+An ensemble averages its members' per-grade probabilities (each after its own temperature,
+when temperature scaling is on); its grade is the most probable one. Test-time augmentation
+averages each model's raw outputs over flipped views (``train.predict.VIEWS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drsearch.clinical import CONFIDENCE, ENDPOINTS, NUM_CLASSES, TARGET_SENSITIVITY, checklist
+from drsearch.config.recipe import Recipe
+from drsearch.errors import ConfigError, DataError
+from drsearch.inspect import stats
+from drsearch.train.batches import Split
+from drsearch.train.predict import TrainedModel
+
+
+@dataclass
+class Options:
+    """What ``evaluate`` chooses on validation and how it measures."""
+
+    target_sensitivity: float | None = TARGET_SENSITIVITY
+    target_specificity: float | None = None
+    views: tuple[str, ...] = ("identity",)
+    temperature: bool = False
+    n_bootstrap: int = stats.N_BOOTSTRAP
+    seed: int = stats.BOOTSTRAP_SEED
+    device: str = "cpu"
+
+    def target(self) -> tuple[str, float]:
+        if self.target_specificity is not None:
+            return "specificity", self.target_specificity
+        return "sensitivity", self.target_sensitivity or TARGET_SENSITIVITY
+
+
+@dataclass
+class Sides:
+    """Validation and test images at one size, with their labels and ids."""
+
+    val: Split
+    test: Split
+    test_ids: list[str]
+    skipped_test: int
+
+
+def evaluate(
+    members: list[TrainedModel], options: Options, stored_points: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The evaluation record of ``members`` (one model, or an ensemble of several);
+    ``stored_points``: operating points an exported recipe or ensemble carries, used as they
+    are instead of being chosen again."""
+    if not members:
+        raise ConfigError("nothing to evaluate: no trained model was selected")
+    test_sha = _same_test_set(members)
+    val_probs, test_probs, per_member = [], [], []
+    sides_by_size: dict[int, Sides] = {}
+    for m in members:
+        size = m.recipe.data.image_size
+        if size not in sides_by_size:
+            sides_by_size[size] = load_sides(m.recipe)
+        sides = sides_by_size[size]
+        v, t, info = _member_probabilities(m, sides, options)
+        val_probs.append(v)
+        test_probs.append(t)
+        per_member.append(info)
+    sides = next(iter(sides_by_size.values()))
+    val_p, test_p = np.mean(val_probs, axis=0), np.mean(test_probs, axis=0)
+    if len(members) == 1:
+        val_pred, test_pred = per_member[0].pop("val_pred"), per_member[0].pop("test_pred")
+    else:
+        for info in per_member:
+            info.pop("val_pred"), info.pop("test_pred")
+        val_pred, test_pred = val_p.argmax(axis=1), test_p.argmax(axis=1)
+    operating_points = _operating_points(sides.val.labels, val_p, options, stored_points)
+    thresholds = {name: op["threshold"] for name, op in operating_points.items()}
+    validation = _figures(sides.val.labels, val_p, val_pred, thresholds, options, roc=False)
+    test = _figures(sides.test.labels, test_p, test_pred, thresholds, options, roc=True)
+    return {
+        "what": {
+            "models": [m.label for m in members],
+            "trials": [m.trial for m in members if m.trial is not None],
+            "ensemble": len(members) > 1,
+            "views": list(options.views),
+            "temperature_scaling": options.temperature,
+        },
+        "data": {
+            "n_val": int(len(sides.val.labels)),
+            "n_test": int(len(sides.test.labels)),
+            "test_sha256": test_sha,
+            "skipped_test_images": sides.skipped_test,
+        },
+        "confidence": CONFIDENCE,
+        "operating_points": operating_points,
+        "members": per_member,
+        "validation": validation,
+        "test": test,
+        "checklist": [c.__dict__ for c in checklist(test["metrics"], members[0].log, "test")],
+    }
+
+
+def load_sides(recipe: Recipe) -> Sides:
+    """The recipe's validation split (as its runs split it) and its held-out test split, at
+    the recipe's image size."""
+    from drsearch.data.cache import build_cache
+    from drsearch.data.records import Skipped
+    from drsearch.data.sources import load_records
+    from drsearch.data.split import held_out_indices
+    from drsearch.train.prepare import prepare_data
+
+    d = recipe.data
+    size = d.image_size
+    data = prepare_data(d.model_copy(update={"progressive": []}))
+    skipped = Skipped()
+    loaded = load_records(d, Skipped())
+    test = [loaded[i] for i in held_out_indices(loaded, d.test_fraction, d.seed)]
+    if not test:
+        raise DataError("the recipe holds out no test set; " + _NO_TEST)
+    cache = build_cache(
+        test, [size], d.cache, d.cache_max_gb, d.cache_dir, d.skip_bad, skipped, None,
+        d.preprocess,
+    )  # fmt: skip
+    rows = np.flatnonzero(cache.usable)
+    labels = np.array([test[i].label for i in rows], dtype=np.int64)
+    return Sides(
+        data.split("val", size), Split(cache.arrays[size], rows, labels),
+        [test[i].id for i in rows], skipped.total,
+    )  # fmt: skip
+
+
+_NO_TEST = (
+    "set data.test_fraction (e.g. 0.15) or add a data source "
+    "with use: test, then run the study again (its trials must not have trained on the test "
+    "images)"
+)
+
+
+def _same_test_set(members: list[TrainedModel]) -> str:
+    """The test-set fingerprint every member held out; refuse a model that trained on test."""
+    from drsearch.data.fingerprint import ids_sha256
+    from drsearch.data.records import Skipped
+    from drsearch.data.sources import load_records
+    from drsearch.data.split import held_out_indices
+
+    d = members[0].recipe.data
+    loaded = load_records(d, Skipped())
+    ids = [loaded[i].id for i in held_out_indices(loaded, d.test_fraction, d.seed)]
+    if not ids:
+        raise DataError(f"{members[0].label} was trained without a held-out test set; " + _NO_TEST)
+    now = ids_sha256(ids)
+    for m in members:
+        held = m.fingerprint.get("test_sha256")
+        if not m.fingerprint.get("n_test") or held is None:
+            raise DataError(
+                f"{m.label} was trained without a held-out test set (every image was in its "
+                "training or validation split, so no test figure of it would be honest); "
+                + _NO_TEST
+            )
+        if held != now:
+            raise DataError(
+                f"{m.label} held out another test set ({held[:12]}) than the recipe gives now "
+                f"({now[:12]}): data.test_fraction, data.seed or the images changed since it "
+                "trained; evaluate with the recipe it was trained with"
+            )
+    return now
+
+
+def _member_probabilities(
+    m: TrainedModel, sides: Sides, options: Options
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from drsearch.train.heads import decode, grade_probabilities
+    from drsearch.train.predict import predict, trained_model
+
+    model = trained_model(m.recipe, m.state_dict)
+    batch = m.recipe.train.eval_batch_size or 2 * m.recipe.train.batch_size
+    val_out = predict(model, sides.val, batch, options.views, options.device)
+    test_out = predict(model, sides.test, batch, options.views, options.device)
+    head = m.recipe.model.head
+    stored = m.stored or {}
+    fixed = m.recipe.model.thresholds or stored.get("grade_thresholds")
+    _, val_pred, cuts = decode(head, val_out, sides.val.labels, fixed)
+    _, test_pred, _ = decode(head, test_out, sides.test.labels, cuts)
+    temperature = 1.0
+    if stored.get("temperature") is not None:
+        temperature = float(stored["temperature"])
+    elif options.temperature and head != "regression":
+        temperature = stats.fit_temperature(
+            val_out, sides.val.labels, lambda o: grade_probabilities(head, o)
+        )
+    val_p = grade_probabilities(head, val_out / temperature if head != "regression" else val_out)
+    test_p = grade_probabilities(head, test_out / temperature if head != "regression" else test_out)
+    before = stats.calibration(grade_probabilities(head, test_out), sides.test.labels)["ece"]
+    info = {
+        "model": m.label,
+        "trial": m.trial,
+        "head": head,
+        "grade_thresholds": cuts,
+        "temperature": temperature,
+        "test_ece_before_temperature": before,
+        "val_pred": val_pred,
+        "test_pred": test_pred,
+    }
+    return val_p, test_p, info
+
+
+def _operating_points(
+    val_labels: np.ndarray,
+    val_p: np.ndarray,
+    options: Options,
+    stored: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """Per endpoint, the threshold on ``P(grade >= k)``: ``stored`` (as an exported recipe
+    carries it), or chosen on this validation split for the target."""
+    kind, target = options.target()
+    out: dict[str, dict[str, Any]] = {}
+    for name, k in ENDPOINTS.items():
+        if stored and name in stored and stored[name].get("threshold") is not None:
+            out[name] = dict(stored[name]) | {"from": "the exported file"}
+            continue
+        truth, score = val_labels >= k, val_p[:, k:].sum(axis=1)
+        try:
+            if kind == "sensitivity":
+                threshold = stats.threshold_for_sensitivity(truth, score, target)
+            else:
+                threshold = stats.threshold_for_specificity(truth, score, target)
+        except ValueError as exc:
+            raise DataError(
+                f"cannot choose the {name} operating point on validation: {exc} (grade >= {k}); "
+                "the validation split needs images on both sides of the endpoint"
+            ) from None
+        out[name] = {
+            "grade_at_least": k,
+            "chosen_on": "validation",
+            f"target_{kind}": target,
+            "threshold": threshold,
+        }
+    return out
+
+
+def _figures(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    preds: np.ndarray,
+    thresholds: dict[str, float],
+    options: Options,
+    roc: bool,
+) -> dict[str, Any]:
+    """Every figure of one side, each with its 95% interval."""
+    from drsearch.train.metrics import compute_metrics
+
+    labels, preds = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
+    metrics = compute_metrics(labels, probs, preds)
+    cm = np.asarray(metrics["confusion_matrix"])
+    n = int(cm.sum())
+    per_grade = []
+    for g in range(NUM_CLASSES):
+        support, called, tp = int(cm[g].sum()), int(cm[:, g].sum()), int(cm[g, g])
+        tn = n - support - called + tp
+        per_grade.append({
+            "grade": g,
+            "n": support,
+            "sensitivity": stats.proportion(tp, support).as_dict(),
+            "specificity": stats.proportion(tn, n - support).as_dict(),
+        })  # fmt: skip
+    endpoints = {}
+    for name, k in ENDPOINTS.items():
+        truth, score = labels >= k, probs[:, k:].sum(axis=1)
+        called = preds >= k
+        endpoints[name] = {
+            "grade_at_least": k,
+            "n_positive": int(truth.sum()),
+            "auc": stats.auc_estimate(truth, score, options.seed).as_dict(),
+            "at_predicted_grade": {
+                "sensitivity": stats.proportion(
+                    int((truth & called).sum()), int(truth.sum())
+                ).as_dict(),
+                "specificity": stats.proportion(
+                    int((~truth & ~called).sum()), int((~truth).sum())
+                ).as_dict(),
+            },
+            "at_operating_point": stats.at_threshold(truth, score, thresholds[name]),
+            **({"roc": stats.roc_points(truth, score)} if roc else {}),
+        }
+    return {
+        "n": n,
+        "grade_counts": cm.sum(axis=1).tolist(),
+        "accuracy": stats.proportion(int(np.trace(cm)), n).as_dict(),
+        "qwk": stats.qwk_estimate(labels, preds, options.seed).as_dict(),
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "per_grade": per_grade,
+        "endpoints": endpoints,
+        "calibration": stats.calibration(probs, labels),
+        "metrics": metrics,
+        "predictions": {
+            "label": labels.tolist(),
+            "pred": preds.tolist(),
+            "probs": np.round(probs, 6).tolist(),
+        },  # fmt: skip
+    }
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the study keeps of an evaluation (and ``export`` pins): the choices made on
+    validation and the headline test figures."""
+    member = record["members"][0] if len(record["members"]) == 1 else {}
+    test = record["test"]
+    return {
+        "operating_points": record["operating_points"],
+        "temperature": member.get("temperature"),
+        "grade_thresholds": member.get("grade_thresholds"),
+        "members": [
+            {k: m[k] for k in ("model", "trial", "temperature", "grade_thresholds")}
+            for m in record["members"]
+        ],
+        "views": record["what"]["views"],
+        "test_sha256": record["data"]["test_sha256"],
+        "test": {
+            "n": test["n"],
+            "accuracy": test["accuracy"],
+            "qwk": test["qwk"],
+            **{
+                f"{name}_{k}": test["endpoints"][name]["at_operating_point"][k]
+                for name in ENDPOINTS
+                for k in ("sensitivity", "specificity")
+            },
+            **{f"{name}_auc": test["endpoints"][name]["auc"] for name in ENDPOINTS},
+        },
+    }
+
+
+def write_record(record: dict[str, Any], path: Path) -> None:
+    from drsearch.io import write_text_atomic
+    from drsearch.train.outputs import to_jsonable
+
+    write_text_atomic(path, json.dumps(to_jsonable(record), indent=1) + "\n")
+
+
+def recipe_member(recipe_file: Path, weights_file: Path) -> TrainedModel:
+    """An exported (pinned) recipe and the weights ``export --weights`` wrote with it."""
+    from drsearch.config.loading import load_recipe
+    from drsearch.train.checkpoint import load_weights_only
+
+    recipe = load_recipe(recipe_file)
+    if recipe.pinned is None:
+        raise ConfigError(
+            f"{recipe_file}: not an exported recipe (no pinned: section); evaluate a study, or "
+            "a recipe written by drsearch export"
+        )
+    fix = "export it again with drsearch export --weights"
+    payload = load_weights_only(weights_file, str(weights_file), fix, ConfigError)
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise ConfigError(f"{weights_file}: not weights written by drsearch export; {fix}")
+    sha = hashlib.sha256(recipe_file.read_bytes()).hexdigest()
+    if payload.get("recipe_sha256") != sha:
+        raise ConfigError(
+            f"{weights_file}: these weights were exported with another recipe file than "
+            f"{recipe_file} (SHA-256 differs); {fix}"
+        )
+    return TrainedModel(
+        label=weights_file.name,
+        recipe=recipe,
+        state_dict=payload["state_dict"],
+        fingerprint=recipe.pinned.data_fingerprint,
+        trial=payload.get("trial"),
+        stored=recipe.pinned.evaluation,
+    )

@@ -1,0 +1,390 @@
+"""Held-out evaluation: the test split, its statistics against references, and `evaluate`."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drsearch.clinical import wilson_interval
+from drsearch.data.records import ImageRecord
+from drsearch.data.split import held_out_indices, split_indices
+from drsearch.inspect import stats
+
+
+# -- the test split --------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    n_patients=st.integers(12, 60),
+    eyes=st.integers(1, 3),
+    val_fraction=st.sampled_from([0.1, 0.2, 0.3]),
+    test_fraction=st.sampled_from([0.1, 0.15, 0.25]),
+    seed=st.integers(0, 2**16),
+)
+def test_no_patient_of_the_test_split_is_in_training_or_validation(
+    n_patients: int, eyes: int, val_fraction: float, test_fraction: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    records = [
+        ImageRecord(f"{p}_{e}", Path(f"{p}_{e}.png"), int(rng.integers(0, 5)), f"p{p}")
+        for p in range(n_patients)
+        for e in range(eyes)
+    ]
+    sides = split_indices(records, val_fraction, seed, test_fraction)
+    patients = {k: {records[i].patient_id for i in v} for k, v in sides._asdict().items()}
+    assert not patients["test"] & (patients["train"] | patients["val"])
+    assert not patients["train"] & patients["val"]
+    assert sorted(np.concatenate(sides).tolist()) == list(range(len(records)))
+    # the test side is carved first: it does not move when the validation fraction does
+    other = split_indices(records, 0.2 if val_fraction != 0.2 else 0.1, seed, test_fraction)
+    assert np.array_equal(sides.test, other.test)
+    assert np.array_equal(sides.test, held_out_indices(records, test_fraction, seed))
+
+
+def test_no_test_fraction_keeps_the_old_split_and_a_test_source_is_held_out() -> None:
+    labels = [0] * 50 + [1] * 20 + [2] * 20 + [3] * 5 + [4] * 5
+    records = [ImageRecord(str(i), Path(f"{i}.png"), g) for i, g in enumerate(labels)]
+    train, val, test = split_indices(records, 0.2, seed=0)
+    assert len(test) == 0 and np.bincount([labels[i] for i in val]).tolist() == [10, 4, 4, 1, 1]
+    train3, val3, test3 = split_indices(records, 0.2, seed=0, test_fraction=0.2)
+    assert np.bincount([labels[i] for i in test3]).tolist() == [10, 4, 4, 1, 1]
+    assert np.bincount([labels[i] for i in val3]).tolist() == [10, 4, 4, 1, 1]
+    assert len(train3) == 60
+    tagged = [ImageRecord("t", Path("t.png"), 4, use="test"), *records]
+    assert split_indices(tagged, 0.2, seed=0).test.tolist() == [0]
+
+
+def test_a_run_never_decodes_or_fingerprints_test_images_as_its_own(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    from drsearch.train.prepare import prepare_data
+    from tests.conftest import make_recipe
+
+    cfg = make_recipe(tiny_dataset, data__test_fraction=0.25).data
+    data = prepare_data(cfg)
+    assert len(data.test_ids) == 20
+    assert not set(data.test_ids) & {r.id for r in data.records}
+    assert data.cache.arrays[32].shape[0] == 60  # the test images were never decoded
+
+
+def test_fractions_must_leave_room_for_training(tiny_dataset: Path) -> None:
+    from drsearch.errors import ConfigError
+    from tests.conftest import make_recipe
+
+    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction"):
+        make_recipe(tiny_dataset, data__test_fraction=0.7, data__val_fraction=0.25)
+
+
+# -- statistics against references -----------------------------------------------------------
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (81, 263), (1, 1), (97, 100)])
+def test_wilson_matches_scipy(k: int, n: int) -> None:
+    from scipy.stats import binomtest
+
+    ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    low, high = wilson_interval(k, n)  # type: ignore[misc]
+    assert low == pytest.approx(ref.low, abs=1e-9) and high == pytest.approx(ref.high, abs=1e-9)
+    e = stats.proportion(k, n)
+    assert (e.value, e.low, e.high) == (k / n, low, high)
+
+
+def _reference_bootstrap(labels, statistic, n, seed):  # type: ignore[no-untyped-def]
+    """The stratified bootstrap written out the long way."""
+    rng = np.random.default_rng(seed)
+    by_grade = {g: [i for i, y in enumerate(labels) if y == g] for g in sorted(set(labels))}
+    values = []
+    for _ in range(n):
+        idx = []
+        for members in by_grade.values():
+            idx.extend(rng.choice(np.array(members), size=len(members), replace=True).tolist())
+        v = statistic(np.array(idx))
+        if v is not None:
+            values.append(v)
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def test_auc_and_kappa_equal_sklearn_and_their_bootstrap_the_reference() -> None:
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 120)
+    preds = np.clip(labels + rng.integers(-1, 2, 120), 0, 4)
+    score = labels / 4 + rng.normal(0, 0.3, 120)
+    truth = labels >= 2
+    auc = stats.auc_estimate(truth, score, seed=5)
+    assert auc.value == pytest.approx(roc_auc_score(truth, score), abs=1e-12)
+    ref = _reference_bootstrap(
+        truth.astype(int).tolist(), lambda i: roc_auc_score(truth[i], score[i]), 1000, 5
+    )
+    assert (auc.low, auc.high) == pytest.approx(ref, abs=1e-9)
+    qwk = stats.qwk_estimate(labels, preds, seed=5)
+    assert qwk.value == pytest.approx(cohen_kappa_score(labels, preds, weights="quadratic"))
+    ref = _reference_bootstrap(
+        labels.tolist(),
+        lambda i: cohen_kappa_score(labels[i], preds[i], weights="quadratic"),
+        1000,
+        5,
+    )
+    assert (qwk.low, qwk.high) == pytest.approx(ref, abs=1e-9)
+    assert qwk.low < qwk.value < qwk.high
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(5, 80),
+    target=st.floats(0.5, 1.0),
+    seed=st.integers(0, 2**16),
+    ties=st.booleans(),
+)
+def test_operating_point_reaches_its_target_on_the_data_it_was_chosen_on(
+    n: int, target: float, seed: int, ties: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < 0.4
+    truth[:2] = [True, False]
+    score = rng.random(n)
+    if ties:
+        score = np.round(score, 1)
+    t = stats.threshold_for_sensitivity(truth, score, target)
+    assert (score[truth] >= t).mean() >= target - 1e-12
+    higher = score[truth][score[truth] > t]  # any higher threshold misses the target
+    assert len(higher) == 0 or (score[truth] >= higher.min()).mean() < target
+    s = stats.threshold_for_specificity(truth, score, target)
+    assert (score[~truth] < s).mean() >= target - 1e-12
+    lower = score[~truth][score[~truth] < s]
+    assert len(lower) == 0 or (score[~truth] < lower.max()).mean() < target
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    probs = np.array([[0.9, 0.1, 0, 0, 0], [0.9, 0.1, 0, 0, 0], [0.2, 0.6, 0.2, 0, 0],
+                      [0.2, 0.6, 0.2, 0, 0]])  # fmt: skip
+    labels = np.array([0, 1, 1, 1])
+    # bins (15 equal): 0.9 holds two images, accuracy 0.5; 0.6 holds two, accuracy 1.0
+    got = stats.calibration(probs, labels)
+    assert got["ece"] == pytest.approx(0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6))
+    assert [b["n"] for b in got["bins"]] == [2, 2]
+
+
+def test_temperature_scaling_recovers_an_overconfident_models_temperature() -> None:
+    from scipy.special import softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (4000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(logits, axis=1)])
+    t = stats.fit_temperature(3.0 * logits, labels, lambda o: softmax(o, axis=1))
+    assert t == pytest.approx(3.0, rel=0.08)
+    before = stats.calibration(softmax(3.0 * logits, axis=1), labels)["ece"]
+    after = stats.calibration(softmax(3.0 * logits / t, axis=1), labels)["ece"]
+    assert after < before / 3
+
+
+# -- drsearch evaluate, as a user runs it ----------------------------------------------------
+SPACE = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+
+
+@pytest.fixture
+def held_out_study(tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A finished tiny study with a held-out test split, run from its folder with relative
+    paths (data in the APTOS layout on disk)."""
+    from tests.conftest import tiny_recipe_dict
+
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe_dict(Path("data"), **{"data.test_fraction": 0.25, "train.epochs": 2})
+    Path("recipe.yaml").write_text(yaml.safe_dump(recipe))
+    Path("space.yaml").write_text(SPACE)
+    study = {
+        "name": "held", "recipe": "recipe.yaml", "search_space": "space.yaml",
+        "objective": {"metric": "accuracy", "constraints": []}, "pruner": {"enabled": False},
+        "sampler": {"name": "random", "seed": 0}, "budget": {"n_trials": 2},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 1}, "executor": "local",
+        "run_root": "runs",
+    }  # fmt: skip
+    Path("held.yaml").write_text(yaml.safe_dump(study))
+    result = CliRunner().invoke(cli(), ["run", "held.yaml", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return Path("held.yaml")
+
+
+def cli():  # type: ignore[no-untyped-def]
+    from drsearch.cli import cli as group
+
+    return group
+
+
+@pytest.mark.e2e
+def test_evaluate_measures_the_test_split_with_thresholds_chosen_on_validation(
+    held_out_study: Path,
+) -> None:
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, recall_score, roc_auc_score
+
+    result = CliRunner().invoke(cli(), ["evaluate", str(held_out_study), "--temperature"])
+    assert result.exit_code == 0, result.output
+    assert "on the held-out test set (20 images" in result.output
+    (found,) = Path("reports/held").glob("evaluation-trial*.json")
+    record = json.loads(found.read_text())
+    assert found.with_suffix(".html").stat().st_size > 100_000
+    test, val = record["test"], record["validation"]
+    # figures equal scikit-learn's on the saved predictions
+    y, p = np.array(test["predictions"]["label"]), np.array(test["predictions"]["pred"])
+    probs = np.array(test["predictions"]["probs"])
+    assert test["accuracy"]["value"] == pytest.approx(accuracy_score(y, p))
+    assert test["qwk"]["value"] == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+    recalls = recall_score(y, p, average=None, labels=range(5), zero_division=np.nan)
+    for g in range(5):
+        got = test["per_grade"][g]["sensitivity"].get("value")
+        assert (got is None and math.isnan(recalls[g])) or got == pytest.approx(recalls[g])
+    ref = test["endpoints"]["referable"]
+    assert ref["auc"]["value"] == pytest.approx(roc_auc_score(y >= 2, probs[:, 2:].sum(1)), 1e-5)
+    # the operating point was chosen on validation and meets its target there ...
+    vy, vprobs = np.array(val["predictions"]["label"]), np.array(val["predictions"]["probs"])
+    threshold = record["operating_points"]["referable"]["threshold"]
+    assert record["operating_points"]["referable"]["chosen_on"] == "validation"
+    assert (vprobs[vy >= 2, 2:].sum(1) >= threshold - 1e-5).mean() >= 0.975  # probs: 6 places
+    # ... and the test figure uses that stored threshold, not one refitted on test
+    called = probs[:, 2:].sum(1) >= threshold - 1e-5
+    assert ref["at_operating_point"]["sensitivity"]["successes"] == int((called & (y >= 2)).sum())
+    assert record["data"]["n_test"] == 20 and record["data"]["n_val"] == 20
+    assert record["checklist"][0]["detail"] == "20 test images"
+
+
+@pytest.mark.e2e
+def test_an_exported_recipe_evaluates_to_the_same_figures_with_its_stored_choices(
+    held_out_study: Path,
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli(), ["evaluate", str(held_out_study), "--temperature"]).exit_code == 0
+    out = runner.invoke(
+        cli(), ["export", str(held_out_study), "-o", "recipes/b.yaml", "--weights", "recipes/b.pt"]
+    )
+    assert out.exit_code == 0, out.output
+    pinned = yaml.safe_load(Path("recipes/b.yaml").read_text())["pinned"]["evaluation"]
+    assert pinned["operating_points"]["referable"]["chosen_on"] == "validation"
+    assert pinned["temperature"] > 0
+    again = runner.invoke(cli(), ["evaluate", "recipes/b.yaml", "--weights", "recipes/b.pt"])
+    assert again.exit_code == 0, again.output
+    (found,) = Path("reports/held").glob("evaluation-trial*.json")
+    first = json.loads(found.read_text())
+    second = json.loads(Path("reports/b/evaluation-b.json").read_text())
+    assert second["operating_points"]["referable"]["from"] == "the exported file"
+    assert second["test"] == first["test"]
+    # weights of another recipe file are refused
+    Path("recipes/c.yaml").write_text(Path("recipes/b.yaml").read_text() + "# edited\n")
+    bad = runner.invoke(cli(), ["evaluate", "recipes/c.yaml", "--weights", "recipes/b.pt"])
+    assert bad.exit_code == 2 and "exported with another recipe file" in bad.output
+
+
+@pytest.mark.e2e
+def test_a_model_that_trained_on_the_test_images_is_refused(held_out_study: Path) -> None:
+    # a study whose trials held nothing out: every image was theirs to train or validate on
+    recipe = yaml.safe_load(Path("recipe.yaml").read_text())
+    recipe["data"]["test_fraction"] = 0.0
+    Path("recipe.yaml").write_text(yaml.safe_dump(recipe))
+    study = yaml.safe_load(held_out_study.read_text()) | {"name": "all", "budget": {"n_trials": 1}}
+    Path("all.yaml").write_text(yaml.safe_dump(study))
+    assert CliRunner().invoke(cli(), ["run", "all.yaml", "--quiet"]).exit_code == 0
+    result = CliRunner().invoke(cli(), ["evaluate", "all.yaml"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "trial 0 was trained without a held-out test set" in result.output
+    assert "set data.test_fraction" in result.output and "run the study again" in result.output
+    # the held-out study's trials still evaluate: their own recipe names their test split
+    assert CliRunner().invoke(cli(), ["evaluate", str(held_out_study)]).exit_code == 0
+
+
+@pytest.mark.e2e
+def test_confirm_retrains_finalists_with_fresh_seeds_and_ranks_by_their_mean(
+    held_out_study: Path,
+) -> None:
+    import statistics
+
+    import optuna
+
+    runner = CliRunner()
+    result = runner.invoke(
+        cli(), ["confirm", str(held_out_study), "--top-k", "2", "--seeds", "3", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(Path("reports/held/confirm.json").read_text())
+    storage = f"sqlite:///{Path('runs/held.db').resolve()}"
+    runs = optuna.load_study(study_name="held-confirm", storage=storage).trials
+    assert len(runs) == 6 and all(t.state.name == "COMPLETE" for t in runs)
+    for finalist in record["finalists"]:
+        mine = [t for t in runs if t.user_attrs["confirm_of"] == finalist["trial"]]
+        assert sorted(t.user_attrs["seed"] for t in mine) == [4, 5, 6]  # recipe seed 3 + 1..3
+        for t in mine:  # each run trained with its seed and the finalist's parameters
+            config = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
+            assert config["train"]["seed"] == t.user_attrs["seed"]
+            assert t.params["optim.lr"] == finalist["params"]["optim.lr"]
+        acc = [t.user_attrs["accuracy"] for t in mine]
+        assert finalist["stats"]["accuracy"]["mean"] == pytest.approx(statistics.fmean(acc))
+        assert finalist["stats"]["accuracy"]["sd"] == pytest.approx(statistics.stdev(acc))
+        spread = (max(acc) - min(acc)) * 100
+        assert finalist["stable_across_seeds"]["observed"] == pytest.approx(spread)
+        assert finalist["stable_across_seeds"]["passed"] == (spread < 5)
+    means = [f["stats"]["value"]["mean"] for f in record["finalists"]]
+    assert means == sorted(means, reverse=True)
+    # a second call continues the same confirmation study: nothing is retrained
+    again = runner.invoke(
+        cli(), ["confirm", str(held_out_study), "--top-k", "2", "--seeds", "3", "--quiet"]
+    )
+    assert again.exit_code == 0, again.output
+    assert len(optuna.load_study(study_name="held-confirm", storage=storage).trials) == 6
+
+
+def test_tta_is_the_mean_of_the_models_outputs_over_flipped_views(tiny_dataset: Path) -> None:
+    import torch
+
+    from drsearch.train.batches import Normalizer, Split
+    from drsearch.train.model import build_model, normalization
+    from drsearch.train.predict import predict
+    from tests.conftest import make_recipe
+
+    torch.manual_seed(0)
+    model = build_model(make_recipe(tiny_dataset).model).eval()
+    images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    split = Split(images, np.arange(6), np.zeros(6, dtype=np.int64))
+    got = predict(model, split, 4, ("identity", "hflip", "vflip"))
+    x = Normalizer(*normalization(model), torch.device("cpu"))(torch.from_numpy(images))
+    with torch.no_grad():  # image x is B x 3 x H x W: width is dim 3, height dim 2
+        views = [model(x), model(torch.flip(x, [3])), model(torch.flip(x, [2]))]
+    assert np.allclose(got, torch.stack(views).mean(0).numpy(), atol=1e-5)
+    assert not np.allclose(got, predict(model, split, 4), atol=1e-4)  # the flips matter
+
+
+@pytest.mark.e2e
+def test_top_k_ensemble_with_tta_is_the_mean_of_its_members_and_exports(
+    held_out_study: Path,
+) -> None:
+    runner = CliRunner()
+    ens = runner.invoke(cli(), ["evaluate", str(held_out_study), "--top-k", "2", "--tta"])
+    assert ens.exit_code == 0, ens.output
+    record = json.loads(Path("reports/held/evaluation-top2-tta.json").read_text())
+    assert record["what"]["ensemble"] and record["what"]["views"] == ["identity", "hflip", "vflip"]
+    solo = []
+    for trial in record["what"]["trials"]:
+        one = runner.invoke(
+            cli(), ["evaluate", str(held_out_study), "--trial", str(trial), "--tta"]
+        )
+        assert one.exit_code == 0, one.output
+        solo.append(json.loads(Path(f"reports/held/evaluation-trial{trial}-tta.json").read_text()))
+    for side in ("test", "validation"):
+        mean = np.mean([np.array(s[side]["predictions"]["probs"]) for s in solo], axis=0)
+        probs = np.array(record[side]["predictions"]["probs"])
+        assert np.allclose(probs, mean, atol=2e-6)
+        assert record[side]["predictions"]["pred"] == probs.argmax(1).tolist()
+    out = runner.invoke(
+        cli(), ["export", str(held_out_study), "--top-k", "2", "--tta", "-o", "ens/top2.yaml"]
+    )
+    assert out.exit_code == 0, out.output
+    again = runner.invoke(cli(), ["evaluate", "ens/top2.yaml"])
+    assert again.exit_code == 0, again.output
+    exported = json.loads(Path("reports/top2/evaluation-top2.json").read_text())
+    assert exported["test"] == record["test"]
+    assert exported["operating_points"]["referable"]["from"] == "the exported file"
