@@ -5,8 +5,10 @@
 Runs the same small study (synthetic data, resnet10t at 32 px, no pruning, one trial at a
 time) with the local and the Ray executor and prints, for each: the study's wall time, the
 summed wall time of its trials (as each trial measured it: data caching, model set-up and
-training), and the difference per trial. Ray's start-up is shown separately. Prints figures;
-asserts nothing.
+training), and the difference per trial. Ray's start-up is shown separately. The floor is a
+plain Optuna loop (``study.optimize``, in-memory storage) calling the same trainer (``fit``)
+with the same parameters: its wall against its summed ``fit`` time. Prints figures; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,32 @@ def write_study(folder: Path, data: Path, executor: str, trials: int, epochs: in
     return path
 
 
+def plain_optuna(folder: Path, data: Path, trials: int, epochs: int) -> tuple[float, float]:
+    """Wall time of a bare ``study.optimize`` over ``fit`` and the summed ``fit`` time."""
+    import optuna
+
+    from drsearch.config.loading import load_recipe
+    from drsearch.train import fit
+
+    base = load_recipe(write_study(folder, data, "plain", trials, epochs).parent / "recipe.yaml")
+    fit_seconds = 0.0
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal fit_seconds
+        lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+        recipe = base.model_copy(update={"optim": base.optim.model_copy(update={"lr": lr})})
+        t0 = time.perf_counter()
+        result = fit(recipe, run_dir=folder / "runs" / f"{trial.number:04d}")
+        fit_seconds += time.perf_counter() - t0
+        return float(result.best["accuracy"] or 0.0)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    t0 = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    return time.perf_counter() - t0, fit_seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
@@ -57,6 +85,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = write_synthetic_dataset(root / "data", n=240, size=64, seed=0)
+        (root / "plain").mkdir()
+        wall, own = plain_optuna(root / "plain", data, args.trials, args.epochs)
+        print(
+            f"plain optuna loop (the floor): {args.trials} trials, wall {wall:6.1f}s, fit() time "
+            f"{own:6.1f}s, ratio {wall / own:.3f}"
+        )
         for executor in ("local", "ray"):
             folder = root / executor
             folder.mkdir()
@@ -75,8 +109,8 @@ def main() -> None:
             n = summary.started_trials
             print(
                 f"{executor:>5}: {n} trials, study wall {wall:6.1f}s, trials' own time "
-                f"{own:6.1f}s, overhead {wall - own:5.1f}s = {(wall - own) / n:.2f}s/trial "
-                f"({own / wall:.1%} of wall is training)"
+                f"{own:6.1f}s, overhead {wall - own:5.1f}s = {(wall - own) / n:.2f}s/trial, "
+                f"ratio {wall / own:.3f} ({own / wall:.1%} of wall is training)"
                 + (f"; ray.init {ray_start:.1f}s before that" if ray_start else "")
             )
 

@@ -1,12 +1,14 @@
 """Trainer throughput against the model's pure forward+backward speed on in-memory tensors.
 
     python bench/train_speed.py [--model resnet10t] [--size 64] [--batch 16] [--n 640]
+                                [--amp bf16]
 
 "pure" is the ceiling: random tensors already in memory, forward, loss, backward and an
 AdamW step, nothing else. "drsearch" is the training phase of ``fit`` on a synthetic
 APTOS-layout dataset (decode once, augment per epoch, MixUp off), epochs after the first.
 The brief's targets: >= 0.9x on resnet10t at 64 px; >= 0.94x (timm train.py) on
-efficientnet_b0 at 128 px. Prints figures; asserts nothing.
+efficientnet_b0 at 128 px. ``--amp bf16`` trains (and measures the pure loop) under bf16
+autocast, as ``train.amp: bf16`` does on the CPU. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from drsearch.data.synth import write_synthetic_dataset
 from drsearch.train import fit
 
 
-def pure_speed(model_name: str, size: int, batch: int, steps: int, channels_last: bool) -> float:
+def pure_speed(
+    model_name: str, size: int, batch: int, steps: int, channels_last: bool, bf16: bool = False
+) -> float:
     """Images/s of forward+backward+AdamW on random in-memory tensors."""
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -37,7 +41,9 @@ def pure_speed(model_name: str, size: int, batch: int, steps: int, channels_last
     for i in range(steps + 3):
         if i == 3:
             start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -45,7 +51,14 @@ def pure_speed(model_name: str, size: int, batch: int, steps: int, channels_last
 
 
 def trainer_speed(
-    model_name: str, size: int, batch: int, n: int, epochs: int, channels_last: bool, workers: int
+    model_name: str,
+    size: int,
+    batch: int,
+    n: int,
+    epochs: int,
+    channels_last: bool,
+    workers: int,
+    amp: bool | str = True,
 ) -> dict:
     """Training-phase images/s of ``fit`` over epochs 2..N, plus the first epoch's."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +79,7 @@ def trainer_speed(
                     "batch_size": batch,
                     "seed": 0,
                     "channels_last": channels_last,
+                    "amp": amp,
                 },
                 "schedule": {"name": "cosine"},
             },
@@ -96,20 +110,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--amp", choices=["bf16"], help="bf16 autocast (train.amp: bf16)")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     ours = trainer_speed(
-        args.model, args.size, args.batch, args.n, args.epochs, args.channels_last, args.workers
-    )
+        args.model, args.size, args.batch, args.n, args.epochs, args.channels_last, args.workers,
+        args.amp or True,
+    )  # fmt: skip
     steps = max(10, int(ours["train_images_per_s"] * 10 / args.batch))
-    pure_nchw = pure_speed(args.model, args.size, args.batch, steps, channels_last=False)
-    pure_nhwc = pure_speed(args.model, args.size, args.batch, steps, channels_last=True)
+    bf16 = args.amp == "bf16"
+    pure_nchw = pure_speed(args.model, args.size, args.batch, steps, False, bf16)
+    pure_nhwc = pure_speed(args.model, args.size, args.batch, steps, True, bf16)
     pure = pure_nhwc if args.channels_last else pure_nchw
     speed = ours["train_images_per_s"]
     layout = "channels_last" if args.channels_last else "NCHW"
     print(
         f"{args.model} @ {args.size}px, batch {args.batch}, {threads} torch threads, "
-        f"trainer layout {layout}, {args.workers} loader workers"
+        f"trainer layout {layout}, {args.workers} loader workers, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}"
     )
     print(f"  pure fwd+bwd, NCHW          {pure_nchw:8.1f} img/s")
     print(f"  pure fwd+bwd, channels_last {pure_nhwc:8.1f} img/s")

@@ -296,7 +296,11 @@ class TrainConfig(Section):
     # with monitor: objective, the study's objective (a study pins it into every trial)
     objective: ObjectiveConfig | None = None
     seed: Seed = 0
-    amp: bool = True
+    #: Mixed precision: true = bf16 autocast on a GPU that has it, else fp16 with a gradient
+    #: scaler, and fp32 on the CPU; "bf16" also on the CPU; "fp16" (GPU only); false = fp32
+    amp: bool | Literal["bf16", "fp16"] = True
+    #: torch.compile the model for training (first epoch pays for the compilation)
+    compile: bool = False
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
     # the decay ramps up over the first steps (timm's ModelEmaV3 warmup): without it, an

@@ -212,6 +212,23 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     return mean, std
 
 
+def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (``None``: full fp32). ``True`` is
+    bf16 on a GPU that supports it, else fp16, and fp32 on the CPU (where bf16 pays only with
+    matrix units: an explicit ``"bf16"``)."""
+    if amp is False:
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        if amp == "fp16":
+            raise ConfigError("train.amp: fp16 needs a CUDA GPU; use bf16 on the CPU, or false")
+        return None
+    if amp == "fp16" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> Any:
     """timm's ``ModelEmaV3`` of ``model``: the weights evaluated when ``train.ema`` is on.
 

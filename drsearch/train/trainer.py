@@ -54,6 +54,7 @@ from drsearch.train.loss import (
 )
 from drsearch.train.metrics import compute_metrics
 from drsearch.train.model import (
+    autocast_dtype,
     build_model,
     build_optimizer,
     make_ema,
@@ -137,8 +138,12 @@ class _Trainer:
             else HeadLoss(self.head, self.class_weights)
         )
         self.criterion = criterion.to(self.device)
-        self.amp = recipe.train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = autocast_dtype(recipe.train.amp, self.device)
+        self.amp = self.amp_dtype is not None
+        # a gradient scaler only for fp16 (bf16 has fp32's range)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # compiled for the training steps; the plain module holds the weights that are saved
+        self.forward_model = torch.compile(self.model) if recipe.train.compile else self.model
         self.ema = (
             make_ema(self.model, recipe.train.ema_decay, recipe.train.ema_warmup)
             if recipe.train.ema
@@ -209,7 +214,7 @@ class _Trainer:
                 "augmentations": describe(self.pipeline),
                 "device": str(self.device),
                 "parameters": self.parameters,
-                "amp": self.amp,
+                "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp else False,
                 "image_cache": self.data.cache.location,
                 "data_fingerprint": self._data_fingerprint(),
                 "versions": installed_versions(),
@@ -342,8 +347,8 @@ class _Trainer:
             x, targets = self.mixup(x, y)
         else:
             targets = one_hot_smoothed(y, self.recipe.loss.label_smoothing)
-        with torch.autocast(self.device.type, enabled=self.amp):
-            logits = self.model(x)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = self.forward_model(x)
         return self.criterion(logits, targets), logits.detach()
 
     def _optimizer_step(self) -> None:
@@ -372,7 +377,7 @@ class _Trainer:
         for images, labels in eval_batches(
             split, cfg.eval_batch_size or 2 * cfg.batch_size, self.recipe.data.num_workers
         ):
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 logits = model(self.normalize(images)).float()
             y = labels.to(self.device)
             if self.head == "classification":
