@@ -32,6 +32,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/demo_wall.py
 	$(BIN)/python bench/pruning_metric.py
+	$(BIN)/python bench/concurrency.py
+	$(BIN)/python bench/search_efficiency.py
 
 clean:
 	rm -rf $(VENV) runs data

@@ -1,16 +1,18 @@
 """Search efficiency: ASHA+TPE against full-budget random search with the same trial budget.
 
     python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--regret 3]
+                                      [--methods asha_tpe random asha_tpe_accuracy ...]
 
-Runs ``studies/demo.yaml`` (Ray, 12 trials, 2 at a time) per seed twice, each in a fresh run
-root: as shipped (TPE, ASHA on the objective) and as full-budget random search (random
-sampler, no pruning). Prints per run the best objective value, the epochs spent, the share of
-trials pruned; then per method the median best and epochs, and the epochs ASHA+TPE needed
-(trials in completion order, each trial's epochs counted when it ends) to first reach the
-median best of random search. With ``--regret N``, N pruned trials of the first ASHA run are
-retrained to the full budget (``drsearch train`` on their run folder's recipe) and scored on
-the study's objective: would any of them have beaten that run's best? Prints figures; asserts
-nothing. A seed takes about 6 minutes on 2 cores.
+Runs ``studies/demo.yaml`` (Ray, 12 trials, 2 at a time) per seed and method, each in a fresh
+run root: as shipped (``asha_tpe``: TPE, ASHA on the objective), as full-budget random search
+(``random``: random sampler, no pruning), ``asha_tpe_<metric>`` (ASHA on that validation
+metric) or ``asha_tpe_grace<N>`` (rungs from epoch N). Prints per run the best objective
+value, the epochs spent, the share of trials pruned; then per method the median best and
+epochs, and the epochs each method needed (trials in completion order, each trial's epochs
+counted when it ends) to first reach the median best of random search. With ``--regret N``,
+N pruned trials of the first ASHA run are retrained to the full budget (``drsearch train`` on
+their run folder's recipe) and scored on the study's objective: would any of them have beaten
+that run's best? Prints figures; asserts nothing. A seed takes about 6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def run(method: str, seed: int, folder: Path) -> dict[str, Any]:
     if method == "random":
         study["sampler"] = {"name": "random", "seed": seed}
         study["pruner"] = {"enabled": False}
+    elif method.startswith("asha_tpe_grace"):
+        study["pruner"]["grace_period"] = int(method.removeprefix("asha_tpe_grace"))
+    elif method.startswith("asha_tpe_"):
+        study["pruner"]["metric"] = method.removeprefix("asha_tpe_")
     path = folder / f"demo-{method}-{seed}.yaml"
     path.write_text(yaml.safe_dump(study))
     runs = folder / f"runs-{method}-{seed}"
@@ -107,11 +113,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--regret", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=["asha_tpe", "random"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for seed in args.seeds:
-            for method in ("asha_tpe", "random"):
+            for method in args.methods:
                 rows.append(run(method, seed, Path(tmp)))
                 r = rows[-1]
                 print(
@@ -119,12 +126,12 @@ def main() -> None:
                     f"{r['pruned']:.0%} pruned, {r['feasible']} feasible, {r['wall_s']:.0f} s",
                     flush=True,
                 )
-        asha = [r for r in rows if r["method"] == "asha_tpe"]
-        rand = [r for r in rows if r["method"] == "random"]
+        by_method = {m: [r for r in rows if r["method"] == m] for m in args.methods}
+        asha = by_method.get("asha_tpe") or by_method[args.methods[0]]
+        rand = by_method["random"]
         target = statistics.median(r["best"] for r in rand)
-        reach = [epochs_to_reach(r["curve"], target) for r in asha]
         print("\nmethod | median best | median epochs | median wall s | pruned")
-        for name, group in (("ASHA+TPE", asha), ("random, full budget", rand)):
+        for name, group in by_method.items():
             print(
                 f"{name} | {statistics.median(r['best'] for r in group):.4f} | "
                 f"{statistics.median(r['epochs'] for r in group):.0f} | "
@@ -133,13 +140,16 @@ def main() -> None:
             )
         rand_epochs = statistics.median(r["epochs"] for r in rand)
         print(f"\nrandom search's median best: {target:.4f} in {rand_epochs:.0f} epochs (median)")
-        print("ASHA+TPE epochs to reach it, per seed: " + ", ".join(map(str, reach)))
-        reached = [x for x in reach if x is not None]
-        if len(reached) > len(reach) / 2:
-            ratio = statistics.median(x if x is not None else float("inf") for x in reach)
-            print(f"median: {ratio:.0f} epochs = {ratio / rand_epochs:.2f}x random's epochs")
-        else:
-            print("median: not reached on most seeds (goal: <= 1/3 of random's epochs)")
+        for name, group in by_method.items():
+            if name == "random":
+                continue
+            reach = [epochs_to_reach(r["curve"], target) for r in group]
+            print(f"{name} epochs to reach it, per seed: " + ", ".join(map(str, reach)))
+            if sum(x is not None for x in reach) > len(reach) / 2:
+                ratio = statistics.median(x if x is not None else float("inf") for x in reach)
+                print(f"  median: {ratio:.0f} epochs = {ratio / rand_epochs:.2f}x random's epochs")
+            else:
+                print("  median: not reached on most seeds (goal: <= 1/3 of random's epochs)")
         if args.regret:
             print("\nregret: pruned trials of ASHA+TPE seed", asha[0]["seed"], "at full budget")
             for row in regret(asha[0], args.regret, Path(tmp)):

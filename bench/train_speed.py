@@ -4,9 +4,9 @@
                                 [--amp bf16]
 
 "pure" is the ceiling: random tensors already in memory, forward, loss, backward and an
-AdamW step, nothing else. "drsearch" is the training phase of ``fit`` on a synthetic
-APTOS-layout dataset (decode once, augment per epoch, MixUp off), epochs after the first.
-The brief's targets: >= 0.9x on resnet10t at 64 px; >= 0.94x (timm train.py) on
+AdamW step (torch's fused implementation, as the trainer uses), nothing else. "drsearch" is
+the training phase of ``fit`` on a synthetic APTOS-layout dataset (decode once, augment per
+epoch, MixUp off), epochs after the first. The brief's targets: >= 0.9x on resnet10t at 64 px; >= 0.94x (timm train.py) on
 efficientnet_b0 at 128 px. ``--amp bf16`` trains (and measures the pure loop) under bf16
 autocast, as ``train.amp: bf16`` does on the CPU. Prints figures; asserts nothing.
 """
@@ -35,7 +35,7 @@ def pure_speed(
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = timm.create_model(model_name, num_classes=5).train().to(memory_format=layout)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
     y = torch.randint(0, 5, (batch,))
     for i in range(steps + 3):

@@ -108,3 +108,36 @@ def test_ema_warmup_follows_training_where_a_plain_high_decay_lingers_at_the_sta
     assert gap(plain) > 0.95 * moved  # decay 0.999 from step 1: still near the random init
     assert gap(warm) < 0.5 * moved  # the warmed-up decay tracks the trained weights
     assert warm.get_decay(11) == pytest.approx(1 - 11 ** (-2 / 3))  # timm's warmup at step 11
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_optimizer_is_fused_and_steps_like_the_reference_loop(name: str) -> None:
+    import copy
+
+    import torch
+
+    cfg = OptimConfig(name=name, lr=0.01, weight_decay=0.05, momentum=0.9)
+    model = build_model(ModelConfig(name="resnet10t"))
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(model, cfg)
+    assert all(g.get("fused") for g in fused.param_groups)
+    twins = dict(twin.named_parameters())
+    groups = []
+    for g, names in zip(fused.param_groups, _names(model, fused), strict=True):
+        plain = {k: v for k, v in g.items() if k not in ("fused", "foreach", "params")}
+        groups.append(plain | {"params": [twins[n] for n in names]})
+    reference = type(fused)(groups, foreach=False)  # torch's plain for-loop implementation
+    x = torch.randn(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for net, opt in ((model, fused), (twin, reference)):  # one step: later ones would only
+        opt.zero_grad()  # amplify float rounding through the network
+        net(x).square().mean().backward()
+        opt.step()
+    assert not torch.equal(before["conv1.0.weight"], model.state_dict()["conv1.0.weight"])
+    for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (k, (a - b).abs().max())
+
+
+def _names(model, opt):  # type: ignore[no-untyped-def]
+    ids = {id(p): n for n, p in model.named_parameters()}
+    return [[ids[id(p)] for p in g["params"]] for g in opt.param_groups]

@@ -238,3 +238,30 @@ def test_time_limit_stops_starting_new_trials(
     summary = run_study(load_study(path), TenSecondTrials())
     assert summary.started_trials == 3  # started at 0, 10 and 20 s; none at 30 s
     assert summary.counts.counted == 3 and summary.n_trials == 5
+
+
+def test_trials_of_a_study_share_one_decoded_image_cache(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from drsearch.data import cache as cache_module
+
+    cache_root = tmp_path / "cache"
+    monkeypatch.setenv("DRSEARCH_CACHE", str(cache_root))
+    decoded: list[int] = []
+    real = cache_module._decode_all
+
+    def counting(records, *args, **kwargs):  # type: ignore[no-untyped-def]
+        decoded.append(len(records))
+        return real(records, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_decode_all", counting)
+    path = write_tiny_study(tmp_path, tiny_dataset, LR_SPACE, budget={"n_trials": 3})
+    run_study(load_study(path))
+    runs = [
+        json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text()) for t in trials(path)
+    ]
+    locations = {r["image_cache"] for r in runs}
+    assert len(locations) == 1 and locations.pop().startswith(str(cache_root))
+    assert decoded == [80]  # the first trial decoded the 80 images; the others mapped them

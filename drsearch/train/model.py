@@ -190,18 +190,24 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD (momentum, Nesterov) over the two parameter groups."""
+    """AdamW, Adam or SGD (momentum, Nesterov) over the two parameter groups, in torch's fused
+    implementation where it applies (one kernel per step instead of a loop over tensors:
+    resnet10t's AdamW step 5.7 ms instead of 9.9 ms on 2 CPU cores, bench/README.md)."""
     groups = parameter_groups(model, cfg)
     if cfg.name == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    opt_cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        kwargs: dict[str, Any] = {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0}
+        opt_cls: type[torch.optim.Optimizer] = torch.optim.SGD
+    else:
+        kwargs = {}
+        opt_cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    kwargs |= {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return opt_cls(groups, fused=True, **kwargs)  # type: ignore[call-arg]
+        except (RuntimeError, TypeError):  # a torch build or dtype without the fused kernel
+            pass
+    return opt_cls(groups, **kwargs)
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

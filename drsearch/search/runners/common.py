@@ -101,6 +101,13 @@ def start_trial(
         recipe = recipe.model_copy(
             update={"train": recipe.train.model_copy(update={"threads": threads})}
         )
+    if recipe.data.cache == "auto":
+        # the decoded, resized images are the same for every trial of the study: decoded once
+        # into the disk cache (keyed by content, sizes and preprocessing) and memory-mapped by
+        # every other trial instead of decoded again by each
+        recipe = recipe.model_copy(
+            update={"data": recipe.data.model_copy(update={"cache": "disk"})}
+        )
     ctx = TrialContext(trial, params, recipe, run_dir, tracker)
     retry_of = trial.user_attrs.get(RETRY_OF)
     if retry_of is not None:
