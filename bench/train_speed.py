@@ -7,8 +7,9 @@
 AdamW step (torch's fused implementation, as the trainer uses), nothing else. "drsearch" is
 the training phase of ``fit`` on a synthetic APTOS-layout dataset (decode once, augment per
 epoch, MixUp off), epochs after the first. The brief's targets: >= 0.9x on resnet10t at
-64 px; >= 0.94x (timm train.py) on efficientnet_b0 at 128 px. ``--amp bf16`` trains (and measures the pure loop) under bf16
-autocast, as ``train.amp: bf16`` does on the CPU. Prints figures; asserts nothing.
+64 px; >= 0.94x (timm train.py) on efficientnet_b0 at 128 px. ``--amp bf16`` trains (and
+measures the pure loop) under bf16 autocast, as ``train.amp: bf16`` does on the CPU. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
