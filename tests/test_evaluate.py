@@ -210,6 +210,7 @@ def held_out_study(tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.Monke
     Path("held.yaml").write_text(yaml.safe_dump(study))
     result = CliRunner().invoke(cli(), ["run", "held.yaml", "--quiet"])
     assert result.exit_code == 0, result.output
+    assert "drsearch evaluate held.yaml" in result.output  # a next step once a test set is held
     return Path("held.yaml")
 
 

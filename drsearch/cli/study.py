@@ -103,7 +103,10 @@ def run(
             summary = run_study(loaded, progress, retry_failed=retry_failed)
     _print_summary(summary)
     click.echo(f"study wall time: {summary.wall_seconds:.1f}s")
-    _print_next_steps(study, smoke, run_root, summary)
+    held_out = bool(loaded.recipe.data.test_fraction) or any(
+        s.use == "test" for s in loaded.recipe.data.sources
+    )
+    _print_next_steps(study, smoke, run_root, summary, held_out)
     from click.core import ParameterSource
 
     source = click.get_current_context().get_parameter_source("storage")
@@ -187,7 +190,9 @@ def _print_summary(s: Any) -> None:
         click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
 
 
-def _print_next_steps(study: Path, smoke: bool, run_root: Path | None, s: Any) -> None:
+def _print_next_steps(
+    study: Path, smoke: bool, run_root: Path | None, s: Any, held_out: bool = False
+) -> None:
     """Where to look next: the commands that open this study's results (with the same
     ``--smoke`` and ``--run-root``)."""
     if s.best is None and not s.counts.counted:
@@ -199,6 +204,13 @@ def _print_next_steps(study: Path, smoke: bool, run_root: Path | None, s: Any) -
         (f"drsearch report {study}{flag}", "one HTML page: history, curves, per-grade figures"),
         (f"drsearch dashboard {study}{flag}", "optuna-dashboard on http://127.0.0.1:8080"),
     ]
+    if s.best is not None and held_out:
+        steps.append(
+            (
+                f"drsearch evaluate {study}{flag}",
+                "the best trial on the held-out test set, with 95% intervals",
+            )
+        )
     if s.best is not None and s.best_feasible:
         steps.append(
             (
