@@ -193,39 +193,35 @@ def _stability(log: list[dict[str, Any]]) -> CheckItem:
     accs = [
         r["val"]["accuracy"] for r in log[-STABLE_EPOCHS:] if r["val"].get("accuracy") is not None
     ]
-    if len(accs) < 2:
-        return CheckItem(
-            "stable convergence",
-            None,
-            f"< {STABILITY_POINTS:g} points over the last epochs",
-            False,
-            detail="not enough epochs logged",
-        )
-    spread = (max(accs) - min(accs)) * 100
-    return CheckItem(
-        "stable convergence",
-        spread,
-        f"< {STABILITY_POINTS:g} points over the last {len(accs)} epochs",
-        spread < STABILITY_POINTS,
-        detail="validation accuracy " + ", ".join(f"{x:.3f}" for x in accs),
-        unit="points (max - min accuracy, %)",
-    )
+    over = f"the last {len(accs)} epochs" if len(accs) >= 2 else "the last epochs"
+    return _accuracy_spread(
+        "stable convergence", accs, f"< {STABILITY_POINTS:g} points over {over}",
+        "not enough epochs logged", "validation accuracy ",
+    )  # fmt: skip
 
 
 def seed_variation(accuracies: list[float]) -> CheckItem:
     """The "< 5 points" stability item judged across retrainings with different seeds
     (``drsearch confirm``): max - min validation accuracy of the seeds' best epochs."""
-    rule = f"< {STABILITY_POINTS:g} points across seeds"
-    if len(accuracies) < 2:
-        return CheckItem("stable across seeds", None, rule, False, detail="fewer than 2 seeds")
-    spread = (max(accuracies) - min(accuracies)) * 100
+    return _accuracy_spread(
+        "stable across seeds", accuracies, f"< {STABILITY_POINTS:g} points across seeds",
+        "fewer than 2 seeds", f"validation accuracy over {len(accuracies)} seeds: ",
+    )  # fmt: skip
+
+
+def _accuracy_spread(
+    name: str, accs: list[float], rule: str, too_few: str, detail: str
+) -> CheckItem:
+    """The "< 5 points" rule on validation accuracies: max - min, in points."""
+    if len(accs) < 2:
+        return CheckItem(name, None, rule, False, detail=too_few)
+    spread = (max(accs) - min(accs)) * 100
     return CheckItem(
-        "stable across seeds",
+        name,
         spread,
         rule,
         spread < STABILITY_POINTS,
-        detail=f"validation accuracy over {len(accuracies)} seeds: "
-        + ", ".join(f"{x:.3f}" for x in accuracies),
+        detail=detail + ", ".join(f"{x:.3f}" for x in accs),
         unit="points (max - min accuracy, %)",
     )
 

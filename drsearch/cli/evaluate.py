@@ -83,7 +83,7 @@ def evaluate(
     if target_sensitivity is not None and target_specificity is not None:
         raise UserError("--target-sensitivity and --target-specificity: give one of them")
     options = Options(
-        target_sensitivity=target_sensitivity or (None if target_specificity else 0.975),
+        target_sensitivity=target_sensitivity,  # unset: clinical.TARGET_SENSITIVITY
         target_specificity=target_specificity,
         views=ALL_VIEWS if tta else ("identity",),
         temperature=temperature,
@@ -124,7 +124,7 @@ def _study_members(
         if which != "best":
             raise UserError("--top-k and --trial: give one of them")
         trials = ranked_trials(loaded, top_k)
-        tag = f"top{top_k}" if len(trials) == top_k else f"top{len(trials)}"
+        tag = f"top{len(trials)}"  # fewer when fewer trials are feasible
     else:
         trials = [select_trial(loaded, which, infeasible_ok=True)]
         tag = f"trial{trials[0].number}"
@@ -155,7 +155,7 @@ def _ensemble_members(
     for ref in ensemble.members:
         member = recipe_member(ref.recipe, ref.weights)
         # what the ensemble's own evaluation chose for this member (not its solo evaluation)
-        member.stored = chosen.get(member.trial) if evaluation else None
+        member.stored = chosen.get(member.trial)
         members.append(member)
     return members, evaluation.get("operating_points"), tuple(ensemble.views)
 

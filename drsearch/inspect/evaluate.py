@@ -25,6 +25,7 @@ import numpy as np
 
 from drsearch.clinical import CONFIDENCE, ENDPOINTS, NUM_CLASSES, TARGET_SENSITIVITY, checklist
 from drsearch.config.recipe import Recipe
+from drsearch.data.records import ImageRecord
 from drsearch.errors import ConfigError, DataError
 from drsearch.inspect import stats
 from drsearch.train.batches import Split
@@ -39,7 +40,6 @@ class Options:
     target_specificity: float | None = None
     views: tuple[str, ...] = ("identity",)
     temperature: bool = False
-    n_bootstrap: int = stats.N_BOOTSTRAP
     seed: int = stats.BOOTSTRAP_SEED
     device: str = "cpu"
 
@@ -51,11 +51,10 @@ class Options:
 
 @dataclass
 class Sides:
-    """Validation and test images at one size, with their labels and ids."""
+    """Validation and test images at one size, with their labels."""
 
     val: Split
     test: Split
-    test_ids: list[str]
     skipped_test: int
 
 
@@ -67,13 +66,14 @@ def evaluate(
     are instead of being chosen again."""
     if not members:
         raise ConfigError("nothing to evaluate: no trained model was selected")
-    test_sha = _same_test_set(members)
+    test_records = held_out_records(members[0])
+    test_sha = _same_test_set(members, test_records)
     val_probs, test_probs, per_member = [], [], []
     sides_by_size: dict[int, Sides] = {}
     for m in members:
         size = m.recipe.data.image_size
         if size not in sides_by_size:
-            sides_by_size[size] = load_sides(m.recipe)
+            sides_by_size[size] = load_sides(m.recipe, test_records)
         sides = sides_by_size[size]
         v, t, info = _member_probabilities(m, sides, options)
         val_probs.append(v)
@@ -114,33 +114,38 @@ def evaluate(
     }
 
 
-def load_sides(recipe: Recipe) -> Sides:
-    """The recipe's validation split (as its runs split it) and its held-out test split, at
-    the recipe's image size."""
-    from drsearch.data.cache import build_cache
+def held_out_records(member: TrainedModel) -> list[ImageRecord]:
+    """The test records the member's recipe holds out (labels read, no image decoded)."""
     from drsearch.data.records import Skipped
     from drsearch.data.sources import load_records
     from drsearch.data.split import held_out_indices
+
+    d = member.recipe.data
+    loaded = load_records(d, Skipped())
+    test = [loaded[i] for i in held_out_indices(loaded, d.test_fraction, d.seed)]
+    if not test:
+        raise DataError(f"{member.label} was trained without a held-out test set; " + _NO_TEST)
+    return test
+
+
+def load_sides(recipe: Recipe, test: list[ImageRecord]) -> Sides:
+    """The recipe's validation split (as its runs split it) and the ``test`` records, at the
+    recipe's image size."""
+    from drsearch.data.cache import build_cache
+    from drsearch.data.records import Skipped
     from drsearch.train.prepare import prepare_data
 
     d = recipe.data
     size = d.image_size
     data = prepare_data(d.model_copy(update={"progressive": []}))
     skipped = Skipped()
-    loaded = load_records(d, Skipped())
-    test = [loaded[i] for i in held_out_indices(loaded, d.test_fraction, d.seed)]
-    if not test:
-        raise DataError("the recipe holds out no test set; " + _NO_TEST)
     cache = build_cache(
         test, [size], d.cache, d.cache_max_gb, d.cache_dir, d.skip_bad, skipped, None,
         d.preprocess,
     )  # fmt: skip
     rows = np.flatnonzero(cache.usable)
     labels = np.array([test[i].label for i in rows], dtype=np.int64)
-    return Sides(
-        data.split("val", size), Split(cache.arrays[size], rows, labels),
-        [test[i].id for i in rows], skipped.total,
-    )  # fmt: skip
+    return Sides(data.split("val", size), Split(cache.arrays[size], rows, labels), skipped.total)
 
 
 _NO_TEST = (
@@ -150,19 +155,11 @@ _NO_TEST = (
 )
 
 
-def _same_test_set(members: list[TrainedModel]) -> str:
+def _same_test_set(members: list[TrainedModel], test: list[ImageRecord]) -> str:
     """The test-set fingerprint every member held out; refuse a model that trained on test."""
     from drsearch.data.fingerprint import ids_sha256
-    from drsearch.data.records import Skipped
-    from drsearch.data.sources import load_records
-    from drsearch.data.split import held_out_indices
 
-    d = members[0].recipe.data
-    loaded = load_records(d, Skipped())
-    ids = [loaded[i].id for i in held_out_indices(loaded, d.test_fraction, d.seed)]
-    if not ids:
-        raise DataError(f"{members[0].label} was trained without a held-out test set; " + _NO_TEST)
-    now = ids_sha256(ids)
+    now = ids_sha256(r.id for r in test)
     for m in members:
         held = m.fingerprint.get("test_sha256")
         if not m.fingerprint.get("n_test") or held is None:
@@ -195,15 +192,15 @@ def _member_probabilities(
     fixed = m.recipe.model.thresholds or stored.get("grade_thresholds")
     _, val_pred, cuts = decode(head, val_out, sides.val.labels, fixed)
     _, test_pred, _ = decode(head, test_out, sides.test.labels, cuts)
-    temperature = 1.0
+    temperature = 1.0  # a regression head's output is the grade itself: never scaled
     if stored.get("temperature") is not None:
         temperature = float(stored["temperature"])
     elif options.temperature and head != "regression":
         temperature = stats.fit_temperature(
             val_out, sides.val.labels, lambda o: grade_probabilities(head, o)
         )
-    val_p = grade_probabilities(head, val_out / temperature if head != "regression" else val_out)
-    test_p = grade_probabilities(head, test_out / temperature if head != "regression" else test_out)
+    val_p = grade_probabilities(head, val_out / temperature)
+    test_p = grade_probabilities(head, test_out / temperature)
     before = stats.calibration(grade_probabilities(head, test_out), sides.test.labels)["ece"]
     info = {
         "model": m.label,
@@ -285,14 +282,7 @@ def _figures(
             "grade_at_least": k,
             "n_positive": int(truth.sum()),
             "auc": stats.auc_estimate(truth, score, options.seed).as_dict(),
-            "at_predicted_grade": {
-                "sensitivity": stats.proportion(
-                    int((truth & called).sum()), int(truth.sum())
-                ).as_dict(),
-                "specificity": stats.proportion(
-                    int((~truth & ~called).sum()), int((~truth).sum())
-                ).as_dict(),
-            },
+            "at_predicted_grade": stats.at_calls(truth, called),
             "at_operating_point": stats.at_threshold(truth, score, thresholds[name]),
             **({"roc": stats.roc_points(truth, score)} if roc else {}),
         }

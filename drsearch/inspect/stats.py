@@ -132,8 +132,12 @@ def threshold_for_specificity(truth: np.ndarray, score: np.ndarray, target: floa
 
 def at_threshold(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, Any]:
     """Sensitivity and specificity (with Wilson intervals) of calling ``score >= threshold``."""
-    truth = np.asarray(truth, dtype=bool)
-    called = np.asarray(score) >= threshold
+    return at_calls(truth, np.asarray(score) >= threshold)
+
+
+def at_calls(truth: np.ndarray, called: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and specificity (with Wilson intervals) of the positive ``called``."""
+    truth, called = np.asarray(truth, dtype=bool), np.asarray(called, dtype=bool)
     return {
         "sensitivity": proportion(int((truth & called).sum()), int(truth.sum())).as_dict(),
         "specificity": proportion(int((~truth & ~called).sum()), int((~truth).sum())).as_dict(),

@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.clinical import CheckItem, seed_variation
 from drsearch.config.space import CategoricalParam
-from drsearch.config.study import LoadedStudy
-from drsearch.search.database import open_existing
+from drsearch.config.study import LoadedStudy, StudyConfig
+from drsearch.search.database import make_storage, open_existing
 
 #: Metrics summarised across seeds (besides the objective value).
 CONFIRM_METRICS = (
@@ -52,18 +52,11 @@ def confirmation_study(loaded: LoadedStudy, top_k: int, seeds: int) -> LoadedStu
     base_seed = loaded.recipe.train.seed
     seed_list = [base_seed + i for i in range(1, seeds + 1)]
     space = dict(loaded.space)
-    space["train.seed"] = CategoricalParam(type="categorical", choices=list(seed_list))
-    config = cfg.model_copy(
-        update={
-            "name": confirm_name(cfg.name),
-            "storage": cfg.storage_url(),  # the parent's storage, also when it is the default
-            "pruner": cfg.pruner.model_copy(update={"enabled": False}),
-            "budget": cfg.budget.model_copy(update={"n_trials": len(finalists) * seeds}),
-        }
-    )
+    space["train.seed"] = CategoricalParam(type="categorical", choices=seed_list)
+    config = _companion(cfg)
     study = optuna.create_study(
         study_name=config.name,
-        storage=_storage(config.storage_url()),
+        storage=make_storage(config.storage_url()),
         direction="maximize",
         load_if_exists=True,
     )
@@ -82,15 +75,18 @@ def confirmation_study(loaded: LoadedStudy, top_k: int, seeds: int) -> LoadedStu
     # the budget is every pair queued so far (an earlier, larger confirmation included)
     budget = len(study.get_trials(deepcopy=False))
     config = config.model_copy(
-        update={"budget": config.budget.model_copy(update={"n_trials": budget})}
+        update={
+            "pruner": cfg.pruner.model_copy(update={"enabled": False}),
+            "budget": cfg.budget.model_copy(update={"n_trials": budget}),
+        }
     )
     return LoadedStudy(loaded.path, config, loaded.recipe, space)
 
 
-def _storage(url: str) -> Any:
-    from drsearch.search.database import make_storage
-
-    return make_storage(url)
+def _companion(cfg: StudyConfig) -> StudyConfig:
+    """The confirmation study's name, in the parent's storage (also when that is the
+    default SQLite file, which is named after the study)."""
+    return cfg.model_copy(update={"name": confirm_name(cfg.name), "storage": cfg.storage_url()})
 
 
 @dataclass
@@ -110,10 +106,7 @@ class Finalist:
 def summarise(loaded: LoadedStudy) -> list[Finalist]:
     """Finalists of the confirmation study, best mean objective value first."""
     parent = open_existing(loaded.config, loaded.path)
-    config = loaded.config.model_copy(
-        update={"name": confirm_name(loaded.config.name), "storage": loaded.config.storage_url()}
-    )
-    companion = open_existing(config, loaded.path)
+    companion = open_existing(_companion(loaded.config), loaded.path)
     runs: dict[int, list[FrozenTrial]] = {}
     for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         runs.setdefault(int(t.user_attrs["confirm_of"]), []).append(t)

@@ -22,6 +22,7 @@ from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 from drsearch.io import write_text_atomic
 from drsearch.search.database import masked_url, open_existing
+from drsearch.search.store import best_trial
 
 if TYPE_CHECKING:  # torch: imported when a model is built
     from drsearch.train.predict import TrainedModel
@@ -55,14 +56,14 @@ def select_trial(
     if which == "best":
         try:
             return study.best_trial
-        except ValueError:
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if infeasible_ok and complete:
-                return max(complete, key=lambda t: (t.value or float("-inf"), -t.number))
-            raise ConfigError(
-                f"{loaded.path}: study {cfg.name!r} has no feasible complete trial yet; "
-                "pick one with --trial N"
-            ) from None
+        except ValueError:  # none is feasible (or none is complete)
+            best = best_trial(study)
+        if infeasible_ok and best is not None:
+            return best
+        raise ConfigError(
+            f"{loaded.path}: study {cfg.name!r} has no feasible complete trial yet; "
+            "pick one with --trial N"
+        )
     if not study.trials:
         raise ConfigError(f"{loaded.path}: study {cfg.name!r} has no trial yet; run it first")
     if not which.isdigit() or int(which) >= len(study.trials):
@@ -247,13 +248,11 @@ def drift(recipe: Recipe) -> list[str]:
     d = recipe.data
     loaded = load_records(d, Skipped())
     sides = split_indices(loaded, d.val_fraction, d.seed, d.test_fraction)
-    kept = np.sort(np.concatenate([sides.train, sides.val]))
-    records = [loaded[i] for i in kept]
-    position = {int(i): k for k, i in enumerate(kept)}
+    kept = np.union1d(sides.train, sides.val)  # sorted: the run's records, test left out
     current = data_fingerprint(
-        records,
-        np.array([position[int(i)] for i in sides.train]),
-        np.array([position[int(i)] for i in sides.val]),
+        [loaded[i] for i in kept],
+        np.searchsorted(kept, sides.train),
+        np.searchsorted(kept, sides.val),
         [loaded[i].id for i in sides.test],
     )
     for key, what in (

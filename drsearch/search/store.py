@@ -99,6 +99,16 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
     return {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
 
 
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best feasible trial; when none is feasible, the best complete one (the earliest
+    of equals); ``None`` before any trial is complete."""
+    try:
+        return study.best_trial
+    except ValueError:  # nothing complete, or (constrained) nothing feasible
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return max(complete, key=lambda t: t.value or float("-inf")) if complete else None
+
+
 def count_trials(trials: Sequence[FrozenTrial]) -> Counts:
     tally: Counter[str] = Counter()
     retried = retried_numbers(trials)

@@ -62,11 +62,7 @@ def predict(
     normalize = Normalizer(*normalization(model), device)
     outputs = []
     for images, _ in eval_batches(split, batch_size, 0):
-        x = normalize(images)  # B x 3 x H x W
-        total = torch.zeros(0)
-        for view in views:
-            seen = x.flip(3) if view == "hflip" else x.flip(2) if view == "vflip" else x
-            out = model(seen).float()
-            total = out if total.numel() == 0 else total + out
-        outputs.append((total / len(views)).cpu().numpy())
+        x = normalize(images)  # B x 3 x H x W: width is dim 3, height dim 2
+        seen = [x.flip(3) if v == "hflip" else x.flip(2) if v == "vflip" else x for v in views]
+        outputs.append(torch.stack([model(s).float() for s in seen]).mean(0).cpu().numpy())
     return np.concatenate(outputs).astype(np.float64)

@@ -18,7 +18,7 @@ from drsearch.search.annotations import annotate_study, artifact_store
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
-from drsearch.search.store import INTERRUPTED, RETRY_OF, Counts, StudyStore
+from drsearch.search.store import INTERRUPTED, RETRY_OF, Counts, StudyStore, best_trial
 
 
 @dataclass
@@ -95,7 +95,7 @@ def run_study(
         started_trials=len(ours),
         wall_seconds=time.time() - started,
         trial_seconds=sum(float(t.user_attrs.get("wall_seconds") or 0) for t in ours),
-        best=_best(store.study),
+        best=best_trial(store.study),
         best_feasible=_best_is_feasible(store.study),
         first_failure=_first_failure(trials),
         retried=retried,
@@ -160,14 +160,6 @@ def _describe(study: optuna.Study, loaded: LoadedStudy) -> None:
         "validation: the split the search pruned and ranked on (optimistic); the held-out "
         "test split is read only by drsearch evaluate",
     )
-
-
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # nothing complete, or (constrained) nothing feasible
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return max(complete, key=lambda t: t.value or float("-inf")) if complete else None
 
 
 def _best_is_feasible(study: optuna.Study) -> bool:
