@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -302,10 +303,13 @@ def _three_runners(path: Path, storage: str | None = None) -> list[subprocess.Po
     ]
 
 
-def _wait(procs: list[subprocess.Popen]) -> None:
+def _wait(procs: list[subprocess.Popen]) -> list[str]:
+    outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, out + err[-3000:]
+        outputs.append(out)
+    return outputs
 
 
 def _check_three_runners(procs: list[subprocess.Popen], trials: list) -> None:
@@ -331,8 +335,11 @@ def _concurrent_study(tmp_path: Path, tiny_dataset: Path, **study: Any) -> Path:
 def test_three_runners_at_once_on_one_sqlite_study(tmp_path: Path, tiny_dataset: Path) -> None:
     path = _concurrent_study(tmp_path, tiny_dataset)
     procs = _three_runners(path)
-    _wait(procs)
+    outputs = _wait(procs)
     _check_three_runners(procs, study_trials(path))
+    # each runner's summary counts the trials it ran, not its neighbours'
+    ran = [int(re.search(r"this run: (\d+) trial", out).group(1)) for out in outputs]  # type: ignore[union-attr]
+    assert sum(ran) == 6, outputs
 
 
 POSTGRES = os.environ.get("DRSEARCH_TEST_POSTGRES")

@@ -18,7 +18,14 @@ from drsearch.search.annotations import annotate_study, artifact_store
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
-from drsearch.search.store import INTERRUPTED, RETRY_OF, Counts, StudyStore, best_trial
+from drsearch.search.store import (
+    INTERRUPTED,
+    RETRY_OF,
+    RUNNER_ATTR,
+    Counts,
+    StudyStore,
+    best_trial,
+)
 
 
 @dataclass
@@ -84,7 +91,12 @@ def run_study(
         finally:
             store.stop_heartbeat()
     trials = store.study.get_trials(deepcopy=False)
-    ours = [t for t in trials if t.number not in before and t.state != TrialState.WAITING]
+    # the trials this runner claimed: another runner on the study claims its own
+    ours = [
+        t
+        for t in trials
+        if t.number not in before and t.system_attrs.get(RUNNER_ATTR) == store.runner
+    ]
 
     return StudySummary(
         name=cfg.name,
