@@ -6,13 +6,15 @@
 Runs ``studies/demo.yaml`` (Ray, 12 trials, 2 at a time) per seed and method, each in a fresh
 run root: as shipped (``asha_tpe``: TPE, ASHA on the objective), as full-budget random search
 (``random``: random sampler, no pruning), ``asha_tpe_<metric>`` (ASHA on that validation
-metric) or ``asha_tpe_grace<N>`` (rungs from epoch N). Prints per run the best objective
-value, the epochs spent, the share of trials pruned; then per method the median best and
-epochs, and the epochs each method needed (trials in completion order, each trial's epochs
-counted when it ends) to first reach the median best of random search. With ``--regret N``,
-N pruned trials of the first ASHA run are retrained to the full budget (``drsearch train`` on
-their run folder's recipe) and scored on the study's objective: would any of them have beaten
-that run's best? Prints figures; asserts nothing. A seed takes about 6 minutes on 2 cores.
+metric), ``asha_tpe_grace<N>`` (rungs from epoch N) or ``asha_tpe_promotion``
+(promotion-based ASHA: trials pause at a rung and resume when they rank in its top). Prints
+per run the best objective value, the epochs spent, the share of trials pruned; then per
+method the median best and epochs, and the epochs each method needed (trials in completion
+order, each trial's epochs counted when it ends) to first reach the median best of random
+search. With ``--regret N``, N pruned trials of the first ASHA run are retrained to the full
+budget (``drsearch train`` on their run folder's recipe) and scored on the study's objective:
+would any of them have beaten that run's best? Prints figures; asserts nothing. A seed takes
+about 6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def run(method: str, seed: int, folder: Path) -> dict[str, Any]:
     if method == "random":
         study["sampler"] = {"name": "random", "seed": seed}
         study["pruner"] = {"enabled": False}
+    elif method == "asha_tpe_promotion":
+        study["pruner"]["mode"] = "promotion"
     elif method.startswith("asha_tpe_grace"):
         study["pruner"]["grace_period"] = int(method.removeprefix("asha_tpe_grace"))
     elif method.startswith("asha_tpe_"):

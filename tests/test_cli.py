@@ -312,10 +312,12 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
         recipe_overrides={"train.epochs": 8},
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
+        # from the study's folder, naming its run root relatively (the same folder)
+        [sys.executable, "-m", "drsearch.cli", "run", path.name, "--quiet", "--run-root", "runs"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,
     )
     url = load_study(path).config.storage_url()
     deadline, running = time.time() + 240, []
@@ -331,6 +333,8 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert f"Interrupted: study tiny: trial(s) {running[0]} marked interrupted" in err
-    assert "--retry-failed" in err and "Traceback" not in err
+    # the commands to continue repeat the options that name the study's folder
+    assert f"`drsearch run {path.name} --run-root runs --retry-failed`" in err
+    assert "Traceback" not in err
     trial = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials[running[0]]
     assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"

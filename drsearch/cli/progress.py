@@ -95,6 +95,7 @@ class RichStudyProgress:
         self.started = time.monotonic()
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.running: dict[int, str] = {}
+        self.paused: set[int] = set()  # promotion ASHA: waiting at a rung
         self.params: dict[int, dict[str, Any]] = {}
         self.best: tuple[float, int] | None = None
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
@@ -114,7 +115,9 @@ class RichStudyProgress:
         lines = [
             f"{duration(time.monotonic() - self.started)} elapsed{self._eta()} | this run: "
             f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
-            f"{len(self.running)} running (budget {self.n_trials}) | best {best}"
+            f"{len(self.running)} running"
+            + (f", {len(self.paused)} paused" if self.paused else "")
+            + f" (budget {self.n_trials}) | best {best}"
         ]
         lines += [f"  trial {n}: {status}" for n, status in sorted(self.running.items())]
         return Text("\n".join(lines))
@@ -133,7 +136,10 @@ class RichStudyProgress:
         self.live.update(self._render())
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        if number in self.paused:
+            self.console.print(f"trial {number:>4} promoted: resumed from its checkpoint")
         self.running[number] = "starting"
+        self.paused.discard(number)
         self.params[number] = params
         self._refresh()
 
@@ -144,6 +150,7 @@ class RichStudyProgress:
 
     def trial_finished(self, number: int, outcome: Any) -> None:
         self.running.pop(number, None)
+        self.paused.discard(number)
         self.counts[outcome.state] = self.counts.get(outcome.state, 0) + 1
         attrs = outcome.user_attrs
         if outcome.state == "COMPLETE" and outcome.value is not None:
@@ -161,6 +168,17 @@ class RichStudyProgress:
         self.console.print(
             f"trial {number:>4} {outcome.state.lower():<8} {detail}"
             + (f" | {params}" if params else ""),
+            highlight=False,
+        )
+        self._refresh()
+
+    def trial_paused(self, number: int, epoch: int) -> None:
+        """Promotion ASHA: the trial waits at its rung (resumed if it comes into the top)."""
+        self.running.pop(number, None)
+        self.paused.add(number)
+        self.console.print(
+            f"trial {number:>4} paused   at epoch {epoch}, a rung: resumed from its checkpoint "
+            "once it ranks in the rung's top, else pruned at the end",
             highlight=False,
         )
         self._refresh()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,26 @@ def run(
         from drsearch.search.smoke import reset_smoke
 
         click.echo(reset_smoke(loaded), err=True)
+    # what continues this study after Ctrl-C: the same study file and the options naming it
+    from drsearch.search.database import masked_url
+
+    again = f"drsearch run {study}" + "".join(
+        f" {flag} {shlex.quote(str(value))}"
+        for flag, value in (
+            ("--storage", storage and masked_url(storage)),
+            ("--study-name", study_name),
+            ("--run-root", run_root),
+        )
+        if value
+    )
+    again += " --smoke" if smoke else ""
     if quiet:
-        summary = run_study(loaded, retry_failed=retry_failed)
+        summary = run_study(loaded, retry_failed=retry_failed, rerun=again)
     else:
         from drsearch.cli.progress import RichStudyProgress
 
         with RichStudyProgress(loaded.config.budget.n_trials, loaded.max_epochs) as progress:
-            summary = run_study(loaded, progress, retry_failed=retry_failed)
+            summary = run_study(loaded, progress, retry_failed=retry_failed, rerun=again)
     _print_summary(summary)
     click.echo(f"study wall time: {summary.wall_seconds:.1f}s")
     held_out = bool(loaded.recipe.data.test_fraction) or any(
@@ -156,6 +170,7 @@ def _print_summary(s: Any) -> None:
         f"study {s.name} ({s.storage}): {c.counted}/{s.n_trials} trials counted - "
         f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
         + (f", {c.interrupted} interrupted (not counted)" if c.interrupted else "")
+        + (f", {c.paused} paused at a rung (the next run goes on with them)" if c.paused else "")
     )
     if s.reaped:
         click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")

@@ -38,9 +38,13 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class PrunerConfig(Section):
-    """ASHA (Ray's ``ASHAScheduler``; Optuna's ``SuccessiveHalvingPruner`` in-process)."""
+    """ASHA. ``mode: stopping`` (the default) drops a trial at a rung unless it is in the top
+    ``1/reduction_factor`` of the trials that reached the rung so far (Optuna's
+    ``SuccessiveHalvingPruner``); ``mode: promotion`` pauses it instead and resumes it from its
+    checkpoint once it ranks there (``drsearch.search.promotion``)."""
 
     enabled: bool = True
+    mode: Literal["stopping", "promotion"] = "stopping"
     # a validation metric, or ``objective``: the study's objective (primary minus penalty)
     metric: PrimaryMetric | Literal["objective"] = "accuracy"
     grace_period: Epochs = 1

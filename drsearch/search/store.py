@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import StudyConfig
 from drsearch.search.database import StudyLock, make_storage
+from drsearch.search.promotion import PAUSED_ATTR, PAUSED_OUTCOME_ATTR, next_promotion, paused_at
 from drsearch.search.samplers import make_pruner, make_sampler
 from drsearch.search.trial import Outcome
 
@@ -82,6 +83,7 @@ class Counts:
     interrupted: int
     running: int
     retried: int = 0  # failed trials replaced by a re-run (--retry-failed)
+    paused: int = 0  # promotion ASHA: waiting at a rung for a promotion (RUNNING in Optuna)
 
     @property
     def counted(self) -> int:
@@ -90,8 +92,9 @@ class Counts:
 
     @property
     def claimed(self) -> int:
-        """Counted trials plus those running now: what a new claim is checked against."""
-        return self.counted + self.running
+        """Counted trials plus those running or paused now: what a new claim is checked
+        against."""
+        return self.counted + self.running + self.paused
 
 
 def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -117,6 +120,8 @@ def count_trials(trials: Sequence[FrozenTrial]) -> Counts:
             tally["interrupted"] += 1
         elif t.state == TrialState.FAIL and t.number in retried:
             tally["retried"] += 1
+        elif paused_at(t) is not None:
+            tally["paused"] += 1
         else:
             tally[t.state.name] += 1
     return Counts(
@@ -126,6 +131,7 @@ def count_trials(trials: Sequence[FrozenTrial]) -> Counts:
         tally["interrupted"],
         tally["RUNNING"],
         tally["retried"],
+        tally["paused"],
     )
 
 
@@ -182,6 +188,60 @@ class StudyStore:
             self.heartbeat(trial._trial_id)
         self._active.add(trial._trial_id)
         return trial
+
+    # -- promotion ASHA (drsearch.search.promotion) ------------------------------------------
+    def pause(self, trial_id: int, epoch: int, outcome: Outcome) -> None:
+        """Leave a trial RUNNING at its rung, to be promoted or pruned later (the runner that
+        ran it stays recorded; no runner is needed for a paused trial to stay alive);
+        ``outcome`` is how it ends if it never is (written then by ``prune_paused``)."""
+        import json
+
+        self._active.discard(trial_id)
+        if self._finished(trial_id):
+            return
+        attrs = outcome.user_attrs
+        kept = {k: attrs[k] for k in ("wall_seconds", "promotions") if k in attrs}
+        self.set_user_attrs(trial_id, kept)  # what a promotion carries on
+        stored = {"state": outcome.state, "value": outcome.value, "user_attrs": attrs}
+        stored["constraints"] = outcome.constraints
+        self.storage.set_trial_system_attr(trial_id, PAUSED_OUTCOME_ATTR, json.dumps(stored))
+        self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, epoch)
+
+    def promote(self) -> optuna.Trial | None:
+        """Take the paused trial that ``next_promotion`` names for this runner, atomically
+        across runners; ``None`` when none qualifies."""
+        with self.lock.hold():
+            chosen = next_promotion(self.study.get_trials(deepcopy=False), self._eta)
+            if chosen is None:
+                return None
+            trial_id = chosen._trial_id
+            self.storage.set_trial_system_attr(trial_id, RUNNER_ATTR, self.runner)
+            self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None)
+            self.heartbeat(trial_id)
+        self._active.add(trial_id)
+        return optuna.Trial(self.study, trial_id)
+
+    @property
+    def _eta(self) -> int:
+        return self.config.pruner.reduction_factor
+
+    def prune_paused(self) -> list[tuple[int, Outcome]] | None:
+        """When nothing runs (no trial is left to grow a rung), prune every paused trial with
+        the outcome it paused with; their numbers and outcomes. ``None`` while a trial still
+        runs (it may make a paused one promotable: wait)."""
+        import json
+
+        with self.lock.hold():
+            self._reap()
+            trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if any(paused_at(t) is None for t in trials):
+                return None
+            pruned = []
+            for t in trials:
+                outcome = Outcome(**json.loads(t.system_attrs[PAUSED_OUTCOME_ATTR]))
+                self.finish(t._trial_id, outcome, {})
+                pruned.append((t.number, outcome))
+        return pruned
 
     # -- trials --------------------------------------------------------------------------
     def heartbeat(self, trial_id: int) -> None:
@@ -286,8 +346,8 @@ class StudyStore:
     def _reap(self) -> list[int]:
         reaped = []
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if runner_alive(trial.system_attrs, self.runner):
-                continue
+            if paused_at(trial) is not None or runner_alive(trial.system_attrs, self.runner):
+                continue  # a paused trial waits for a promotion, with no runner
             self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             reaped.append(trial.number)

@@ -55,12 +55,15 @@ def run_study(
     progress: StudyProgress | None = None,
     ray_address: str | None = None,
     retry_failed: bool = False,
+    rerun: str | None = None,
 ) -> StudySummary:
     """Run ``loaded`` until the study's budget is spent (or the time limit), with its executor.
 
     ``budget.n_trials`` is written to the study: the budget of every runner of it from now on.
     With ``retry_failed``, failed and interrupted trials are queued again with their
     parameters (continuing from their checkpoints where the recipe is unchanged).
+    ``rerun`` is the command that continues this study (the CLI's own, with its options), for
+    the message on Ctrl-C.
     """
     started = time.time()
     progress = progress or SilentProgress()
@@ -73,7 +76,8 @@ def run_study(
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
     deadline = started + cfg.budget.time_limit_s if cfg.budget.time_limit_s else None
-    if store.counts().claimed < store.budget():
+    counts = store.counts()
+    if counts.claimed < store.budget() or counts.paused:  # paused: promotion ASHA goes on
         store.start_heartbeat()
         try:
             if cfg.executor == "local":
@@ -87,7 +91,8 @@ def run_study(
                     run_ray(store, loaded, progress, deadline)
         except KeyboardInterrupt:
             stopped = store.interrupt_own()
-            raise StudyInterrupted(_interrupted_message(loaded, stopped)) from None
+            again = rerun or f"drsearch run {loaded.path}"
+            raise StudyInterrupted(_interrupted_message(loaded, stopped, again)) from None
         finally:
             store.stop_heartbeat()
     trials = store.study.get_trials(deepcopy=False)
@@ -129,7 +134,7 @@ def duplicate_params(trials: list[FrozenTrial]) -> list[list[int]]:
     return [numbers for numbers in groups.values() if len(numbers) > 1]
 
 
-def _interrupted_message(loaded: LoadedStudy, stopped: list[int]) -> str:
+def _interrupted_message(loaded: LoadedStudy, stopped: list[int], again: str) -> str:
     which = (
         f"trial(s) {', '.join(map(str, stopped))} marked interrupted"
         if stopped
@@ -137,8 +142,8 @@ def _interrupted_message(loaded: LoadedStudy, stopped: list[int]) -> str:
     )
     return (
         f"Interrupted: study {loaded.config.name}: {which} (they do not count toward the "
-        f"budget). Continue with `drsearch run {loaded.path}` (new trials take their place) or "
-        f"`drsearch run {loaded.path} --retry-failed` (they resume from their checkpoints)"
+        f"budget). Continue with `{again}` (new trials take their place) or "
+        f"`{again} --retry-failed` (they resume from their checkpoints)"
     )
 
 

@@ -13,8 +13,9 @@ import optuna
 
 from drsearch.config.recipe import Recipe
 from drsearch.config.space import sample, trial_recipe
-from drsearch.config.study import LoadedStudy
+from drsearch.config.study import LoadedStudy, StudyConfig
 from drsearch.errors import ConfigError
+from drsearch.search.promotion import in_top, rungs
 from drsearch.search.store import RETRY_OF, StudyStore
 from drsearch.search.trial import EpochReport, Outcome, TrialEnd, TrialTracker
 
@@ -25,6 +26,7 @@ class StudyProgress(Protocol):
     def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
     def trial_epoch(self, number: int, epoch: int, value: float) -> None: ...
     def trial_finished(self, number: int, outcome: Outcome) -> None: ...
+    def trial_paused(self, number: int, epoch: int) -> None: ...
     def warn(self, message: str) -> None: ...
 
 
@@ -32,10 +34,15 @@ class SilentProgress:
     def trial_started(self, number: int, params: dict[str, Any]) -> None: ...
     def trial_epoch(self, number: int, epoch: int, value: float) -> None: ...
     def trial_finished(self, number: int, outcome: Outcome) -> None: ...
+    def trial_paused(self, number: int, epoch: int) -> None: ...
     def warn(self, message: str) -> None: ...
 
 
-Decision = Literal["continue", "prune", "stop"]
+Decision = Literal["continue", "prune", "stop", "pause"]
+
+#: ``start_trial``'s answer when nothing can start now but a running trial may still make a
+#: paused one promotable (promotion ASHA): ask again shortly.
+WAIT = "wait"
 
 
 @dataclass
@@ -76,16 +83,32 @@ def trial_dir(loaded: LoadedStudy, store: StudyStore, number: int) -> Path:
 
 def start_trial(
     store: StudyStore, loaded: LoadedStudy, progress: StudyProgress, threads: int | None
-) -> TrialContext | None | Literal[False]:
+) -> TrialContext | None | Literal[False, "wait"]:
     """Claim a trial and build its recipe. ``None`` when the budget is spent; ``False`` when
-    the claimed trial could not start (an impossible combination: recorded as FAIL)."""
-    trial = store.claim()
+    the claimed trial could not start (an impossible combination: recorded as FAIL).
+
+    With promotion ASHA, a paused trial that now qualifies is promoted first (resumed from its
+    checkpoint); with the budget spent, ``WAIT`` while trials still run, and once none does,
+    the trials still paused are pruned and ``None`` is returned."""
+    promotion = _promotion(loaded.config)
+    promoted = store.promote() if promotion else None
+    trial = promoted or store.claim()
     if trial is None:
+        if promotion:
+            pruned = store.prune_paused()
+            if pruned is None:
+                return WAIT
+            for number, outcome in pruned:
+                progress.trial_finished(number, outcome)
         return None
     run_dir = trial_dir(loaded, store, trial.number)
     tracker = TrialTracker(loaded.config.objective, loaded.max_epochs, run_dir)
     try:
-        params = sample(trial, loaded.space, loaded.recipe)
+        if promoted is not None:  # its parameters as drawn, in file order
+            frozen = store.storage.get_trial(promoted._trial_id)
+            params = {k: frozen.params[k] for k in loaded.space if k in frozen.params}
+        else:
+            params = sample(trial, loaded.space, loaded.recipe)
         progress.trial_started(trial.number, params)
         recipe = trial_recipe(loaded.recipe, params, f"trial {trial.number}")
     except Exception as exc:  # noqa: BLE001 - sampling or validation: this trial fails, not the run
@@ -109,10 +132,29 @@ def start_trial(
             update={"data": recipe.data.model_copy(update={"cache": "disk"})}
         )
     ctx = TrialContext(trial, params, recipe, run_dir, tracker)
+    if promoted is not None:
+        # its checkpoint is the truth: the trainer replays the epochs done, then goes on;
+        # its wall time so far counts toward the trial's
+        ctx.resume = True
+        ctx.started -= float(frozen.user_attrs.get("wall_seconds") or 0.0)
+        ctx.extra_attrs["promotions"] = int(frozen.user_attrs.get("promotions", 0)) + 1
+        return ctx
     retry_of = trial.user_attrs.get(RETRY_OF)
     if retry_of is not None:
         ctx.resume = _take_over_checkpoint(loaded, store, int(retry_of), ctx)
     return ctx
+
+
+def _promotion(config: StudyConfig) -> bool:
+    return config.pruner.enabled and config.pruner.mode == "promotion"
+
+
+def _pauses(store: StudyStore, ctx: TrialContext, report: EpochReport) -> bool:
+    """Promotion ASHA: a trial newly at a rung pauses unless it is in the rung's top now."""
+    if report.replayed or report.epoch not in rungs(store.config.pruner, ctx.tracker.max_epochs):
+        return False
+    trials = store.study.get_trials(deepcopy=False)
+    return not in_top(trials, ctx.number, report.epoch, store.config.pruner.reduction_factor)
 
 
 def _take_over_checkpoint(
@@ -149,12 +191,16 @@ def after_epoch(
     """Record one epoch (idempotent) and decide whether the trial goes on.
 
     ``stop``: ``pruner.max_epochs`` is reached before the recipe's last epoch (the trial is
-    COMPLETE there); ``prune``: the pruner dropped it at this rung; else ``continue``.
+    COMPLETE there); ``prune``: the pruner dropped it at this rung; ``pause`` (promotion
+    ASHA): it reached a rung outside the rung's top ``1/eta`` (a replayed epoch never pauses);
+    else ``continue``.
     """
     record_epoch(store, ctx, report, progress)
     max_epochs = ctx.tracker.max_epochs
     if report.epoch >= max_epochs:
         decision: Decision = "stop" if max_epochs < ctx.recipe.train.epochs else "continue"
+    elif _promotion(store.config):
+        decision = "pause" if _pauses(store, ctx, report) else "continue"
     elif store.should_prune(ctx.trial_id):
         decision = "prune"
     else:
@@ -173,13 +219,23 @@ def record_epoch(
         progress.trial_epoch(ctx.number, report.epoch, report.value)
 
 
-def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) -> Outcome:
+def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) -> Outcome | None:
     """Decide the outcome (one rule for every executor), attach the dashboard note and
-    artifacts (Optuna wants them before the tell), then write the study record."""
-    outcome = ctx.tracker.outcome(ctx.end, pruned=ctx.decision == "prune")
+    artifacts (Optuna wants them before the tell), then write the study record. A trial
+    paused at a rung (promotion ASHA) is left paused, with the outcome it would have as
+    pruned there: ``None``."""
+    last = ctx.tracker.last
+    failed = ctx.end is not None and ctx.end.status == "failed"
+    outcome = ctx.tracker.outcome(ctx.end, pruned=ctx.decision in ("prune", "pause"))
     outcome.user_attrs |= ctx.extra_attrs
-    if outcome.user_attrs.get("wall_seconds") is None:  # pruned or stopped: no end report
+    paused = ctx.decision == "pause" and last is not None and not failed
+    promoted = "promotions" in ctx.extra_attrs  # its wall time spans several runs
+    if outcome.user_attrs.get("wall_seconds") is None or paused or promoted:
         outcome.user_attrs["wall_seconds"] = time.time() - ctx.started
+    if paused and last is not None and outcome.state == "PRUNED":
+        store.pause(ctx.trial_id, last.epoch, outcome)
+        progress.trial_paused(ctx.number, last.epoch)
+        return None
     if store.artifacts is not None and not store.is_finished(ctx.trial_id):
         from drsearch.search.annotations import annotate_trial
 

@@ -10,6 +10,7 @@ import time
 
 from drsearch.config.study import LoadedStudy
 from drsearch.search.runners.common import (
+    WAIT,
     StudyProgress,
     TrialContext,
     after_epoch,
@@ -32,7 +33,9 @@ def run_local(
         ctx = start_trial(store, loaded, progress, threads=None)  # one at a time: all cores
         if ctx is None:
             return
-        if ctx is not False:
+        if ctx == WAIT:  # another runner's trial may still make a paused one promotable
+            time.sleep(1.0)
+        elif ctx is not False:
             _run_one(store, loaded, ctx, progress)
 
 
@@ -43,7 +46,7 @@ def _run_one(
         if after_epoch(store, ctx, report, progress) != "continue":
             raise PruneSignal
 
-    # on PruneSignal, ctx.decision says why: pruned, or pruner.max_epochs reached
+    # on PruneSignal, ctx.decision says why: pruned, paused, or pruner.max_epochs reached
     with contextlib.suppress(PruneSignal):
         ctx.end = execute_trial(
             ctx.recipe, ctx.run_dir, emit, loaded.config.pruner.metric, resume=ctx.resume

@@ -23,6 +23,7 @@ from typing import Any
 
 from drsearch.config.study import LoadedStudy
 from drsearch.search.runners.common import (
+    WAIT,
     StudyProgress,
     TrialContext,
     after_epoch,
@@ -130,6 +131,9 @@ def _classes() -> tuple[type, type]:
                     break  # the study's budget is spent
                 if ctx is False:
                     continue  # its recipe was impossible: already recorded as FAIL
+                if ctx == WAIT:  # a running trial may still make a paused one promotable
+                    time.sleep(0.2)
+                    return None  # Tune asks again
                 self.store.set_user_attrs(ctx.trial_id, {"ray_trial_id": trial_id})
                 self.active[trial_id] = ctx
                 return {
@@ -191,6 +195,8 @@ def _classes() -> tuple[type, type]:
                 ctx.end = item
                 return TrialScheduler.CONTINUE
             decision = after_epoch(self.searcher.store, ctx, item, self.searcher.progress)
+            # a paused trial (promotion ASHA) ends its Ray trial too: its checkpoint is on
+            # disk, and a promotion resumes it from there as a new Ray trial
             return TrialScheduler.CONTINUE if decision == "continue" else TrialScheduler.STOP
 
         def __getstate__(self) -> dict[str, Any]:

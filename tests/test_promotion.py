@@ -1,0 +1,216 @@
+"""Promotion-based ASHA (``pruner.mode: promotion``): trials pause at a rung and resume from
+their checkpoint when they rank in its top; what is still paused at the end is pruned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from drsearch.config.study import PrunerConfig, load_study
+from drsearch.search.promotion import PAUSED_ATTR, in_top, next_promotion, rungs
+from drsearch.search.runners import run_study
+from drsearch.search.runners.common import (
+    WAIT,
+    SilentProgress,
+    after_epoch,
+    finish_trial,
+    start_trial,
+)
+from drsearch.search.runners.ray import _classes
+from drsearch.search.store import StudyStore
+from drsearch.search.trial import EpochReport, TrialEnd, to_message
+from tests.conftest import write_tiny_study
+from tests.test_pruning import CURVES, _Trial, report
+
+SPACE = "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+
+
+def test_rungs_are_grace_times_powers_of_eta_below_max_epochs() -> None:
+    assert rungs(PrunerConfig(grace_period=1, reduction_factor=2), 8) == [1, 2, 4]
+    assert rungs(PrunerConfig(grace_period=2, reduction_factor=3), 20) == [2, 6, 18]
+    assert rungs(PrunerConfig(grace_period=4, reduction_factor=3), 4) == []
+
+
+def _study(tmp_path: Path, dataset: Path, executor: str = "local", **study: object) -> Path:
+    return write_tiny_study(
+        tmp_path,
+        dataset,
+        SPACE,
+        executor=executor,
+        pruner={"grace_period": 1, "reduction_factor": 2, "mode": "promotion"},
+        budget={"n_trials": len(CURVES)},
+        recipe_overrides={"train.epochs": 8},
+        **study,
+    )
+
+
+def _replay(ctx, number: int) -> list[EpochReport]:  # type: ignore[no-untyped-def]
+    """What the trainer reports for trial ``number``: on a resume, the epochs already done
+    (replayed), then the next ones of its curve."""
+    stored = ctx.trial.storage.get_trial(ctx.trial_id).intermediate_values
+    done = max(stored) if ctx.resume and stored else 0
+    reports = []
+    for epoch, value in enumerate(CURVES[number], start=1):
+        r = report(epoch, value)
+        r.replayed = epoch <= done
+        reports.append(r)
+    return reports
+
+
+def _drive_local(store: StudyStore, loaded) -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
+    """Run the study's trials one at a time on the curves; ``(trial, epoch, decision)`` of
+    every decision that was not ``continue``."""
+    events = []
+    while True:
+        ctx = start_trial(store, loaded, SilentProgress(), threads=None)
+        if ctx is None:
+            return events
+        assert ctx not in (False, WAIT)
+        for r in _replay(ctx, ctx.number):
+            decision = after_epoch(store, ctx, r, SilentProgress())
+            if decision != "continue":
+                events.append((ctx.number, r.epoch, decision))
+                break
+        else:
+            ctx.end = TrialEnd("finished")
+        finish_trial(store, ctx, SilentProgress())
+
+
+def _drive_ray(searcher, scheduler) -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
+    """The same through the Ray executor's searcher and scheduler, one Ray trial at a time
+    (a promotion is a new Ray trial of the same Optuna trial)."""
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+    events = []
+    for i in range(100):
+        ray_id = f"ray_{i}"
+        config = searcher.suggest(ray_id)
+        if config is Searcher.FINISHED:
+            return events
+        ctx = searcher.active[ray_id]
+        assert config["resume"] == ctx.resume
+        for r in _replay(ctx, config["trial_number"]):
+            result = to_message(r)
+            if scheduler.on_trial_result(None, _Trial(ray_id), result) == TrialScheduler.STOP:
+                events.append((ctx.number, r.epoch, ctx.decision))
+                break
+        else:
+            result = to_message(TrialEnd("finished"))
+            scheduler.on_trial_result(None, _Trial(ray_id), result)
+        searcher.on_trial_complete(ray_id, result)
+    raise AssertionError("the study never finished")
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_trials_pause_at_rungs_and_the_best_are_promoted(
+    tmp_path: Path, tiny_dataset: Path, executor: str
+) -> None:
+    loaded = load_study(_study(tmp_path, tiny_dataset, executor))
+    store = StudyStore(loaded.config)
+    if executor == "local":
+        events = _drive_local(store, loaded)
+    else:
+        searcher_class, scheduler_class = _classes()
+        searcher = searcher_class(store, loaded, SilentProgress(), None)
+        events = _drive_ray(searcher, scheduler_class(searcher))
+    # rungs at epochs 1, 2, 4 (grace 1, eta 2); worked through by hand:
+    # 0 pauses at 1 (alone there) and 1 at 1 (below 0); 0 is promoted (top half of 2) and
+    # pauses at 2 (alone); 2 ranks first at 1 and 2, pauses at 4 (alone); 3 goes on at 1
+    # (top 2 of 4) and pauses at 2 (top 1 of 3 is 2); 4 leads every rung and completes; 5
+    # pauses at 1 (not in the top 3 of 6). The budget is claimed and nothing runs: the five
+    # still paused are pruned at their rungs.
+    assert events == [
+        (0, 1, "pause"),
+        (1, 1, "pause"),
+        (0, 2, "pause"),
+        (2, 4, "pause"),
+        (3, 2, "pause"),
+        (5, 1, "pause"),
+    ]
+    trials = store.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 4 + [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+    ]
+    assert [t.user_attrs.get("pruned_at_epoch") for t in trials] == [2, 1, 4, 2, None, 1]
+    assert [t.user_attrs.get("promotions") for t in trials] == [1, None, None, None, None, None]
+    assert trials[4].user_attrs["objective_primary"] == pytest.approx(0.84)
+    # a promoted trial's curve is whole: its replayed epoch was not recorded twice or changed
+    assert trials[0].intermediate_values == {1: 0.5, 2: 0.6}
+    assert store.counts().paused == 0 and store.counts().counted == len(CURVES)
+
+
+def test_a_paused_trial_is_never_reaped_and_counts_toward_the_budget(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    loaded = load_study(_study(tmp_path, tiny_dataset))
+    store = StudyStore(loaded.config)
+    ctx = start_trial(store, loaded, SilentProgress(), threads=None)
+    assert ctx
+    assert after_epoch(store, ctx, report(1, 0.5), SilentProgress()) == "pause"
+    assert finish_trial(store, ctx, SilentProgress()) is None
+    # another runner (a new store: another runner id) opens the study: the paused trial has
+    # no runner, yet it is waiting, not interrupted
+    other = StudyStore(loaded.config)
+    assert other.reap_interrupted() == []
+    frozen = other.study.get_trials()[0]
+    assert frozen.state == TrialState.RUNNING and frozen.system_attrs[PAUSED_ATTR] == 1
+    assert other.counts().paused == 1 and other.counts().claimed == 1
+    # the outcome it ends with if never promoted is kept, not yet told
+    assert "pruned_at_epoch" not in frozen.user_attrs
+    # alone at its rung it cannot be promoted; a second, worse trial makes it the top half
+    assert next_promotion(other.study.get_trials(), 2) is None
+    ctx2 = start_trial(other, loaded, SilentProgress(), threads=None)
+    assert ctx2 and ctx2.number == 1 and not ctx2.resume
+    assert after_epoch(other, ctx2, report(1, 0.3), SilentProgress()) == "pause"
+    finish_trial(other, ctx2, SilentProgress())
+    assert in_top(other.study.get_trials(), 0, 1, 2)
+    promoted = start_trial(other, loaded, SilentProgress(), threads=None)
+    assert promoted and promoted.number == 0 and promoted.resume
+    assert promoted.params == ctx.params  # its parameters as drawn, not drawn again
+    # the first runner cannot take it too
+    assert store.promote() is None
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_promotion_study_trains_resumes_and_finishes_with_nothing_paused(
+    tmp_path: Path,
+    tiny_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    executor: str,
+) -> None:
+    """Real training, from the study's folder with relative paths (Ray: two trials at a
+    time): a promoted trial continues its own run from its checkpoint (one metrics log,
+    epochs in order), and the study ends with every trial told."""
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        SPACE,
+        pruner={"grace_period": 1, "reduction_factor": 2, "mode": "promotion"},
+        budget={"n_trials": 4},
+        recipe_overrides={"train.epochs": 3, "train.threads": 1},
+        run_root="runs",
+        executor=executor,
+        resources={"cpus_per_trial": 1, "max_concurrent": 2},
+    )
+    monkeypatch.chdir(tmp_path)
+    summary = run_study(load_study(Path(path.name)))
+    store = StudyStore(load_study(Path(path.name)).config)
+    done = store.study.get_trials()
+    assert len(done) == 4 and all(t.state.is_finished() for t in done)
+    promoted = [t for t in done if t.user_attrs.get("promotions")]
+    assert promoted, "no trial was promoted"
+    for t in promoted:
+        log = Path(t.user_attrs["run_dir"]) / "metrics.jsonl"
+        epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+        assert epochs == list(range(1, t.user_attrs["epochs_completed"] + 1))
+        assert t.user_attrs["epochs_completed"] > 1
+    assert summary.counts.complete >= 1 and summary.counts.paused == 0
