@@ -1,6 +1,6 @@
 """Search efficiency: ASHA+TPE against full-budget random search with the same trial budget.
 
-    python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--regret 3]
+    python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--regret 3] [--asha-trials 24]
                                       [--methods asha_tpe random asha_tpe_accuracy ...]
 
 Runs ``studies/demo.yaml`` (Ray, 12 trials, 2 at a time) per seed and method, each in a fresh
@@ -11,9 +11,11 @@ metric), ``asha_tpe_grace<N>`` (rungs from epoch N) or ``asha_tpe_promotion``
 per run the best objective value, the epochs spent, the share of trials pruned; then per
 method the median best and epochs, and the epochs each method needed (trials in completion
 order, each trial's epochs counted when it ends) to first reach the median best of random
-search. With ``--regret N``, N pruned trials of the first ASHA run are retrained to the full
-budget (``drsearch train`` on their run folder's recipe) and scored on the study's objective:
-would any of them have beaten that run's best? Prints figures; asserts nothing. A seed takes
+search, and the best each found within a third of random search's epochs (``--asha-trials``
+gives the ASHA methods a larger trial budget than random search's 12). With ``--regret N``,
+N pruned trials of the first ASHA run are retrained to the full budget (``drsearch train`` on
+their run folder's recipe) and scored on the study's objective: would any of them have beaten
+that run's best? Prints figures; asserts nothing. A seed takes
 about 6 minutes on 2 cores.
 """
 
@@ -38,9 +40,11 @@ ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
 DRSEARCH = str(Path(sys.executable).with_name("drsearch"))
 
 
-def run(method: str, seed: int, folder: Path) -> dict[str, Any]:
+def run(method: str, seed: int, folder: Path, n_trials: int | None = None) -> dict[str, Any]:
     study = yaml.safe_load((REPO / "studies" / "demo.yaml").read_text())
     study["sampler"]["seed"] = seed
+    if n_trials and method != "random":
+        study["budget"]["n_trials"] = n_trials
     if method == "random":
         study["sampler"] = {"name": "random", "seed": seed}
         study["pruner"] = {"enabled": False}
@@ -74,12 +78,18 @@ def run(method: str, seed: int, folder: Path) -> dict[str, Any]:
         "best": best,
         "epochs": spent,
         "pruned": sum(t.state.name == "PRUNED" for t in trials) / len(trials),
+        "promotions": sum(int(t.user_attrs.get("promotions") or 0) for t in trials),
         "feasible": sum(bool(t.user_attrs.get("feasible")) for t in trials if t.value),
         "wall_s": wall,
         "curve": curve,
         "trials": trials,
         "study": study,
     }
+
+
+def best_within(curve: list[tuple[int, float]], epochs: float) -> float:
+    """The best value found by trials that ended within ``epochs`` epochs spent."""
+    return max((best for spent, best in curve if spent <= epochs), default=float("-inf"))
 
 
 def epochs_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -122,16 +132,21 @@ def main() -> None:
         "--random-best", type=float, nargs="+",
         help="without 'random' in --methods: random search's best per seed from an earlier run",
     )  # fmt: skip
+    parser.add_argument(
+        "--asha-trials", type=int,
+        help="trial budget of the ASHA methods (default: the demo's 12, as random search)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for seed in args.seeds:
             for method in args.methods:
-                rows.append(run(method, seed, Path(tmp)))
+                rows.append(run(method, seed, Path(tmp), args.asha_trials))
                 r = rows[-1]
                 print(
                     f"{method} seed {seed}: best {r['best']:.4f}, {r['epochs']} epochs, "
-                    f"{r['pruned']:.0%} pruned, {r['feasible']} feasible, {r['wall_s']:.0f} s",
+                    f"{r['pruned']:.0%} pruned, {r['promotions']} promotions, "
+                    f"{r['feasible']} feasible, {r['wall_s']:.0f} s",
                     flush=True,
                 )
         by_method = {m: [r for r in rows if r["method"] == m] for m in args.methods}
@@ -150,6 +165,15 @@ def main() -> None:
             )
         rand_epochs = statistics.median(r["epochs"] for r in rand)
         print(f"\nrandom search's median best: {target:.4f} in {rand_epochs:.0f} epochs (median)")
+        third = rand_epochs / 3
+        for name, group in by_method.items():
+            if "curve" in group[0]:
+                within = [best_within(r["curve"], third) for r in group]
+                print(
+                    f"{name} best within {third:.0f} epochs (1/3 of random's), per seed: "
+                    + ", ".join(f"{b:.4f}" for b in within)
+                    + f"; median {statistics.median(within):.4f}"
+                )
         for name, group in by_method.items():
             if name == "random":
                 continue
