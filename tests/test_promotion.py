@@ -214,3 +214,38 @@ def test_promotion_study_trains_resumes_and_finishes_with_nothing_paused(
         assert epochs == list(range(1, t.user_attrs["epochs_completed"] + 1))
         assert t.user_attrs["epochs_completed"] > 1
     assert summary.counts.complete >= 1 and summary.counts.paused == 0
+
+
+def test_a_later_run_goes_on_with_paused_trials_or_prunes_them_when_the_mode_changed(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """A run stopped by its time limit leaves trials paused; the next run of the same study
+    (promotion) goes on with them, while a study file switched to stopping ASHA prunes them
+    (nothing would ever resume them) instead of leaving them to block the budget."""
+    import yaml
+
+    path = _study(tmp_path, tiny_dataset)
+    loaded = load_study(path)
+    store = StudyStore(loaded.config)
+    for value in (0.5, 0.3):  # two trials pause at the first rung
+        ctx = start_trial(store, loaded, SilentProgress(), threads=None)
+        assert ctx and after_epoch(store, ctx, report(1, value), SilentProgress()) == "pause"
+        finish_trial(store, ctx, SilentProgress())
+    assert store.counts().paused == 2
+    study = yaml.safe_load(path.read_text())
+    study["pruner"]["mode"] = "stopping"
+    study["budget"]["n_trials"] = 2  # spent: nothing new would start
+    path.write_text(yaml.safe_dump(study))
+    warnings = []
+
+    class Progress(SilentProgress):
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+    summary = run_study(load_study(path), Progress())
+    assert summary.counts.paused == 0 and summary.counts.pruned == 2
+    states = [t.state for t in StudyStore(load_study(path).config).study.get_trials()]
+    assert states == [TrialState.PRUNED, TrialState.PRUNED]
+    assert warnings == [
+        f"trial {n}: paused by promotion ASHA, pruned (pruner.mode changed)" for n in (0, 1)
+    ]

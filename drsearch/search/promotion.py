@@ -31,6 +31,11 @@ PAUSED_ATTR = "drsearch:paused_at"
 PAUSED_OUTCOME_ATTR = "drsearch:paused_outcome"
 
 
+def promotes(pruner: PrunerConfig) -> bool:
+    """Whether the study runs promotion ASHA."""
+    return pruner.enabled and pruner.mode == "promotion"
+
+
 def rungs(pruner: PrunerConfig, max_epochs: int) -> list[int]:
     """The rung epochs below ``max_epochs``: ``grace * eta**k``."""
     out, epoch = [], pruner.grace_period

@@ -225,19 +225,22 @@ class StudyStore:
     def _eta(self) -> int:
         return self.config.pruner.reduction_factor
 
-    def prune_paused(self) -> list[tuple[int, Outcome]] | None:
+    def prune_paused(self, wait: bool = True) -> list[tuple[int, Outcome]] | None:
         """When nothing runs (no trial is left to grow a rung), prune every paused trial with
         the outcome it paused with; their numbers and outcomes. ``None`` while a trial still
-        runs (it may make a paused one promotable: wait)."""
+        runs (it may make a paused one promotable: wait). Without ``wait`` (the study left
+        promotion ASHA: nothing will resume them) they are pruned at once."""
         import json
 
         with self.lock.hold():
             self._reap()
             trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if any(paused_at(t) is None for t in trials):
+            if wait and any(paused_at(t) is None for t in trials):
                 return None
             pruned = []
             for t in trials:
+                if paused_at(t) is None:
+                    continue
                 outcome = Outcome(**json.loads(t.system_attrs[PAUSED_OUTCOME_ATTR]))
                 self.finish(t._trial_id, outcome, {})
                 pruned.append((t.number, outcome))

@@ -17,6 +17,7 @@ from drsearch.io import owned_dir
 from drsearch.search.annotations import annotate_study, artifact_store
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
+from drsearch.search.promotion import promotes
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
 from drsearch.search.store import (
     INTERRUPTED,
@@ -76,6 +77,10 @@ def run_study(
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
     deadline = started + cfg.budget.time_limit_s if cfg.budget.time_limit_s else None
+    if store.counts().paused and not promotes(cfg.pruner):
+        # paused by promotion ASHA in an earlier run; this study file no longer resumes them
+        for number, _ in store.prune_paused(wait=False) or []:
+            progress.warn(f"trial {number}: paused by promotion ASHA, pruned (pruner.mode changed)")
     counts = store.counts()
     if counts.claimed < store.budget() or counts.paused:  # paused: promotion ASHA goes on
         store.start_heartbeat()

@@ -13,9 +13,9 @@ import optuna
 
 from drsearch.config.recipe import Recipe
 from drsearch.config.space import sample, trial_recipe
-from drsearch.config.study import LoadedStudy, StudyConfig
+from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
-from drsearch.search.promotion import in_top, rungs
+from drsearch.search.promotion import in_top, promotes, rungs
 from drsearch.search.store import RETRY_OF, StudyStore
 from drsearch.search.trial import EpochReport, Outcome, TrialEnd, TrialTracker
 
@@ -90,7 +90,7 @@ def start_trial(
     With promotion ASHA, a paused trial that now qualifies is promoted first (resumed from its
     checkpoint); with the budget spent, ``WAIT`` while trials still run, and once none does,
     the trials still paused are pruned and ``None`` is returned."""
-    promotion = _promotion(loaded.config)
+    promotion = promotes(loaded.config.pruner)
     promoted = store.promote() if promotion else None
     trial = promoted or store.claim()
     if trial is None:
@@ -145,10 +145,6 @@ def start_trial(
     return ctx
 
 
-def _promotion(config: StudyConfig) -> bool:
-    return config.pruner.enabled and config.pruner.mode == "promotion"
-
-
 def _pauses(store: StudyStore, ctx: TrialContext, report: EpochReport) -> bool:
     """Promotion ASHA: a trial newly at a rung pauses unless it is in the rung's top now."""
     if report.replayed or report.epoch not in rungs(store.config.pruner, ctx.tracker.max_epochs):
@@ -199,7 +195,7 @@ def after_epoch(
     max_epochs = ctx.tracker.max_epochs
     if report.epoch >= max_epochs:
         decision: Decision = "stop" if max_epochs < ctx.recipe.train.epochs else "continue"
-    elif _promotion(store.config):
+    elif promotes(store.config.pruner):
         decision = "pause" if _pauses(store, ctx, report) else "continue"
     elif store.should_prune(ctx.trial_id):
         decision = "prune"
