@@ -5,10 +5,11 @@
 Runs the same small study (synthetic data, resnet10t at 32 px, no pruning, one trial at a
 time) with the local and the Ray executor and prints, for each: the study's wall time, the
 summed wall time of its trials (as each trial measured it: data caching, model set-up and
-training), and the difference per trial. Ray's start-up is shown separately. The floor is a
-plain Optuna loop (``study.optimize``, in-memory storage) calling the same trainer (``fit``)
-with the same parameters: its wall against its summed ``fit`` time. Prints figures; asserts
-nothing.
+training), and the difference per trial, over all trials and after the first (a warm worker
+and an open study: what each further trial costs). Ray's start-up is shown separately. The
+floor is a plain Optuna loop (``study.optimize``, in-memory storage) calling the same trainer
+(``fit``) with the same parameters: its wall against its summed ``fit`` time. Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def plain_optuna(folder: Path, data: Path, trials: int, epochs: int) -> tuple[fl
     return time.perf_counter() - t0, fit_seconds
 
 
+def steady_state(config) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Per-trial overhead once the first trial has ended (a warm worker, an open study): the
+    time from the first trial's end to the last one's, minus the later trials' own time, per
+    trial; and the later trials' mean own time."""
+    import optuna
+
+    study = optuna.load_study(study_name=config.name, storage=config.storage_url())
+    trials = sorted(study.trials, key=lambda t: t.datetime_complete)
+    later = trials[1:]
+    span = (trials[-1].datetime_complete - trials[0].datetime_complete).total_seconds()
+    own = sum(float(t.user_attrs["wall_seconds"]) for t in later)
+    return (span - own) / len(later), own / len(later)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
@@ -112,6 +127,11 @@ def main() -> None:
                 f"{own:6.1f}s, overhead {wall - own:5.1f}s = {(wall - own) / n:.2f}s/trial, "
                 f"ratio {wall / own:.3f} ({own / wall:.1%} of wall is training)"
                 + (f"; ray.init {ray_start:.1f}s before that" if ray_start else "")
+            )
+            gap, later = steady_state(loaded.config)
+            print(
+                f"       after the first trial (start-up excluded): {gap:.2f}s/trial, "
+                f"ratio {(later + gap) / later:.3f} per trial"
             )
 
 
