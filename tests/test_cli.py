@@ -307,7 +307,7 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
         tmp_path,
         tiny_dataset,
         "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n",
-        budget={"n_trials": 3},
+        budget={"n_trials": 50},  # never all done before the signal arrives
         pruner={"enabled": False},
         recipe_overrides={"train.epochs": 8},
     )
@@ -318,6 +318,9 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        # a terminal's Ctrl-C: SIGINT handled, even when this test runs as a background job
+        # (whose children inherit SIGINT ignored, and Python then never raises on it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     url = load_study(path).config.storage_url()
     deadline, running = time.time() + 240, []
