@@ -207,7 +207,10 @@ def test_promotion_study_trains_resumes_and_finishes_with_nothing_paused(
     done = store.study.get_trials()
     assert len(done) == 4 and all(t.state.is_finished() for t in done)
     promoted = [t for t in done if t.user_attrs.get("promotions")]
-    assert promoted, "no trial was promoted"
+    # the local run is deterministic (seeded sampler, seeded training) and promotes a trial;
+    # under Ray, two at a time, the order of arrival at a rung varies, and a run may end
+    # with no promotion
+    assert promoted or executor == "ray", "no trial was promoted"
     for t in promoted:
         log = Path(t.user_attrs["run_dir"]) / "metrics.jsonl"
         epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
