@@ -98,16 +98,8 @@ def run(
     # what continues this study after Ctrl-C: the same study file and the options naming it
     from drsearch.search.database import masked_url
 
-    again = f"drsearch run {study}" + "".join(
-        f" {flag} {shlex.quote(str(value))}"
-        for flag, value in (
-            ("--storage", storage and masked_url(storage)),
-            ("--study-name", study_name),
-            ("--run-root", run_root),
-        )
-        if value
-    )
-    again += " --smoke" if smoke else ""
+    naming = _study_flags(smoke, run_root, storage and masked_url(storage), study_name)
+    again = f"drsearch run {study}{naming}"
     if quiet:
         summary = run_study(loaded, retry_failed=retry_failed, rerun=again)
     else:
@@ -205,6 +197,16 @@ def _print_summary(s: Any) -> None:
         click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
 
 
+def _study_flags(
+    smoke: bool, run_root: Path | None, storage: str | None = None, study_name: str | None = None
+) -> str:
+    """The command-line options that name this study, to repeat in a suggested command."""
+    named = (("--run-root", run_root), ("--storage", storage), ("--study-name", study_name))
+    return (" --smoke" if smoke else "") + "".join(
+        f" {flag} {shlex.quote(str(value))}" for flag, value in named if value
+    )
+
+
 def _print_next_steps(
     study: Path, smoke: bool, run_root: Path | None, s: Any, held_out: bool = False
 ) -> None:
@@ -212,7 +214,7 @@ def _print_next_steps(
     ``--smoke`` and ``--run-root``)."""
     if s.best is None and not s.counts.counted:
         return
-    flag = (" --smoke" if smoke else "") + (f" --run-root {run_root}" if run_root else "")
+    flag = _study_flags(smoke, run_root)
     click.echo("next steps:")
     steps = [
         (f"drsearch trials {study}{flag}", "every trial in a table"),

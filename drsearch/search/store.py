@@ -13,6 +13,7 @@ advisory lock in PostgreSQL), so any number of runners together start exactly th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -20,7 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
@@ -194,22 +195,21 @@ class StudyStore:
         """Leave a trial RUNNING at its rung, to be promoted or pruned later (the runner that
         ran it stays recorded; no runner is needed for a paused trial to stay alive);
         ``outcome`` is how it ends if it never is (written then by ``prune_paused``)."""
-        import json
-
         self._active.discard(trial_id)
         if self._finished(trial_id):
             return
         attrs = outcome.user_attrs
         kept = {k: attrs[k] for k in ("wall_seconds", "promotions") if k in attrs}
         self.set_user_attrs(trial_id, kept)  # what a promotion carries on
-        stored = {"state": outcome.state, "value": outcome.value, "user_attrs": attrs}
-        stored["constraints"] = outcome.constraints
-        self.storage.set_trial_system_attr(trial_id, PAUSED_OUTCOME_ATTR, json.dumps(stored))
+        self.storage.set_trial_system_attr(
+            trial_id, PAUSED_OUTCOME_ATTR, json.dumps(asdict(outcome))
+        )
         self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, epoch)
 
-    def promote(self) -> optuna.Trial | None:
+    def promote(self) -> FrozenTrial | None:
         """Take the paused trial that ``next_promotion`` names for this runner, atomically
-        across runners; ``None`` when none qualifies."""
+        across runners (as it was read under the lock: its parameters and attributes);
+        ``None`` when none qualifies."""
         with self.lock.hold():
             chosen = next_promotion(self.study.get_trials(deepcopy=False), self._eta)
             if chosen is None:
@@ -219,7 +219,7 @@ class StudyStore:
             self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None)
             self.heartbeat(trial_id)
         self._active.add(trial_id)
-        return optuna.Trial(self.study, trial_id)
+        return chosen
 
     @property
     def _eta(self) -> int:
@@ -230,8 +230,6 @@ class StudyStore:
         the outcome it paused with; their numbers and outcomes. ``None`` while a trial still
         runs (it may make a paused one promotable: wait). Without ``wait`` (the study left
         promotion ASHA: nothing will resume them) they are pruned at once."""
-        import json
-
         with self.lock.hold():
             self._reap()
             trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -92,7 +92,7 @@ def start_trial(
     the trials still paused are pruned and ``None`` is returned."""
     promotion = promotes(loaded.config.pruner)
     promoted = store.promote() if promotion else None
-    trial = promoted or store.claim()
+    trial = optuna.Trial(store.study, promoted._trial_id) if promoted else store.claim()
     if trial is None:
         if promotion:
             pruned = store.prune_paused()
@@ -105,8 +105,7 @@ def start_trial(
     tracker = TrialTracker(loaded.config.objective, loaded.max_epochs, run_dir)
     try:
         if promoted is not None:  # its parameters as drawn, in file order
-            frozen = store.storage.get_trial(promoted._trial_id)
-            params = {k: frozen.params[k] for k in loaded.space if k in frozen.params}
+            params = {k: promoted.params[k] for k in loaded.space if k in promoted.params}
         else:
             params = sample(trial, loaded.space, loaded.recipe)
         progress.trial_started(trial.number, params)
@@ -136,8 +135,8 @@ def start_trial(
         # its checkpoint is the truth: the trainer replays the epochs done, then goes on;
         # its wall time so far counts toward the trial's
         ctx.resume = True
-        ctx.started -= float(frozen.user_attrs.get("wall_seconds") or 0.0)
-        ctx.extra_attrs["promotions"] = int(frozen.user_attrs.get("promotions", 0)) + 1
+        ctx.started -= float(promoted.user_attrs.get("wall_seconds") or 0.0)
+        ctx.extra_attrs["promotions"] = int(promoted.user_attrs.get("promotions", 0)) + 1
         return ctx
     retry_of = trial.user_attrs.get(RETRY_OF)
     if retry_of is not None:
@@ -220,15 +219,14 @@ def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) 
     artifacts (Optuna wants them before the tell), then write the study record. A trial
     paused at a rung (promotion ASHA) is left paused, with the outcome it would have as
     pruned there: ``None``."""
-    last = ctx.tracker.last
-    failed = ctx.end is not None and ctx.end.status == "failed"
     outcome = ctx.tracker.outcome(ctx.end, pruned=ctx.decision in ("prune", "pause"))
     outcome.user_attrs |= ctx.extra_attrs
-    paused = ctx.decision == "pause" and last is not None and not failed
+    # a failed or finished trial is told as such, even when it had been told to pause
+    last = ctx.tracker.last if ctx.decision == "pause" and outcome.state == "PRUNED" else None
     promoted = "promotions" in ctx.extra_attrs  # its wall time spans several runs
-    if outcome.user_attrs.get("wall_seconds") is None or paused or promoted:
+    if outcome.user_attrs.get("wall_seconds") is None or last is not None or promoted:
         outcome.user_attrs["wall_seconds"] = time.time() - ctx.started
-    if paused and last is not None and outcome.state == "PRUNED":
+    if last is not None:
         store.pause(ctx.trial_id, last.epoch, outcome)
         progress.trial_paused(ctx.number, last.epoch)
         return None
