@@ -90,4 +90,7 @@ def test_dashboard_serves_study_attributes_notes_and_artifacts(
         output = server.communicate(timeout=30)[0]
     assert f"at http://127.0.0.1:{port}/dashboard/" in output
     assert "GET /api" not in output and "Bottle" not in output  # quiet unless --verbose
-    assert "| constraint | required | observed | holds |" in trial["note"]["body"]
+    assert (
+        "| constraint | required | observed (images) | 90% lower bound | met |"
+        in trial["note"]["body"]
+    )

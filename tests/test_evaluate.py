@@ -136,6 +136,87 @@ def test_auc_and_kappa_equal_sklearn_and_their_bootstrap_the_reference() -> None
     assert qwk.low < qwk.value < qwk.high
 
 
+def test_fast_auc_is_sklearns_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        truth = rng.random(50) < 0.3
+        score = np.round(rng.random(50), 1)  # many ties
+        if truth.any() and not truth.all():
+            assert stats.auc(truth, score) == pytest.approx(roc_auc_score(truth, score))
+    assert stats.auc(np.array([True, True]), np.array([0.1, 0.2])) is None
+
+
+def _long_hand_patient_bootstrap(labels, patients, statistic, n, seed):  # type: ignore[no-untyped-def]
+    """Patients drawn with replacement within the strata of their worst grade, written out."""
+    rng = np.random.default_rng(seed)
+    order = list(dict.fromkeys(patients))  # patients in order of their first image
+    eyes = {p: [i for i, q in enumerate(patients) if q == p] for p in order}
+    worst = {p: max(labels[i] for i in eyes[p]) for p in order}
+    strata = {
+        w: [k for k, p in enumerate(order) if worst[p] == w] for w in sorted(set(worst.values()))
+    }
+    values = []
+    for _ in range(n):
+        idx = []
+        for members in strata.values():
+            for k in rng.choice(np.array(members), size=len(members), replace=True):
+                idx.extend(eyes[order[k]])
+        v = statistic(np.array(idx))
+        if v is not None:
+            values.append(v)
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def test_intervals_respect_patients() -> None:
+    """Two eyes per patient: the bootstrap draws patients (within the strata of their worst
+    grade), as the long-hand reference does; proportions then use it instead of Wilson, and
+    the interval widens when a patient's eyes agree."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    worst = rng.choice(5, 60, p=[0.5, 0.1, 0.2, 0.1, 0.1])
+    labels = np.repeat(worst, 2)
+    labels[1::2] = np.minimum(labels[1::2], rng.integers(0, 5, 60))
+    patients = [f"p{i // 2}" for i in range(120)]
+    # the same call for both eyes of a patient: images are not independent
+    preds = np.repeat(np.where(rng.random(60) < 0.7, worst, rng.integers(0, 5, 60)), 2)
+    score = labels / 4 + np.repeat(rng.normal(0, 0.3, 60), 2)
+    truth = labels >= 2
+    e = stats.auc_estimate(truth, score, 5, patients, labels)
+    ref = _long_hand_patient_bootstrap(
+        labels.tolist(), patients, lambda i: roc_auc_score(truth[i], score[i]), 1000, 5
+    )
+    assert e.method == "patient bootstrap" and (e.low, e.high) == pytest.approx(ref, abs=1e-9)
+    correct = preds == labels
+    acc = stats.proportion_estimate(correct, np.ones(120, bool), labels, patients, 5)
+    ref = _long_hand_patient_bootstrap(
+        labels.tolist(), patients, lambda i: float(correct[i].mean()), 1000, 5
+    )
+    assert (acc.low, acc.high) == pytest.approx(ref, abs=1e-9)
+    assert acc.successes == int(correct.sum()) and acc.n == 120
+    wilson = stats.proportion(int(correct.sum()), 120)
+    assert acc.high - acc.low > wilson.high - wilson.low  # 60 patients, not 120 images
+    # one image per patient: the patient bootstrap is the stratified one, Wilson for shares
+    single = [f"i{i}" for i in range(120)]
+    assert stats.proportion_estimate(correct, np.ones(120, bool), labels, single) == wilson
+
+
+def test_an_operating_point_on_too_few_positives_says_so() -> None:
+    from drsearch.inspect.evaluate import Options, _operating_points
+
+    labels = np.array([0] * 30 + [2] * 10 + [3] * 5)
+    probs = np.eye(5)[labels] * 0.8 + 0.04
+    points = _operating_points(labels, probs, Options(), None)
+    # 0.975 needs 40 positives before one miss is allowed: 15 referable, 5 VTDR
+    assert "only 15 positive validation images for referable" in points["referable"]["warning"]
+    assert "one miss is allowed from 40 images on" in points["referable"]["warning"]
+    many = np.array([0] * 30 + [2] * 40 + [3] * 40)
+    ok = _operating_points(many, np.eye(5)[many] * 0.8 + 0.04, Options(), None)
+    assert "warning" not in ok["referable"]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(5, 80),
@@ -197,7 +278,9 @@ def held_out_study(tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.Monke
 
     shutil.copytree(tiny_dataset, tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    recipe = tiny_recipe_dict(Path("data"), **{"data.test_fraction": 0.25, "train.epochs": 2})
+    # 5 epochs: enough for the tiny models to beat the trivial model (a degenerate one is
+    # never feasible, and an ensemble or a winner is made of feasible trials)
+    recipe = tiny_recipe_dict(Path("data"), **{"data.test_fraction": 0.25, "train.epochs": 5})
     Path("recipe.yaml").write_text(yaml.safe_dump(recipe))
     Path("space.yaml").write_text(SPACE)
     study = {
@@ -253,7 +336,7 @@ def test_evaluate_measures_the_test_split_with_thresholds_chosen_on_validation(
     called = probs[:, 2:].sum(1) >= threshold - 1e-5
     assert ref["at_operating_point"]["sensitivity"]["successes"] == int((called & (y >= 2)).sum())
     assert record["data"]["n_test"] == 20 and record["data"]["n_val"] == 20
-    assert record["checklist"][0]["detail"] == "20 test images"
+    assert record["checklist"][1]["detail"].endswith("/20 test images")
 
 
 @pytest.mark.e2e
@@ -300,12 +383,14 @@ def test_a_model_that_trained_on_the_test_images_is_refused(held_out_study: Path
 
 
 @pytest.mark.e2e
-def test_confirm_retrains_finalists_with_fresh_seeds_and_ranks_by_their_mean(
+def test_confirm_retrains_finalists_with_fresh_seeds_and_crowns_the_confirmed_best(
     held_out_study: Path,
 ) -> None:
     import statistics
 
     import optuna
+
+    from drsearch.clinical import objective_score
 
     runner = CliRunner()
     result = runner.invoke(
@@ -314,23 +399,37 @@ def test_confirm_retrains_finalists_with_fresh_seeds_and_ranks_by_their_mean(
     assert result.exit_code == 0, result.output
     record = json.loads(Path("reports/held/confirm.json").read_text())
     storage = f"sqlite:///{Path('runs/held.db').resolve()}"
+    parent = optuna.load_study(study_name="held", storage=storage)
     runs = optuna.load_study(study_name="held-confirm", storage=storage).trials
     assert len(runs) == 6 and all(t.state.name == "COMPLETE" for t in runs)
+    assert record["plan"] == {"top_k": 2, "mode": "seeds", "n": 3}
     for finalist in record["finalists"]:
+        source = parent.trials[finalist["trial"]]
         mine = [t for t in runs if t.user_attrs["confirm_of"] == finalist["trial"]]
         assert sorted(t.user_attrs["seed"] for t in mine) == [4, 5, 6]  # recipe seed 3 + 1..3
-        for t in mine:  # each run trained with its seed and the finalist's parameters
+        for t in mine:  # its seed, the finalist's parameters, scored at its best epoch
             config = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
             assert config["train"]["seed"] == t.user_attrs["seed"]
+            assert config["train"]["select_epoch"] == source.user_attrs["best_epoch"]
+            assert t.user_attrs["best_epoch"] == source.user_attrs["best_epoch"]
             assert t.params["optim.lr"] == finalist["params"]["optim.lr"]
         acc = [t.user_attrs["accuracy"] for t in mine]
-        assert finalist["stats"]["accuracy"]["mean"] == pytest.approx(statistics.fmean(acc))
-        assert finalist["stats"]["accuracy"]["sd"] == pytest.approx(statistics.stdev(acc))
-        spread = (max(acc) - min(acc)) * 100
-        assert finalist["stable_across_seeds"]["observed"] == pytest.approx(spread)
-        assert finalist["stable_across_seeds"]["passed"] == (spread < 5)
-    means = [f["stats"]["value"]["mean"] for f in record["finalists"]]
-    assert means == sorted(means, reverse=True)
+        assert finalist["seed_spread"]["accuracy"]["mean"] == pytest.approx(statistics.fmean(acc))
+        assert finalist["seed_spread"]["accuracy"]["sd"] == pytest.approx(statistics.stdev(acc))
+        # the confirmed value: the study's objective on the average seed's counts
+        cm = np.mean([t.user_attrs["confusion_matrix"] for t in mine], axis=0)
+        again = objective_score(
+            "accuracy", [], {"accuracy": statistics.fmean(acc), "confusion_matrix": cm.tolist()}
+        )
+        assert finalist["confirmed_value"] == pytest.approx(again.value)
+        assert finalist["feasible"] == again.feasible
+        assert finalist["optimism_gap"] == pytest.approx(source.value - again.value)
+    confirmed = [f for f in record["finalists"] if f["feasible"]]
+    if confirmed:  # the crowned finalist is the best feasible confirmed value
+        best = max(confirmed, key=lambda f: (f["confirmed_value"], -f["trial"]))
+        assert record["crowned"] == best["trial"]
+        shown = runner.invoke(cli(), ["best", str(held_out_study)])
+        assert f"crowned finalist of held: trial {best['trial']}" in shown.output
     # a second call continues the same confirmation study: nothing is retrained
     again = runner.invoke(
         cli(), ["confirm", str(held_out_study), "--top-k", "2", "--seeds", "3", "--quiet"]
@@ -366,7 +465,8 @@ def test_top_k_ensemble_with_tta_is_the_mean_of_its_members_and_exports(
     runner = CliRunner()
     ens = runner.invoke(cli(), ["evaluate", str(held_out_study), "--top-k", "2", "--tta"])
     assert ens.exit_code == 0, ens.output
-    record = json.loads(Path("reports/held/evaluation-top2-tta.json").read_text())
+    # keyed by its member trials, not by K
+    record = json.loads(Path("reports/held/evaluation-trials0-1-tta.json").read_text())
     assert record["what"]["ensemble"] and record["what"]["views"] == ["identity", "hflip", "vflip"]
     solo = []
     for trial in record["what"]["trials"]:

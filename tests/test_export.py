@@ -112,7 +112,10 @@ def test_export_errors(tmp_path: Path, finished_study: tuple[Path, Path]) -> Non
     path, _ = finished_study
     runner = CliRunner()
     bad = runner.invoke(cli, ["export", str(path), "--trial", "9", "-o", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "--trial: expected 'best' or a trial number < 2" in bad.output
+    assert (
+        bad.exit_code == 2
+        and "--trial: expected 'best', 'search-best' or a trial number < 2" in (bad.output)
+    )
 
 
 def test_best_epoch_weights_travel_with_the_recipe(

@@ -10,10 +10,21 @@ from drsearch.config.study import Constraint, ObjectiveConfig
 from drsearch.search.objective import score
 from drsearch.search.trial import EpochReport, TrialEnd, TrialTracker, from_message, to_message
 
-OBJ = ObjectiveConfig()  # accuracy; severe NPDR >= 0.90, PDR >= 0.95, min specificity >= 0.90
+OBJ = ObjectiveConfig()  # accuracy; the default constraints, judged on 90% lower bounds
+
+#: A validation split that meets the default constraints with room (rare grades all found).
+GOOD_CM = [
+    [290, 10, 0, 0, 0],
+    [5, 45, 0, 0, 0],
+    [0, 4, 94, 2, 0],
+    [0, 0, 1, 38, 1],
+    [0, 0, 0, 1, 39],
+]
 
 
-def metrics(acc: float, s3: float | None, s4: float | None, spec: float) -> dict:
+def metrics(acc: float, s3: float | None, s4: float | None, spec: float, cm=None) -> dict:
+    """Epoch metrics whose constraints are judged on ``cm`` (default: ``GOOD_CM``); the
+    primary and the per-grade figures shown are the given ones."""
     return {
         "accuracy": acc,
         "qwk": 0.5,
@@ -21,40 +32,46 @@ def metrics(acc: float, s3: float | None, s4: float | None, spec: float) -> dict
         "sensitivity_severe_npdr": s3,
         "sensitivity_pdr": s4,
         "min_specificity": spec,
+        "confusion_matrix": GOOD_CM if cm is None else cm,
     }
 
 
 def test_feasible_trial_scores_its_primary_metric() -> None:
     s = score(OBJ, metrics(0.91, 0.95, 1.0, 0.93))
-    assert s.feasible and s.value == pytest.approx(0.91)
-    assert s.constraints == {
-        "sensitivity_severe_npdr>=0.9": pytest.approx(-0.05),
-        "sensitivity_pdr>=0.95": pytest.approx(-0.05),
-        "min_specificity>=0.9": pytest.approx(-0.03),
-    }
+    assert s.feasible and s.value == pytest.approx(0.91) and s.reasons == []
+    assert set(s.constraints) == {c.name for c in OBJ.constraints} | {"accuracy>trivial"}
+    assert all(v <= 0 for v in s.constraints.values())  # Optuna: feasible
+    # min - lower bound: referred PDR 40/40 has a 90% lower bound of 40 / (40 + z^2)
+    z2 = 1.2815515655446004**2
+    assert s.constraints["referred_pdr>=0.9"] == pytest.approx(0.9 - 40 / (40 + z2))
+    assert s.constraints["accuracy>trivial"] == pytest.approx(290 / 530 * 0 + 300 / 530 - 0.91)
 
 
-def test_penalty_is_range_plus_shortfalls() -> None:
-    s = score(OBJ, metrics(0.95, 0.80, 0.90, 0.93))  # short by 0.10 and 0.05
-    assert not s.feasible
-    assert s.shortfalls["sensitivity_severe_npdr>=0.9"] == pytest.approx(0.10)
-    assert s.value == pytest.approx(0.95 - (1.0 + 0.15))
+def test_ranking_among_infeasible_trials_follows_the_evidence() -> None:
+    """More images missed ranks lower, by a fraction of a standard error per image."""
+    obj = ObjectiveConfig(constraints=[Constraint(metric="referred_pdr", min=0.9)])
 
+    def with_pdr_found(found: int) -> float:
+        cm = [row[:] for row in GOOD_CM]
+        cm[4] = [40 - found, 0, 0, 0, found]
+        return score(obj, metrics(0.8, 0.9, found / 40, 0.9, cm)).value
 
-def test_every_infeasible_trial_ranks_below_every_feasible_one() -> None:
-    worst_feasible = score(OBJ, metrics(0.0, 0.9, 0.95, 0.9)).value
-    best_infeasible = score(OBJ, metrics(1.0, 0.9, 0.95, 0.8999)).value
-    assert best_infeasible < worst_feasible
-    slightly = score(OBJ, metrics(0.8, 0.85, 0.95, 0.95)).value
-    badly = score(OBJ, metrics(0.8, 0.2, 0.95, 0.95)).value
-    assert badly < slightly
+    values = [with_pdr_found(k) for k in (30, 32, 34, 36, 38, 40)]
+    assert values == sorted(values)
+    assert values[-1] == pytest.approx(0.8)  # 40/40 certifies 0.9
+    two_images = (2 / 40) / (0.09 / 40) ** 0.5  # 1.05 standard errors, 0.1 of range each
+    assert values[-2] - values[-3] == pytest.approx(0.1 * two_images)
 
 
 def test_qwk_range_and_undefined_metrics() -> None:
     obj = ObjectiveConfig(metric="qwk", constraints=[Constraint(metric="sensitivity_pdr", min=0.5)])
-    s = score(obj, metrics(0.9, 0.9, None, 0.9))  # no PDR image in validation
-    assert not s.feasible and s.shortfalls == {"sensitivity_pdr>=0.5": 0.5}
-    assert s.value == pytest.approx(0.5 - (2.0 + 0.5))
+    cm = [row[:4] + [0] for row in GOOD_CM[:4]] + [[0, 0, 0, 0, 0]]  # no PDR image
+    s = score(obj, metrics(0.9, 0.9, None, 0.9, cm))
+    assert not s.feasible
+    assert s.reasons == ["sensitivity_pdr is undefined on this split (no image to measure it on)"]
+    # undefined counts as 0 of 1: (0.5 - 0) / sqrt(0.25) = 1 standard error below, plus z_0.90
+    assert s.shortfalls["sensitivity_pdr>=0.5"] == pytest.approx(1 + 1.2815515655446004)
+    assert s.value == pytest.approx(0.5 - 2.0 * 0.1 * (1 + 1.2815515655446004))
     assert score(ObjectiveConfig(constraints=[]), {"accuracy": None}).value == 0.0
 
 
@@ -176,7 +193,7 @@ def test_a_pruned_trials_note_explains_the_value_the_dashboard_shows() -> None:
     assert note.startswith("## Trial 7: PRUNED at epoch 2 of 4 (feasible so far)")
     assert "shows, 0.500, is the best accuracy up to epoch 2" in note
     assert "best epoch so far (epoch 1) was 0.756" in note
-    assert "| sensitivity_pdr | >= 0.95 | 1.000 | yes |" in note
+    assert "| referred_pdr | >= 0.9 | 1.000 (40/40) | 0.961 | yes | pass |" in note
     assert "| 3 severe npdr | 0.950 |" in note and "| backbone | 0.0001 |" in note
     assert "| GPU hours (cost) | 0.500 (1.00 USD) |" in note
     assert "| trial wall time | 30:00 |" in note

@@ -23,15 +23,33 @@ SPACE = (
 
 
 def row(**attrs: object) -> TrialRow:
-    base = {
-        "accuracy": 0.92,
-        "sensitivity": [0.99, 0.5, 0.8, 0.9, 0.96],
-        "specificity": [0.95, 0.97, 0.93, 0.99, 0.99],
-        "support": [60, 10, 20, 5, 5],
-        "sensitivity_wilson_lower": [0.9, 0.2, 0.6, 0.62, 0.7],
-    }
-    base.update(attrs)
-    return TrialRow(0, "COMPLETE", 0.92, {}, {}, 10.0, 3, True, base)
+    return TrialRow(0, "COMPLETE", 0.92, {}, {}, 10.0, 3, True, dict(attrs))
+
+
+#: A medical-grade validation split: 2,500 images, every criterion met with room.
+BASE = [
+    [1000, 0, 0, 0, 0],
+    [20, 480, 0, 0, 0],
+    [0, 10, 490, 0, 0],
+    [0, 0, 4, 196, 0],
+    [0, 0, 0, 1, 299],
+]
+
+
+def attrs_of(*moves: tuple[int, int, int]) -> dict:
+    """The metrics of ``BASE`` with ``(true, called, n)`` images moved from their correct call
+    to ``called``."""
+    import numpy as np
+
+    from drsearch.train.metrics import compute_metrics
+
+    cm = np.array(BASE)
+    for true, called, n in moves:
+        cm[true, true] -= n
+        cm[true, called] += n
+    labels = np.repeat(np.arange(5), cm.sum(1))
+    preds = np.concatenate([np.repeat(np.arange(5), cm[g]) for g in range(5)])
+    return compute_metrics(labels, np.eye(5)[preds])
 
 
 def log(*accs: float) -> list[dict]:
@@ -39,34 +57,40 @@ def log(*accs: float) -> list[dict]:
 
 
 def test_checklist_passes_a_medical_grade_trial() -> None:
-    items = checklist(row().attrs, log(0.80, 0.91, 0.92, 0.92))
+    items = checklist(attrs_of(), log(0.80, 0.91, 0.92, 0.92))
     assert [i.name for i in items] == [
+        "beats the trivial model",
         "overall accuracy",
         "severe NPDR sensitivity (grade 3)",
         "PDR sensitivity (grade 4)",
         "every per-grade specificity",
         "stable convergence",
     ]
-    assert all(i.passed for i in items)
-    acc = items[0]
-    assert acc.wilson_lower == pytest.approx(0.8496, abs=1e-3)  # 92 of 100
-    assert items[1].wilson_lower == 0.62 and items[4].observed == pytest.approx(1.0)
+    assert all(i.result == "pass" for i in items)
+    acc = items[1]
+    assert acc.lower == pytest.approx(0.9807, abs=1e-3)  # Wilson 95%, 2,465 of 2,500
+    assert items[2].detail == "196/200 validation images of grade 3"
+    assert items[5].observed == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
-    ("attrs", "accs", "failing"),
+    ("moves", "accs", "failing", "result"),
     [
-        ({"accuracy": 0.89}, (0.9, 0.9, 0.9), "overall accuracy"),
-        ({"sensitivity": [1, 1, 1, 0.8, 1]}, (0.9, 0.9, 0.9), "severe NPDR sensitivity (grade 3)"),
-        ({"sensitivity": [1, 1, 1, 1, 0.94]}, (0.9, 0.9, 0.9), "PDR sensitivity (grade 4)"),
-        ({"specificity": [0.9, 1, 1, 1, 1]}, (0.9, 0.9, 0.9), "every per-grade specificity"),
-        ({}, (0.95, 0.89, 0.93), "stable convergence"),
-        ({}, (0.9,), "stable convergence"),
+        (((1, 2, 150), (2, 1, 150)), (0.9, 0.9, 0.9), "overall accuracy", "fail"),  # 0.88
+        (((3, 2, 36),), (0.9, 0.9, 0.9), "severe NPDR sensitivity (grade 3)", "fail"),  # 0.8
+        (((4, 3, 29),), (0.9, 0.9, 0.9), "PDR sensitivity (grade 4)", "fail"),  # 0.9
+        (((1, 0, 80), (2, 0, 100)), (0.9, 0.9, 0.9), "every per-grade specificity", "fail"),
+        ((), (0.95, 0.89, 0.93), "stable convergence", "fail"),
+        ((), (0.9,), "stable convergence", "inconclusive"),
+        # 0.935: its 95% interval (0.90-0.96) straddles 0.95
+        (((4, 3, 19),), (0.9, 0.9, 0.9), "PDR sensitivity (grade 4)", "inconclusive"),
     ],
 )
-def test_checklist_fails_each_criterion(attrs: dict, accs: tuple, failing: str) -> None:
-    items = {i.name: i.passed for i in checklist(row(**attrs).attrs, log(*accs))}
-    assert [name for name, ok in items.items() if not ok] == [failing]
+def test_checklist_fails_each_criterion(
+    moves: tuple, accs: tuple, failing: str, result: str
+) -> None:
+    items = {i.name: i.result for i in checklist(attrs_of(*moves), log(*accs))}
+    assert {name: r for name, r in items.items() if r != "pass"} == {failing: result}
 
 
 @pytest.mark.e2e
@@ -91,7 +115,7 @@ def test_report_of_a_real_study(tmp_path: Path, tiny_dataset: Path) -> None:
     assert records.best is not None and records.best.number in {t.number for t in complete}
     assert records.best_curve and len(records.best_curve) == records.best.epochs
     assert {p.group for p in records.best_lr} == {"backbone", "head"}
-    assert len(records.checklist) == 5
+    assert len(records.checklist) == 6
     assert records.compute.trial_hours > 0 and records.compute.cost == 0.0  # no GPU asked
     assert records.parallel_params == ["optim.lr", "loss.name"]
 

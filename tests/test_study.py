@@ -50,12 +50,18 @@ def test_classifier_studies_search_the_usual_knobs(
 def test_effb2_keeps_the_default_medical_constraints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     loaded = load_study(Path("studies/effb2.yaml"))
-    assert [(c.metric, c.min) for c in loaded.config.objective.constraints] == [
-        ("sensitivity_severe_npdr", 0.90),
-        ("sensitivity_pdr", 0.95),
-        ("min_specificity", 0.90),
+    from drsearch.clinical import DEFAULT_CONSTRAINTS
+
+    objective = loaded.config.objective
+    assert [(c.metric, c.min) for c in objective.constraints] == [
+        (c.metric, c.min) for c in DEFAULT_CONSTRAINTS
     ]
+    assert objective.constraints_on == "lower_bound" and objective.confidence == 0.90
     assert loaded.recipe.model.name == "efficientnet_b2"
+    # a finalist stage on 5 folds, which the search validates on (fold 0), and a test set
+    assert loaded.config.finalists.folds == 5 and loaded.config.finalists.top_k == 3
+    assert (loaded.recipe.data.cv_folds, loaded.recipe.data.cv_fold) == (5, 0)
+    assert loaded.recipe.data.test_fraction == 0.15
 
 
 def study_file(tmp_path: Path, **changes: object) -> Path:

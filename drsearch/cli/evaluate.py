@@ -19,7 +19,8 @@ ALL_VIEWS = ("identity", "hflip", "vflip")
     "which",
     default="best",
     show_default=True,
-    help="Of a study: 'best' (the best feasible trial) or a trial number.",
+    help="Of a study: 'best' (the crowned finalist once a finalist stage ran, else the best "
+    "feasible trial), 'search-best' (the search's own best) or a trial number.",
 )
 @click.option(
     "--top-k",
@@ -89,7 +90,7 @@ def evaluate(
         temperature=temperature,
     )
     stored: dict[str, Any] | None = None
-    study = None
+    study = loaded = None
     if is_ensemble_file(read_yaml(target)):
         members, stored, views = _ensemble_members(target, which, top_k, weights)
         name = tag = target.stem
@@ -98,9 +99,24 @@ def evaluate(
         members, name, tag, study = _recipe_members(target, weights, which, top_k)
         stored = (members[0].stored or {}).get("operating_points")
     else:
-        members, name, tag, study = _study_members(target, which, top_k, storage, run_root, smoke)
+        members, name, tag, loaded = _study_members(
+            target, which, top_k, storage, run_root, smoke, tta
+        )
+        from drsearch.search.database import open_existing
+
+        study = open_existing(loaded.config, loaded.path)
     record = run_evaluation(members, options, stored)
-    tag += "-tta" if tta else ""
+    tag += "-tta" if tta and study is None else ""
+    if study is not None:  # logged before the paragraph, so it counts this use too
+        _log_test_use(study, record, tag)
+    from drsearch.inspect.methods import methods_paragraph
+
+    facts = None
+    if study is not None:
+        from drsearch.search.export import study_facts
+
+        facts = study_facts(loaded, study)
+    record["methods"] = methods_paragraph(record, facts)
     folder = out or Path("reports") / name
     json_path, html_path = folder / f"evaluation-{tag}.json", folder / f"evaluation-{tag}.html"
     _write(record, json_path, html_path, f"drsearch evaluation: {name}, {tag}")
@@ -111,12 +127,35 @@ def evaluate(
     _print(record, json_path, html_path)
 
 
+#: The study user attribute that logs every use of the held-out test set.
+TEST_LOG_ATTR = "drsearch:test_evaluations"
+
+
+def _log_test_use(study: Any, record: dict[str, Any], tag: str) -> None:
+    """Record this test-set evaluation with the study (what, when); once a second candidate
+    has been measured on the test set, say that its figures are no longer unbiased."""
+    import time
+
+    log = list(study.user_attrs.get(TEST_LOG_ATTR) or [])
+    trials = sorted(record["what"]["trials"])
+    log.append({"tag": tag, "trials": trials, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    study.set_user_attr(TEST_LOG_ATTR, log)
+    candidates = {tuple(e["trials"]) for e in log}
+    if len(candidates) > 1:
+        click.echo(
+            f"Warning: the held-out test set has now measured {len(candidates)} candidates "
+            f"({'; '.join('trials ' + ', '.join(map(str, c)) for c in sorted(candidates))}): "
+            "choosing among them by their test figures makes those figures optimistic too; "
+            "report the first candidate's, or hold out a fresh test set",
+            err=True,
+        )
+
+
 def _study_members(
     target: Path, which: str, top_k: int | None, storage: str | None, run_root: Path | None,
-    smoke: bool,
+    smoke: bool, tta: bool,
 ) -> tuple[list[Any], str, str, Any]:  # fmt: skip
-    from drsearch.search.database import open_existing
-    from drsearch.search.export import ranked_trials, select_trial, trial_model
+    from drsearch.search.export import evaluation_tag, ranked_trials, select_trial, trial_model
 
     loaded = _open_study(target, storage, run_root, smoke)
     name = loaded.config.name + ("-smoke" if smoke else "")
@@ -124,10 +163,10 @@ def _study_members(
         if which != "best":
             raise UserError("--top-k and --trial: give one of them")
         trials = ranked_trials(loaded, top_k)
-        tag = f"top{len(trials)}"  # fewer when fewer trials are feasible
+        tag = evaluation_tag([t.number for t in trials], tta)
     else:
         trials = [select_trial(loaded, which, infeasible_ok=True)]
-        tag = f"trial{trials[0].number}"
+        tag = evaluation_tag([trials[0].number], tta)
         if which == "best" and not trials[0].user_attrs.get("feasible"):
             click.echo(
                 f"Warning: no trial meets the study's constraints; evaluating the best "
@@ -135,7 +174,7 @@ def _study_members(
                 err=True,
             )
     members = [trial_model(t) for t in trials]
-    return members, name, tag, open_existing(loaded.config, loaded.path)
+    return members, name, tag, loaded
 
 
 def _ensemble_members(
@@ -190,7 +229,8 @@ def _print(record: dict[str, Any], json_path: Path, html_path: Path) -> None:
     console = stderr_console(stderr=False)
     table = Table(
         title=f"{', '.join(record['what']['models'])} on the held-out test set "
-        f"({data['n_test']} images; 95% intervals)"
+        f"({data['n_test']} images of {data.get('n_test_patients', data['n_test'])} patients; "
+        f"95% intervals)"
     )
     for column in ("figure", "test", "validation (chose; optimistic)"):
         table.add_column(column)
@@ -200,9 +240,21 @@ def _print(record: dict[str, Any], json_path: Path, html_path: Path) -> None:
     for name, op in record["operating_points"].items():
         target = {k: v for k, v in op.items() if k.startswith("target_")}
         ((kind, value),) = target.items()
+        there = op.get("validation_at_threshold", {}).get(kind[7:], {})
+        low = f"; on validation {there['value']:.3f}, lower bound {there['low']:.3f}" if (
+            there.get("low") is not None
+        ) else ""  # fmt: skip
         console.print(
             f"operating point {name}: P(grade >= {op['grade_at_least']}) >= "
-            f"{op['threshold']:.4f} (chosen on validation for {kind[7:]} {value:g})"
+            f"{op['threshold']:.4f} (chosen on validation for {kind[7:]} {value:g}{low})"
+        )
+        if op.get("warning"):
+            console.print(f"Warning: {op['warning']}")
+    data = record["data"]
+    if data.get("test_duplicates_of_train"):
+        console.print(
+            f"Warning: {data['test_duplicates_of_train']} test images have the same file "
+            "content as a training image (set data.drop_val_duplicates: true to drop them)"
         )
     for m in record["members"]:
         if m["temperature"] != 1.0:
@@ -210,117 +262,152 @@ def _print(record: dict[str, Any], json_path: Path, html_path: Path) -> None:
                 f"{m['model']}: temperature {m['temperature']:.3f} (fitted on validation); test "
                 f"ECE {m['test_ece_before_temperature']:.3f} without it"
             )
-    passed = sum(c["passed"] for c in record["checklist"])
-    console.print(f"medical-grade checklist on test: {passed}/{len(record['checklist'])} pass")
+    results = [c["result"] for c in record["checklist"]]
+    console.print(
+        f"medical-grade checklist on test (95% intervals): {results.count('pass')} pass, "
+        f"{results.count('fail')} fail, {results.count('inconclusive')} inconclusive of "
+        f"{len(results)}"
+    )
     click.echo(f"evaluation -> {json_path} and {html_path}")
 
 
 @cli.command()
 @click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
 @click.option(
-    "--top-k", default=3, show_default=True, type=click.IntRange(min=1),
-    help="How many of the best feasible trials to retrain.",
+    "--top-k", type=click.IntRange(min=1),
+    help="How many finalists (default: the study's finalists.top_k, else 3).",
 )  # fmt: skip
 @click.option(
-    "--seeds", default=3, show_default=True, type=click.IntRange(min=2),
-    help="Fresh training seeds per finalist (train.seed + 1 .. + SEEDS).",
+    "--seeds", type=click.IntRange(min=2),
+    help="Retrain each finalist with this many fresh seeds (train.seed + 1 .. + SEEDS).",
+)  # fmt: skip
+@click.option(
+    "--folds", type=click.IntRange(min=2),
+    help="Retrain each finalist on every fold of data.cv_folds and pool the out-of-fold "
+    "predictions (the study must have validated on those folds).",
 )  # fmt: skip
 @click.option("--executor", type=click.Choice(["ray", "local"]), help="Override executor.")
 @click.option(
     "--max-concurrent", type=click.IntRange(min=1), help="Override resources.max_concurrent."
 )
+@click.option("--retry-failed", is_flag=True, help="Run failed confirmation runs again.")
 @_storage_opt
 @_smoke_options
 @click.option("--quiet", is_flag=True, help="No live progress view.")
 def confirm(
     study: Path,
-    top_k: int,
-    seeds: int,
+    top_k: int | None,
+    seeds: int | None,
+    folds: int | None,
     executor: str | None,
     max_concurrent: int | None,
+    retry_failed: bool,
     storage: str | None,
     run_root: Path | None,
     smoke: bool,
     quiet: bool,
 ) -> None:
-    """Retrain the study's top-k feasible configurations with fresh seeds and rank them by
-    their mean, not their luckiest seed.
+    """Confirm the study's finalists (its finalist stage, run on demand): retrain the top-k
+    trials by search value on every fold or with fresh seeds, and crown the best feasible
+    confirmed one as the study's best.
 
+    Without --seeds/--folds, the study file's finalists: section says how (else 3 seeds).
     The runs are trials of the study <name>-confirm in the same storage (each linked to its
     source trial); running the command again continues them.
     """
-    from drsearch.search.confirm import confirmation_study, summarise
-    from drsearch.search.runners import run_study
+    from drsearch.search.selection import plan_of
 
     overrides = {"executor": executor, "resources.max_concurrent": max_concurrent}
     loaded = _open_study(study, storage, run_root, smoke, overrides)
-    companion = confirmation_study(loaded, top_k, seeds)
-    if quiet:
-        summary = run_study(companion)
-    else:
-        from drsearch.cli.progress import RichStudyProgress
+    plan = plan_of(loaded, top_k, seeds, folds)
+    from drsearch.cli.study import _study_flags
+    from drsearch.search.database import masked_url
 
-        with RichStudyProgress(companion.config.budget.n_trials, companion.max_epochs) as progress:
-            summary = run_study(companion, progress)
-    click.echo(
-        f"confirmation study {companion.config.name}: {summary.counts.counted} runs "
-        f"({summary.counts.complete} complete, {summary.counts.failed} failed), "
-        f"wall {summary.wall_seconds:.1f}s"
+    again = (
+        f"drsearch confirm {study}"
+        + _study_flags(smoke, run_root, storage and masked_url(storage))
+        + f" --top-k {plan.top_k} --{plan.mode} {plan.n}"
     )
-    finalists = summarise(loaded)
-    record = _confirm_record(finalists, seeds)
+    record = run_finalists(loaded, plan, quiet, again, retry_failed)
     name = loaded.config.name + ("-smoke" if smoke else "")
     path = Path("reports") / name / "confirm.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     from drsearch.inspect.evaluate import write_record
-    from drsearch.search.database import open_existing
 
     write_record(record, path)
-    open_existing(loaded.config, loaded.path).set_user_attr("confirm", record)
-    _print_finalists(record)
     click.echo(f"confirmation -> {path}")
 
 
-def _confirm_record(finalists: list[Any], seeds: int) -> dict[str, Any]:
-    return {
-        "ranked_by": "mean objective value over the confirmation seeds",
-        "finalists": [
-            {
-                "trial": f.source.number,
-                "search_value": f.source.value,
-                "params": f.source.params,
-                "seeds": [r.user_attrs.get("seed") for r in f.runs],
-                "runs": [r.number for r in f.runs],
-                "stats": f.stats,
-                "stable_across_seeds": f.variation.__dict__,
-            }
-            for f in finalists
-        ],
-    }
+def run_finalists(
+    loaded: Any, plan: Any, quiet: bool, rerun: str | None = None, retry_failed: bool = False
+) -> dict[str, Any]:
+    """Run the finalist stage of ``loaded`` (``plan``): its runs, then the record, printed.
+    ``rerun``: the command that continues it after Ctrl-C; ``retry_failed``: failed runs are
+    queued again."""
+    from drsearch.search.runners import run_study
+    from drsearch.search.selection import confirm_record, confirmation_study
+
+    companion = confirmation_study(loaded, plan, retry_failed)
+    if quiet:
+        summary = run_study(companion, rerun=rerun)
+    else:
+        from drsearch.cli.progress import RichStudyProgress
+
+        with RichStudyProgress(companion.config.budget.n_trials, companion.max_epochs) as progress:
+            summary = run_study(companion, progress, rerun=rerun)
+    click.echo(
+        f"finalist stage ({plan.label}), study {companion.config.name}: "
+        f"{summary.counts.counted} runs ({summary.counts.complete} complete, "
+        f"{summary.counts.failed} failed), wall {summary.wall_seconds:.1f}s"
+    )
+    record = confirm_record(loaded, plan)
+    print_finalists(record)
+    return record
 
 
-def _print_finalists(record: dict[str, Any]) -> None:
+def print_finalists(record: dict[str, Any]) -> None:
     from rich.table import Table
 
     from drsearch.cli.progress import stderr_console
     from drsearch.fmt import num
 
-    table = Table(title="Finalists ranked by their mean over fresh seeds")
-    for column in ("rank", "trial", "search value", "mean value", "sd", "seeds",
-                   "accuracy mean (min-max)", "PDR sens. mean", "< 5 points"):  # fmt: skip
+    plan = record["plan"]
+    table = Table(
+        title=f"Finalists: top {plan['top_k']}, confirmed on {plan['n']} {plan['mode']} "
+        f"(constraints on the {record['constraints_on'].replace('_', ' ')})"
+    )
+    for column in ("trial", "search value", "confirmed value", "optimism gap", "feasible",
+                   "confirmed on", "note"):  # fmt: skip
         table.add_column(column)
-    for rank, f in enumerate(record["finalists"], 1):
-        s, acc = f["stats"], f["stats"]["accuracy"]
-        v = f["stable_across_seeds"]
+    for e in record["finalists"]:
+        crowned = e["trial"] == record["crowned"]
+        failed = "; ".join(_failed_run(f) for f in e["failed_runs"])
+        note = "crowned" if crowned else ""
+        if not e["complete"]:
+            note = "not confirmed: " + (failed or "runs missing")
+        elif not e["feasible"]:
+            note = "; ".join(e["infeasible_reasons"])
+        elif failed:
+            note += f" (failed: {failed})"
         table.add_row(
-            str(rank),
-            str(f["trial"]),
-            num(f["search_value"]),
-            num(s["value"]["mean"]),
-            num(s["value"]["sd"]),
-            str(s["value"]["n"]),
-            f"{num(acc['mean'])} ({num(acc['min'])}-{num(acc['max'])})",
-            num(s["sensitivity_pdr"]["mean"]),
-            ("PASS" if v["passed"] else "FAIL") + f" ({num(v['observed'])})",
+            str(e["trial"]) + (" *" if crowned else ""),
+            num(e["search_value"]),
+            num(e.get("confirmed_value")),
+            num(e.get("optimism_gap")),
+            {True: "yes", False: "no", None: "-"}[e.get("feasible")],
+            e.get("evidence", "-"),
+            note,
         )
     stderr_console(stderr=False).print(table)
+    if record["crowned"] is None:
+        click.echo("no finalist meets the constraints on its confirmation: no winner is named")
+    else:
+        click.echo(
+            f"study best: trial {record['crowned']} (confirmed); the search's own best was "
+            f"trial {record['search_best']}"
+        )
+
+
+def _failed_run(f: dict[str, Any]) -> str:
+    which = f"fold {f['fold']}" if f.get("fold") is not None else f"seed {f.get('seed')}"
+    return f"run {f['run']} ({which}) {f['reason']}"

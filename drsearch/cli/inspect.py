@@ -26,12 +26,16 @@ def report(
     from drsearch.inspect.report.plots import write_report
     from drsearch.inspect.report.records import build_records
     from drsearch.search.database import open_existing
+    from drsearch.search.selection import FINALISTS_ATTR, study_best
 
     loaded = _open_study(study, storage, run_root, smoke)
     cfg = loaded.config
     opened = open_existing(cfg, study)
     default = Path("reports") / (f"{cfg.name}-smoke" if smoke else cfg.name)
-    path = write_report(build_records(loaded, opened), opened, out or default)
+    chosen = study_best(opened)
+    crowned = chosen.trial.number if chosen.source == "finalists" and chosen.trial else None
+    records = build_records(loaded, opened, crowned, opened.user_attrs.get(FINALISTS_ATTR))
+    path = write_report(records, opened, out or default)
     click.echo(f"report of study {cfg.name} -> {path}")
 
 
@@ -150,13 +154,13 @@ def trials(
         click.echo(json.dumps([line.as_json() for line in lines], indent=2))
         return
     table = Table(title=f"study {cfg.name}: {len(lines)} trials", title_justify="left")
-    for column in ("#", "state", "value", "feasible", "constraints short by", "epochs", "time"):
+    for column in ("#", "state", "value", "feasible", "short by (std. errors)", "epochs", "time"):
         table.add_column(column, justify="right" if column in ("#", "value", "epochs") else "left")
     table.add_column("parameters / note", overflow="fold")
     for r in lines:
-        short_by = ", ".join(f"{k} {v:.3f}" for k, v in r.shortfalls.items() if v > 0) or (
-            "-" if r.feasible is None else "none"
-        )
+        missed = [f"{k} {v:.2f}" for k, v in r.shortfalls.items() if v > 0]
+        missed += ["below the trivial model"] if r.below_trivial else []
+        short_by = ", ".join(missed) or ("-" if r.feasible is None else "none")
         feasible = {True: "yes", False: "no", None: "-"}[r.feasible]
         params = ", ".join(f"{k}={short(v)}" for k, v in r.params.items())
         table.add_row(
@@ -179,19 +183,32 @@ def trials(
 @_storage_opt
 @_smoke_options
 def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -> None:
-    """Show the best feasible trial: value, medical-grade figures, parameters, where it is."""
-    from drsearch.inspect.trials import best_trial, trial_line
+    """Show the study's best trial (the crowned finalist once a finalist stage has run, else
+    the best feasible trial): value, medical-grade figures, parameters, where it is."""
+    from drsearch.inspect.trials import trial_line
     from drsearch.search.database import open_existing
+    from drsearch.search.selection import FINALISTS_ATTR, study_best
 
     cfg = _open_study(study, storage, run_root, smoke).config
-    trial = best_trial(open_existing(cfg, study))
+    opened = open_existing(cfg, study)
+    chosen = study_best(opened)
+    record = opened.user_attrs.get(FINALISTS_ATTR)
+    if chosen.note:
+        click.echo(f"Warning: {chosen.note}", err=True)
+    if record is not None:
+        from drsearch.cli.evaluate import print_finalists
+
+        print_finalists(record)
+    trial = chosen.trial
     if trial is None:
         raise UserError(
-            f"{study}: study {cfg.name!r} has no feasible complete trial yet; see "
-            f"`drsearch trials {study}` for what the trials reached"
+            f"{study}: study {cfg.name!r} has no "
+            + ("feasible confirmed finalist" if record else "feasible complete trial yet")
+            + f"; see `drsearch trials {study}` for what the trials reached"
         )
     r = trial_line(trial)
-    click.echo(f"best feasible trial of {cfg.name}: trial {r.number}, value {num(r.value, 4)}")
+    what = "crowned finalist" if chosen.source == "finalists" else "best feasible trial"
+    click.echo(f"{what} of {cfg.name}: trial {r.number}, search value {num(r.value, 4)}")
     click.echo(
         "  "
         + ", ".join(f"{k} {num(v)}" for k, v in r.metrics.items())

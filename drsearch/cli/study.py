@@ -78,8 +78,6 @@ def run(
     """
     import torch
 
-    from drsearch.search.runners import run_study
-
     overrides = {
         "smoke.n_trials" if smoke else "budget.n_trials": n_trials,
         "executor": executor,
@@ -100,6 +98,31 @@ def run(
 
     naming = _study_flags(smoke, run_root, storage and masked_url(storage), study_name)
     again = f"drsearch run {study}{naming}"
+    from drsearch.search.runners import executor_session
+
+    with executor_session(loaded, ray_address):  # one Ray session for search and finalists
+        summary, wall = _run_and_confirm(loaded, quiet, retry_failed, again)
+    click.echo(wall)
+    held_out = bool(loaded.recipe.data.test_fraction) or any(
+        s.use == "test" for s in loaded.recipe.data.sources
+    )
+    _print_next_steps(study, smoke, run_root, summary, held_out, bool(loaded.config.finalists))
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("storage")
+    if storage is not None and source == ParameterSource.COMMANDLINE:
+        click.echo("  (add the same --storage to each, or export DRSEARCH_STORAGE=... once)")
+    if summary.counts.counted and summary.counts.counted == summary.counts.failed:
+        raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
+
+
+def _run_and_confirm(loaded: Any, quiet: bool, retry_failed: bool, again: str) -> tuple[Any, str]:
+    """Run the search, print its summary, then the finalist stage once the search budget is
+    spent and nothing runs. Returns the search's summary and the wall-time line."""
+    import time
+
+    from drsearch.search.runners import run_study
+
     if quiet:
         summary = run_study(loaded, retry_failed=retry_failed, rerun=again)
     else:
@@ -108,18 +131,25 @@ def run(
         with RichStudyProgress(loaded.config.budget.n_trials, loaded.max_epochs) as progress:
             summary = run_study(loaded, progress, retry_failed=retry_failed, rerun=again)
     _print_summary(summary)
-    click.echo(f"study wall time: {summary.wall_seconds:.1f}s")
-    held_out = bool(loaded.recipe.data.test_fraction) or any(
-        s.use == "test" for s in loaded.recipe.data.sources
-    )
-    _print_next_steps(study, smoke, run_root, summary, held_out)
-    from click.core import ParameterSource
+    c = summary.counts
+    search_only = f"study wall time: {summary.wall_seconds:.1f}s"
+    if not loaded.config.finalists:
+        return summary, search_only
+    if c.counted < summary.n_trials or c.running or c.paused:
+        click.echo("finalist stage: after the search budget is spent and no trial runs")
+        return summary, search_only
+    # the search budget is spent and nothing runs: the finalist stage (continued when an
+    # earlier run already queued it; another runner of the study shares its runs)
+    from drsearch.cli.evaluate import run_finalists
+    from drsearch.search.selection import plan_of
 
-    source = click.get_current_context().get_parameter_source("storage")
-    if storage is not None and source == ParameterSource.COMMANDLINE:
-        click.echo("  (add the same --storage to each, or export DRSEARCH_STORAGE=... once)")
-    if summary.counts.counted and summary.counts.counted == summary.counts.failed:
-        raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
+    started = time.time()
+    run_finalists(loaded, plan_of(loaded), quiet, again, retry_failed)
+    stage = time.time() - started
+    return summary, (
+        f"study wall time: {summary.wall_seconds + stage:.1f}s (search "
+        f"{summary.wall_seconds:.1f}s, finalists {stage:.1f}s)"
+    )
 
 
 _samples_opt = click.option(
@@ -141,7 +171,11 @@ def check(study: Path, samples: int) -> None:
     loaded = load_study(study)
     for warning in loaded.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    check_inputs(loaded, generate=False)
+    evidence: list[str] = []
+    for warning in check_inputs(loaded, generate=False, evidence=evidence):
+        click.echo(f"Warning: {warning}", err=True)
+    for line in evidence:
+        click.echo(f"constraint evidence: {line}")
     problems = sample_problems(loaded, samples)
     if problems:
         raise UserError(
@@ -194,7 +228,9 @@ def _print_summary(s: Any) -> None:
     if s.best is not None:
         kind = "feasible" if s.best_feasible else "no trial is feasible; best infeasible"
         params = ", ".join(f"{k}={short(v)}" for k, v in s.best.params.items())
-        click.echo(f"best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}")
+        click.echo(
+            f"search best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}"
+        )
 
 
 def _study_flags(
@@ -208,7 +244,12 @@ def _study_flags(
 
 
 def _print_next_steps(
-    study: Path, smoke: bool, run_root: Path | None, s: Any, held_out: bool = False
+    study: Path,
+    smoke: bool,
+    run_root: Path | None,
+    s: Any,
+    held_out: bool = False,
+    finalists: bool = False,
 ) -> None:
     """Where to look next: the commands that open this study's results (with the same
     ``--smoke`` and ``--run-root``)."""
@@ -217,10 +258,18 @@ def _print_next_steps(
     flag = _study_flags(smoke, run_root)
     click.echo("next steps:")
     steps = [
+        (f"drsearch best {study}{flag}", "the study's best: figures, parameters, finalists"),
         (f"drsearch trials {study}{flag}", "every trial in a table"),
         (f"drsearch report {study}{flag}", "one HTML page: history, curves, per-grade figures"),
         (f"drsearch dashboard {study}{flag}", "optuna-dashboard on http://127.0.0.1:8080"),
     ]
+    if s.best is not None and not finalists:
+        steps.append(
+            (
+                f"drsearch confirm {study}{flag}",
+                "retrain the top 3 with fresh seeds: is the winner luck?",
+            )
+        )
     if s.best is not None and held_out:
         steps.append(
             (
@@ -247,7 +296,8 @@ def _print_next_steps(
     "which",
     default="best",
     show_default=True,
-    help="'best' (the best feasible trial) or a trial number.",
+    help="'best' (the crowned finalist once a finalist stage ran, else the best feasible "
+    "trial), 'search-best' (the search's own best) or a trial number.",
 )
 @click.option(
     "-o",

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field
 
 from drsearch.clinical import (
+    CONSTRAINT_CONFIDENCE,
     DEFAULT_CONSTRAINTS,
     PRIMARY_METRIC_RANGES,
     Score,
@@ -27,13 +28,17 @@ PRIMARY_METRICS = PRIMARY_METRIC_RANGES
 PrimaryMetric = Literal["accuracy", "balanced_accuracy", "qwk", "macro_f1", "referable_auc"]
 
 
-#: Metrics a constraint may bound from below (each a number in [0, 1]).
+#: Metrics a constraint may bound from below: each a proportion of images (or the worst or
+#: the mean of several), judged on its counts (``clinical.PROPORTIONS``).
 ConstraintMetric = Literal[
     "accuracy",
     "balanced_accuracy",
-    "macro_f1",
     "sensitivity_severe_npdr",
     "sensitivity_pdr",
+    "referred_severe_npdr",
+    "referred_pdr",
+    "ppv_severe_npdr",
+    "ppv_pdr",
     "min_specificity",
     "min_sensitivity",
     "referable_sensitivity",
@@ -58,15 +63,26 @@ class Constraint(Section):
 
 
 def _default_constraints() -> list[Constraint]:
-    return [Constraint(metric=metric, min=low) for metric, low in DEFAULT_CONSTRAINTS]
+    return [Constraint(metric=c.metric, min=c.min) for c in DEFAULT_CONSTRAINTS]
 
 
 class ObjectiveConfig(Section):
-    """Primary metric to maximise, and medical-grade constraints on the best epoch."""
+    """Primary metric to maximise, and medical-grade constraints on the best epoch.
+
+    ``constraints_on``: ``lower_bound`` (default) meets a constraint when its one-sided Wilson
+    lower bound at ``confidence`` reaches the minimum; ``point`` when the estimate does."""
 
     metric: PrimaryMetric = "accuracy"
     constraints: list[Constraint] = Field(default_factory=_default_constraints)
+    constraints_on: Literal["point", "lower_bound"] = "lower_bound"
+    confidence: float = Field(CONSTRAINT_CONFIDENCE, ge=0.5, lt=1.0)
 
     def score(self, metrics: dict[str, Any]) -> Score:
         """The objective of one epoch's validation metrics (``clinical.objective_score``)."""
-        return objective_score(self.metric, [(c.metric, c.min) for c in self.constraints], metrics)
+        return objective_score(
+            self.metric,
+            [(c.metric, c.min) for c in self.constraints],
+            metrics,
+            self.constraints_on,
+            self.confidence,
+        )

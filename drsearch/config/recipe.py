@@ -100,6 +100,11 @@ class DataConfig(Section):
     #: Share of all images held out as the test set, which a search never sees (patient-level,
     #: stratified, carved before validation); 0 keeps none (a source may give one: use: test)
     test_fraction: float = Field(0.0, ge=0, lt=1)
+    #: Cross-validation: K patient-grouped, grade-stratified folds of the non-test images; the
+    #: validation split is fold ``cv_fold`` (``val_fraction`` is then not used). A study's
+    #: finalist stage retrains on every fold and pools the out-of-fold predictions.
+    cv_folds: int | None = Field(None, ge=2, le=20)
+    cv_fold: int = Field(0, ge=0, le=19)
     seed: Seed = 0
     skip_bad: bool = False
     drop_val_duplicates: bool = False
@@ -114,6 +119,18 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _room_for_training(self) -> DataConfig:
+        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
+            raise KeyedValueError(
+                "data.cv_fold",
+                f"must be one of the folds 0..{self.cv_folds - 1} of data.cv_folds, "
+                f"got {self.cv_fold}",
+            )
+        if self.cv_folds is not None and any(s.use == "val" for s in self.sources):
+            raise KeyedValueError(
+                "data.cv_folds",
+                "the folds make the validation split; drop use: val from data.sources, or "
+                "drop data.cv_folds",
+            )
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction must leave at least 10% for training, got "
@@ -295,6 +312,10 @@ class TrainConfig(Section):
     ] = "qwk"
     # with monitor: objective, the study's objective (a study pins it into every trial)
     objective: ObjectiveConfig | None = None
+    #: Keep epoch N as the run's result, whatever validation says, and stop there (the
+    #: schedule stays planned for ``epochs``): a finalist's fold or seed run is scored at the
+    #: epoch its search trial chose, not at an epoch chosen again on the data it is scored on
+    select_epoch: int | None = Field(None, ge=1, le=100_000)
     seed: Seed = 0
     #: Mixed precision: true = bf16 autocast on a GPU that has it, else fp16 with a gradient
     #: scaler, and fp32 on the CPU; "bf16" also on the CPU; "fp16" (GPU only); false = fp32
@@ -346,6 +367,11 @@ class Recipe(Section):
                 "schedule.warmup_epochs",
                 f"warmup must end before training does: must be < train.epochs ({epochs}), "
                 f"got {self.schedule.warmup_epochs}",
+            )
+        if self.train.select_epoch is not None and self.train.select_epoch > epochs:
+            raise _at(
+                "train.select_epoch",
+                f"must be <= train.epochs ({epochs}), got {self.train.select_epoch}",
             )
         if self.model.head != "classification" and self.loss.name == "focal":
             raise _at(

@@ -104,6 +104,22 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 SearchSpace = dict[str, FloatParam | IntParam | CategoricalParam]
 
 
+#: Keys a search may not touch, and why: they define the data every trial is judged on, or
+#: the rule that judges it, so trials searched over them are not comparable.
+FIXED_KEYS = {
+    "data.seed": "it draws the validation split: trials would be judged on different images",
+    "data.val_fraction": "it sizes the validation split: trials would be judged on different "
+    "images",
+    "data.test_fraction": "it carves the held-out test set: a search must never move it",
+    "data.cv_folds": "it makes the folds: trials would be judged on different images",
+    "data.cv_fold": "it picks the validation fold: trials would be judged on different images",
+    "train.monitor": "a study pins it to its objective, so every trial's best epoch is chosen "
+    "on what the study ranks by",
+    "train.objective": "a study pins its own objective into every trial",
+    "train.select_epoch": "the finalist stage sets it",
+}
+
+
 def load_search_space(path: Path, base: Recipe) -> SearchSpace:
     """Read and check a search-space file against the recipe schema and the base recipe."""
     space: SearchSpace = {
@@ -111,6 +127,13 @@ def load_search_space(path: Path, base: Recipe) -> SearchSpace:
     }
     if not space:
         raise ConfigError(f"{path}: the search space is empty; add at least one parameter")
+    for key in space:
+        fixed = next((k for k in FIXED_KEYS if key == k or key.startswith(k + ".")), None)
+        if fixed is not None:
+            raise ConfigError(
+                f"{path}: {key}: may not be searched ({FIXED_KEYS[fixed]}); set it in the "
+                "recipe or the study's overrides instead"
+            )
     flat = base.model_dump(mode="json")
     for key, param in space.items():
         where = f"{path}: {key}"

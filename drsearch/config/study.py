@@ -83,6 +83,27 @@ class ReportConfig(Section):
     top_trials: int = Field(5, ge=1, le=20)
 
 
+class FinalistConfig(Section):
+    """The finalist stage: once the search budget is spent, the ``top_k`` trials by search
+    value are retrained on every cross-validation fold (``folds``: their metrics pooled over
+    the out-of-fold predictions) or with fresh seeds (``seeds``), and the study's best becomes
+    the best feasible confirmed finalist (``drsearch.search.selection``)."""
+
+    top_k: int = Field(3, ge=1, le=50)
+    folds: int | None = Field(None, ge=2, le=20)
+    seeds: int | None = Field(None, ge=2, le=20)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> FinalistConfig:
+        if (self.folds is None) == (self.seeds is None):
+            raise ValueError(
+                "give folds (retrain on every cross-validation fold, pool the out-of-fold "
+                "predictions: K times the rare-grade images) or seeds (retrain with fresh "
+                "seeds on the same split), not both and not neither"
+            )
+        return self
+
+
 class SmokeConfig(Section):
     """How ``drsearch run --smoke`` shrinks the study into a wiring check (search/smoke.py)."""
 
@@ -109,6 +130,7 @@ class StudyConfig(Section):
     executor: Literal["ray", "local"] = "ray"
     ray: RayConfig = Field(default_factory=RayConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    finalists: FinalistConfig | None = None
     storage: str | None = None
     run_root: Path = Path("runs")
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
@@ -164,6 +186,8 @@ class LoadedStudy:
     recipe: Recipe
     space: SearchSpace
     warnings: list[str] = field(default_factory=list)  # said by ``run`` and ``check``
+    smoke: bool = False  # a wiring check (``--smoke``): too few images is said, not refused
+    companion: bool = False  # a finalist stage's study (``search.selection``)
 
     @property
     def max_epochs(self) -> int:
@@ -190,7 +214,7 @@ def load_study(
     # a trial's best epoch (its best.pt, early stopping, the value it is told with) is
     # chosen on what the study ranks by: the study's objective, pinned into every recipe
     train = recipe.train.model_copy(update={"monitor": "objective", "objective": config.objective})
-    recipe = recipe.model_copy(update={"train": train})
+    recipe = recipe.model_copy(update={"train": train, "data": _folds(path, config, recipe)})
     space = load_search_space(config.search_space, recipe)
     _check_pruner(path, config, recipe)
     warnings = _rung_warnings(path, config, recipe, space)
@@ -220,6 +244,22 @@ def _absolute_sqlite(url: str | None, base: Path) -> str | None:
         return url
     fixed = parsed.set(database=str(absolute(Path(parsed.database), base)))
     return fixed.render_as_string(hide_password=False)
+
+
+def _folds(path: Path, config: StudyConfig, recipe: Recipe) -> Any:
+    """The recipe's data section with the finalist stage's folds: the search validates on
+    fold 0 of the same folds its finalists are retrained on."""
+    data = recipe.data
+    folds = config.finalists.folds if config.finalists else None
+    if folds is None:
+        return data
+    if data.cv_folds is not None and data.cv_folds != folds:
+        raise ConfigError(
+            f"{path}: finalists.folds is {folds} but the recipe's data.cv_folds is "
+            f"{data.cv_folds}: the finalists are retrained on the folds the search validated "
+            "on; make them equal (or drop data.cv_folds)"
+        )
+    return data.model_copy(update={"cv_folds": folds, "cv_fold": 0})
 
 
 def _base_recipe(path: Path, config: StudyConfig) -> Recipe:

@@ -18,7 +18,7 @@ from drsearch import NUM_CLASSES
 from drsearch.config.recipe import DataConfig
 from drsearch.data.records import Skipped
 from drsearch.data.sources import load_records
-from drsearch.data.split import split_indices
+from drsearch.data.split import data_split
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DatasetSummary:
 def describe_dataset(cfg: DataConfig) -> DatasetSummary:
     skipped = Skipped()
     records = load_records(cfg.model_copy(update={"skip_bad": True}), skipped)
-    sides = split_indices(records, cfg.val_fraction, cfg.seed, cfg.test_fraction)
+    sides = data_split(records, cfg)
     side = {int(i): name for name, idx in sides._asdict().items() for i in idx}
     counts = {s: [0] * NUM_CLASSES for s in ("train", "val", "test")}
     for i, r in enumerate(records):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,15 @@ class Options:
 
 @dataclass
 class Sides:
-    """Validation and test images at one size, with their labels."""
+    """Validation and test images at one size, with their labels and patients (an image's
+    own id when its patient is unknown)."""
 
     val: Split
     test: Split
     skipped_test: int
+    val_patients: list[str]
+    test_patients: list[str]
+    test_duplicates: int = 0  # test images whose exact file content is also in training
 
 
 def evaluate(
@@ -89,8 +94,14 @@ def evaluate(
         val_pred, test_pred = val_p.argmax(axis=1), test_p.argmax(axis=1)
     operating_points = _operating_points(sides.val.labels, val_p, options, stored_points)
     thresholds = {name: op["threshold"] for name, op in operating_points.items()}
-    validation = _figures(sides.val.labels, val_p, val_pred, thresholds, options, roc=False)
-    test = _figures(sides.test.labels, test_p, test_pred, thresholds, options, roc=True)
+    validation = _figures(
+        sides.val.labels, val_p, val_pred, thresholds, options, False, sides.val_patients
+    )
+    test = _figures(
+        sides.test.labels, test_p, test_pred, thresholds, options, True, sides.test_patients
+    )
+    for name, op in operating_points.items():  # what the chosen threshold rests on
+        op["validation_at_threshold"] = validation["endpoints"][name]["at_operating_point"]
     return {
         "what": {
             "models": [m.label for m in members],
@@ -102,15 +113,19 @@ def evaluate(
         "data": {
             "n_val": int(len(sides.val.labels)),
             "n_test": int(len(sides.test.labels)),
+            "n_train": members[0].fingerprint.get("n_train"),
+            "n_val_patients": len(set(sides.val_patients)),
+            "n_test_patients": len(set(sides.test_patients)),
             "test_sha256": test_sha,
             "skipped_test_images": sides.skipped_test,
+            "test_duplicates_of_train": sides.test_duplicates,
         },
         "confidence": CONFIDENCE,
         "operating_points": operating_points,
         "members": per_member,
         "validation": validation,
         "test": test,
-        "checklist": [c.__dict__ for c in checklist(test["metrics"], members[0].log, "test")],
+        "checklist": [c.as_dict() for c in checklist(test["metrics"], members[0].log, "test")],
     }
 
 
@@ -130,8 +145,10 @@ def held_out_records(member: TrainedModel) -> list[ImageRecord]:
 
 def load_sides(recipe: Recipe, test: list[ImageRecord]) -> Sides:
     """The recipe's validation split (as its runs split it) and the ``test`` records, at the
-    recipe's image size."""
-    from drsearch.data.cache import build_cache
+    recipe's image size. Test images whose file content is also in training are counted and,
+    with ``data.drop_val_duplicates``, dropped, as validation's are."""
+    from drsearch.data.cache import build_cache, default_cache_dir
+    from drsearch.data.content import content_ids
     from drsearch.data.records import Skipped
     from drsearch.train.prepare import prepare_data
 
@@ -144,8 +161,22 @@ def load_sides(recipe: Recipe, test: list[ImageRecord]) -> Sides:
         d.preprocess,
     )  # fmt: skip
     rows = np.flatnonzero(cache.usable)
+    cache_dir = d.cache_dir or default_cache_dir()
+    train_content = set(content_ids([data.records[i] for i in data.train_idx], cache_dir))
+    test_content = content_ids([test[i] for i in rows], cache_dir)
+    dup = np.array([c in train_content for c in test_content], dtype=bool)
+    if d.drop_val_duplicates:
+        rows = rows[~dup]
     labels = np.array([test[i].label for i in rows], dtype=np.int64)
-    return Sides(data.split("val", size), Split(cache.arrays[size], rows, labels), skipped.total)
+    patient = [r.patient_id or r.id for r in data.records]
+    return Sides(
+        data.split("val", size),
+        Split(cache.arrays[size], rows, labels),
+        skipped.total,
+        [patient[i] for i in data.val_idx],
+        [test[i].patient_id or test[i].id for i in rows],
+        int(dup.sum()),
+    )
 
 
 _NO_TEST = (
@@ -246,6 +277,15 @@ def _operating_points(
             f"target_{kind}": target,
             "threshold": threshold,
         }
+        counted = truth if kind == "sensitivity" else ~truth
+        need = math.ceil(1 / (1 - target) - 1e-9) if target < 1 else None
+        if need is not None and counted.sum() < need:
+            side = "positive" if kind == "sensitivity" else "negative"
+            out[name]["warning"] = (
+                f"only {int(counted.sum())} {side} validation images for {name}: a {kind} "
+                f"target of {target:g} is met only by missing none of them (one miss is "
+                f"allowed from {need} images on), so the threshold rests on the extreme one"
+            )
     return out
 
 
@@ -256,23 +296,27 @@ def _figures(
     thresholds: dict[str, float],
     options: Options,
     roc: bool,
+    patients: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of one side, each with its 95% interval."""
+    """Every figure of one side, each with its 95% interval; with ``patients`` of several
+    images, every interval comes from the patient bootstrap (``stats.resamples``)."""
     from drsearch.train.metrics import compute_metrics
 
     labels, preds = np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)
     metrics = compute_metrics(labels, probs, preds)
     cm = np.asarray(metrics["confusion_matrix"])
-    n = int(cm.sum())
+    groups = patients if stats.clustered(patients) else None
+    strata = labels if groups is not None else None
+    seed = options.seed
     per_grade = []
     for g in range(NUM_CLASSES):
-        support, called, tp = int(cm[g].sum()), int(cm[:, g].sum()), int(cm[g, g])
-        tn = n - support - called + tp
+        truth, called = labels == g, preds == g
         per_grade.append({
             "grade": g,
-            "n": support,
-            "sensitivity": stats.proportion(tp, support).as_dict(),
-            "specificity": stats.proportion(tn, n - support).as_dict(),
+            "n": int(truth.sum()),
+            "sensitivity": stats.proportion_estimate(called, truth, labels, groups, seed).as_dict(),
+            "specificity": stats.proportion_estimate(~called, ~truth, labels, groups, seed)
+            .as_dict(),
         })  # fmt: skip
     endpoints = {}
     for name, k in ENDPOINTS.items():
@@ -281,16 +325,25 @@ def _figures(
         endpoints[name] = {
             "grade_at_least": k,
             "n_positive": int(truth.sum()),
-            "auc": stats.auc_estimate(truth, score, options.seed).as_dict(),
-            "at_predicted_grade": stats.at_calls(truth, called),
-            "at_operating_point": stats.at_threshold(truth, score, thresholds[name]),
+            "auc": stats.auc_estimate(truth, score, seed, groups, strata).as_dict(),
+            "at_predicted_grade": stats.at_calls(truth, called, strata, groups),
+            "at_operating_point": stats.at_threshold(
+                truth, score, thresholds[name], strata, groups
+            ),
             **({"roc": stats.roc_points(truth, score)} if roc else {}),
         }
+    everyone = np.ones(len(labels), dtype=bool)
     return {
-        "n": n,
+        "n": int(cm.sum()),
+        "n_patients": len(set(patients)) if patients is not None else int(cm.sum()),
+        "interval_method": "patient bootstrap"
+        if groups is not None
+        else "Wilson / stratified bootstrap",
         "grade_counts": cm.sum(axis=1).tolist(),
-        "accuracy": stats.proportion(int(np.trace(cm)), n).as_dict(),
-        "qwk": stats.qwk_estimate(labels, preds, options.seed).as_dict(),
+        "accuracy": stats.proportion_estimate(
+            preds == labels, everyone, labels, groups, seed
+        ).as_dict(),
+        "qwk": stats.qwk_estimate(labels, preds, seed, groups).as_dict(),
         "balanced_accuracy": metrics["balanced_accuracy"],
         "per_grade": per_grade,
         "endpoints": endpoints,

@@ -7,7 +7,7 @@ import io
 from drsearch.config.recipe import Recipe
 from drsearch.data.records import Skipped
 from drsearch.data.sources import load_records
-from drsearch.data.split import split_indices
+from drsearch.data.split import data_split
 from drsearch.errors import ConfigError
 from drsearch.train.schedule import StepPlan, restart_epochs, schedule_table, steps_per_epoch
 
@@ -16,7 +16,7 @@ def steps_from_data(recipe: Recipe) -> int:
     """Optimizer steps per epoch from the label table and split (images are not decoded)."""
     records = load_records(recipe.data, Skipped())
     d = recipe.data
-    train_idx = split_indices(records, d.val_fraction, d.seed, d.test_fraction).train
+    train_idx = data_split(records, d).train
     return steps_per_epoch(len(train_idx), recipe)
 
 

@@ -17,13 +17,14 @@ class TrialLine:
     state: str
     value: float | None
     feasible: bool | None
-    shortfalls: dict[str, float]  # constraint -> how far below its minimum (0: met)
+    shortfalls: dict[str, float]  # constraint -> standard errors short of its rule (0: met)
     epochs: int | None
     best_epoch: int | None
     seconds: float | None
     params: dict[str, Any]
     note: str = ""  # why it failed, where it was pruned, which trial it re-runs
     metrics: dict[str, Any] = field(default_factory=dict)
+    below_trivial: bool = False  # its primary metric does not beat the trivial model
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +54,7 @@ def trial_line(t: FrozenTrial) -> TrialLine:
         seconds=a.get("wall_seconds"),
         params=dict(t.params),
         note=note,
+        below_trivial=any("trivial model" in r for r in a.get("infeasible_reasons") or []),
         metrics={k: a.get(k) for k in _METRICS if k in a},
     )
 

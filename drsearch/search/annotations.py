@@ -31,10 +31,44 @@ def artifact_store(loaded: LoadedStudy) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(folder))
 
 
-def annotate_study(study: optuna.Study, loaded: LoadedStudy) -> None:
+def annotate_study(
+    study: optuna.Study, loaded: LoadedStudy, finalists: dict[str, Any] | None = None
+) -> None:
+    """The study's dashboard note: its definition and, once its finalist stage has run, the
+    finalists and the crowned best."""
     from optuna_dashboard import save_note
 
-    save_note(study, study_note(loaded))
+    save_note(study, study_note(loaded) + finalists_note(finalists))
+
+
+def finalists_note(record: dict[str, Any] | None) -> str:
+    """The finalist stage as a markdown table (empty before it has run)."""
+    if not record:
+        return ""
+    plan = record["plan"]
+    crowned = record["crowned"]
+    lines = [
+        "",
+        f"## Finalists: top {plan['top_k']}, confirmed on {plan['n']} {plan['mode']}",
+        "",
+        (
+            f"**The study's best is trial {crowned}**, the best feasible confirmed finalist"
+            if crowned is not None
+            else "**No finalist meets the constraints on its confirmation: no winner is named**"
+        )
+        + f" (the search's own best: trial {record['search_best']}). The optimism gap is the "
+        "search value minus the confirmed value.",
+        "",
+        "| trial | search value | confirmed value | optimism gap | feasible | confirmed on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in record["finalists"]:
+        feasible = {True: "yes", False: "**no**", None: "-"}[e.get("feasible")]
+        lines.append(
+            f"| {e['trial']} | {num(e['search_value'])} | {num(e.get('confirmed_value'))} | "
+            f"{num(e.get('optimism_gap'))} | {feasible} | {e.get('evidence', 'not confirmed')} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def annotate_trial(
@@ -102,14 +136,36 @@ def trial_note(number: int, outcome: Outcome, config: StudyConfig) -> str:
             f"({a.get('best_epoch')} of {a.get('epochs_completed')}), minus the penalty when a "
             "constraint fails. The figures below are from that epoch, on the validation split.",
         ]
-    lines = [*head, "", "| constraint | required | observed | holds |", "|---|---|---|---|"]
-    shortfalls = a.get("constraint_shortfalls") or {}
+    rule = config.objective.constraints_on
+    bound = f"{config.objective.confidence:.0%} lower bound" if rule == "lower_bound" else "-"
+    lines = [
+        *head,
+        "",
+        f"| constraint | required | observed (images) | {bound} | met | 95% view |",
+        "|---|---|---|---|---|---|",
+    ]
+    judged = {j["name"]: j for j in a.get("constraint_judgements") or []}
     for c in config.objective.constraints:
-        observed = a.get(c.metric)
-        holds = shortfalls.get(c.name, 0.0) <= 0 and observed is not None
-        lines.append(
-            f"| {c.metric} | >= {c.min:g} | {num(observed)} | {'yes' if holds else '**no**'} |"
+        j = judged.get(c.name, {})
+        counts = (
+            f" ({j['successes']:g}/{j['n']:g})"
+            if j.get("successes") is not None
+            else (f" (n={j['n']:g})" if j.get("n") else "")
         )
+        met = "yes" if j.get("met") else "**no**"
+        lines.append(
+            f"| {c.metric} | >= {c.min:g} | {num(j.get('value', a.get(c.metric)))}{counts} | "
+            f"{num(j.get('lower'))} | {met} | {j.get('result', '-')} |"
+        )
+    if a.get("trivial_value") is not None:
+        lines.append(
+            f"| {config.objective.metric} beats the trivial model | > "
+            f"{num(a.get('trivial_value'))} | {num(a.get('objective_primary'))} | - | "
+            f"{'yes' if a.get('objective_primary', 0) > a.get('trivial_value') else '**no**'} "
+            "| - |"
+        )
+    for reason in a.get("infeasible_reasons") or []:
+        lines.append(f"\nInfeasible: {reason}")
     lines += [
         "",
         "| grade | sensitivity | Wilson 95% lower | specificity | images |",
@@ -164,13 +220,23 @@ def study_note(loaded: LoadedStudy) -> str:
         f"**Model**: `{r.model.name}`, pretrained: {r.model.pretrained}; "
         f"{r.train.epochs} epochs, batch {r.train.batch_size}.\n\n"
         f"**Objective**: maximise {cfg.objective.metric} on the best epoch; constraints: "
-        f"{constraints or 'none'} (infeasible trials score metric - (range + shortfalls)).\n\n"
+        f"{constraints or 'none'}, each met on its "
+        f"{_rule(cfg)}; the metric must beat the trivial model (every image the commonest "
+        "grade). An infeasible trial scores the metric minus 0.1 of its range per standard "
+        "error of shortfall.\n\n"
         f"**Pruner**: ASHA ({cfg.pruner.mode}) on {cfg.pruner.metric}, "
         f"grace {cfg.pruner.grace_period}, "
         f"reduction {cfg.pruner.reduction_factor}; **sampler** {cfg.sampler.name} "
         f"(seed {cfg.sampler.seed}); **budget** {cfg.budget.n_trials} trials.\n\n"
         f"**Search space**:\n{space}\n"
     )
+
+
+def _rule(cfg: Any) -> str:
+    o = cfg.objective
+    if o.constraints_on == "point":
+        return "point estimate"
+    return f"one-sided Wilson lower bound at {o.confidence:.0%} confidence"
 
 
 def _describe(p: dict[str, Any]) -> str:

@@ -10,10 +10,13 @@ from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 
 
-def check_inputs(loaded: LoadedStudy, generate: bool = True) -> None:
+def check_inputs(
+    loaded: LoadedStudy, generate: bool = True, evidence: list[str] | None = None
+) -> list[str]:
     """Before any trial: the data and weights the recipe names exist, and a synthetic set is
     generated (once for the whole study, not once per trial; not at all without
-    ``generate``)."""
+    ``generate``); the validation split can measure and certify what the study asks.
+    Returns warnings to show; ``evidence`` receives one line per constraint: its images."""
     check_weights_exist(loaded)
     data = loaded.recipe.data
     singles = [
@@ -37,55 +40,117 @@ def check_inputs(loaded: LoadedStudy, generate: bool = True) -> None:
                 f"and its recipe are read from the directory drsearch runs in, {Path.cwd()}); "
                 "run drsearch from the folder the paths are relative to, or make them absolute"
             )
-    check_metrics_computable(loaded)
+    return check_metrics_computable(loaded, evidence)
 
 
-#: The validation grades a metric needs to be defined at all (at least one image of one of
-#: them): without, every trial would score it "undefined" and be infeasible without a word.
-NEEDED_GRADES: dict[str, tuple[tuple[int, ...], ...]] = {
-    "sensitivity_severe_npdr": ((3,),),
-    "sensitivity_pdr": ((4,),),
-    "referable_sensitivity": ((2, 3, 4),),
-    "referable_specificity": ((0, 1),),
-    "referable_auc": ((2, 3, 4), (0, 1)),
-    "vtdr_sensitivity": ((3, 4),),
-    "vtdr_specificity": ((0, 1, 2),),
-}
-
-
-def check_metrics_computable(loaded: LoadedStudy) -> None:
-    """Refuse a study whose validation split (as the base recipe splits it, before any
-    unreadable image is dropped) lacks the grades its objective or a constraint needs."""
+def check_metrics_computable(loaded: LoadedStudy, evidence: list[str] | None = None) -> list[str]:
+    """Count the validation images behind the objective and each constraint (as the base
+    recipe splits the data, before any unreadable image is dropped). Refuse a study whose
+    split lacks the grades a metric needs, or (``constraints_on: lower_bound``) has too few
+    to certify a minimum at the study's confidence even with none missed; under ``point``,
+    say so as a warning (a point estimate on few images is a range). Returns the warnings."""
     import numpy as np
 
+    from drsearch.clinical import DENOMINATOR_GRADES
     from drsearch.data.records import Skipped
     from drsearch.data.sources import load_records
-    from drsearch.data.split import split_indices
+    from drsearch.data.split import data_split
     from drsearch.errors import DataError
 
     cfg = loaded.config
-    wanted = [("objective.metric", cfg.objective.metric)] + [
-        (f"objective.constraints.{i}", c.metric) for i, c in enumerate(cfg.objective.constraints)
-    ]
-    if not any(metric in NEEDED_GRADES for _, metric in wanted):
-        return
+    objective = cfg.objective
+    wanted = [(f"objective.constraints.{i}", c) for i, c in enumerate(objective.constraints)]
+    if not wanted and objective.metric != "referable_auc":
+        return []
     data = loaded.recipe.data
     try:
         records = load_records(data, Skipped())
-        val = split_indices(records, data.val_fraction, data.seed, data.test_fraction).val
+        sides = data_split(records, data)
     except DataError:
-        return  # the trials say what is wrong with the data, one line each
-    counts = np.bincount([records[i].label for i in val], minlength=5)
-    for key, metric in wanted:
-        for grades in NEEDED_GRADES.get(metric, ()):
-            if counts[list(grades)].sum() == 0:
-                names = " or ".join(str(g) for g in grades)
-                raise ConfigError(
-                    f"{loaded.path}: {key}: {metric} is undefined on this validation split: "
-                    f"it has no image of grade {names} (validation grade counts "
-                    f"{counts.tolist()}); use data with such images, a larger "
-                    "data.val_fraction, or drop the constraint"
-                )
+        return []  # the trials say what is wrong with the data, one line each
+    counts = np.bincount([records[i].label for i in sides.val], minlength=5)
+    # a finalist stage on folds judges its finalists on every non-test image
+    folds = cfg.finalists.folds if cfg.finalists else None
+    pooled = np.bincount(
+        [records[i].label for i in np.union1d(sides.train, sides.val)], minlength=5
+    )
+    if objective.metric == "referable_auc" and (counts[2:].sum() == 0 or counts[:2].sum() == 0):
+        raise ConfigError(
+            f"{loaded.path}: objective.metric: referable_auc is undefined on this validation "
+            f"split: it needs images of grades 0-1 and of 2-4 (validation grade counts "
+            f"{counts.tolist()}); use data with such images or a larger data.val_fraction"
+        )
+    out = []
+    for key, c in wanted:
+        grades = DENOMINATOR_GRADES.get(c.metric)
+        if grades is None:
+            continue
+        n = int(counts[list(grades)].sum())
+        names = " or ".join(str(g) for g in grades)
+        if n == 0:
+            raise ConfigError(
+                f"{loaded.path}: {key}: {c.metric} is undefined on this validation split: "
+                f"it has no image of grade {names} (validation grade counts "
+                f"{counts.tolist()}); use data with such images, a larger "
+                "data.val_fraction, or drop the constraint"
+            )
+        problem = evidence_problem(c.metric, c.min, n, objective.confidence, names)
+        n_pool = int(pooled[list(grades)].sum())
+        if evidence is not None:
+            from drsearch.clinical import images_to_certify
+
+            need = images_to_certify(c.min, objective.confidence)
+            one = images_to_certify(c.min, objective.confidence, misses=1)
+            evidence.append(
+                f"{c.metric} >= {c.min:g}: {n} validation images of grade {names}"
+                + (f", {n_pool} over the {folds} folds" if folds else "")
+                + f" (at {objective.confidence:.0%}: {need} needed with none missed, {one} to "
+                "allow one miss)"
+            )
+        if problem is None:
+            continue
+        if folds and evidence_problem(c.metric, c.min, n_pool, objective.confidence, names) is None:
+            out.append(
+                f"{loaded.path}: {key}: {problem}: the search's own verdicts rest on few "
+                f"images; its finalists are judged on all {n_pool} images of the {folds} folds"
+            )
+            continue
+        fixes = (
+            f"raise data.val_fraction (now {data.val_fraction:g}), add images of grade "
+            f"{names}, pool {'more ' if folds else ''}folds with finalists: {{folds: K}} "
+            "(every non-test image is validation once), or lower the minimum"
+        )
+        if loaded.smoke:
+            out.append(f"{loaded.path}: {key}: {problem} (a smoke run: said, not refused)")
+        elif objective.constraints_on == "lower_bound":
+            raise ConfigError(f"{loaded.path}: {key}: {problem}; {fixes}")
+        else:
+            out.append(
+                f"{loaded.path}: {key}: {problem}: under constraints_on: point a pass on so "
+                f"few images is luck; {fixes}"
+            )
+    return out
+
+
+def evidence_problem(
+    metric: str, minimum: float, n: int, confidence: float, grades: str
+) -> str | None:
+    """Why ``n`` images cannot certify ``metric >= minimum`` at ``confidence``, or ``None``."""
+    from drsearch.clinical import images_to_certify
+
+    needed = images_to_certify(minimum, confidence)
+    if needed is not None and n >= needed:
+        return None
+    one_miss = images_to_certify(minimum, confidence, misses=1)
+    need = (
+        "no count can certify a minimum of 1"
+        if needed is None
+        else f"needs >= {needed} with none missed, >= {one_miss} to allow one miss"
+    )
+    return (
+        f"{metric} >= {minimum:g} cannot be certified at {confidence:.0%} confidence from "
+        f"{n} validation images of grade {grades} (its one-sided Wilson lower bound {need})"
+    )
 
 
 def check_weights_exist(loaded: LoadedStudy) -> None:

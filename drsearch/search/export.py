@@ -48,18 +48,36 @@ _PROVENANCE_METRICS = (
 def select_trial(
     loaded: LoadedStudy, which: str, trained_only: bool = True, infeasible_ok: bool = False
 ) -> FrozenTrial:
-    """``best`` (the best feasible trial; with ``infeasible_ok``, the best complete one when
-    none is feasible) or a trial number (COMPLETE or PRUNED unless not ``trained_only``: a
-    failed trial's run folder can be diagnosed too)."""
+    """``best`` (the study's best: its crowned finalist once a finalist stage ran, else the
+    best feasible trial; with ``infeasible_ok``, the best complete one when none is feasible),
+    ``search-best`` (the search's own best feasible trial, whatever the finalists say) or a
+    trial number (COMPLETE or PRUNED unless not ``trained_only``: a failed trial's run folder
+    can be diagnosed too)."""
+    from drsearch.search.selection import study_best
+
     cfg = loaded.config
     study = open_existing(cfg, loaded.path)
-    if which == "best":
+    if which in ("best", "search-best"):
+        best = study_best(study) if which == "best" else None
+        if best is not None and best.source == "finalists":
+            if best.note:
+                import sys
+
+                print(f"Warning: {best.note}", file=sys.stderr)
+            if best.trial is not None:
+                return best.trial
+            # the finalist stage named no winner: no other trial stands in for one
+            raise ConfigError(
+                f"{loaded.path}: study {cfg.name!r}: no finalist meets the constraints on its "
+                "confirmation, so no winner is named; see the finalists with drsearch best, or "
+                "pick a trial with --trial N (--trial search-best: the search's own)"
+            )
         try:
             return study.best_trial
         except ValueError:  # none is feasible (or none is complete)
-            best = best_trial(study)
-        if infeasible_ok and best is not None:
-            return best
+            fallback = best_trial(study)
+        if infeasible_ok and fallback is not None:
+            return fallback
         raise ConfigError(
             f"{loaded.path}: study {cfg.name!r} has no feasible complete trial yet; "
             "pick one with --trial N"
@@ -68,7 +86,8 @@ def select_trial(
         raise ConfigError(f"{loaded.path}: study {cfg.name!r} has no trial yet; run it first")
     if not which.isdigit() or int(which) >= len(study.trials):
         raise ConfigError(
-            f"--trial: expected 'best' or a trial number < {len(study.trials)}, got {which!r}"
+            f"--trial: expected 'best', 'search-best' or a trial number < {len(study.trials)}, "
+            f"got {which!r}"
         )
     trial = study.trials[int(which)]
     if trained_only and trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -111,6 +130,42 @@ def pinned_recipe(
     # paths as a user writes them: relative to the directory drsearch runs in, where they lie
     # under it (a study resolved them to absolute ones for its trials)
     return with_relative_paths(recipe, Path.cwd()).model_copy(update={"pinned": pinned})
+
+
+def study_facts(loaded: LoadedStudy, study: Any) -> dict[str, Any]:
+    """What a methods paragraph states about a study (``inspect.methods``): its split, search
+    space, budget and what was tried, pruner, sampler, objective and finalist stage."""
+    from drsearch.search.selection import FINALISTS_ATTR
+    from drsearch.search.store import BUDGET_ATTR, count_trials
+
+    cfg, d = loaded.config, loaded.recipe.data
+    counts = count_trials(study.get_trials(deepcopy=False))
+    log = study.user_attrs.get("drsearch:test_evaluations") or []
+    return {
+        "split": {"seed": d.seed, "test_fraction": d.test_fraction, "cv_folds": d.cv_folds},
+        "space": list(loaded.space),
+        "n_trials": int(
+            study._storage.get_study_system_attrs(study._study_id).get(
+                BUDGET_ATTR, cfg.budget.n_trials
+            )
+        ),
+        "counts": {"complete": counts.complete, "pruned": counts.pruned, "failed": counts.failed},
+        "pruner": cfg.pruner.model_dump(mode="json"),
+        "sampler": cfg.sampler.name,
+        "sampler_seed": cfg.sampler.seed,
+        "max_epochs": loaded.max_epochs,
+        "objective": cfg.objective.model_dump(mode="json"),
+        "finalists": study.user_attrs.get(FINALISTS_ATTR),
+        "test_uses": len({tuple(e["trials"]) for e in log}),
+    }
+
+
+def evaluation_tag(trials: list[int], tta: bool = False) -> str:
+    """How an evaluation is keyed (files, the study's record): by its member trials, so two
+    top-k ensembles of different trials never share a record: ``trial7``, ``trials3-7-9``."""
+    one = len(trials) == 1
+    tag = f"trial{trials[0]}" if one else "trials" + "-".join(str(n) for n in sorted(trials))
+    return tag + ("-tta" if tta else "")
 
 
 def ranked_trials(loaded: LoadedStudy, top_k: int) -> list[FrozenTrial]:
@@ -236,7 +291,7 @@ def drift(recipe: Recipe) -> list[str]:
     from drsearch.data.fingerprint import data_fingerprint
     from drsearch.data.records import Skipped
     from drsearch.data.sources import load_records
-    from drsearch.data.split import split_indices
+    from drsearch.data.split import data_split
     from drsearch.train.outputs import installed_versions
 
     found: list[str] = []
@@ -247,7 +302,7 @@ def drift(recipe: Recipe) -> list[str]:
             found.append(f"{name} {now.get(name)} is installed, the recipe pins {pinned}")
     d = recipe.data
     loaded = load_records(d, Skipped())
-    sides = split_indices(loaded, d.val_fraction, d.seed, d.test_fraction)
+    sides = data_split(loaded, d)
     kept = np.union1d(sides.train, sides.val)  # sorted: the run's records, test left out
     current = data_fingerprint(
         [loaded[i] for i in kept],
@@ -298,7 +353,7 @@ def export_ensemble(
             }
         )
         written.append(recipe_file)
-    tag = f"top{len(trials)}" + ("-tta" if len(views) > 1 else "")
+    tag = evaluation_tag([t.number for t in trials], len(views) > 1)
     body: dict[str, Any] = {"members": members, "views": views}
     if attrs.get(f"evaluation:{tag}") is not None:
         body["evaluation"] = attrs[f"evaluation:{tag}"]

@@ -13,7 +13,8 @@ costs time:
 - epochs: 2, or one per resize phase; epoch-valued settings and search bounds (warmup, restart
   period, step period, patience, phase starts) scaled by the same factor;
 - budget: ``smoke.n_trials`` trials one at a time (on the CPU, or on a GPU when the machine
-  has one), under ``<run_root>/smoke/`` in its own SQLite file, never the study's database.
+  has one), under ``<run_root>/smoke/`` in its own SQLite file, never the study's database;
+- a finalist stage: one finalist, on 2 folds or 2 seeds.
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ def smoke_study(loaded: LoadedStudy, use_gpu: bool = False) -> LoadedStudy:
     )
     folder = smoke_folder(cfg).resolve()
     recipe = _smoke_recipe(base, scale, cfg, folder, loaded.path, use_gpu)
+    if recipe.data.cv_folds:  # the finalist stage's folds, shrunk with it
+        recipe = recipe.model_copy(
+            update={"data": recipe.data.model_copy(update={"cv_folds": 2, "cv_fold": 0})}
+        )
     space = {key: _smoke_param(key, param, scale) for key, param in loaded.space.items()}
     gpus = min(cfg.resources.gpus_per_trial, 1.0) if use_gpu else 0.0
     study = _smoke_config(cfg, recipe, folder, epochs, gpus, loaded.path)
-    return LoadedStudy(loaded.path, study, recipe, space)
+    return LoadedStudy(loaded.path, study, recipe, space, smoke=True)
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,9 @@ def _smoke_config(
         resources={"cpus_per_trial": 1, "gpus_per_trial": gpus, "max_concurrent": 1},
     )
     raw["pruner"].update(grace_period=min(cfg.pruner.grace_period, epochs), max_epochs=None)
+    if raw.get("finalists"):  # one finalist, on 2 folds (the recipe's, shrunk) or 2 seeds
+        stage = raw["finalists"]
+        stage.update(top_k=1, **{k: 2 for k in ("folds", "seeds") if stage.get(k)})
     return parse_config(StudyConfig, raw, f"{path} (--smoke)")
 
 
@@ -215,7 +223,10 @@ def reset_smoke(small: LoadedStudy) -> str:
 
     cfg, recipe = small.config, small.recipe
     folder = owned_dir(cfg.run_root, cfg.run_root.parent, "smoke runs")  # <run_root>/smoke
-    for stale in (cfg.study_dir, cfg.artifact_dir):
+    from drsearch.search.selection import confirm_name
+
+    companion = cfg.run_root / confirm_name(cfg.name)
+    for stale in (cfg.study_dir, cfg.artifact_dir, companion, Path(f"{companion}-artifacts")):
         remove_owned(stale, folder)
     for made in (f"{cfg.name}.db", f"{cfg.name}.db.lock"):
         (folder / made).unlink(missing_ok=True)

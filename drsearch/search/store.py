@@ -110,7 +110,11 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:  # nothing complete, or (constrained) nothing feasible
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return max(complete, key=lambda t: t.value or float("-inf")) if complete else None
+        return max(complete, key=lambda t: _value(t)) if complete else None
+
+
+def _value(t: FrozenTrial) -> float:
+    return float("-inf") if t.value is None else float(t.value)
 
 
 def count_trials(trials: Sequence[FrozenTrial]) -> Counts:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from drsearch.clinical import Judgement, Score
 from drsearch.config.study import ObjectiveConfig
 from drsearch.search.objective import score
 
@@ -71,6 +72,26 @@ class Outcome:
     constraints: dict[str, float] = field(default_factory=dict)
 
 
+def score_attrs(s: Score) -> dict[str, Any]:
+    """What a trial records of its objective: the primary metric, feasibility and why not,
+    each constraint as judged (estimate, counts, lower bound, standard errors short)."""
+    return {
+        "objective_primary": s.primary,
+        "feasible": s.feasible,
+        "constraint_shortfalls": s.shortfalls,  # in standard errors
+        "constraint_judgements": [judgement_record(j) for j in s.judgements],
+        "trivial_value": s.trivial,
+        "infeasible_reasons": s.reasons,
+    }
+
+
+def judgement_record(j: Judgement) -> dict[str, Any]:
+    """A judged constraint as plain JSON (an infinite distance as ``None``)."""
+    out = asdict(j)
+    out["z"] = j.z if math.isfinite(j.z) else None
+    return out
+
+
 class TrialTracker:
     """One trial's curve, and the one rule for its state, best epoch and value.
 
@@ -120,11 +141,7 @@ class TrialTracker:
             reason = f"its best epoch {last.best_epoch} is missing from the reported curve"
             return Outcome("FAIL", None, attrs | {"fail_reason": reason})
         s = score(self.objective, best.metrics)
-        attrs |= {
-            "objective_primary": s.primary,
-            "feasible": s.feasible,
-            "constraint_shortfalls": s.shortfalls,
-        }
+        attrs |= score_attrs(s)
         finished = end is not None and end.status == "finished"
         if finished or last.epoch >= self.max_epochs:
             return Outcome("COMPLETE", s.value, attrs, s.constraints)

@@ -28,6 +28,8 @@ REPORTED_METRICS = tuple(
             "sensitivity",
             "specificity",
             "sensitivity_wilson_lower",
+            "precision",
+            "referred",
             "confusion_matrix",
             "support",
             "thresholds",  # a regression or ordinal head's grade cuts at that epoch

@@ -103,29 +103,60 @@ def decode(
     head: str, outputs: np.ndarray, labels: np.ndarray, fixed: Sequence[float] | None
 ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
     """Per-grade probabilities, predicted grades and (regression, ordinal) thresholds of a
-    head's outputs: the thresholds are ``fixed`` (``model.thresholds``), or fitted on these
-    (validation) ``labels`` for the kappa."""
+    head's outputs.
+
+    With ``fixed`` thresholds (``model.thresholds``, or cuts chosen elsewhere) every score is
+    cut at them. Otherwise the thresholds are fitted for the kappa on these (validation)
+    ``labels``, and each image is graded out of sample: by the cuts fitted on the other half
+    of the split (``cross_fitted_grades``), never by cuts fitted on its own label. The
+    returned thresholds (fitted on all of it) are what new images (test, an export) get."""
     probs = grade_probabilities(head, outputs)
     if head == "classification":
         return probs, probs.argmax(axis=1), None
     score = grade_score(head, outputs)
-    thresholds = list(fixed) if fixed is not None else fit_thresholds(score, labels)
-    return probs, to_grades(score, thresholds), thresholds
+    if fixed is not None:
+        return probs, to_grades(score, fixed), [float(t) for t in fixed]
+    return probs, cross_fitted_grades(score, labels), fit_thresholds(score, labels)
+
+
+def halves(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A fixed half of the images (boolean mask), stratified by grade: each grade's images,
+    shuffled with ``seed``, alternate between the halves."""
+    labels = np.asarray(labels, dtype=int)
+    rng = np.random.default_rng(seed)
+    first = np.zeros(len(labels), dtype=bool)
+    for grade in np.unique(labels):
+        members = np.flatnonzero(labels == grade)
+        rng.shuffle(members)
+        first[members[::2]] = True
+    return first
+
+
+def cross_fitted_grades(score: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Grades of ``score`` where each half of the images is cut at the thresholds fitted on
+    the other half (two-fold cross-fitting): no image's grade was fitted on its own label."""
+    labels = np.asarray(labels, dtype=int)
+    first = halves(labels)
+    grades = np.empty(len(score), dtype=int)
+    for fit_on, apply_to in ((first, ~first), (~first, first)):
+        if apply_to.any():
+            cuts = fit_thresholds(score[fit_on], labels[fit_on]) if fit_on.any() else None
+            grades[apply_to] = to_grades(score[apply_to], cuts or DEFAULT_THRESHOLDS)
+    return grades
 
 
 def fit_thresholds(score: np.ndarray, labels: np.ndarray) -> list[float]:
     """Thresholds that maximise the quadratic weighted kappa of ``to_grades(score)``
     against ``labels``: Nelder-Mead from the midpoints, the best of start and result."""
     from scipy.optimize import minimize
-    from sklearn.metrics import cohen_kappa_score
+
+    from drsearch.train.metrics import qwk
 
     labels = np.asarray(labels, dtype=int)
 
     def loss(t: np.ndarray) -> float:
-        grades = to_grades(score, t)
-        if len(np.unique(grades)) < 2 or len(np.unique(labels)) < 2:
-            return 0.0
-        return -float(cohen_kappa_score(labels, grades, weights="quadratic"))
+        value = qwk(labels, to_grades(score, t))
+        return 0.0 if value is None else -value
 
     start = np.array(DEFAULT_THRESHOLDS)
     found = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-3, "maxiter": 400})

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from drsearch.clinical import NUM_CLASSES, wilson_lower
+from drsearch.clinical import NUM_CLASSES, metric_value, wilson_lower
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
@@ -21,7 +21,9 @@ def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
 
 
 def quadratic_kappa(cm: np.ndarray) -> float | None:
-    """Cohen's kappa with quadratic weights on grade distance."""
+    """Cohen's kappa with quadratic weights on grade distance (grades 0-4 always, so a grade
+    absent from both sides never shifts the weights: the one kappa of drsearch)."""
+    cm = np.asarray(cm, dtype=float)
     n = cm.sum()
     if n == 0:
         return None
@@ -32,6 +34,12 @@ def quadratic_kappa(cm: np.ndarray) -> float | None:
     if denom == 0:
         return None
     return 1.0 - float((w * cm).sum()) / denom
+
+
+def qwk(labels: np.ndarray, preds: np.ndarray) -> float | None:
+    """The quadratic weighted kappa of grades ``preds`` against ``labels`` (``None`` when
+    undefined: no image, or one grade on both sides)."""
+    return quadratic_kappa(confusion(np.asarray(labels), np.asarray(preds)))
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -70,6 +78,8 @@ def compute_metrics(
     ]
     ref_sens, ref_spec = _binary(labels, preds, 2)
     vt_sens, vt_spec = _binary(labels, preds, 3)
+    precision = [_ratio(tp[c], called[c]) for c in range(NUM_CLASSES)]
+    referred = [_ratio(cm[c, 2:].sum(), support[c]) for c in range(NUM_CLASSES)]
     return {
         "accuracy": _ratio(tp.sum(), n),
         "balanced_accuracy": float(np.mean(present)) if present else None,
@@ -85,6 +95,14 @@ def compute_metrics(
         "sensitivity_pdr": sens[4],
         "min_specificity": min((s for s in spec if s is not None), default=None),
         "min_sensitivity": min(present, default=None),
+        # over-calling: of the images called grade g, the share that are (PPV)
+        "precision": precision,
+        "ppv_severe_npdr": precision[3],
+        "ppv_pdr": precision[4],
+        # the screening decision per grade: the share of a grade's images called referable
+        "referred": referred,
+        "referred_severe_npdr": metric_value("referred_severe_npdr", cm.tolist()),
+        "referred_pdr": metric_value("referred_pdr", cm.tolist()),
         "referable_sensitivity": ref_sens,
         "referable_specificity": ref_spec,
         "referable_auc": _auc(labels >= 2, probs[:, 2:].sum(axis=1)),

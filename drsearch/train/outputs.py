@@ -91,6 +91,16 @@ class RunFolder:
             writer.writerow([image_id, int(label), int(pred), *(f"{p:.6f}" for p in row)])
         write_text_atomic(self.root / "predictions.csv", out.getvalue())
 
+    def read_predictions(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """``predictions.csv`` back: ids, labels, predicted grades and probabilities (N x 5)."""
+        with (self.root / "predictions.csv").open(newline="") as fh:
+            rows = list(csv.reader(fh))[1:]
+        ids = [r[0] for r in rows]
+        labels = np.array([int(r[1]) for r in rows], dtype=np.int64)
+        preds = np.array([int(r[2]) for r in rows], dtype=np.int64)
+        probs = np.array([[float(x) for x in r[3:]] for r in rows], dtype=np.float64)
+        return ids, labels, preds, probs.reshape(len(rows), -1)
+
 
 #: What a run folder holds; ``train --overwrite`` deletes only folders made of these.
 RUN_FILES = frozenset(

@@ -71,8 +71,9 @@ def prepare_data(
     )
     rows = np.flatnonzero(cache.usable)
     records = [all_records[i] for i in rows]
+    cv = (cfg.cv_folds, cfg.cv_fold) if cfg.cv_folds else None
     train_idx, val_idx, _ = split_indices(
-        records, val_share(cfg.val_fraction, cfg.test_fraction), cfg.seed
+        records, val_share(cfg.val_fraction, cfg.test_fraction), cfg.seed, cv=cv
     )
     ids = [all_ids[i] for i in rows]
     duplicates = cross_split_duplicates(ids, train_idx, val_idx)

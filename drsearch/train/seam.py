@@ -44,7 +44,7 @@ class FitResult:
     best: dict[str, Any]
     last: dict[str, Any]
     epochs_completed: int
-    stopped: str  # "completed", "early_stopping" or "reporter"
+    stopped: str  # "completed", "early_stopping", "select_epoch" or "reporter"
     wall_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # total / trainable / lora

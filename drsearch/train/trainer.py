@@ -248,6 +248,9 @@ class _Trainer:
             except StopTraining:
                 stopped = "reporter"
                 break
+            if self.recipe.train.select_epoch == epoch + 1:
+                stopped = "select_epoch"
+                break
             patience = self.recipe.train.patience
             if patience is not None and self.bad_epochs >= patience:
                 stopped = "early_stopping"
@@ -406,6 +409,11 @@ class _Trainer:
 
     # -- best and last state -----------------------------------------------------------------
     def _track_best(self, epoch: int, value: float | None) -> bool:
+        select = self.recipe.train.select_epoch
+        if select is not None:  # the epoch is fixed: each epoch up to it is "best so far"
+            if epoch <= select:
+                self.best_value, self.best_epoch = value, epoch
+            return epoch <= select
         if value is None or math.isnan(value):
             self.bad_epochs += 1
             if self.best_epoch == 0:

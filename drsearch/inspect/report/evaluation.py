@@ -121,9 +121,9 @@ def write_evaluation_page(record: dict[str, Any], path: Path, title: str) -> Non
         figures.append(fig.to_html(full_html=False, include_plotlyjs=js, div_id=f"fig-{n}"))
         js = False
     checks = "".join(
-        f"<tr class='{'pass' if c['passed'] else 'fail'}'><td>{html.escape(c['name'])}</td>"
+        f"<tr class='{c['result']}'><td>{html.escape(c['name'])}</td>"
         f"<td>{'n/a' if c['observed'] is None else format(c['observed'], '.3f')}</td>"
-        f"<td>{html.escape(c['threshold'])}</td><td>{'PASS' if c['passed'] else 'FAIL'}</td>"
+        f"<td>{html.escape(c['threshold'])}</td><td>{c['result'].upper()}</td>"
         f"<td>{html.escape(c['detail'])}</td></tr>"
         for c in record["checklist"]
     )
@@ -140,18 +140,23 @@ body {{ font-family: sans-serif; margin: 2em auto; max-width: 1000px; color: #22
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 td.val {{ color: #777; }} tr.pass td:nth-child(4) {{ color: #0a7d2c; font-weight: bold; }}
 tr.fail td:nth-child(4) {{ color: #b00020; font-weight: bold; }} section {{ margin-top: 2em; }}
+tr.inconclusive td:nth-child(4) {{ color: #a36b00; font-weight: bold; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Models: {html.escape(", ".join(what["models"]))}{ensemble};
 views averaged: {html.escape(", ".join(what["views"]))}; temperature scaling:
 {"on" if what["temperature_scaling"] else "off"}.</p>
-<p>Held-out test set: {data["n_test"]} images (fingerprint {data["test_sha256"][:12]}), never seen
-by the search. Validation ({data["n_val"]} images) chose the operating points ({html.escape(ops)})
-and any thresholds or temperature; the test figures are measured once with them frozen.
-Intervals: 95%, Wilson for proportions [successes/n], stratified bootstrap for AUC and kappa.</p>
+<p>Held-out test set: {data["n_test"]} images of {data.get("n_test_patients", "?")} patients
+(fingerprint {data["test_sha256"][:12]}), never seen by the search. Validation ({data["n_val"]}
+images) chose the operating points ({html.escape(ops)}) and any thresholds or temperature; the
+test figures are measured once with them frozen. Intervals: 95%,
+{html.escape(record["test"].get("interval_method", "Wilson / stratified bootstrap"))}
+(Wilson for proportions [successes/n] and a grade-stratified bootstrap for AUC and kappa when
+every patient has one image; a bootstrap of patients for every figure otherwise).</p>
 <section><h2>Figures</h2><table>
 <tr><th>figure</th><th>test</th><th>validation (chose; optimistic)</th></tr>
 {rows}</table></section>
+<section><h2>Methods</h2><p>{html.escape(record.get("methods", ""))}</p></section>
 <section><h2>Medical-grade checklist on the test set</h2><table>
 <tr><th>criterion</th><th>observed</th><th>required</th><th>result</th><th>evidence</th></tr>
 {checks}</table></section>

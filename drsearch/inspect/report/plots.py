@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import plotly.colors
@@ -315,14 +316,44 @@ def write_report(r: ReportRecords, study: optuna.Study, out_dir: Path) -> Path:
     return path
 
 
+def _finalists_html(record: dict[str, Any]) -> str:
+    """The finalist stage: each finalist's search value beside its confirmed value."""
+    plan = record["plan"]
+    rows = "".join(
+        f"<tr><td>{e['trial']}{' (crowned)' if e['trial'] == record['crowned'] else ''}</td>"
+        f"<td>{num(e['search_value'])}</td><td>{num(e.get('confirmed_value'))}</td>"
+        f"<td>{num(e.get('optimism_gap'))}</td>"
+        f"<td>{ {True: 'yes', False: 'no', None: '-'}[e.get('feasible')] }</td>"
+        f"<td>{html.escape(e.get('evidence', 'not confirmed'))}</td>"
+        f"<td>{html.escape('; '.join(e.get('infeasible_reasons') or []))}</td></tr>"
+        for e in record["finalists"]
+    )
+    crowned = record["crowned"]
+    verdict = (
+        f"The study's best is trial {crowned}, the best feasible confirmed finalist"
+        if crowned is not None
+        else "No finalist meets the constraints on its confirmation: no winner is named"
+    )
+    return (
+        f"<p>Finalist stage: the top {plan['top_k']} trials by search value, retrained on "
+        f"{plan['n']} {plan['mode']} and judged again by the study's objective (constraints "
+        f"on the {html.escape(record['constraints_on'].replace('_', ' '))}). {verdict}; the "
+        f"search's own best was trial {record['search_best']}. The optimism gap is the search "
+        "value minus the confirmed value: what the search's maximum promised beyond what held "
+        "up.</p><table><tr><th>trial</th><th>search value</th><th>confirmed value</th>"
+        "<th>optimism gap</th><th>feasible</th><th>confirmed on</th><th>why not</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def _checklist_html(r: ReportRecords) -> str:
     if r.best is None:
         return "<section id='checklist'><h2>Medical-grade checklist</h2><p>No trial.</p></section>"
     rows = "".join(
-        f"<tr class='{'pass' if c.passed else 'fail'}'><td>{html.escape(c.name)}</td>"
+        f"<tr class='{c.result}'><td>{html.escape(c.name)}</td>"
         f"<td>{num(c.observed)}{' ' + html.escape(c.unit) if c.unit else ''}</td>"
         f"<td>{html.escape(c.threshold)}</td>"
-        f"<td>{num(c.wilson_lower)}</td><td>{'PASS' if c.passed else 'FAIL'}</td>"
+        f"<td>{num(c.lower)} - {num(c.upper)}</td><td>{c.result.upper()}</td>"
         f"<td>{html.escape(c.detail)}</td></tr>"
         for c in r.checklist
     )
@@ -330,9 +361,11 @@ def _checklist_html(r: ReportRecords) -> str:
     return (
         f"<section id='checklist'><h2>Medical-grade checklist: {kind} trial "
         f"{r.best.number}</h2><p class='caveat'>Judged on the validation split the search "
-        "ranked and pruned on: an optimistic figure until a held-out test set confirms it."
+        "ranked and pruned on: an optimistic figure until a held-out test set confirms it. "
+        "PASS: the whole 95% interval meets the requirement; FAIL: it lies below; "
+        "INCONCLUSIVE: too few images to tell."
         "</p><table><tr><th>criterion</th><th>observed</th>"
-        f"<th>required</th><th>Wilson 95% lower bound</th><th>result</th><th>evidence</th>"
+        f"<th>required</th><th>Wilson 95% interval</th><th>result</th><th>evidence</th>"
         f"</tr>{rows}</table></section>"
     )
 
@@ -374,20 +407,21 @@ def _held_out_html(r: ReportRecords) -> str:
             + "".join(f"<th>{h}</th>" for h in head)
             + f"</tr>{rows}</table>"
         )
-    if r.confirm:
-        rows = "".join(
-            f"<tr><td>{rank}</td><td>{f['trial']}</td><td>{num(f['search_value'])}</td>"
-            f"<td>{num(f['stats']['value']['mean'])}</td><td>{num(f['stats']['value']['sd'])}"
-            f"</td><td>{f['stats']['value']['n']}</td>"
-            f"<td>{'PASS' if f['stable_across_seeds']['passed'] else 'FAIL'}</td></tr>"
-            for rank, f in enumerate(r.confirm["finalists"], 1)
+    if r.test_uses:
+        candidates = sorted({tuple(u["trials"]) for u in r.test_uses})
+        named = "; ".join("trials " + ", ".join(map(str, c)) for c in candidates)
+        caveat = (
+            " Figures of every candidate after the first are no longer unbiased: choosing "
+            "among them by their test figures makes those optimistic too."
+            if len(candidates) > 1
+            else ""
         )
         parts.append(
-            "<p>Finalists retrained with fresh seeds (<code>drsearch confirm</code>), ranked by "
-            "their mean, not their luckiest seed:</p><table><tr><th>rank</th><th>trial</th>"
-            "<th>search value</th><th>mean value</th><th>sd</th><th>seeds</th>"
-            f"<th>&lt; 5 points across seeds</th></tr>{rows}</table>"
+            f"<p class='caveat'>The test set has been used {len(r.test_uses)} time(s), for "
+            f"{len(candidates)} candidate(s) ({html.escape(named)}).{caveat}</p>"
         )
+    if r.confirm:
+        parts.append(_finalists_html(r.confirm))
     return "".join(parts) + "</section>"
 
 
@@ -434,6 +468,7 @@ body {{ font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #22
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 tr.pass td:nth-child(5) {{ color: #0a7d2c; font-weight: bold; }}
 tr.fail td:nth-child(5) {{ color: #b00020; font-weight: bold; }}
+tr.inconclusive td:nth-child(5) {{ color: #a36b00; font-weight: bold; }}
 section {{ margin-top: 2em; }} .empty, .caveat {{ color: #777; }}
 </style></head><body>
 <h1>Study {html.escape(r.study)}</h1>

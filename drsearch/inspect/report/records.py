@@ -74,17 +74,27 @@ class ReportRecords:
     notes: list[str] = field(default_factory=list)
     #: ``drsearch evaluate`` summaries by tag (``trial7``, ``top3-tta``): held-out test figures
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: ``drsearch confirm``'s finalists, ranked by their mean over fresh seeds
+    #: the finalist stage's record (``search.selection``): search and confirmed values
     confirm: dict[str, Any] | None = None
+    best_source: str = "search"  # "finalists": the best is the crowned finalist
+    #: every use of the held-out test set: what was evaluated, when
+    test_uses: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
-    """Everything the report shows, as plain data."""
+def build_records(
+    loaded: LoadedStudy,
+    study: optuna.Study,
+    chosen: int | None = None,
+    finalists: dict[str, Any] | None = None,
+) -> ReportRecords:
+    """Everything the report shows, as plain data. ``chosen``: the study's best as the search
+    layer names it (the crowned finalist); unset, the best feasible trial of the search.
+    ``finalists``: the finalist stage's record."""
     cfg = loaded.config
     frozen = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     rows = [_row(t) for t in frozen]
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
-    best, best_feasible = _best(study, complete)
+    best, best_feasible = _best(study, complete, chosen)
     history = _history(complete)
     best_log = _run_log(best)
     return ReportRecords(
@@ -111,7 +121,9 @@ def build_records(loaded: LoadedStudy, study: optuna.Study) -> ReportRecords:
             for k, v in study.user_attrs.items()
             if k.startswith("evaluation:")
         },
-        confirm=study.user_attrs.get("confirm"),
+        confirm=finalists,
+        test_uses=list(study.user_attrs.get("drsearch:test_evaluations") or []),
+        best_source="finalists" if chosen is not None else "search",
     )
 
 
@@ -130,14 +142,20 @@ def _row(t: FrozenTrial) -> TrialRow:
     )
 
 
-def _best(study: optuna.Study, complete: list[TrialRow]) -> tuple[TrialRow | None, bool]:
+def _best(
+    study: optuna.Study, complete: list[TrialRow], chosen: int | None
+) -> tuple[TrialRow | None, bool]:
+    if chosen is not None:
+        row = next((r for r in complete if r.number == chosen), None)
+        if row is not None:
+            return row, bool(row.feasible)
     try:
         number = study.best_trial.number
         return next(r for r in complete if r.number == number), True
     except (ValueError, StopIteration):
         if not complete:
             return None, False
-        return max(complete, key=lambda r: r.value or -math.inf), False
+        return max(complete, key=lambda r: -math.inf if r.value is None else r.value), False
 
 
 def _history(complete: list[TrialRow]) -> list[tuple[int, float, float, bool]]:

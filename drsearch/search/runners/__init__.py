@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +73,9 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = loaded.config
-    check_inputs(loaded)
+    for warning in check_inputs(loaded):
+        if not loaded.companion:  # the study it confirms has said them
+            progress.warn(warning)
     store = _open(loaded)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
@@ -128,6 +132,19 @@ def run_study(
     )
 
 
+@contextlib.contextmanager
+def executor_session(loaded: LoadedStudy, ray_address: str | None = None) -> Iterator[None]:
+    """Hold the study's executor across several ``run_study`` calls (a search and its finalist
+    stage share one Ray session instead of starting Ray twice)."""
+    if loaded.config.executor != "ray":
+        yield
+        return
+    from drsearch.search.runners.ray import ray_session
+
+    with ray_session(ray_address or loaded.config.ray.address):
+        yield
+
+
 def duplicate_params(trials: list[FrozenTrial]) -> list[list[int]]:
     """Groups of trials that ran the same parameters (re-runs of a failed trial excepted)."""
     groups: dict[str, list[int]] = {}
@@ -160,7 +177,9 @@ def _open(loaded: LoadedStudy) -> StudyStore:
     owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
     owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
     _describe(store.study, loaded)
-    annotate_study(store.study, loaded)
+    from drsearch.search.selection import FINALISTS_ATTR
+
+    annotate_study(store.study, loaded, store.study.user_attrs.get(FINALISTS_ATTR))
     store.artifacts = artifact_store(loaded)
     store.set_budget(cfg.budget.n_trials)
     return store

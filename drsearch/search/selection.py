@@ -1,0 +1,417 @@
+"""Selection: which trials become finalists, how they are confirmed, and which one a study
+crowns.
+
+A search ranks its trials on one validation split, so its maximum is optimistic (the winner's
+curse: of many noisy figures, the luckiest wins) and a constraint met on a handful of rare
+images may be luck. The finalist stage answers both:
+
+1. ``finalists``: the top ``k`` complete trials by search value, which is the smooth objective
+   (primary minus standard errors of shortfall): a trial that misses a constraint by a
+   fraction of a standard error can still be a finalist, and more evidence may certify it.
+2. Each finalist is retrained as trials of a companion study ``<name>-confirm`` in the same
+   storage: on every cross-validation fold (``folds``; the metrics are computed on the pooled
+   out-of-fold predictions, so every non-test image is validation once: K times the search's
+   rare-grade counts) or with fresh seeds (``seeds``; the metrics of the average seed). Every
+   run is scored at the epoch its search trial chose (``train.select_epoch``), not at an epoch
+   chosen again on the images it is scored on.
+3. ``crown``: the study's best is the best *feasible* confirmed finalist (the objective's
+   own rule, on the confirmation's counts); when none is, no winner is named.
+
+The record (``FINALISTS_ATTR``, a study user attribute, and ``reports/<name>/confirm.json``)
+keeps, per finalist, its search value, confirmed value, the optimism gap between them, its runs
+and any failed run with its reason. ``bench/selection.py`` measures these rules against the
+search's raw maximum on a ground-truth simulation.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from drsearch.config.space import CategoricalParam
+from drsearch.config.study import FinalistConfig, LoadedStudy, StudyConfig
+from drsearch.errors import ConfigError
+
+#: The study user attribute that holds the finalist stage's record.
+FINALISTS_ATTR = "drsearch:finalists"
+#: Metrics summarised across seeds (besides the objective value).
+SEED_METRICS = (
+    "accuracy",
+    "qwk",
+    "balanced_accuracy",
+    "referable_auc",
+    "referable_sensitivity",
+    "referable_specificity",
+    "referred_severe_npdr",
+    "referred_pdr",
+    "vtdr_specificity",
+)
+
+
+# -- the rules ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ranked:
+    """A trial as selection sees it: its number, value (higher is better) and feasibility."""
+
+    number: int
+    value: float
+    feasible: bool
+
+
+def search_best(trials: Sequence[Ranked]) -> Ranked | None:
+    """The search's own winner: the best feasible value (the earlier trial of equals)."""
+    feasible = [t for t in trials if t.feasible]
+    return min(feasible, key=lambda t: (-t.value, t.number)) if feasible else None
+
+
+def finalists(trials: Sequence[Ranked], k: int) -> list[Ranked]:
+    """The ``k`` best trials by value (the smooth objective, feasible or not), best first;
+    ties go to the earlier trial."""
+    return sorted(trials, key=lambda t: (-t.value, t.number))[:k]
+
+
+def crown(confirmed: Sequence[Ranked]) -> Ranked | None:
+    """The best feasible confirmed finalist; ``None`` when none is feasible."""
+    return search_best(confirmed)
+
+
+def ranked(trial: FrozenTrial) -> Ranked:
+    return Ranked(trial.number, float(trial.value), bool(trial.user_attrs.get("feasible")))
+
+
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
+
+
+def finalist_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The study's ``k`` finalists (``finalists`` on its complete trials), best first."""
+    by_number = {t.number: t for t in complete_trials(study)}
+    return [by_number[r.number] for r in finalists([ranked(t) for t in by_number.values()], k)]
+
+
+# -- the plan and the companion study -----------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """How the finalists are confirmed: ``top_k`` of them, on ``n`` folds or seeds."""
+
+    top_k: int
+    mode: Literal["folds", "seeds"]
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"top {self.top_k} x {self.n} {self.mode}"
+
+
+def plan_of(
+    loaded: LoadedStudy,
+    top_k: int | None = None,
+    seeds: int | None = None,
+    folds: int | None = None,
+) -> Plan:
+    """The study's finalist plan, with command-line overrides; without either, 3 x 3 seeds."""
+    if seeds is not None and folds is not None:
+        raise ConfigError("--seeds and --folds: give one of them")
+    stage = loaded.config.finalists or FinalistConfig(seeds=3)
+    k = top_k or stage.top_k
+    if folds is None and seeds is None:
+        folds, seeds = stage.folds, stage.seeds
+    if folds is not None:
+        cv = loaded.recipe.data.cv_folds
+        if cv != folds:
+            raise ConfigError(
+                f"{loaded.path}: --folds {folds}: the search validated on "
+                + (f"fold 0 of data.cv_folds: {cv}" if cv else "a split without folds")
+                + "; finalists are retrained on those folds only: set finalists: {folds: K} "
+                "(or data.cv_folds) in the study before running it, or confirm with --seeds"
+            )
+        return Plan(k, "folds", folds)
+    return Plan(k, "seeds", int(seeds or 3))
+
+
+def confirm_name(name: str) -> str:
+    return f"{name}-confirm"
+
+
+def companion_config(cfg: StudyConfig) -> StudyConfig:
+    """The confirmation study's config: its name, in the parent's storage (also when that is
+    the default SQLite file, which is named after the study), never pruned."""
+    return cfg.model_copy(
+        update={
+            "name": confirm_name(cfg.name),
+            "storage": cfg.storage_url(),
+            "pruner": cfg.pruner.model_copy(update={"enabled": False}),
+        }
+    )
+
+
+def _run_key(t: FrozenTrial) -> tuple[Any, ...]:
+    a = t.user_attrs
+    return (a.get("confirm_of"), a.get("fold"), a.get("seed"), a.get("select_epoch"))
+
+
+def _runs_wanted(plan: Plan, loaded: LoadedStudy, trial: FrozenTrial) -> list[dict[str, Any]]:
+    """The confirmation runs of one finalist: its parameters plus a fold or a seed, scored
+    at its search trial's best epoch."""
+    epoch = int(trial.user_attrs.get("best_epoch") or loaded.recipe.train.epochs)
+    base = {"confirm_of": trial.number, "select_epoch": epoch}
+    if plan.mode == "folds":
+        return [base | {"fold": k, "seed": None} for k in range(plan.n)]
+    seed0 = loaded.recipe.train.seed
+    return [base | {"fold": None, "seed": seed0 + i} for i in range(1, plan.n + 1)]
+
+
+def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = False) -> LoadedStudy:
+    """The companion study that confirms the parent's current finalists. Under the study lock
+    (several runners queue each run once), every run a finalist lacks is queued: never run,
+    interrupted (Ctrl-C, a killed runner) or, with ``retry_failed``, failed. The budget is
+    what counts (complete, failed, running) plus what waits, so nothing else is sampled."""
+    from drsearch.search.database import open_existing
+    from drsearch.search.store import INTERRUPTED, StudyStore
+
+    parent = open_existing(loaded.config, loaded.path)
+    chosen = finalist_trials(parent, plan.top_k)
+    if not chosen:
+        raise ConfigError(
+            f"{loaded.path}: study {loaded.config.name!r} has no complete trial to confirm yet"
+        )
+    config = companion_config(loaded.config)
+    store = StudyStore(config)
+    wanted = [(t, run) for t in chosen for run in _runs_wanted(plan, loaded, t)]
+    store.reap_interrupted()  # runs of runners that are gone are interrupted, not running
+    with store.lock.hold():
+        trials = store.study.get_trials(deepcopy=False)
+
+        def holds(t: FrozenTrial) -> bool:  # a run that stands for its key
+            if t.state != TrialState.FAIL:
+                return True
+            return not retry_failed and t.user_attrs.get("fail_reason") != INTERRUPTED
+
+        queued = {_run_key(t) for t in trials if holds(t)}
+        for trial, run in wanted:
+            key = (run["confirm_of"], run["fold"], run["seed"], run["select_epoch"])
+            if key in queued:
+                continue
+            params = dict(trial.params) | {"train.select_epoch": run["select_epoch"]}
+            params |= {"data.cv_fold": run["fold"]} if plan.mode == "folds" else {}
+            params |= {"train.seed": run["seed"]} if plan.mode == "seeds" else {}
+            attrs = {k: v for k, v in run.items() if v is not None}
+            store.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            queued.add(key)
+        trials = store.study.get_trials(deepcopy=False)
+        budget = sum(1 for t in trials if holds(t) or t.state == TrialState.WAITING)
+        # every value a queued run fixes must be a choice of the space, or Optuna resamples it
+        fixed = [t.user_attrs for t in trials] + [run for _, run in wanted]
+    space = dict(loaded.space)
+    epochs = sorted({int(a["select_epoch"]) for a in fixed if a.get("select_epoch")})
+    space["train.select_epoch"] = CategoricalParam(type="categorical", choices=epochs)
+    if plan.mode == "folds":
+        space["data.cv_fold"] = CategoricalParam(type="categorical", choices=list(range(plan.n)))
+    else:
+        seeds = sorted({int(a["seed"]) for a in fixed if a.get("seed") is not None})
+        space["train.seed"] = CategoricalParam(type="categorical", choices=seeds)
+    config = config.model_copy(
+        update={"budget": config.budget.model_copy(update={"n_trials": max(budget, 1)})}
+    )
+    return LoadedStudy(
+        loaded.path, config, loaded.recipe, space, smoke=loaded.smoke, companion=True
+    )
+
+
+# -- confirmed scores ---------------------------------------------------------------------------
+def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
+    """Score each current finalist on its confirmation runs and crown the best feasible one;
+    the record is stored with the study (``FINALISTS_ATTR``) and returned."""
+    from drsearch.search.database import open_existing
+    from drsearch.search.trial import judgement_record
+
+    parent = open_existing(loaded.config, loaded.path)
+    companion = open_existing(companion_config(loaded.config), loaded.path)
+    runs = companion.get_trials(deepcopy=False)
+    entries, confirmed = [], []
+    for trial in finalist_trials(parent, plan.top_k):
+        wanted = _runs_wanted(plan, loaded, trial)
+        keys = {(w["confirm_of"], w["fold"], w["seed"], w["select_epoch"]) for w in wanted}
+        mine = [t for t in runs if _run_key(t) in keys]
+        done_keys = {_run_key(t) for t in mine if t.state == TrialState.COMPLETE}
+        done = [t for t in mine if t.state == TrialState.COMPLETE]
+        done = list({_run_key(t): t for t in sorted(done, key=lambda t: t.number)}.values())
+        failed = [
+            {"run": t.number, "fold": t.user_attrs.get("fold"), "seed": t.user_attrs.get("seed"),
+             "reason": t.user_attrs.get("fail_reason") or t.state.name}
+            for t in mine
+            if t.state in (TrialState.FAIL, TrialState.PRUNED) and _run_key(t) not in done_keys
+        ]  # fmt: skip
+        entry: dict[str, Any] = {
+            "trial": trial.number,
+            "params": trial.params,
+            "search_value": trial.value,
+            "search_primary": trial.user_attrs.get("objective_primary"),
+            "search_feasible": bool(trial.user_attrs.get("feasible")),
+            "select_epoch": wanted[0]["select_epoch"],
+            "runs": sorted(t.number for t in done),
+            "failed_runs": failed,
+            "complete": len(done) == len(wanted),
+        }
+        if entry["complete"]:
+            metrics, evidence = _confirmed_metrics(plan, done)
+            s = loaded.config.objective.score(metrics)
+            entry |= {
+                "confirmed_value": s.value,
+                "confirmed_primary": s.primary,
+                "feasible": s.feasible,
+                "infeasible_reasons": s.reasons,
+                "judgements": [judgement_record(j) for j in s.judgements],
+                "trivial_value": s.trivial,
+                "optimism_gap": float(trial.value) - s.value,
+                "primary_gap": (entry["search_primary"] or s.primary) - s.primary,
+                "evidence": evidence,
+                "metrics": {k: metrics.get(k) for k in SEED_METRICS},
+            }
+            if plan.mode == "seeds":
+                entry["seed_spread"] = {"value": spread([t.value for t in done])} | {
+                    k: spread([t.user_attrs.get(k) for t in done]) for k in SEED_METRICS
+                }
+            confirmed.append(Ranked(trial.number, s.value, s.feasible))
+        entries.append(entry)
+    won = crown(confirmed)
+    pending = [e["trial"] for e in entries if not e["complete"]]
+    record = {
+        "plan": {"top_k": plan.top_k, "mode": plan.mode, "n": plan.n},
+        "rule": (
+            "finalists: the top-k complete trials by search value (the smooth objective); "
+            + (
+                "each retrained on every fold, scored on the pooled out-of-fold predictions"
+                if plan.mode == "folds"
+                else "each retrained with fresh seeds, scored on the average seed's counts"
+            )
+            + ", at its search trial's best epoch; crowned: the best feasible confirmed value"
+        ),  # fmt: skip
+        "constraints_on": loaded.config.objective.constraints_on,
+        "confidence": loaded.config.objective.confidence,
+        "finalists": entries,
+        "crowned": None if won is None else won.number,
+        "pending": pending,
+        "search_best": _number(search_best([ranked(t) for t in complete_trials(parent)])),
+        "complete_trials_then": len(complete_trials(parent)),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    parent.set_user_attr(FINALISTS_ATTR, record)
+    from drsearch.search.annotations import annotate_study
+
+    annotate_study(parent, loaded, record)  # the dashboard's study note names the winner
+    return record
+
+
+def _number(r: Ranked | None) -> int | None:
+    return None if r is None else r.number
+
+
+def _confirmed_metrics(plan: Plan, done: list[FrozenTrial]) -> tuple[dict[str, Any], str]:
+    """The metrics a finalist is confirmed on, and what they rest on."""
+    from drsearch.train.metrics import compute_metrics
+    from drsearch.train.outputs import RunFolder
+
+    if plan.mode == "folds":
+        ids, labels, preds, probs = [], [], [], []
+        for t in sorted(done, key=lambda t: t.user_attrs.get("fold", 0)):
+            folder = RunFolder(Path(str(t.user_attrs.get("run_dir", ""))))
+            try:
+                i, y, p, q = folder.read_predictions()
+            except OSError as exc:
+                raise ConfigError(
+                    f"confirmation run {t.number}: its predictions.csv cannot be read ({exc}); "
+                    "its run folder is needed to pool the folds"
+                ) from None
+            ids += i
+            labels.append(y)
+            preds.append(p)
+            probs.append(q)
+        if len(set(ids)) != len(ids):
+            raise ConfigError("the folds' validation images overlap: the folds were not a "
+                              "partition (data changed between runs?)")  # fmt: skip
+        y, p, q = np.concatenate(labels), np.concatenate(preds), np.concatenate(probs)
+        metrics = compute_metrics(y, q, p)
+        return metrics, f"{len(y)} pooled out-of-fold images ({len(done)} folds)"
+    # seeds: the average seed (its confusion matrix is the mean of theirs)
+    cms = [np.asarray(t.user_attrs["confusion_matrix"], dtype=float) for t in done]
+    metrics = {
+        k: _mean([t.user_attrs.get(k) for t in done])
+        for k in ("accuracy", "qwk", "balanced_accuracy", "macro_f1", "referable_auc")
+    }
+    metrics["confusion_matrix"] = np.mean(cms, axis=0).tolist()
+    from drsearch.clinical import PROPORTIONS, metric_value
+
+    for name in PROPORTIONS:
+        metrics.setdefault(name, metric_value(name, metrics["confusion_matrix"]))
+    n = int(round(float(np.sum(cms[0]))))
+    return metrics, f"the mean of {len(done)} seeds on the same {n} validation images"
+
+
+def _mean(values: list[Any]) -> float | None:
+    xs = [float(v) for v in values if v is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def spread(values: list[Any]) -> dict[str, float | None]:
+    """Mean, sample standard deviation, min and max of the defined ``values``."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": statistics.fmean(xs),
+        "sd": statistics.stdev(xs) if len(xs) > 1 else None,
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+    }
+
+
+# -- the study's best ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Best:
+    """The trial a study names best, and on what ground."""
+
+    trial: FrozenTrial | None
+    source: Literal["finalists", "search"]
+    note: str = ""  # said beside it: stale finalists, no feasible finalist, ...
+
+
+def study_best(study: optuna.Study) -> Best:
+    """The study's best: the crowned finalist when a finalist stage has run (``None`` when no
+    finalist is feasible on confirmation), else the search's best feasible trial."""
+    record = study.user_attrs.get(FINALISTS_ATTR)
+    if record is None:
+        best = search_best([ranked(t) for t in complete_trials(study)])
+        return Best(None if best is None else study.trials[best.number], "search")
+    note = ""
+    current = [t.number for t in finalist_trials(study, record["plan"]["top_k"])]
+    if current != [e["trial"] for e in record["finalists"]]:
+        note = (
+            f"the finalists ({', '.join(str(e['trial']) for e in record['finalists'])}) were "
+            f"confirmed when the study had {record['complete_trials_then']} complete trials; "
+            f"its finalists are now {', '.join(map(str, current))}: run the study (or "
+            "drsearch confirm) again to confirm them"
+        )
+    if record["pending"]:
+        note = note or (
+            f"finalist(s) {', '.join(map(str, record['pending']))} are not confirmed yet "
+            "(runs missing or failed): run the study again, or with --retry-failed"
+        )
+    crowned = record.get("crowned")
+    if crowned is None:
+        note = note or "no finalist meets the constraints on its confirmation"
+        return Best(None, "finalists", note)
+    return Best(study.trials[int(crowned)], "finalists", note)

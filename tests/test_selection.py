@@ -1,0 +1,296 @@
+"""Selection that holds up: cross-validation folds, the finalist stage, the crowned best, and
+the checks that keep a study's verdicts honest (counts, fixed keys, out-of-sample cuts)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from sklearn.metrics import confusion_matrix, recall_score
+
+from drsearch.config.study import load_study
+from drsearch.data.records import ImageRecord
+from drsearch.data.split import cv_folds, split_indices
+from drsearch.errors import ConfigError
+from drsearch.search.selection import Ranked, crown, finalists, search_best
+from tests.conftest import tiny_recipe_dict, write_tiny_study
+
+
+def test_finalists_are_the_top_k_by_smooth_value_and_the_crown_is_feasible() -> None:
+    trials = [
+        Ranked(0, 0.80, True),
+        Ranked(1, 0.84, False),  # a fraction of a standard error short: still a finalist
+        Ranked(2, 0.82, True),
+        Ranked(3, 0.82, True),
+        Ranked(4, -1.0, False),
+    ]
+    assert search_best(trials) == Ranked(2, 0.82, True)  # ties: the earlier trial
+    assert [t.number for t in finalists(trials, 3)] == [1, 2, 3]
+    confirmed = [Ranked(1, 0.83, True), Ranked(2, 0.79, True), Ranked(3, 0.81, False)]
+    assert crown(confirmed) == Ranked(1, 0.83, True)
+    assert crown([Ranked(1, 0.9, False)]) is None  # none feasible: no winner
+
+
+def records(n_patients: int, eyes: int = 2, seed: int = 0) -> list[ImageRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in range(n_patients):
+        worst = int(rng.choice(5, p=[0.6, 0.1, 0.2, 0.05, 0.05]))
+        for e in range(eyes):
+            grade = worst if e == 0 else int(rng.integers(0, worst + 1))
+            out.append(
+                ImageRecord(
+                    id=f"p{p}_{e}", path=Path(f"p{p}_{e}.png"), label=grade, patient_id=f"p{p}"
+                )  # fmt: skip
+            )
+    return out
+
+
+def test_cv_folds_partition_the_non_test_images_by_patient_and_grade() -> None:
+    recs = records(200)
+    test = split_indices(recs, 0.2, 0, 0.15).test
+    rest = np.setdiff1d(np.arange(len(recs)), test)
+    seen: list[int] = []
+    for k in range(5):
+        sides = split_indices(recs, 0.2, 0, 0.15, cv=(5, k))
+        assert np.array_equal(sides.test, test)  # the test side never moves
+        assert np.array_equal(np.union1d(sides.train, sides.val), rest)
+        patients = {recs[i].patient_id for i in sides.val}
+        assert not patients & {recs[i].patient_id for i in sides.train}
+        assert 0.1 < len(sides.val) / len(rest) < 0.3
+        seen += sides.val.tolist()
+    assert sorted(seen) == rest.tolist()  # every non-test image is validation exactly once
+    labels = np.array([r.label for r in recs])
+    per_fold = [np.bincount(labels[f], minlength=5) for f in cv_folds(recs, 5, 0)]
+    assert max(c[4] for c in per_fold) - min(c[4] for c in per_fold) <= 4  # stratified
+
+
+def test_a_grouped_split_honours_its_fraction() -> None:
+    """0.4 gives 0.4 of the images (it gave 0.5: round(1 / 0.4) = 2 folds)."""
+    recs = records(300)
+    for fraction in (0.4, 0.2, 0.15):
+        sides = split_indices(recs, fraction, 0)
+        assert abs(len(sides.val) / len(recs) - fraction) < 0.02, fraction
+        patients = {recs[i].patient_id for i in sides.val}
+        assert not patients & {recs[i].patient_id for i in sides.train}
+
+
+def test_cut_points_are_fitted_out_of_sample() -> None:
+    """A regression head's grades on validation come from cuts fitted on the other half; the
+    cuts returned (for new images) are fitted on all of it."""
+    from drsearch.train.heads import cross_fitted_grades, decode, fit_thresholds, halves, to_grades
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 300)
+    score = labels + rng.normal(0, 0.7, 300)
+    first = halves(labels)
+    assert abs(first.sum() - 150) <= 5
+    expected = np.empty(300, dtype=int)
+    expected[~first] = to_grades(score[~first], fit_thresholds(score[first], labels[first]))
+    expected[first] = to_grades(score[first], fit_thresholds(score[~first], labels[~first]))
+    assert np.array_equal(cross_fitted_grades(score, labels), expected)
+    _, preds, cuts = decode("regression", score[:, None], labels, None)
+    assert np.array_equal(preds, expected) and cuts == fit_thresholds(score, labels)
+    _, fixed, same = decode("regression", score[:, None], labels, [0.5, 1.5, 2.5, 3.5])
+    assert np.array_equal(fixed, to_grades(score, [0.5, 1.5, 2.5, 3.5])) and same[0] == 0.5
+
+
+@pytest.mark.parametrize(
+    "key", ["data.seed", "data.val_fraction", "data.test_fraction", "data.cv_folds",
+            "train.monitor"],
+)  # fmt: skip
+def test_the_search_space_may_not_touch_what_judges_the_trials(
+    tmp_path: Path, tiny_dataset: Path, key: str
+) -> None:
+    choices = {"data.seed": [0, 1], "data.val_fraction": [0.2, 0.3], "train.monitor": ["qwk"],
+               "data.test_fraction": [0.1, 0.2], "data.cv_folds": [3, 5]}[key]  # fmt: skip
+    path = write_tiny_study(tmp_path, tiny_dataset, f"{key}: {{type: categorical, "
+                            f"choices: {choices}}}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=f"space.yaml: {key}: may not be searched"):
+        load_study(path)
+
+
+def test_too_few_images_to_certify_is_refused_under_lower_bound(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """4 validation PDR images cannot certify 0.95 at 90% (32 needed with none missed):
+    refused before any trial under lower_bound, warned under point; a finalist stage on folds
+    pools 16 (enough for 0.75, which needs 5)."""
+    from drsearch.search.checks import check_inputs
+
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    strict = {"metric": "accuracy", "constraints": [{"metric": "referred_pdr", "min": 0.95}]}
+    path = write_tiny_study(tmp_path, tiny_dataset, space, objective=strict)
+    with pytest.raises(ConfigError) as err:
+        check_inputs(load_study(path))
+    assert "referred_pdr >= 0.95 cannot be certified at 90% confidence from 4 validation " in (
+        str(err.value)
+    )
+    assert "needs >= 32 with none missed, >= 66 to allow one miss" in str(err.value)
+    point = write_tiny_study(tmp_path, tiny_dataset, space, objective=strict | {
+        "constraints_on": "point"})  # fmt: skip
+    assert "a pass on so few images is luck" in check_inputs(load_study(point))[0]
+    loose = {"metric": "accuracy", "constraints": [{"metric": "referred_pdr", "min": 0.75}]}
+    folds = write_tiny_study(tmp_path, tiny_dataset, space, objective=loose,
+                             finalists={"top_k": 1, "folds": 4})  # fmt: skip
+    warned = check_inputs(load_study(folds))
+    assert "its finalists are judged on all 16 images of the 4 folds" in warned[0]
+
+
+@pytest.mark.e2e
+def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study with a finalist stage run from its own folder with relative paths: the
+    finalists are retrained on every fold, scored on the pooled out-of-fold predictions
+    (checked against scikit-learn on the concatenated files), and best, export and evaluate
+    all name the crowned finalist; --trial search-best names the search's own."""
+    import optuna
+
+    from drsearch.cli import cli
+
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe_dict(Path("data"), **{"data.test_fraction": 0.2, "train.epochs": 5})
+    Path("recipe.yaml").write_text(yaml.safe_dump(recipe))
+    Path("space.yaml").write_text("optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    study = {
+        "name": "fin", "recipe": "recipe.yaml", "search_space": "space.yaml",
+        "objective": {"metric": "accuracy", "constraints": []},
+        "pruner": {"enabled": False}, "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": 3}, "finalists": {"top_k": 2, "folds": 2},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 1}, "executor": "local",
+        "run_root": "runs",
+    }  # fmt: skip
+    Path("fin.yaml").write_text(yaml.safe_dump(study))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "fin.yaml", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "finalist stage (top 2 x 2 folds)" in result.output
+    storage = f"sqlite:///{Path('runs/fin.db').resolve()}"
+    parent = optuna.load_study(study_name="fin", storage=storage)
+    record = parent.user_attrs["drsearch:finalists"]
+    runs = optuna.load_study(study_name="fin-confirm", storage=storage).trials
+    assert len(runs) == 4 and all(t.state.name == "COMPLETE" for t in runs)
+    n_rest = 65  # 80 images, 3 of each grade held out
+    for e in record["finalists"]:
+        mine = [t for t in runs if t.user_attrs["confirm_of"] == e["trial"]]
+        assert sorted(t.user_attrs["fold"] for t in mine) == [0, 1]
+        assert e["evidence"] == f"{n_rest} pooled out-of-fold images (2 folds)"
+        # the pooled metrics against scikit-learn on the concatenated predictions
+        ids, labels, preds = [], [], []
+        for t in mine:
+            table = np.genfromtxt(Path(t.user_attrs["run_dir"]) / "predictions.csv",
+                                  delimiter=",", names=True, dtype=None, encoding=None)  # fmt: skip
+            ids += table["id"].tolist()
+            labels += table["label"].tolist()
+            preds += table["pred"].tolist()
+            config = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
+            assert config["data"]["cv_fold"] == t.user_attrs["fold"]
+            assert config["train"]["select_epoch"] == e["select_epoch"]
+        assert len(set(ids)) == n_rest  # each non-test image once
+        assert e["confirmed_primary"] == pytest.approx(np.mean(np.equal(labels, preds)))
+        assert e["metrics"]["balanced_accuracy"] == pytest.approx(
+            recall_score(labels, preds, labels=sorted(set(labels)), average="macro")
+        )
+        cm = confusion_matrix(labels, preds, labels=range(5))
+        trivial = cm.sum(1).max() / cm.sum()
+        assert e["feasible"] == (e["confirmed_primary"] > trivial)
+        assert e["optimism_gap"] == pytest.approx(e["search_value"] - e["confirmed_value"])
+    crowned = record["crowned"]
+    feasible = [e for e in record["finalists"] if e["feasible"]]
+    assert crowned == (max(feasible, key=lambda e: e["confirmed_value"])["trial"]
+                       if feasible else None)  # fmt: skip
+    assert "optimism gap" in result.output
+    assert crowned is not None  # the tiny models beat the trivial model on the pooled folds
+    assert f"study best: trial {crowned} (confirmed)" in result.output
+    shown = runner.invoke(cli, ["best", "fin.yaml"])
+    assert f"crowned finalist of fin: trial {crowned}" in shown.output
+    out = runner.invoke(cli, ["export", "fin.yaml", "-o", "best.yaml", "--weights", "best.pt"])
+    assert out.exit_code == 0, out.output
+    pinned = yaml.safe_load(Path("best.yaml").read_text())
+    assert pinned["pinned"]["provenance"]["trial"] == crowned
+    ev = runner.invoke(cli, ["evaluate", "fin.yaml"])
+    assert ev.exit_code == 0, ev.output
+    evaluation = json.loads(Path(f"reports/fin/evaluation-trial{crowned}.json").read_text())
+    assert evaluation["what"]["trials"] == [crowned]
+    # a methods paragraph a journal asks for, written from the study's own records
+    methods = evaluation["methods"]
+    assert f"held-out test set ({evaluation['data']['n_test']} images" in methods
+    assert "budget of 3 configurations (3 trained to the end, 0 stopped early" in methods
+    assert "The top 2 configurations by validation score were retrained on each of 2 folds" in (
+        methods
+    )
+    assert f"(trial {crowned})." in methods and "evaluate 1 candidate (this one)" in methods
+    assert "Methods</h2>" in Path(f"reports/fin/evaluation-trial{crowned}.html").read_text()
+    other = next(e["trial"] for e in record["finalists"] if e["trial"] != crowned)
+    again = runner.invoke(cli, ["evaluate", "fin.yaml", "--trial", str(other)])
+    assert again.exit_code == 0, again.output
+    # a second candidate on the test set: said, and recorded with the study
+    assert "the held-out test set has now measured 2 candidates" in again.output
+    raw = runner.invoke(cli, ["export", "fin.yaml", "--trial", "search-best", "-o", "raw.yaml"])
+    assert raw.exit_code == 0, raw.output
+    assert (
+        yaml.safe_load(Path("raw.yaml").read_text())["pinned"]["provenance"]["trial"]
+        == (record["search_best"])
+    )
+    log = optuna.load_study(study_name="fin", storage=storage).user_attrs[
+        "drsearch:test_evaluations"
+    ]
+    assert [e["trials"] for e in log] == [[crowned], [other]]
+
+
+def test_an_interrupted_confirmation_run_is_queued_again_never_resampled(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """A confirmation run cut short (Ctrl-C, a killed runner) is queued again with its own fold
+    and parameters; the budget never leaves room for a sampled one; a failed run is queued
+    again only with --retry-failed."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from drsearch.search.selection import confirmation_study, plan_of
+
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    path = write_tiny_study(tmp_path, tiny_dataset, space, finalists={"top_k": 1, "folds": 2})
+    loaded = load_study(path)
+    loaded.config.run_root.mkdir(parents=True)
+    storage = loaded.config.storage_url()
+    parent = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    for number, value in enumerate((0.5, 0.7)):
+        parent.add_trial(
+            optuna.trial.create_trial(
+                params={"optim.lr": 0.002 + number / 1000},
+                distributions={"optim.lr": FloatDistribution(1e-3, 1e-2, log=True)},
+                value=value,
+                user_attrs={"feasible": True, "best_epoch": 2, "objective_primary": value},
+            )
+        )
+    plan = plan_of(loaded)
+    companion = confirmation_study(loaded, plan)
+    assert companion.config.budget.n_trials == 2
+    runs = optuna.load_study(study_name="tiny-confirm", storage=storage)
+    waiting = runs.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["fold"] for t in waiting) == [0, 1]
+    fixed = [t.system_attrs["fixed_params"] for t in waiting]  # what each run will use
+    assert all(t.user_attrs["confirm_of"] == 1 for t in waiting)
+    assert all(f["optim.lr"] == 0.003 and f["train.select_epoch"] == 2 for f in fixed)
+    # the fold-1 run is cut short; the fold-0 run fails by its own fault
+    for trial, reason in ((runs.ask(), "boom"), (runs.ask(), "interrupted")):
+        trial.set_user_attr("fail_reason", reason)
+        runs.tell(trial, state=optuna.trial.TrialState.FAIL)
+    again = confirmation_study(loaded, plan)
+    queued = runs.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    interrupted = next(t for t in runs.trials if t.user_attrs.get("fail_reason") == "interrupted")
+    assert [t.user_attrs["fold"] for t in queued] == [interrupted.user_attrs["fold"]]
+    assert queued[0].system_attrs["fixed_params"]["data.cv_fold"] == interrupted.user_attrs["fold"]
+    assert again.config.budget.n_trials == 2  # the failed run and the queued one
+    retried = confirmation_study(loaded, plan, retry_failed=True)
+    queued = runs.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["fold"] for t in queued) == [0, 1]
+    assert retried.config.budget.n_trials == 2
