@@ -329,40 +329,43 @@ def judge(
             short = 0.0 if met else max(0.0, z_req - z, 1e-9 if rule != "point" else 0.0)
             return Judgement(name, metric, minimum, value, None, None, 0, z, met, short,
                              "inconclusive")  # fmt: skip
-        # undefined (no image to measure it on): judged as 0 successes of 1
+        # undefined (no image to measure it on): judged as 0 successes of 1, never met; a
+        # reviewer's view cannot tell
         z = _z(0.0, minimum, _variance(minimum, 1.0))
         short = max(z_req - z, 1e-9)
-        return Judgement(name, metric, minimum, None, None, None, 0, z, False, short, "fail")
+        return Judgement(name, metric, minimum, None, None, None, 0, z, False, short,
+                         "inconclusive")  # fmt: skip
     if kind == "mean":
         ratios = [x / n for x, n in pairs]
         value_ = sum(ratios) / len(ratios)
         k = len(pairs)
         z = _z(value_, minimum, sum(_variance(minimum, n) for _, n in pairs) / (k * k))
         # the mean's interval: normal, with each grade's Wilson-centred variance
-        var_hat = sum(_wilson_var(x, n) for x, n in pairs) / (k * k)
-        lower = max(0.0, value_ - z_req * math.sqrt(var_hat)) if rule != "point" else None
-        lo2, hi2 = value_ - z2 * math.sqrt(var_hat), value_ + z2 * math.sqrt(var_hat)
+        se_hat = math.sqrt(sum(_wilson_var(x, n) for x, n in pairs) / (k * k))
+        lower = max(0.0, value_ - z_req * se_hat) if rule != "point" else None
+        lo2, hi2 = max(0.0, value_ - z2 * se_hat), min(1.0, value_ + z2 * se_hat)
         n_min = min(n for _, n in pairs)
         successes = None
+        passes, fails = lo2 >= minimum, hi2 < minimum
     else:
-        # one proportion, or the worst of several (the one furthest below its minimum)
+        # one proportion, or the worst of several (``min_*``: every grade must meet it; the
+        # grade furthest below, in standard errors, decides, and its own figures are shown)
         judged = [(_z(x / n, minimum, _variance(minimum, n)), x, n) for x, n in pairs]
         z, x, n_min = min(judged, key=lambda t: (t[0], t[1] / t[2]))
-        value_ = min(x / n for _, x, n in judged) if kind == "min" else x / n_min
+        value_ = x / n_min
         successes = x
         lower = wilson_lower(x, n_min, z_req) if rule != "point" else None
+        views = [wilson_interval(a, b, z2) or (0.0, 1.0) for _, a, b in judged]
         lo2, hi2 = wilson_interval(x, n_min, z2) or (None, None)
-        if kind == "min":  # the interval of the worst grade's own proportion
-            lo2 = min((wilson_interval(a, b, z2) or (1.0, 1.0))[0] for _, a, b in judged)
+        passes = all(low >= minimum for low, _ in views)  # every grade shown to meet it
+        fails = any(high < minimum for _, high in views)  # some grade shown to miss it
+    if minimum <= 0.0:  # nothing to show: a proportion is never below 0
+        z, passes, fails = max(z, z_req), True, False
     met = z >= z_req - 1e-12
     short = 0.0 if met else max(z_req - z, 1e-9)
     if lower is not None:  # the bound and the score test agree up to rounding: keep them so
         lower = max(lower, minimum) if met else min(lower, math.nextafter(minimum, -math.inf))
-    result: Result = (
-        "pass" if lo2 is not None and lo2 >= minimum
-        else "fail" if hi2 is not None and hi2 < minimum
-        else "inconclusive"
-    )  # fmt: skip
+    result: Result = "pass" if passes else "fail" if fails else "inconclusive"
     return Judgement(name, metric, minimum, value_, lower, hi2, n_min, z, met, short, result,
                      successes)  # fmt: skip
 
@@ -473,7 +476,7 @@ def objective_score(
 def minimum_gap(j: Judgement, bound: float | None) -> float:
     """Optuna's constraint value of a judgement: ``min - bound``, <= 0 exactly when met."""
     if bound is None:
-        return j.minimum if not j.met else 0.0
+        return 0.0 if j.met else max(j.minimum, 1e-12)
     gap = j.minimum - bound
     return min(gap, 0.0) if j.met else max(gap, 1e-12)
 
@@ -544,9 +547,14 @@ def _proportion_item(
         return CheckItem(label, a.get(metric), f">= {minimum:.2f}", "inconclusive",
                          detail="no counts recorded")  # fmt: skip
     if metric == "min_specificity":
-        specs = [(x / n if n else None) for x, n in _specificities(cm)]
-        worst = min((s for s in specs if s is not None), default=None)
-        detail = f"lowest: grade {specs.index(worst)}" if worst is not None else ""
+        pairs = _specificities(cm)
+        grade = next((g for g, p in enumerate(pairs) if p == (j.successes, j.n)), None)
+        detail = (
+            f"grade {grade} decides: {j.successes:g}/{j.n:g} of the other grades' images not "
+            "called it"
+            if grade is not None
+            else ""
+        )
     elif j.successes is not None:
         detail = f"{j.successes:g}/{j.n:g} {evidence}"
     else:

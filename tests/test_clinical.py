@@ -220,3 +220,30 @@ def test_default_constraints_carry_their_reasons_and_are_the_objective_default()
     assert obj.constraints_on == "lower_bound" and obj.confidence == 0.90
     with pytest.raises(ValueError):
         Constraint(metric="macro_f1", min=0.5)  # no counts to judge it by
+
+
+def test_a_minimum_over_grades_is_decided_by_one_grade_shown_whole() -> None:
+    """min_sensitivity: every grade must meet it; the grade furthest below in standard errors
+    decides, and its own estimate, counts and bound are what is shown (never one grade's
+    value beside another's counts)."""
+    cm = np.diag([7800, 30, 40, 50, 60]).astype(int)
+    cm[0, 1] = 2200  # grade 0: 0.78 of 10,000 images; grade 1 perfect on 30
+    cm[1, 1], cm[1, 0] = 24, 6  # grade 1: 0.80 of 30
+    j = judge("min_sensitivity", 0.79, cm.tolist(), "lower_bound")
+    # 0.78 of 10,000 is 2.4 standard errors below 0.79; 0.80 of 30 is 0.13 above
+    assert (j.successes, j.n, j.value) == (7800, 10000, 0.78) and not j.met
+    assert j.lower == pytest.approx(wilson_interval(7800, 10000, one_sided_z(0.9))[0])
+    assert j.result == "fail"  # grade 0's 95% interval lies below 0.79
+
+
+def test_no_image_is_inconclusive_and_a_minimum_of_zero_is_always_met() -> None:
+    cm = np.diag([50, 10, 10, 10, 0]).tolist()  # no PDR image
+    j = judge("sensitivity_pdr", 0.9, cm)
+    assert j.value is None and not j.met and j.result == "inconclusive"
+    missed = np.diag([50, 10, 10, 0, 10])
+    missed[3, 2] = 3  # 0 of 3 severe NPDR images called 3: 0.0 >= 0.0 holds
+    zero = judge("sensitivity_severe_npdr", 0.0, missed.tolist())
+    s = objective_score("accuracy", [("sensitivity_severe_npdr", 0.0)],
+                        {"accuracy": 0.8, "confusion_matrix": np.diag([50, 10, 10, 3, 10])
+                         .tolist()})  # fmt: skip
+    assert zero.met and s.feasible and all(v <= 0 for v in s.constraints.values())

@@ -383,6 +383,42 @@ def test_a_model_that_trained_on_the_test_images_is_refused(held_out_study: Path
 
 
 @pytest.mark.e2e
+def test_a_test_image_that_duplicates_a_training_image_is_caught(held_out_study: Path) -> None:
+    """A held-out image whose file is byte for byte a training image's (the same photograph
+    filed twice) is counted and said, like validation's; data.drop_val_duplicates drops it."""
+    import csv
+
+    from drsearch.config.study import load_study
+    from drsearch.data.records import Skipped
+    from drsearch.data.sources import load_records
+    from drsearch.data.split import held_out_indices
+    from drsearch.search.export import select_trial
+
+    loaded = load_study(held_out_study)
+    run_dir = Path(select_trial(loaded, "best").user_attrs["run_dir"])
+    with (run_dir / "split.csv").open() as fh:
+        train_id = next(r["id"] for r in csv.DictReader(fh) if r["split"] == "train")
+    d = loaded.recipe.data
+    records = load_records(d, Skipped())
+    test = records[int(held_out_indices(records, d.test_fraction, d.seed)[0])]
+    train = next(r for r in records if r.id == train_id)
+    test.path.write_bytes(train.path.read_bytes())
+    result = CliRunner().invoke(cli(), ["evaluate", str(held_out_study)])
+    assert result.exit_code == 0, result.output
+    assert "1 test images have the same file content as a training image" in result.output
+    best = json.loads(next(Path("reports/held").glob("evaluation-trial*.json")).read_text())
+    assert best["data"]["test_duplicates_of_train"] == 1 and best["data"]["n_test"] == 20
+    recipe = yaml.safe_load(Path("recipe.yaml").read_text())
+    recipe["data"]["drop_val_duplicates"] = True
+    Path("recipe.yaml").write_text(yaml.safe_dump(recipe))
+    from drsearch.inspect.evaluate import load_sides
+
+    sides = load_sides(load_study(held_out_study).recipe, [records[i] for i in
+                       held_out_indices(records, d.test_fraction, d.seed)])  # fmt: skip
+    assert sides.test_duplicates == 1 and len(sides.test.labels) == 19
+
+
+@pytest.mark.e2e
 def test_confirm_retrains_finalists_with_fresh_seeds_and_crowns_the_confirmed_best(
     held_out_study: Path,
 ) -> None:

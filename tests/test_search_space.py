@@ -111,7 +111,7 @@ def test_parses_to_optuna_distribution(tmp_path: Path, text: str, expected: obje
         ("optim.lr: {type: float, low: 0.1, high: .inf}", "high: Input should be a finite"),
         (
             "data.sources.0.use: {type: categorical, choices: [train, val]}",
-            "the recipe's data.sources has 0 entries, so there is no data.sources.0",
+            "data.sources.0.use: may not be searched",
         ),
         ("pinned.seed: {type: int, low: 1, high: 3}", "the recipe has no pinned; set"),
         (

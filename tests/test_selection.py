@@ -294,3 +294,22 @@ def test_an_interrupted_confirmation_run_is_queued_again_never_resampled(
     queued = runs.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert sorted(t.user_attrs["fold"] for t in queued) == [0, 1]
     assert retried.config.budget.n_trials == 2
+
+
+def test_select_epoch_keeps_that_epoch_and_stops_there(tmp_path: Path, tiny_dataset: Path) -> None:
+    """A finalist's run is scored at the epoch its search trial chose: that epoch's weights
+    and predictions are its result (not an epoch chosen again on its own validation), the
+    schedule is the full run's, and training stops there (a resume past it trains nothing)."""
+    from drsearch.train import fit
+    from tests.conftest import make_recipe
+
+    full = fit(make_recipe(tiny_dataset, train__epochs=4), run_dir=tmp_path / "full")
+    picked = make_recipe(tiny_dataset, train__epochs=4, train__select_epoch=2)
+    result = fit(picked, run_dir=tmp_path / "picked")
+    assert result.stopped == "select_epoch" and result.epochs_completed == 2
+    assert result.best_epoch == 2
+    # the first two epochs are the full run's, LR included (the schedule is planned for 4)
+    assert [r["lr"] for r in result.history] == [r["lr"] for r in full.history[:2]]
+    assert result.best == full.history[1]["val"]
+    again = fit(picked, run_dir=tmp_path / "picked", resume=True)
+    assert again.epochs_completed == 2 and again.best_epoch == 2

@@ -127,14 +127,12 @@ def evaluate(
     _print(record, json_path, html_path)
 
 
-#: The study user attribute that logs every use of the held-out test set.
-TEST_LOG_ATTR = "drsearch:test_evaluations"
-
-
 def _log_test_use(study: Any, record: dict[str, Any], tag: str) -> None:
     """Record this test-set evaluation with the study (what, when); once a second candidate
     has been measured on the test set, say that its figures are no longer unbiased."""
     import time
+
+    from drsearch.config.study import TEST_LOG_ATTR
 
     log = list(study.user_attrs.get(TEST_LOG_ATTR) or [])
     trials = sorted(record["what"]["trials"])
@@ -167,7 +165,12 @@ def _study_members(
     else:
         trials = [select_trial(loaded, which, infeasible_ok=True)]
         tag = evaluation_tag([trials[0].number], tta)
-        if which == "best" and not trials[0].user_attrs.get("feasible"):
+        from drsearch.search.database import open_existing
+        from drsearch.search.selection import FINALISTS_ATTR
+
+        confirmed = open_existing(loaded.config, loaded.path).user_attrs.get(FINALISTS_ATTR)
+        # a crowned finalist is feasible on its confirmation, whatever its search said
+        if which == "best" and not confirmed and not trials[0].user_attrs.get("feasible"):
             click.echo(
                 f"Warning: no trial meets the study's constraints; evaluating the best "
                 f"infeasible one, trial {trials[0].number}",
@@ -328,14 +331,7 @@ def confirm(
         + _study_flags(smoke, run_root, storage and masked_url(storage))
         + f" --top-k {plan.top_k} --{plan.mode} {plan.n}"
     )
-    record = run_finalists(loaded, plan, quiet, again, retry_failed)
-    name = loaded.config.name + ("-smoke" if smoke else "")
-    path = Path("reports") / name / "confirm.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from drsearch.inspect.evaluate import write_record
-
-    write_record(record, path)
-    click.echo(f"confirmation -> {path}")
+    run_finalists(loaded, plan, quiet, again, retry_failed)
 
 
 def run_finalists(
@@ -362,6 +358,13 @@ def run_finalists(
     )
     record = confirm_record(loaded, plan)
     print_finalists(record)
+    name = loaded.config.name + ("-smoke" if loaded.smoke else "")
+    path = Path("reports") / name / "confirm.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from drsearch.inspect.evaluate import write_record
+
+    write_record(record, path)
+    click.echo(f"finalists -> {path}")
     return record
 
 
@@ -376,36 +379,44 @@ def print_finalists(record: dict[str, Any]) -> None:
         title=f"Finalists: top {plan['top_k']}, confirmed on {plan['n']} {plan['mode']} "
         f"(constraints on the {record['constraints_on'].replace('_', ' ')})"
     )
-    for column in ("trial", "search value", "confirmed value", "optimism gap", "feasible",
-                   "confirmed on", "note"):  # fmt: skip
+    folds = plan["mode"] == "folds"
+    columns = ["trial", "search value", "confirmed value", "optimism gap", "feasible"]
+    columns += ["value on folds 1+ (unseen by the search)"] if folds else []
+    for column in (*columns, "confirmed on", "note"):
         table.add_column(column)
     for e in record["finalists"]:
         crowned = e["trial"] == record["crowned"]
         failed = "; ".join(_failed_run(f) for f in e["failed_runs"])
         note = "crowned" if crowned else ""
         if not e["complete"]:
-            note = "not confirmed: " + (failed or "runs missing")
+            note = "not confirmed: " + (e.get("error") or failed or "runs missing")
         elif not e["feasible"]:
             note = "; ".join(e["infeasible_reasons"])
         elif failed:
             note += f" (failed: {failed})"
-        table.add_row(
+        unseen = e.get("unseen_folds") or {}
+        row = [
             str(e["trial"]) + (" *" if crowned else ""),
             num(e["search_value"]),
             num(e.get("confirmed_value")),
             num(e.get("optimism_gap")),
             {True: "yes", False: "no", None: "-"}[e.get("feasible")],
-            e.get("evidence", "-"),
-            note,
-        )
+        ]
+        row += [num(unseen.get("value"))] if folds else []
+        table.add_row(*row, e.get("evidence", "-"), note)
     stderr_console(stderr=False).print(table)
-    if record["crowned"] is None:
-        click.echo("no finalist meets the constraints on its confirmation: no winner is named")
-    else:
+    if record["crowned"] is not None:
         click.echo(
             f"study best: trial {record['crowned']} (confirmed); the search's own best was "
             f"trial {record['search_best']}"
         )
+    elif record["pending"]:
+        click.echo(
+            f"finalist(s) {', '.join(map(str, record['pending']))} not confirmed yet (runs "
+            "missing, failed or unreadable): run again, or with --retry-failed"
+        )
+    else:
+        click.echo("no finalist meets the constraints on its confirmation: no winner is named")
 
 
 def _failed_run(f: dict[str, Any]) -> str:

@@ -34,7 +34,12 @@ def report(
     default = Path("reports") / (f"{cfg.name}-smoke" if smoke else cfg.name)
     chosen = study_best(opened)
     crowned = chosen.trial.number if chosen.source == "finalists" and chosen.trial else None
-    records = build_records(loaded, opened, crowned, opened.user_attrs.get(FINALISTS_ATTR))
+    record = opened.user_attrs.get(FINALISTS_ATTR)
+    if chosen.note:
+        click.echo(f"Warning: {chosen.note}", err=True)
+    records = build_records(
+        loaded, opened, crowned, record, no_winner=chosen.source == "finalists" and not crowned
+    )
     path = write_report(records, opened, out or default)
     click.echo(f"report of study {cfg.name} -> {path}")
 

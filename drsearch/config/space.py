@@ -107,6 +107,13 @@ SearchSpace = dict[str, FloatParam | IntParam | CategoricalParam]
 #: Keys a search may not touch, and why: they define the data every trial is judged on, or
 #: the rule that judges it, so trials searched over them are not comparable.
 FIXED_KEYS = {
+    "data.kind": "it picks the images: trials would be judged on different images",
+    "data.root": "it picks the images: trials would be judged on different images",
+    "data.csv": "it picks the images: trials would be judged on different images",
+    "data.sources": "they pick the images and their roles: trials would be judged on "
+    "different images",
+    "data.drop_val_duplicates": "it changes the validation images",
+    "data.skip_bad": "it changes which images are judged",
     "data.seed": "it draws the validation split: trials would be judged on different images",
     "data.val_fraction": "it sizes the validation split: trials would be judged on different "
     "images",

@@ -35,6 +35,8 @@ from drsearch.errors import ConfigError
 #: A study name: it becomes folder and file names under ``run_root``, so nothing that could
 #: climb out of it (``..``, ``/``) or hide (a leading dot).
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The study user attribute that logs every use of its held-out test set (what, when).
+TEST_LOG_ATTR = "drsearch:test_evaluations"
 
 
 class PrunerConfig(Section):

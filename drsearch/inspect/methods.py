@@ -21,8 +21,13 @@ def methods_paragraph(record: dict[str, Any], study: dict[str, Any] | None) -> s
     data, what = record["data"], record["what"]
     parts = []
     split = (study or {}).get("split") or {}
+    by_patient = (
+        data.get("n_val_patients", data["n_val"]) < data["n_val"]
+        or data.get("n_test_patients", data["n_test"]) < data["n_test"]
+    )
+    level = "at the patient level" if by_patient else "by image (no patient has two images)"
     parts.append(
-        f"Images were partitioned at the patient level into training "
+        f"Images were partitioned {level} into training "
         f"({data.get('n_train', 'n/a')} images), validation ({data['n_val']} images, "
         f"{data.get('n_val_patients', data['n_val'])} patients) and a held-out test set "
         f"({data['n_test']} images, {data.get('n_test_patients', data['n_test'])} patients; "
@@ -39,6 +44,9 @@ def methods_paragraph(record: dict[str, Any], study: dict[str, Any] | None) -> s
         parts.append(_search(study))
         parts.append(_selection(study))
     models = ", ".join(what["models"])
+    crowned = ((study or {}).get("finalists") or {}).get("crowned")
+    if study is not None and crowned is not None and what["trials"] != [crowned]:
+        models += f" (not the study's selected model, trial {crowned})"
     ensemble = (
         " (an ensemble: the mean of their per-grade probabilities)" if what["ensemble"] else ""
     )

@@ -184,6 +184,12 @@ def proportion_estimate(
         return float((hits[idx] & b).sum() / b.sum()) if b.any() else None
 
     e = bootstrap(labels, share, groups, seed=seed)
+    if e.low is None or e.high is None or e.low == e.high:
+        # a percentile interval collapses when every resample agrees (40/40): Wilson's on the
+        # patients' count is the honest width then
+        wilson = wilson_interval(k * len(set(groups or [])) / n, len(set(groups or [])))
+        low, high = wilson if wilson is not None else (e.low, e.high)
+        return Estimate(k / n, low, high, successes=k, n=n, method="Wilson (patients)")
     return Estimate(k / n, e.low, e.high, successes=k, n=n, method="patient bootstrap")
 
 

@@ -71,8 +71,9 @@ def check_metrics_computable(loaded: LoadedStudy, evidence: list[str] | None = N
     counts = np.bincount([records[i].label for i in sides.val], minlength=5)
     # a finalist stage on folds judges its finalists on every non-test image
     folds = cfg.finalists.folds if cfg.finalists else None
-    pooled = np.bincount(
-        [records[i].label for i in np.union1d(sides.train, sides.val)], minlength=5
+    pooled = np.bincount(  # the images the folds deal out: not held out, not use: train/val
+        [records[i].label for i in np.union1d(sides.train, sides.val) if records[i].use == "split"],
+        minlength=5,
     )
     if objective.metric == "referable_auc" and (counts[2:].sum() == 0 or counts[:2].sum() == 0):
         raise ConfigError(

@@ -60,17 +60,17 @@ def select_trial(
     if which in ("best", "search-best"):
         best = study_best(study) if which == "best" else None
         if best is not None and best.source == "finalists":
-            if best.note:
-                import sys
-
-                print(f"Warning: {best.note}", file=sys.stderr)
             if best.trial is not None:
+                if best.note:
+                    import sys
+
+                    print(f"Warning: {best.note}", file=sys.stderr)
                 return best.trial
             # the finalist stage named no winner: no other trial stands in for one
             raise ConfigError(
-                f"{loaded.path}: study {cfg.name!r}: no finalist meets the constraints on its "
-                "confirmation, so no winner is named; see the finalists with drsearch best, or "
-                "pick a trial with --trial N (--trial search-best: the search's own)"
+                f"{loaded.path}: study {cfg.name!r} names no winner: {best.note}; see the "
+                "finalists with drsearch best, or pick a trial with --trial N (--trial "
+                "search-best: the search's own)"
             )
         try:
             return study.best_trial
@@ -140,7 +140,9 @@ def study_facts(loaded: LoadedStudy, study: Any) -> dict[str, Any]:
 
     cfg, d = loaded.config, loaded.recipe.data
     counts = count_trials(study.get_trials(deepcopy=False))
-    log = study.user_attrs.get("drsearch:test_evaluations") or []
+    from drsearch.config.study import TEST_LOG_ATTR
+
+    log = study.user_attrs.get(TEST_LOG_ATTR) or []
     return {
         "split": {"seed": d.seed, "test_fraction": d.test_fraction, "cv_folds": d.cv_folds},
         "space": list(loaded.space),

@@ -36,7 +36,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from drsearch.config.space import CategoricalParam
+from drsearch.config.space import IntParam
 from drsearch.config.study import FinalistConfig, LoadedStudy, StudyConfig
 from drsearch.errors import ConfigError
 
@@ -173,13 +173,18 @@ def _runs_wanted(plan: Plan, loaded: LoadedStudy, trial: FrozenTrial) -> list[di
     return [base | {"fold": None, "seed": seed0 + i} for i in range(1, plan.n + 1)]
 
 
+def _key(run: dict[str, Any]) -> tuple[Any, ...]:
+    return (run["confirm_of"], run["fold"], run["seed"], run["select_epoch"])
+
+
 def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = False) -> LoadedStudy:
     """The companion study that confirms the parent's current finalists. Under the study lock
     (several runners queue each run once), every run a finalist lacks is queued: never run,
-    interrupted (Ctrl-C, a killed runner) or, with ``retry_failed``, failed. The budget is
-    what counts (complete, failed, running) plus what waits, so nothing else is sampled."""
+    interrupted (Ctrl-C, a killed runner) or, with ``retry_failed``, failed (the re-run
+    replaces it: ``retry_of``). The budget is what counts plus what waits, so a claim always
+    takes a queued run and nothing is sampled."""
     from drsearch.search.database import open_existing
-    from drsearch.search.store import INTERRUPTED, StudyStore
+    from drsearch.search.store import INTERRUPTED, RETRY_OF, StudyStore, count_trials
 
     parent = open_existing(loaded.config, loaded.path)
     chosen = finalist_trials(parent, plan.top_k)
@@ -193,35 +198,36 @@ def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = Fal
     store.reap_interrupted()  # runs of runners that are gone are interrupted, not running
     with store.lock.hold():
         trials = store.study.get_trials(deepcopy=False)
-
-        def holds(t: FrozenTrial) -> bool:  # a run that stands for its key
-            if t.state != TrialState.FAIL:
-                return True
-            return not retry_failed and t.user_attrs.get("fail_reason") != INTERRUPTED
-
-        queued = {_run_key(t) for t in trials if holds(t)}
+        replaced = {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
+        stands: dict[tuple[Any, ...], FrozenTrial] = {}  # the run that stands for each key
+        for t in trials:
+            interrupted = t.user_attrs.get("fail_reason") == INTERRUPTED
+            failed = t.state == TrialState.FAIL and (retry_failed or interrupted)
+            if not failed and t.number not in replaced:
+                stands.setdefault(_run_key(t), t)
         for trial, run in wanted:
-            key = (run["confirm_of"], run["fold"], run["seed"], run["select_epoch"])
-            if key in queued:
+            if _key(run) in stands:
                 continue
             params = dict(trial.params) | {"train.select_epoch": run["select_epoch"]}
             params |= {"data.cv_fold": run["fold"]} if plan.mode == "folds" else {}
             params |= {"train.seed": run["seed"]} if plan.mode == "seeds" else {}
             attrs = {k: v for k, v in run.items() if v is not None}
+            before = [t for t in trials if _run_key(t) == _key(run)]
+            if before and before[-1].user_attrs.get("fail_reason") != INTERRUPTED:
+                attrs[RETRY_OF] = before[-1].number  # the failed run no longer counts
             store.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-            queued.add(key)
+            stands[_key(run)] = trial
         trials = store.study.get_trials(deepcopy=False)
-        budget = sum(1 for t in trials if holds(t) or t.state == TrialState.WAITING)
-        # every value a queued run fixes must be a choice of the space, or Optuna resamples it
-        fixed = [t.user_attrs for t in trials] + [run for _, run in wanted]
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        budget = count_trials(trials).claimed + waiting
+    # fixed distributions (a choice list that grows with new finalists or seeds would change
+    # a distribution Optuna already recorded): every queued value lies inside them
     space = dict(loaded.space)
-    epochs = sorted({int(a["select_epoch"]) for a in fixed if a.get("select_epoch")})
-    space["train.select_epoch"] = CategoricalParam(type="categorical", choices=epochs)
+    space["train.select_epoch"] = IntParam(type="int", low=1, high=loaded.recipe.train.epochs)
     if plan.mode == "folds":
-        space["data.cv_fold"] = CategoricalParam(type="categorical", choices=list(range(plan.n)))
+        space["data.cv_fold"] = IntParam(type="int", low=0, high=plan.n - 1)
     else:
-        seeds = sorted({int(a["seed"]) for a in fixed if a.get("seed") is not None})
-        space["train.seed"] = CategoricalParam(type="categorical", choices=seeds)
+        space["train.seed"] = IntParam(type="int", low=0, high=2**32 - 1)
     config = config.model_copy(
         update={"budget": config.budget.model_copy(update={"n_trials": max(budget, 1)})}
     )
@@ -243,7 +249,7 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
     entries, confirmed = [], []
     for trial in finalist_trials(parent, plan.top_k):
         wanted = _runs_wanted(plan, loaded, trial)
-        keys = {(w["confirm_of"], w["fold"], w["seed"], w["select_epoch"]) for w in wanted}
+        keys = {_key(w) for w in wanted}
         mine = [t for t in runs if _run_key(t) in keys]
         done_keys = {_run_key(t) for t in mine if t.state == TrialState.COMPLETE}
         done = [t for t in mine if t.state == TrialState.COMPLETE]
@@ -266,7 +272,12 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
             "complete": len(done) == len(wanted),
         }
         if entry["complete"]:
-            metrics, evidence = _confirmed_metrics(plan, done)
+            try:
+                metrics, evidence, unseen = _confirmed_metrics(plan, done)
+            except ConfigError as exc:  # a run folder lost: this finalist, not the record
+                entry |= {"complete": False, "error": str(exc)}
+                entries.append(entry)
+                continue
             s = loaded.config.objective.score(metrics)
             entry |= {
                 "confirmed_value": s.value,
@@ -276,10 +287,18 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
                 "judgements": [judgement_record(j) for j in s.judgements],
                 "trivial_value": s.trivial,
                 "optimism_gap": float(trial.value) - s.value,
-                "primary_gap": (entry["search_primary"] or s.primary) - s.primary,
+                "primary_gap": None
+                if entry["search_primary"] is None
+                else entry["search_primary"] - s.primary,
                 "evidence": evidence,
                 "metrics": {k: metrics.get(k) for k in SEED_METRICS},
             }
+            if unseen is not None:  # the folds the search never validated on
+                u = loaded.config.objective.score(unseen[0])
+                entry["unseen_folds"] = {
+                    "value": u.value, "primary": u.primary, "feasible": u.feasible,
+                    "evidence": unseen[1],
+                }  # fmt: skip
             if plan.mode == "seeds":
                 entry["seed_spread"] = {"value": spread([t.value for t in done])} | {
                     k: spread([t.user_attrs.get(k) for t in done]) for k in SEED_METRICS
@@ -301,6 +320,7 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
         ),  # fmt: skip
         "constraints_on": loaded.config.objective.constraints_on,
         "confidence": loaded.config.objective.confidence,
+        "objective": loaded.config.objective.model_dump(mode="json"),
         "finalists": entries,
         "crowned": None if won is None else won.number,
         "pending": pending,
@@ -319,18 +339,22 @@ def _number(r: Ranked | None) -> int | None:
     return None if r is None else r.number
 
 
-def _confirmed_metrics(plan: Plan, done: list[FrozenTrial]) -> tuple[dict[str, Any], str]:
-    """The metrics a finalist is confirmed on, and what they rest on."""
+def _confirmed_metrics(
+    plan: Plan, done: list[FrozenTrial]
+) -> tuple[dict[str, Any], str, tuple[dict[str, Any], str] | None]:
+    """The metrics a finalist is confirmed on, what they rest on, and (folds) the metrics of
+    the folds the search never validated on (fold 0 is the search's own: the trial and its
+    epoch were chosen on it, so 1/K of the pooled images carry that choice)."""
     from drsearch.train.metrics import compute_metrics
     from drsearch.train.outputs import RunFolder
 
     if plan.mode == "folds":
-        ids, labels, preds, probs = [], [], [], []
+        ids, labels, preds, probs, folds = [], [], [], [], []
         for t in sorted(done, key=lambda t: t.user_attrs.get("fold", 0)):
             folder = RunFolder(Path(str(t.user_attrs.get("run_dir", ""))))
             try:
                 i, y, p, q = folder.read_predictions()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 raise ConfigError(
                     f"confirmation run {t.number}: its predictions.csv cannot be read ({exc}); "
                     "its run folder is needed to pool the folds"
@@ -339,12 +363,19 @@ def _confirmed_metrics(plan: Plan, done: list[FrozenTrial]) -> tuple[dict[str, A
             labels.append(y)
             preds.append(p)
             probs.append(q)
+            folds.append(np.full(len(y), int(t.user_attrs.get("fold", 0))))
         if len(set(ids)) != len(ids):
             raise ConfigError("the folds' validation images overlap: the folds were not a "
                               "partition (data changed between runs?)")  # fmt: skip
         y, p, q = np.concatenate(labels), np.concatenate(preds), np.concatenate(probs)
+        fold = np.concatenate(folds)
         metrics = compute_metrics(y, q, p)
-        return metrics, f"{len(y)} pooled out-of-fold images ({len(done)} folds)"
+        rest = fold != 0
+        unseen = (
+            compute_metrics(y[rest], q[rest], p[rest]),
+            f"{int(rest.sum())} images of folds 1-{plan.n - 1}",
+        )
+        return metrics, f"{len(y)} pooled out-of-fold images ({len(done)} folds)", unseen
     # seeds: the average seed (its confusion matrix is the mean of theirs)
     cms = [np.asarray(t.user_attrs["confusion_matrix"], dtype=float) for t in done]
     metrics = {
@@ -357,7 +388,7 @@ def _confirmed_metrics(plan: Plan, done: list[FrozenTrial]) -> tuple[dict[str, A
     for name in PROPORTIONS:
         metrics.setdefault(name, metric_value(name, metrics["confusion_matrix"]))
     n = int(round(float(np.sum(cms[0]))))
-    return metrics, f"the mean of {len(done)} seeds on the same {n} validation images"
+    return metrics, f"the mean of {len(done)} seeds on the same {n} validation images", None
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -396,22 +427,28 @@ def study_best(study: optuna.Study) -> Best:
     if record is None:
         best = search_best([ranked(t) for t in complete_trials(study)])
         return Best(None if best is None else study.trials[best.number], "search")
-    note = ""
+    notes = []
     current = [t.number for t in finalist_trials(study, record["plan"]["top_k"])]
     if current != [e["trial"] for e in record["finalists"]]:
-        note = (
+        notes.append(
             f"the finalists ({', '.join(str(e['trial']) for e in record['finalists'])}) were "
             f"confirmed when the study had {record['complete_trials_then']} complete trials; "
             f"its finalists are now {', '.join(map(str, current))}: run the study (or "
             "drsearch confirm) again to confirm them"
         )
+    if record.get("objective") not in (None, study.user_attrs.get("objective")):
+        notes.append(
+            "the finalists were judged under another objective than the study's now "
+            "(constraints, rule or confidence changed): run drsearch confirm again"
+        )
     if record["pending"]:
-        note = note or (
+        notes.append(
             f"finalist(s) {', '.join(map(str, record['pending']))} are not confirmed yet "
-            "(runs missing or failed): run the study again, or with --retry-failed"
+            "(runs missing, failed or unreadable): run the study again, or with --retry-failed"
         )
     crowned = record.get("crowned")
     if crowned is None:
-        note = note or "no finalist meets the constraints on its confirmation"
-        return Best(None, "finalists", note)
-    return Best(study.trials[int(crowned)], "finalists", note)
+        if not record["pending"]:
+            notes.append("no finalist meets the constraints on its confirmation")
+        return Best(None, "finalists", "; ".join(notes))
+    return Best(study.trials[int(crowned)], "finalists", "; ".join(notes))

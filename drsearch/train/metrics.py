@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from drsearch.clinical import NUM_CLASSES, metric_value, wilson_lower
+from drsearch.clinical import NUM_CLASSES, PROPORTIONS, metric_value, wilson_lower
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
@@ -46,14 +46,6 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num / den) if den else None
 
 
-def _binary(labels: np.ndarray, preds: np.ndarray, threshold: int) -> tuple[Any, Any]:
-    """Sensitivity and specificity of ``grade >= threshold`` as the positive class."""
-    truth, called = labels >= threshold, preds >= threshold
-    sens = _ratio(float((truth & called).sum()), float(truth.sum()))
-    spec = _ratio(float((~truth & ~called).sum()), float((~truth).sum()))
-    return sens, spec
-
-
 def compute_metrics(
     labels: np.ndarray, probs: np.ndarray, preds: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -76,10 +68,11 @@ def compute_metrics(
         for c in range(NUM_CLASSES)
         if support[c] + called[c] > 0
     ]
-    ref_sens, ref_spec = _binary(labels, preds, 2)
-    vt_sens, vt_spec = _binary(labels, preds, 3)
     precision = [_ratio(tp[c], called[c]) for c in range(NUM_CLASSES)]
     referred = [_ratio(cm[c, 2:].sum(), support[c]) for c in range(NUM_CLASSES)]
+    counted = cm.tolist()
+    # every metric a constraint may bound: from its counts, as clinical defines it (one rule)
+    constrained = {name: metric_value(name, counted) for name in PROPORTIONS}
     return {
         "accuracy": _ratio(tp.sum(), n),
         "balanced_accuracy": float(np.mean(present)) if present else None,
@@ -93,21 +86,21 @@ def compute_metrics(
         "support": [int(s) for s in support],
         "sensitivity_severe_npdr": sens[3],
         "sensitivity_pdr": sens[4],
-        "min_specificity": min((s for s in spec if s is not None), default=None),
-        "min_sensitivity": min(present, default=None),
+        "min_specificity": constrained["min_specificity"],
+        "min_sensitivity": constrained["min_sensitivity"],
         # over-calling: of the images called grade g, the share that are (PPV)
         "precision": precision,
         "ppv_severe_npdr": precision[3],
         "ppv_pdr": precision[4],
         # the screening decision per grade: the share of a grade's images called referable
         "referred": referred,
-        "referred_severe_npdr": metric_value("referred_severe_npdr", cm.tolist()),
-        "referred_pdr": metric_value("referred_pdr", cm.tolist()),
-        "referable_sensitivity": ref_sens,
-        "referable_specificity": ref_spec,
+        "referred_severe_npdr": constrained["referred_severe_npdr"],
+        "referred_pdr": constrained["referred_pdr"],
+        "referable_sensitivity": constrained["referable_sensitivity"],
+        "referable_specificity": constrained["referable_specificity"],
         "referable_auc": _auc(labels >= 2, probs[:, 2:].sum(axis=1)),
-        "vtdr_sensitivity": vt_sens,
-        "vtdr_specificity": vt_spec,
+        "vtdr_sensitivity": constrained["vtdr_sensitivity"],
+        "vtdr_specificity": constrained["vtdr_specificity"],
         "confusion_matrix": cm.tolist(),
     }
 

@@ -237,7 +237,9 @@ class _Trainer:
                     reporter(record["epoch"], {**record, "replayed": True})
         except StopTraining:
             stopped = "reporter"
-        epochs = range(self.start_epoch, self.recipe.train.epochs) if stopped == "completed" else []
+        # with train.select_epoch the run ends at that epoch (a resume past it trains nothing)
+        end = self.recipe.train.select_epoch or self.recipe.train.epochs
+        epochs = range(self.start_epoch, end) if stopped == "completed" else []
         for epoch in epochs:
             record = self._epoch(epoch, progress)
             history.append(record)
@@ -248,9 +250,8 @@ class _Trainer:
             except StopTraining:
                 stopped = "reporter"
                 break
-            if self.recipe.train.select_epoch == epoch + 1:
+            if epoch + 1 == self.recipe.train.select_epoch:
                 stopped = "select_epoch"
-                break
             patience = self.recipe.train.patience
             if patience is not None and self.bad_epochs >= patience:
                 stopped = "early_stopping"

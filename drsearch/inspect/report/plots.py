@@ -357,7 +357,10 @@ def _checklist_html(r: ReportRecords) -> str:
         f"<td>{html.escape(c.detail)}</td></tr>"
         for c in r.checklist
     )
-    kind = "best feasible" if r.best_feasible else "best (infeasible)"
+    kind = {
+        "finalists": "crowned finalist, confirmed:",
+        "no winner": "no winner named (no finalist held up); the search's best,",
+    }.get(r.best_source, "best feasible" if r.best_feasible else "best (infeasible)")
     return (
         f"<section id='checklist'><h2>Medical-grade checklist: {kind} trial "
         f"{r.best.number}</h2><p class='caveat'>Judged on the validation split the search "

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.clinical import CheckItem, checklist
-from drsearch.config.study import LoadedStudy
+from drsearch.config.study import TEST_LOG_ATTR, LoadedStudy
 from drsearch.io import read_jsonl
 
 
@@ -86,15 +86,21 @@ def build_records(
     study: optuna.Study,
     chosen: int | None = None,
     finalists: dict[str, Any] | None = None,
+    no_winner: bool = False,
 ) -> ReportRecords:
     """Everything the report shows, as plain data. ``chosen``: the study's best as the search
     layer names it (the crowned finalist); unset, the best feasible trial of the search.
-    ``finalists``: the finalist stage's record."""
+    ``finalists``: the finalist stage's record; ``no_winner``: it named none (the search's
+    best is then shown as what did not hold up)."""
     cfg = loaded.config
     frozen = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     rows = [_row(t) for t in frozen]
     complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
     best, best_feasible = _best(study, complete, chosen)
+    if chosen is not None and finalists is not None:
+        best_feasible = True  # the crowned finalist met the constraints on its confirmation
+    if no_winner:
+        best_feasible = False
     history = _history(complete)
     best_log = _run_log(best)
     return ReportRecords(
@@ -122,8 +128,8 @@ def build_records(
             if k.startswith("evaluation:")
         },
         confirm=finalists,
-        test_uses=list(study.user_attrs.get("drsearch:test_evaluations") or []),
-        best_source="finalists" if chosen is not None else "search",
+        test_uses=list(study.user_attrs.get(TEST_LOG_ATTR) or []),
+        best_source="no winner" if no_winner else "finalists" if chosen is not None else "search",
     )
 
 
