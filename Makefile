@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ demo: $(VENV)/.installed
 	$(BIN)/drsearch run studies/demo.yaml
 	$(BIN)/drsearch evaluate studies/demo.yaml
 
+# two workers on two cores; the `slow` variants (longer copies of paths other tests cover)
+# only in test-all
 test: $(VENV)/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 -m "not slow"
+
+test-all: $(VENV)/.installed
+	$(BIN)/pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check drsearch tests bench

@@ -121,6 +121,7 @@ def test_train_refuses_to_clobber_and_resume_needs_a_run(
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # test_study_robustness kills a runner at a random moment and compares too
 def test_kill_9_then_resume_matches_uninterrupted(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:

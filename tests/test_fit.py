@@ -178,6 +178,7 @@ def test_early_stopping_on_patience(tmp_path: Path, tiny_dataset: Path) -> None:
     assert result.epochs_completed < 8
 
 
+@pytest.mark.slow  # 50 s; `make demo` and bench/demo_wall.py train it too
 def test_demo_recipe_beats_a_constant_predictor(tmp_path: Path) -> None:
     """The shipped demo recipe as the demo study trains it (8 epochs), writing elsewhere: QWK of
     any constant prediction is 0."""

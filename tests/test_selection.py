@@ -168,7 +168,7 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
         "run_root": "runs",
     }  # fmt: skip
     Path("fin.yaml").write_text(yaml.safe_dump(study))
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "200"})  # the finalists table unwrapped
     result = runner.invoke(cli, ["run", "fin.yaml", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "finalist stage (top 2 x 2 folds)" in result.output

@@ -97,7 +97,11 @@ def _smoke(name: str, root: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize(
+    "name",
+    # fixres's phases are also pinned by test_fit (its sizes, augmentation on): `make test-all`
+    [pytest.param(n, marks=pytest.mark.slow) if n == "fixres_progressive" else n for n in STUDIES],
+)
 def test_smoke_study_runs_end_to_end_on_ray(
     name: str, at_root: None, tmp_path: Path, ray_cluster: None
 ) -> None:

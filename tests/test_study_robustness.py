@@ -247,7 +247,16 @@ def _study_id(path: Path) -> str:
     return str(storage.get_study_system_attrs(study._study_id)["drsearch:uuid"])[:8]
 
 
-@pytest.mark.parametrize("how", ["local", "ray", "local-between-writes"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "local",
+        # the same path under Ray, and at an exact crash point (which test_cli's between-writes
+        # tests also cover): `make test-all`
+        pytest.param("ray", marks=pytest.mark.slow),
+        pytest.param("local-between-writes", marks=pytest.mark.slow),
+    ],
+)
 def test_runner_killed_then_continued_and_retried(
     tmp_path: Path, tiny_dataset: Path, how: str
 ) -> None:
@@ -394,6 +403,8 @@ def test_continuing_a_study_proposes_no_earlier_configuration(
 def test_a_new_study_under_an_old_name_never_resumes_the_old_checkpoints(
     tmp_path: Path, tiny_dataset: Path, ray_cluster: None
 ) -> None:
+    # Ray's trainable resumes from a checkpoint it finds in the trial's folder (Ray restarts
+    # trials itself), so this is the executor where a stale one could be taken
     path = write_tiny_study(
         tmp_path,
         tiny_dataset,
