@@ -303,3 +303,49 @@ def test_reading_a_study_that_has_not_run_creates_nothing(
         assert out.exit_code == 2, (args, out.output)
         assert "no study 'tiny' in sqlite:///" in out.output and "run it first" in out.output
     assert files_under(tmp_path) == before
+
+
+BOMB = "\n".join(
+    [f"a0: &a0 [{', '.join(['lol'] * 9)}]"]
+    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+)  # nine levels of anchors of aliases: 9**9 values once expanded, 9 lines of text
+
+
+@pytest.mark.parametrize("which", ["study", "recipe", "space"])
+def test_a_yaml_alias_bomb_is_refused_in_one_line(
+    tmp_path: Path, tiny_dataset: Path, which: str
+) -> None:
+    import subprocess
+    import sys
+
+    study = write_tiny_study(
+        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 0.001, high: 0.01}"
+    )
+    target = {"study": study, "recipe": tmp_path / "recipe.yaml", "space": tmp_path / "space.yaml"}
+    bad = target[which]
+    if which == "study":
+        bad.write_text(bad.read_text() + BOMB + "\n")
+    else:
+        bad.write_text(BOMB + "\n")
+    # a subprocess with a timeout: before the fix, the loader walked all 9**9 values and hung
+    out = subprocess.run(
+        [sys.executable, "-m", "drsearch.cli", "check", str(study)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    (line,) = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert f"{bad}: its aliases (*name) expand to more than 100,000 values" in line
+
+
+def test_shared_aliases_within_the_limit_still_load(tmp_path: Path) -> None:
+    from drsearch.config.loading import read_yaml
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {lr: 0.1, wd: 0.01}\nx: *b\ny: *b\n")
+    assert read_yaml(path) == {
+        "base": {"lr": 0.1, "wd": 0.01},
+        "x": {"lr": 0.1, "wd": 0.01},
+        "y": {"lr": 0.1, "wd": 0.01},
+    }

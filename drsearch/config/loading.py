@@ -28,6 +28,8 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Deeper nesting than this is refused (no config needs it; Python's recursion would fail).
 MAX_DEPTH = 50
+#: Values a configuration file may expand to through its aliases.
+MAX_VALUES = 100_000
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -93,23 +95,42 @@ def _load(text: str, source: str) -> Any:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:
-        data = None
-        depth = MAX_DEPTH + 1
-    else:
-        depth = _depth(data)
+        raise ConfigError(
+            f"{source}: nested more than {MAX_DEPTH} levels deep; no setting needs that"
+        ) from None
+    depth, size = _measure(data, {})
     if depth > MAX_DEPTH:
         raise ConfigError(
             f"{source}: nested more than {MAX_DEPTH} levels deep; no setting needs that"
         )
+    if size > MAX_VALUES:
+        # anchors of aliases of anchors (a "billion laughs"): a few lines that expand to
+        # billions of values; measured on the shared nodes, never expanded
+        raise ConfigError(
+            f"{source}: its aliases (*name) expand to more than {MAX_VALUES:,} values; no "
+            "setting needs that: write the values out"
+        )
     return data
 
 
-def _depth(data: Any, level: int = 0) -> int:
-    """How deeply ``data`` nests (stops counting past ``MAX_DEPTH``)."""
-    if level > MAX_DEPTH or not isinstance(data, dict | list):
-        return level
+def _measure(data: Any, seen: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(depth, values once aliases are expanded) of ``data``, each shared node measured once:
+    linear in the file, however far its aliases expand."""
+    if not isinstance(data, dict | list):
+        return 0, 1
+    key = id(data)
+    if key in seen:
+        return seen[key]
+    seen[key] = (MAX_DEPTH + 1, MAX_VALUES + 1)  # a node inside itself (a recursive alias)
     children = data.values() if isinstance(data, dict) else data
-    return max((_depth(child, level + 1) for child in children), default=level + 1)
+    depth, size = 1, 1
+    for child in children:
+        d, n = _measure(child, seen)
+        depth, size = max(depth, d + 1), min(size + n, MAX_VALUES + 1)
+        if depth > MAX_DEPTH:
+            break
+    seen[key] = (depth, size)
+    return depth, size
 
 
 def parse_scalar(text: str, key: str = "") -> Any:

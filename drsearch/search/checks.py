@@ -17,6 +17,7 @@ def check_inputs(
     generated (once for the whole study, not once per trial; not at all without
     ``generate``); the validation split can measure and certify what the study asks.
     Returns warnings to show; ``evidence`` receives one line per constraint: its images."""
+    check_run_root(loaded)
     check_weights_exist(loaded)
     data = loaded.recipe.data
     singles = [
@@ -40,10 +41,35 @@ def check_inputs(
                 f"and its recipe are read from the directory drsearch runs in, {Path.cwd()}); "
                 "run drsearch from the folder the paths are relative to, or make them absolute"
             )
-    return check_metrics_computable(loaded, evidence)
+    return check_metrics_computable(loaded, evidence, generate)
 
 
-def check_metrics_computable(loaded: LoadedStudy, evidence: list[str] | None = None) -> list[str]:
+def check_run_root(loaded: LoadedStudy) -> None:
+    """The run root is a folder drsearch can write in, or can be created as one: said in one
+    line before the study's database or any trial folder is made there."""
+    import os
+
+    root = loaded.config.run_root
+    where = f"{loaded.path}: run_root: {root}"
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{where}: {existing} is a file, not a folder; name a folder (or a new one) with "
+            "run_root or --run-root"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == root else f" (its nearest existing folder {existing})"
+        raise ConfigError(
+            f"{where}: not writable{what}; name a folder you can write in with run_root or "
+            "--run-root"
+        )
+
+
+def check_metrics_computable(
+    loaded: LoadedStudy, evidence: list[str] | None = None, generate: bool = True
+) -> list[str]:
     """Count the validation images behind the objective and each constraint (as the base
     recipe splits the data, before any unreadable image is dropped). Refuse a study whose
     split lacks the grades a metric needs, or (``constraints_on: lower_bound``) has too few
@@ -60,14 +86,18 @@ def check_metrics_computable(loaded: LoadedStudy, evidence: list[str] | None = N
     cfg = loaded.config
     objective = cfg.objective
     wanted = [(f"objective.constraints.{i}", c) for i, c in enumerate(objective.constraints)]
-    if not wanted and objective.metric != "referable_auc":
-        return []
     data = loaded.recipe.data
     try:
         records = load_records(data, Skipped())
         sides = data_split(records, data)
-    except DataError:
-        return []  # the trials say what is wrong with the data, one line each
+    except DataError as exc:
+        synthetic = data.kind == "synthetic" or any(s.kind == "synthetic" for s in data.sources)
+        if synthetic and not generate:
+            return []  # `check` does not generate the synthetic set; `run` does, then counts
+        # found before any trial is claimed, instead of by every trial (each counted FAIL)
+        raise ConfigError(f"{loaded.path}: data: {exc}") from None
+    if not wanted and objective.metric != "referable_auc":
+        return []
     counts = np.bincount([records[i].label for i in sides.val], minlength=5)
     # a finalist stage on folds judges its finalists on every non-test image
     folds = cfg.finalists.folds if cfg.finalists else None
@@ -161,12 +191,31 @@ def check_weights_exist(loaded: LoadedStudy) -> None:
         return
     from drsearch.train.named_weights import is_named
 
-    if not is_named(pretrained) and not Path(pretrained).is_file():
+    if is_named(pretrained):
+        return
+    path = Path(pretrained)
+    if not path.is_file():
         raise ConfigError(
             f"{loaded.path}: model.pretrained: weights file {pretrained} not found; download "
             "it (gated weights need a local copy), set model.pretrained: false, or try the "
             "wiring with --smoke"
         )
+    # read as a trial would (never unpickled): a refused or damaged file is found here, not
+    # by every trial in turn
+    where = f"{loaded.path}: model.pretrained: {path}"
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{where}: not a readable safetensors file ({first})") from None
+    else:
+        from drsearch.train.checkpoint import load_weights_only
+
+        load_weights_only(path, where, "save a plain state dict (or safetensors)", ConfigError)
 
 
 def sample_problems(loaded: LoadedStudy, n: int, seed: int = 0) -> list[str]:
