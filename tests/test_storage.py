@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from drsearch.config.study import StudyConfig
 from drsearch.search.database import masked_url
-from drsearch.search.store import HEARTBEAT_ATTR, RUNNER_ATTR, StudyStore, process_start
+from drsearch.search.liveness import HEARTBEAT_ATTR, RUNNER_ATTR, process_start
+from drsearch.search.store import StudyStore
 from drsearch.search.trial import Outcome
 
 

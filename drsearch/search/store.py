@@ -12,12 +12,7 @@ advisory lock in PostgreSQL), so any number of runners together start exactly th
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -30,15 +25,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import StudyConfig
 from drsearch.search.database import StudyLock, make_storage
+from drsearch.search.liveness import (
+    RUNNER_ATTR,
+    Heartbeat,
+    close_runner,
+    db_now,
+    open_runner,
+    runner_alive,
+)
 from drsearch.search.promotion import PAUSED_ATTR, PAUSED_OUTCOME_ATTR, next_promotion, paused_at
 from drsearch.search.samplers import make_pruner, make_sampler
 from drsearch.search.trial import Outcome
-
-RUNNER_ATTR = "drsearch:runner"
-
-
-HEARTBEAT_ATTR = "drsearch:heartbeat"
-
 
 BUDGET_ATTR = "drsearch:n_trials"
 
@@ -54,26 +51,27 @@ RETRY_OF = "retry_of"
 INTERRUPTED = "interrupted"
 
 
-#: A RUNNING trial of a runner on another host is presumed dead after this long without news.
-STALE_AFTER_S = 300.0
+STORED, ALREADY, RECOVERED = "stored", "already finished", "recovered"
 
 
-HEARTBEAT_EVERY_S = 30.0
+@dataclass(frozen=True)
+class Finished:
+    """What ``StudyStore.finish`` did: ``stored`` (as trial ``number``), ``already
+    finished`` (told before: nothing written), or ``recovered`` (the trial had been marked
+    interrupted while it trained: its result is stored as the new trial ``number``)."""
+
+    how: str
+    number: int | None = None
 
 
-def process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or ``None`` if there is none."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
-
-def runner_id() -> str:
-    """``host:pid:process start time`` of this process: a reused PID is a different runner."""
-    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid()) or 0:.2f}"
+def _constraint_attrs(outcome: Outcome) -> dict[str, Any]:
+    """Optuna's constraint values, as system attributes (each once, by name); optuna-dashboard
+    0.21 reads only the legacy list form."""
+    if not outcome.constraints:
+        return {}
+    attrs: dict[str, Any] = {f"constraints:{k}": v for k, v in outcome.constraints.items()}
+    attrs["constraints"] = list(outcome.constraints.values())
+    return attrs
 
 
 @dataclass
@@ -159,10 +157,12 @@ class StudyStore:
                 load_if_exists=True,
             )
             self.uuid = self._identity()
-        self.runner = runner_id()
+        self.runner = open_runner()
         self.artifacts: Any = None  # an Optuna artifact store, when the runner sets one
         self._active: set[int] = set()
-        self._beating: threading.Event | None = None
+        #: promoted trials this runner holds: the rung each was paused at
+        self._promoted: dict[int, int] = {}
+        self._heart = Heartbeat(self.storage, lambda: self._active)
 
     def _identity(self) -> str:
         """A uuid stored with the study: its run folders are keyed by it."""
@@ -189,7 +189,7 @@ class StudyStore:
             if self.counts().claimed >= self.budget():
                 return None
             trial = self.study.ask()
-            self.storage.set_trial_system_attr(trial._trial_id, RUNNER_ATTR, self.runner)
+            self.storage.set_trial_system_attr(trial._trial_id, RUNNER_ATTR, str(self.runner))
             self.heartbeat(trial._trial_id)
         self._active.add(trial._trial_id)
         return trial
@@ -200,6 +200,7 @@ class StudyStore:
         ran it stays recorded; no runner is needed for a paused trial to stay alive);
         ``outcome`` is how it ends if it never is (written then by ``prune_paused``)."""
         self._active.discard(trial_id)
+        self._promoted.pop(trial_id, None)
         if self._finished(trial_id):
             return
         attrs = outcome.user_attrs
@@ -219,10 +220,13 @@ class StudyStore:
             if chosen is None:
                 return None
             trial_id = chosen._trial_id
-            self.storage.set_trial_system_attr(trial_id, RUNNER_ATTR, self.runner)
+            self.storage.set_trial_system_attr(trial_id, RUNNER_ATTR, str(self.runner))
             self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None)
             self.heartbeat(trial_id)
         self._active.add(trial_id)
+        rung = paused_at(chosen)
+        if rung is not None:
+            self._promoted[trial_id] = rung
         return chosen
 
     @property
@@ -250,27 +254,14 @@ class StudyStore:
 
     # -- trials --------------------------------------------------------------------------
     def heartbeat(self, trial_id: int) -> None:
-        self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        self._heart.beat(trial_id)
 
     def start_heartbeat(self) -> None:
-        """Beat for this runner's running trials every ``HEARTBEAT_EVERY_S`` (other hosts
-        judge a runner by it; on this host the process itself is checked)."""
-        if self._beating is not None:
-            return
-        stop = self._beating = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_EVERY_S):
-                for trial_id in list(self._active):
-                    with contextlib.suppress(Exception):  # the next beat will try again
-                        self.heartbeat(trial_id)
-
-        threading.Thread(target=beat, name="drsearch-heartbeat", daemon=True).start()
+        """Beat for this runner's running trials (on the database's clock) until stopped."""
+        self._heart.start()
 
     def stop_heartbeat(self) -> None:
-        if self._beating is not None:
-            self._beating.set()
-            self._beating = None
+        self._heart.stop()
 
     def record_epoch(self, trial_id: int, step: int, value: float) -> None:
         if self._finished(trial_id):
@@ -287,25 +278,62 @@ class StudyStore:
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
 
-    def finish(self, trial_id: int, outcome: Outcome, intermediate: dict[int, float]) -> None:
-        """Write everything about a finished trial, its state last; repeatable."""
+    def finish(
+        self, trial_id: int, outcome: Outcome, intermediate: dict[int, float]
+    ) -> Finished:
+        """Write everything about a finished trial, its state last; repeatable.
+
+        A trial marked interrupted while it still trained (its runner seemed gone: a lapsed
+        heartbeat, a paused process) is not told twice: its result is stored as a new trial
+        (``RECOVERED``, ``recovered_from`` naming the interrupted one), never dropped."""
         self._active.discard(trial_id)
-        if self._finished(trial_id):
-            return
+        self._promoted.pop(trial_id, None)
+        frozen = self.storage.get_trial(trial_id)
+        if frozen.state.is_finished():
+            late = (
+                frozen.state == TrialState.FAIL
+                and frozen.user_attrs.get("fail_reason") == INTERRUPTED
+                and outcome.state in ("COMPLETE", "PRUNED")
+            )
+            return self._recover(frozen, outcome, intermediate) if late else Finished(ALREADY)
         for step, value in sorted(intermediate.items()):
             self.storage.set_trial_intermediate_value(trial_id, step, value)
         self.set_user_attrs(trial_id, outcome.user_attrs)
-        if outcome.constraints:
-            for name, value in outcome.constraints.items():
-                self.storage.set_trial_system_attr(trial_id, f"constraints:{name}", value)
-            # optuna-dashboard 0.21 reads only the legacy list form
-            self.storage.set_trial_system_attr(
-                trial_id, "constraints", list(outcome.constraints.values())
-            )
-        number = self.storage.get_trial_number_from_id(trial_id)
+        for key, value in _constraint_attrs(outcome).items():
+            self.storage.set_trial_system_attr(trial_id, key, value)
         state = TrialState[outcome.state]
         values = [outcome.value] if state == TrialState.COMPLETE else None
-        self.study.tell(number, values, state=state, skip_if_finished=True)
+        self.study.tell(frozen.number, values, state=state, skip_if_finished=True)
+        return Finished(STORED, frozen.number)
+
+    def _recover(
+        self, old: FrozenTrial, outcome: Outcome, intermediate: dict[int, float]
+    ) -> Finished:
+        state = TrialState[outcome.state]
+        with self.lock.hold():
+            for t in self.study.get_trials(deepcopy=False):
+                if t.user_attrs.get("recovered_from") == old.number:  # stored before
+                    return Finished(ALREADY, t.number)
+            trial = optuna.trial.create_trial(
+                state=state,
+                value=outcome.value if state == TrialState.COMPLETE else None,
+                params=old.params,
+                distributions=old.distributions,
+                user_attrs={
+                    k: v
+                    for k, v in {**old.user_attrs, **outcome.user_attrs}.items()
+                    if k not in ("fail_reason", "interrupted_by")
+                }
+                | {"recovered_from": old.number},
+                system_attrs={
+                    RUNNER_ATTR: str(self.runner),
+                    **_constraint_attrs(outcome),
+                },
+                intermediate_values={**old.intermediate_values, **intermediate},
+            )
+            self.study.add_trial(trial)  # a finished trial takes no attribute: the new one
+            number = self.study.get_trials(deepcopy=False)[-1].number  # names the old
+        return Finished(RECOVERED, number)
 
     def _finished(self, trial_id: int) -> bool:
         return self.storage.get_trial(trial_id).state.is_finished()
@@ -329,18 +357,34 @@ class StudyStore:
                 queued.append((t.number, len(queued)))
         return queued
 
-    def interrupt_own(self) -> list[int]:
-        """Mark this runner's running trials FAIL (``interrupted``) now, as a later run would
-        (on Ctrl-C); their numbers."""
+    def interrupt_own(self, cause: str | None = None) -> list[int]:
+        """Let go of this runner's trials now, as a later run would (Ctrl-C, an error): a
+        promoted trial returns to the rung it was paused at (its checkpoint keeps what it
+        trained since; the next promotion resumes from there), any other is marked FAIL
+        ``interrupted`` (not counted; ``--retry-failed`` continues it), with ``cause`` when
+        the runner stopped on an error. Their numbers."""
         stopped = []
         for trial_id in sorted(self._active):
             if self._finished(trial_id):
                 continue
-            self.storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            rung = self._promoted.get(trial_id)
+            if rung is not None:
+                self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, rung)
+            else:
+                self.storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
+                if cause:
+                    self.storage.set_trial_user_attr(trial_id, "interrupted_by", cause)
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
             stopped.append(self.storage.get_trial_number_from_id(trial_id))
         self._active.clear()
+        self._promoted.clear()
         return stopped
+
+    def close(self) -> None:
+        """This runner is done: its heartbeat stops, and a later store of this process reaps
+        whatever it still held (``release`` first lets go of them at once)."""
+        self.stop_heartbeat()
+        close_runner(self.runner)
 
     # -- bookkeeping -----------------------------------------------------------------------
     def reap_interrupted(self) -> list[int]:
@@ -350,9 +394,14 @@ class StudyStore:
 
     def _reap(self) -> list[int]:
         reaped = []
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if paused_at(trial) is not None or runner_alive(trial.system_attrs, self.runner):
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        now = db_now(self.storage) if running else 0.0
+        for trial in running:
+            if paused_at(trial) is not None:
                 continue  # a paused trial waits for a promotion, with no runner
+            owner = str(trial.system_attrs.get(RUNNER_ATTR, ""))
+            if runner_alive(owner, self.runner, self._heart.age(trial.system_attrs, now)):
+                continue
             self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             reaped.append(trial.number)
@@ -360,21 +409,3 @@ class StudyStore:
 
     def counts(self) -> Counts:
         return count_trials(self.study.get_trials(deepcopy=False))
-
-
-def runner_alive(system_attrs: dict[str, Any], me: str) -> bool:
-    """Whether the runner that owns a RUNNING trial still runs: on this host, its PID with the
-    same process start time; elsewhere, a heartbeat within ``STALE_AFTER_S``."""
-    owner = str(system_attrs.get(RUNNER_ATTR, ""))
-    if owner == me:
-        return True
-    host, _, rest = owner.partition(":")
-    pid, _, start = rest.partition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        started = process_start(int(pid))
-        try:
-            return started is not None and abs(started - float(start)) < 1.0
-        except ValueError:
-            return False
-    beat = system_attrs.get(HEARTBEAT_ATTR)
-    return beat is not None and time.time() - float(beat) < STALE_AFTER_S

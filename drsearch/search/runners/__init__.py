@@ -102,14 +102,20 @@ def run_study(
             stopped = store.interrupt_own()
             again = rerun or f"drsearch run {loaded.path}"
             raise StudyInterrupted(_interrupted_message(loaded, stopped, again)) from None
+        except BaseException as exc:
+            # any other way out (a database error, a Tune error): this runner's trials are let
+            # go now, never left RUNNING under a process that lives on
+            with contextlib.suppress(Exception):  # the database itself may be what failed
+                store.interrupt_own(f"the runner stopped on {type(exc).__name__}: {exc}"[:300])
+            raise
         finally:
-            store.stop_heartbeat()
+            store.close()
     trials = store.study.get_trials(deepcopy=False)
     # the trials this runner claimed: another runner on the study claims its own
     ours = [
         t
         for t in trials
-        if t.number not in before and t.system_attrs.get(RUNNER_ATTR) == store.runner
+        if t.number not in before and t.system_attrs.get(RUNNER_ATTR) == str(store.runner)
     ]
 
     return StudySummary(

@@ -16,7 +16,7 @@ from drsearch.config.space import sample, trial_recipe
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 from drsearch.search.promotion import in_top, promotes, rungs
-from drsearch.search.store import RETRY_OF, StudyStore
+from drsearch.search.store import RECOVERED, RETRY_OF, StudyStore
 from drsearch.search.trial import EpochReport, Outcome, TrialEnd, TrialTracker
 
 
@@ -240,6 +240,11 @@ def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) 
             problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
             outcome.user_attrs["artifact_error"] = problem
             progress.warn(f"trial {ctx.number}: its artifacts were not stored ({problem})")
-    store.finish(ctx.trial_id, outcome, ctx.tracker.intermediate)
+    done = store.finish(ctx.trial_id, outcome, ctx.tracker.intermediate)
+    if done.how == RECOVERED:
+        progress.warn(
+            f"trial {ctx.number} was marked interrupted while it still trained (its runner "
+            f"seemed gone: a lapsed heartbeat?); its result is kept as trial {done.number}"
+        )
     progress.trial_finished(ctx.number, outcome)
     return outcome
