@@ -61,9 +61,7 @@ def test_every_imported_third_party_module_is_declared() -> None:
             continue
         if not owners & core:
             missing.append(f"{module} ({', '.join(sorted(owners))}) imported by {files[0]}")
-    assert not missing, "imported but not declared in [project] dependencies: " + "; ".join(
-        missing
-    )
+    assert not missing, "imported but not declared in [project] dependencies: " + "; ".join(missing)
 
 
 def test_the_check_sees_a_module_that_is_not_declared() -> None:

@@ -42,7 +42,8 @@ def _local(store: StudyStore, loaded, number: int) -> list[str]:  # type: ignore
     ctx = start_trial(store, loaded, SilentProgress(), threads=None)
     assert ctx
     decisions = []
-    for epoch, value in enumerate(CURVES[number], start=1):
+    # the trainer trains the trial recipe's epochs (pruner.max_epochs plans them)
+    for epoch, value in enumerate(CURVES[number][: ctx.recipe.train.epochs], start=1):
         decisions.append(after_epoch(store, ctx, report(epoch, value), SilentProgress()))
         if decisions[-1] != "continue":
             break
@@ -52,14 +53,14 @@ def _local(store: StudyStore, loaded, number: int) -> list[str]:  # type: ignore
     return decisions
 
 
-def _ray(searcher, scheduler, number: int) -> list[str]:  # type: ignore[no-untyped-def]
+def _ray(searcher, scheduler, number: int, epochs: int) -> list[str]:  # type: ignore[no-untyped-def]
     from ray.tune.schedulers import TrialScheduler
 
     ray_id = f"ray_{number}"
     config = searcher.suggest(ray_id)
     assert config["trial_number"] == number
     decisions = []
-    for epoch, value in enumerate(CURVES[number], start=1):
+    for epoch, value in enumerate(CURVES[number][:epochs], start=1):
         result = to_message(report(epoch, value))
         action = scheduler.on_trial_result(None, _Trial(ray_id), result)
         decisions.append("continue" if action == TrialScheduler.CONTINUE else "stop")
@@ -98,7 +99,8 @@ def test_both_executors_decide_alike_at_the_same_rungs(
             searcher_class, scheduler_class = _classes()
             searcher = searcher_class(store, loaded, SilentProgress(), None)
             scheduler = scheduler_class(searcher)
-            decisions = [_ray(searcher, scheduler, n) for n in range(len(CURVES))]
+            epochs = loaded.recipe.train.epochs
+            decisions = [_ray(searcher, scheduler, n, epochs) for n in range(len(CURVES))]
         trials = store.study.get_trials()
         outcomes[executor] = [
             (len(d), t.state.name, t.value, t.user_attrs.get("pruned_at_epoch"))
@@ -112,6 +114,7 @@ def test_both_executors_decide_alike_at_the_same_rungs(
         assert states == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
         assert pruned_at == [None, 1, None, 2, None, 1]
     else:
-        # pruner.max_epochs caps every trial at epoch 6, where it counts as COMPLETE
+        # pruner.max_epochs plans every trial for 6 epochs, where it counts as COMPLETE
         assert all(n <= 6 for n, _, _, _ in outcomes["local"])
+        assert all(t.user_attrs.get("epochs_planned") == 6 for t in trials)
         assert "COMPLETE" in states and "PRUNED" in states

@@ -247,3 +247,26 @@ def test_rungs_inside_the_warmup_or_before_a_resize_are_warned_at_load(tmp_path:
     warmup, resize = load_study(path).warnings
     assert "pruner rungs at epoch(s) [1, 2] fall inside the LR warmup (up to 2 epochs)" in warmup
     assert "rungs at epoch(s) [1, 2, 4] come before the first resolution change (epoch 5" in resize
+
+
+def test_pruner_max_epochs_plans_every_trial_and_the_exported_recipe(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    from drsearch.config.space import sample, trial_recipe
+
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2}\n",
+        pruner={"grace_period": 1, "max_epochs": 4},
+        recipe_overrides={"train.epochs": 8},
+    )
+    loaded = load_study(path)
+    assert loaded.recipe.train.epochs == loaded.max_epochs == 4
+    assert any("pruner.max_epochs 4 < train.epochs 8: every trial trains 4 epochs" in w
+               for w in loaded.warnings)  # fmt: skip
+    import optuna
+
+    trial = optuna.create_study().ask()
+    recipe = trial_recipe(loaded.recipe, sample(trial, loaded.space, loaded.recipe), "t")
+    assert recipe.train.epochs == 4  # what config.yaml, and so `export`, records

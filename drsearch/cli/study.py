@@ -55,6 +55,12 @@ from drsearch.fmt import short
     help="Run failed and interrupted trials again with the same parameters, continuing from "
     "their checkpoints when the recipe is unchanged.",
 )
+@click.option(
+    "--accept-changes",
+    is_flag=True,
+    help="Continue a study whose objective, search space, recipe or pruner changed since it "
+    "was created (refused otherwise); the change is recorded in the study.",
+)
 @_set_opt
 @click.option("--quiet", is_flag=True, help="No live progress view.")
 def run(
@@ -68,6 +74,7 @@ def run(
     run_root: Path | None,
     smoke: bool,
     retry_failed: bool,
+    accept_changes: bool,
     sets: tuple[str, ...],
     quiet: bool,
 ) -> None:
@@ -97,11 +104,12 @@ def run(
     from drsearch.search.database import masked_url
 
     naming = _study_flags(smoke, run_root, storage and masked_url(storage), study_name)
-    again = f"drsearch run {study}{naming}"
+    # --set changes what the study is: continuing without it is refused, so it is repeated
+    again = f"drsearch run {study}{naming}" + "".join(f" --set {shlex.quote(s)}" for s in sets)
     from drsearch.search.runners import executor_session
 
     with executor_session(loaded, ray_address):  # one Ray session for search and finalists
-        summary, wall = _run_and_confirm(loaded, quiet, retry_failed, again)
+        summary, wall = _run_and_confirm(loaded, quiet, retry_failed, again, accept_changes)
     click.echo(wall)
     held_out = bool(loaded.recipe.data.test_fraction) or any(
         s.use == "test" for s in loaded.recipe.data.sources
@@ -116,7 +124,9 @@ def run(
         raise click.ClickException(f"every trial failed; first: {summary.first_failure}")
 
 
-def _run_and_confirm(loaded: Any, quiet: bool, retry_failed: bool, again: str) -> tuple[Any, str]:
+def _run_and_confirm(
+    loaded: Any, quiet: bool, retry_failed: bool, again: str, accept_changes: bool = False
+) -> tuple[Any, str]:
     """Run the search, print its summary, then the finalist stage once the search budget is
     spent and nothing runs. Returns the search's summary and the wall-time line."""
     import time
@@ -124,12 +134,20 @@ def _run_and_confirm(loaded: Any, quiet: bool, retry_failed: bool, again: str) -
     from drsearch.search.runners import run_study
 
     if quiet:
-        summary = run_study(loaded, retry_failed=retry_failed, rerun=again)
+        summary = run_study(
+            loaded, retry_failed=retry_failed, rerun=again, accept_changes=accept_changes
+        )
     else:
         from drsearch.cli.progress import RichStudyProgress
 
         with RichStudyProgress(loaded.config.budget.n_trials, loaded.max_epochs) as progress:
-            summary = run_study(loaded, progress, retry_failed=retry_failed, rerun=again)
+            summary = run_study(
+                loaded,
+                progress,
+                retry_failed=retry_failed,
+                rerun=again,
+                accept_changes=accept_changes,
+            )
     _print_summary(summary)
     c = summary.counts
     search_only = f"study wall time: {summary.wall_seconds:.1f}s"

@@ -217,9 +217,23 @@ def load_study(
     # chosen on what the study ranks by: the study's objective, pinned into every recipe
     train = recipe.train.model_copy(update={"monitor": "objective", "objective": config.objective})
     recipe = recipe.model_copy(update={"train": train, "data": _folds(path, config, recipe)})
-    space = load_search_space(config.search_space, recipe)
     _check_pruner(path, config, recipe)
-    warnings = _rung_warnings(path, config, recipe, space)
+    capped = config.pruner.max_epochs
+    cap_warning = []
+    if capped is not None and capped < recipe.train.epochs:
+        # a trial that stops at max_epochs on a schedule planned for train.epochs is not the
+        # model a recipe of train.epochs retrains: every trial is planned for max_epochs, and
+        # its config.yaml (and so the exported recipe) says so
+        cap_warning = [
+            f"{path}: pruner.max_epochs {capped} < train.epochs {recipe.train.epochs}: every "
+            f"trial trains {capped} epochs on a schedule planned for {capped} (its recipe and "
+            "the exported one say so); drop max_epochs to train the recipe's epochs"
+        ]
+        data = recipe.model_dump(mode="json")
+        data["train"]["epochs"] = capped
+        recipe = parse_config(Recipe, data, f"{path}: pruner.max_epochs applied to the recipe")
+    space = load_search_space(config.search_space, recipe)
+    warnings = cap_warning + _rung_warnings(path, config, recipe, space)
     _check_storage(path, config)
     # Every path is resolved here, once, against the invocation directory: trials run in
     # other working directories (Ray's trial folders, other nodes) and must not depend on it.

@@ -278,9 +278,7 @@ class StudyStore:
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
 
-    def finish(
-        self, trial_id: int, outcome: Outcome, intermediate: dict[int, float]
-    ) -> Finished:
+    def finish(self, trial_id: int, outcome: Outcome, intermediate: dict[int, float]) -> Finished:
         """Write everything about a finished trial, its state last; repeatable.
 
         A trial marked interrupted while it still trained (its runner seemed gone: a lapsed

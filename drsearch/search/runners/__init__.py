@@ -59,6 +59,7 @@ def run_study(
     ray_address: str | None = None,
     retry_failed: bool = False,
     rerun: str | None = None,
+    accept_changes: bool = False,
 ) -> StudySummary:
     """Run ``loaded`` until the study's budget is spent (or the time limit), with its executor.
 
@@ -66,7 +67,8 @@ def run_study(
     With ``retry_failed``, failed and interrupted trials are queued again with their
     parameters (continuing from their checkpoints where the recipe is unchanged).
     ``rerun`` is the command that continues this study (the CLI's own, with its options), for
-    the message on Ctrl-C.
+    the message on Ctrl-C. A study continued under another definition (objective, space,
+    recipe, pruner) is refused unless ``accept_changes``.
     """
     started = time.time()
     progress = progress or SilentProgress()
@@ -76,7 +78,7 @@ def run_study(
     for warning in check_inputs(loaded):
         if not loaded.companion:  # the study it confirms has said them
             progress.warn(warning)
-    store = _open(loaded)
+    store = _open(loaded, accept_changes, progress)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
@@ -175,11 +177,28 @@ def _interrupted_message(loaded: LoadedStudy, stopped: list[int], again: str) ->
     )
 
 
-def _open(loaded: LoadedStudy) -> StudyStore:
-    """The study's store, its folders (inside the run root, marked as drsearch's), its
-    definition and dashboard note, its artifact store and its budget."""
+def _open(
+    loaded: LoadedStudy, accept_changes: bool = False, progress: StudyProgress | None = None
+) -> StudyStore:
+    """The study's store (refused when the study was created with another definition), its
+    folders (inside the run root, marked as drsearch's), its definition and dashboard note,
+    its artifact store and its budget."""
+    from drsearch.search.definition import check_definition
+
     cfg = loaded.config
     store = StudyStore(cfg)
+    if not loaded.companion:  # a confirmation study's runs are defined by its finalists
+        with store.lock.hold():
+            has_trials = bool(store.study.get_trials(deepcopy=False))
+            try:
+                accepted = check_definition(
+                    store.storage, store.study._study_id, loaded, accept_changes, has_trials
+                )
+            except BaseException:
+                store.close()
+                raise
+        if accepted and progress is not None:
+            progress.warn(f"continuing under a changed definition: {'; '.join(accepted[:4])}")
     owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
     owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
     _describe(store.study, loaded)
