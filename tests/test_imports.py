@@ -17,13 +17,14 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "drsearch"
-BASE = {"root", "clinical", "errors", "fmt", "io"}
+BASE = {"root", "clinical", "errors", "fmt", "io", "ranking"}
 ALLOWED = {
     "root": BASE,
     "clinical": BASE,
     "errors": BASE,
     "fmt": BASE,
     "io": BASE,
+    "ranking": BASE,
     "config": BASE,
     "data": BASE | {"config"},
     "train": BASE | {"config", "data"},

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from drsearch.search import liveness
 from drsearch.search.liveness import HEARTBEAT_ATTR, RUNNER_ATTR, RunnerId, db_now
-from drsearch.search.promotion import PAUSED_ATTR
+from drsearch.search.scheduler import PAUSED_ATTR, RungScheduler
 from drsearch.search.store import RECOVERED, StudyStore
 from tests.test_storage import claim, outcome, store
 
@@ -118,9 +118,10 @@ def test_an_interrupted_promoted_trial_returns_to_its_rung(tmp_path: Path) -> No
     a, b = claim(s), claim(s)
     for trial, value in ((a, 0.9), (b, 0.5)):
         s.record_epoch(trial._trial_id, 1, value)
-    s.pause(b._trial_id, 1, outcome(0.5, True))
-    s.pause(a._trial_id, 1, outcome(0.9, True))
-    promoted = s.promote()
+    rungs = RungScheduler(s, max_epochs=4)
+    rungs.pause(b._trial_id, 1, outcome(0.5, True))
+    rungs.pause(a._trial_id, 1, outcome(0.9, True))
+    promoted = rungs.promote()
     assert promoted is not None and promoted.number == a.number
     assert s.interrupt_own() == [a.number]  # Ctrl-C while it trains past its rung
     frozen = s.storage.get_trial(a._trial_id)

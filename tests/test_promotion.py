@@ -10,7 +10,6 @@ import pytest
 from optuna.trial import TrialState
 
 from drsearch.config.study import PrunerConfig, load_study
-from drsearch.search.promotion import PAUSED_ATTR, in_top, next_promotion, rungs
 from drsearch.search.runners import run_study
 from drsearch.search.runners.common import (
     WAIT,
@@ -20,6 +19,7 @@ from drsearch.search.runners.common import (
     start_trial,
 )
 from drsearch.search.runners.ray import _classes
+from drsearch.search.scheduler import PAUSED_ATTR, RungScheduler, in_top, next_promotion, rungs
 from drsearch.search.store import StudyStore
 from drsearch.search.trial import EpochReport, TrialEnd, to_message
 from tests.conftest import write_tiny_study
@@ -173,7 +173,7 @@ def test_a_paused_trial_is_never_reaped_and_counts_toward_the_budget(
     assert promoted and promoted.number == 0 and promoted.resume
     assert promoted.params == ctx.params  # its parameters as drawn, not drawn again
     # the first runner cannot take it too
-    assert store.promote() is None
+    assert RungScheduler(store, loaded.max_epochs).promote() is None
 
 
 @pytest.mark.e2e
@@ -217,6 +217,15 @@ def test_promotion_study_trains_resumes_and_finishes_with_nothing_paused(
         assert epochs == list(range(1, t.user_attrs["epochs_completed"] + 1))
         assert t.user_attrs["epochs_completed"] > 1
     assert summary.counts.complete >= 1 and summary.counts.paused == 0
+    # every ended trial took the one finish path, those pruned at their rung when the budget
+    # ran out too: a dashboard note and artifacts each
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study_attrs = store.storage.get_study_system_attrs(store.study._study_id)
+    for t in done:
+        assert any(k.startswith("artifacts:") for k in t.system_attrs), (t.number, t.state)
+        note = get_note_from_system_attrs(study_attrs, t._trial_id)["body"]
+        assert f"trial {t.number}" in note.lower(), (t.number, t.state, note)
 
 
 def test_a_later_run_goes_on_with_paused_trials_or_prunes_them_when_the_mode_changed(

@@ -313,3 +313,41 @@ def test_select_epoch_keeps_that_epoch_and_stops_there(tmp_path: Path, tiny_data
     assert result.best == full.history[1]["val"]
     again = fit(picked, run_dir=tmp_path / "picked", resume=True)
     assert again.epochs_completed == 2 and again.best_epoch == 2
+
+
+def test_one_best_trial_rule_everywhere_and_a_zero_value_is_a_value() -> None:
+    """run's summary, best/export (selection), the report and `trials` name the same trial;
+    a value of 0.0 ranks above a negative one (not as -inf); none feasible, none is named
+    best, and the closest is shown as such."""
+    import optuna
+
+    from drsearch.inspect.report.records import _best, _history, _row
+    from drsearch.inspect.trials import best_trial
+    from drsearch.ranking import closest, ranked_trials
+    from drsearch.ranking import search_best as rule
+    from drsearch.search.selection import closest_infeasible, search_best_trial, study_best
+
+    def study_of(values: list[tuple[float, bool]]) -> optuna.Study:
+        study = optuna.create_study(direction="maximize")
+        for value, feasible in values:
+            study.add_trial(
+                optuna.trial.create_trial(value=value, user_attrs={"feasible": feasible})
+            )
+        return study
+
+    study = study_of([(-0.5, True), (0.0, True), (0.3, False), (0.0, True)])
+    rows = [_row(t) for t in study.get_trials()]
+    complete = [r for r in rows if r.value is not None]
+    assert search_best_trial(study).number == 1  # 0.0 beats -0.5; the earlier of two 0.0s
+    assert study_best(study).trial.number == best_trial(study).number == 1
+    row, feasible = _best(study, complete, None)
+    assert (row.number, feasible) == (1, True)
+    assert [h[2] for h in _history(complete)] == [-0.5, 0.0, 0.3, 0.3]  # best so far, any
+    assert rule(ranked_trials(study.get_trials())).number == 1
+
+    none = study_of([(0.2, False), (0.4, False)])
+    assert search_best_trial(none) is None and study_best(none).trial is None
+    assert best_trial(none) is None
+    assert closest_infeasible(none).number == 1 == closest(ranked_trials(none.trials)).number
+    row, feasible = _best(none, [_row(t) for t in none.trials], None)
+    assert (row.number, feasible) == (1, False)  # the report shows it as infeasible

@@ -1,14 +1,15 @@
 """The ``drsearch`` command line: thin commands that parse, call and print.
 
 One module per group of commands (``train``: train, lr; ``study``: run, check, export;
-``inspect``: report, dashboard, diagnose; ``evaluate``: evaluate; ``data``), sharing
+``inspect``: report, dashboard, diagnose; ``evaluate``: evaluate; ``confirm``: the finalist
+stage; ``data``), sharing
 ``common`` (the group, one-line errors with exit code 2, shared options) and ``progress``
 (live displays).
 """
 
 from __future__ import annotations
 
-from drsearch.cli import data, evaluate, inspect, study, train  # noqa: F401 - they register
+from drsearch.cli import confirm, data, evaluate, inspect, study, train  # noqa: F401 - they register
 from drsearch.cli.common import UserError, cli
 
 

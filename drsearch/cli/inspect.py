@@ -201,7 +201,7 @@ def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
     if chosen.note:
         click.echo(f"Warning: {chosen.note}", err=True)
     if record is not None:
-        from drsearch.cli.evaluate import print_finalists
+        from drsearch.cli.confirm import print_finalists
 
         print_finalists(record)
     trial = chosen.trial

@@ -158,7 +158,7 @@ def _run_and_confirm(
         return summary, search_only
     # the search budget is spent and nothing runs: the finalist stage (continued when an
     # earlier run already queued it; another runner of the study shares its runs)
-    from drsearch.cli.evaluate import run_finalists
+    from drsearch.cli.confirm import run_finalists
     from drsearch.search.selection import plan_of
 
     started = time.time()
@@ -243,12 +243,15 @@ def _print_summary(s: Any) -> None:
         )
     for reason, n in s.failures:
         click.echo(f"failed: {n} x {reason}")
-    if s.best is not None:
-        kind = "feasible" if s.best_feasible else "no trial is feasible; best infeasible"
-        params = ", ".join(f"{k}={short(v)}" for k, v in s.best.params.items())
-        click.echo(
-            f"search best ({kind}): trial {s.best.number}, value {s.best.value:.4f}; {params}"
+    shown = s.best or s.closest
+    if shown is not None:
+        params = ", ".join(f"{k}={short(v)}" for k, v in shown.params.items())
+        what = (
+            "search best (feasible)"
+            if s.best is not None
+            else "no trial is feasible (no winner); the closest"
         )
+        click.echo(f"{what}: trial {shown.number}, value {shown.value:.4f}; {params}")
 
 
 def _study_flags(
@@ -271,7 +274,7 @@ def _print_next_steps(
 ) -> None:
     """Where to look next: the commands that open this study's results (with the same
     ``--smoke`` and ``--run-root``)."""
-    if s.best is None and not s.counts.counted:
+    if s.best is None and s.closest is None and not s.counts.counted:
         return
     flag = _study_flags(smoke, run_root)
     click.echo("next steps:")
@@ -281,7 +284,7 @@ def _print_next_steps(
         (f"drsearch report {study}{flag}", "one HTML page: history, curves, per-grade figures"),
         (f"drsearch dashboard {study}{flag}", "optuna-dashboard on http://127.0.0.1:8080"),
     ]
-    if s.best is not None and not finalists:
+    if (s.best or s.closest) is not None and not finalists:
         steps.append(
             (
                 f"drsearch confirm {study}{flag}",
@@ -295,7 +298,7 @@ def _print_next_steps(
                 "the best trial on the held-out test set, with 95% intervals",
             )
         )
-    if s.best is not None and s.best_feasible:
+    if s.best is not None:
         steps.append(
             (
                 f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml",

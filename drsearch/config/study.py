@@ -43,7 +43,7 @@ class PrunerConfig(Section):
     """ASHA. ``mode: stopping`` (the default) drops a trial at a rung unless it is in the top
     ``1/reduction_factor`` of the trials that reached the rung so far (Optuna's
     ``SuccessiveHalvingPruner``); ``mode: promotion`` pauses it instead and resumes it from its
-    checkpoint once it ranks there (``drsearch.search.promotion``)."""
+    checkpoint once it ranks there (``drsearch.search.scheduler``)."""
 
     enabled: bool = True
     mode: Literal["stopping", "promotion"] = "stopping"

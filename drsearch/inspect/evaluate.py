@@ -51,7 +51,7 @@ class Options:
 
 
 @dataclass
-class Sides:
+class EvalImages:
     """Validation and test images at one size, with their labels and patients (an image's
     own id when its patient is unknown)."""
 
@@ -74,7 +74,7 @@ def evaluate(
     test_records = held_out_records(members[0])
     test_sha = _same_test_set(members, test_records)
     val_probs, test_probs, per_member = [], [], []
-    sides_by_size: dict[int, Sides] = {}
+    sides_by_size: dict[int, EvalImages] = {}
     for m in members:
         size = m.recipe.data.image_size
         if size not in sides_by_size:
@@ -143,7 +143,7 @@ def held_out_records(member: TrainedModel) -> list[ImageRecord]:
     return test
 
 
-def load_sides(recipe: Recipe, test: list[ImageRecord]) -> Sides:
+def load_sides(recipe: Recipe, test: list[ImageRecord]) -> EvalImages:
     """The recipe's validation split (as its runs split it) and the ``test`` records, at the
     recipe's image size. Test images whose file content is also in training are counted and,
     with ``data.drop_val_duplicates``, dropped, as validation's are."""
@@ -169,7 +169,7 @@ def load_sides(recipe: Recipe, test: list[ImageRecord]) -> Sides:
         rows = rows[~dup]
     labels = np.array([test[i].label for i in rows], dtype=np.int64)
     patient = [r.patient_id or r.id for r in data.records]
-    return Sides(
+    return EvalImages(
         data.split("val", size),
         Split(cache.arrays[size], rows, labels),
         skipped.total,
@@ -209,7 +209,7 @@ def _same_test_set(members: list[TrainedModel], test: list[ImageRecord]) -> str:
 
 
 def _member_probabilities(
-    m: TrainedModel, sides: Sides, options: Options
+    m: TrainedModel, sides: EvalImages, options: Options
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     from drsearch.train.heads import decode, grade_probabilities
     from drsearch.train.predict import predict, trained_model

@@ -70,8 +70,8 @@ def trial_lines(study: optuna.Study, sort: str = "number") -> list[TrialLine]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible complete trial (Optuna's constrained ``best_trial``), if any."""
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+    """The search's best feasible complete trial (``ranking.search_best``), if any."""
+    from drsearch.ranking import ranked_trials, search_best
+
+    best = search_best(ranked_trials(study.get_trials(deepcopy=False)))
+    return None if best is None else study.trials[best.number]

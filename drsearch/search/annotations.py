@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,23 @@ def annotate_trial(
     run_dir = Path(str(outcome.user_attrs.get("run_dir", "")))
     for path in trial_artifacts(run_dir, outcome):
         upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+
+
+def note_and_artifacts(
+    store: FileSystemArtifactStore, config: StudyConfig
+) -> Callable[[optuna.Trial, Outcome], str | None]:
+    """``StudyStore.before_tell`` for a study with an artifact store: a problem is returned (and
+    recorded with the trial), never raised: a trained trial is never lost to an artifact."""
+
+    def attach(trial: optuna.Trial, outcome: Outcome) -> str | None:
+        try:
+            Path(getattr(store, "_base_path", ".")).mkdir(parents=True, exist_ok=True)
+            annotate_trial(trial, outcome, store, config)
+        except Exception as exc:  # noqa: BLE001 - never lose a trained trial to an artifact
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None
+
+    return attach
 
 
 def trial_artifacts(run_dir: Path, outcome: Outcome) -> list[Path]:

@@ -22,7 +22,6 @@ from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 from drsearch.io import write_text_atomic
 from drsearch.search.database import masked_url, open_existing
-from drsearch.search.store import best_trial
 
 if TYPE_CHECKING:  # torch: imported when a model is built
     from drsearch.train.predict import TrainedModel
@@ -72,10 +71,12 @@ def select_trial(
                 "finalists with drsearch best, or pick a trial with --trial N (--trial "
                 "search-best: the search's own)"
             )
-        try:
-            return study.best_trial
-        except ValueError:  # none is feasible (or none is complete)
-            fallback = best_trial(study)
+        from drsearch.search.selection import closest_infeasible, search_best_trial
+
+        found = search_best_trial(study)
+        if found is not None:
+            return found
+        fallback = closest_infeasible(study)  # none is feasible (or none is complete)
         if infeasible_ok and fallback is not None:
             return fallback
         raise ConfigError(

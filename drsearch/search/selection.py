@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from drsearch.config.space import IntParam
 from drsearch.config.study import FinalistConfig, LoadedStudy, StudyConfig
 from drsearch.errors import ConfigError
+from drsearch.ranking import Ranked, by_value, closest, ranked_trials, search_best
 
 #: The study user attribute that holds the finalist stage's record.
 FINALISTS_ATTR = "drsearch:finalists"
@@ -57,25 +58,10 @@ SEED_METRICS = (
 
 
 # -- the rules ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ranked:
-    """A trial as selection sees it: its number, value (higher is better) and feasibility."""
-
-    number: int
-    value: float
-    feasible: bool
-
-
-def search_best(trials: Sequence[Ranked]) -> Ranked | None:
-    """The search's own winner: the best feasible value (the earlier trial of equals)."""
-    feasible = [t for t in trials if t.feasible]
-    return min(feasible, key=lambda t: (-t.value, t.number)) if feasible else None
-
-
 def finalists(trials: Sequence[Ranked], k: int) -> list[Ranked]:
     """The ``k`` best trials by value (the smooth objective, feasible or not), best first;
     ties go to the earlier trial."""
-    return sorted(trials, key=lambda t: (-t.value, t.number))[:k]
+    return by_value(trials)[:k]
 
 
 def crown(confirmed: Sequence[Ranked]) -> Ranked | None:
@@ -84,7 +70,8 @@ def crown(confirmed: Sequence[Ranked]) -> Ranked | None:
 
 
 def ranked(trial: FrozenTrial) -> Ranked:
-    return Ranked(trial.number, float(trial.value), bool(trial.user_attrs.get("feasible")))
+    (one,) = ranked_trials([trial])
+    return one
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -93,6 +80,20 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.value is not None
     ]
+
+
+def search_best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The search's own winner (``ranking.search_best``) as a trial; ``None`` when none is
+    feasible (``study_best`` follows the finalist stage once it has run)."""
+    best = search_best(ranked_trials(study.get_trials(deepcopy=False)))
+    return None if best is None else study.trials[best.number]
+
+
+def closest_infeasible(study: optuna.Study) -> FrozenTrial | None:
+    """When no trial is feasible: the complete one of highest value (the earlier of equals),
+    to show what came closest; never a winner."""
+    top = closest(ranked_trials(study.get_trials(deepcopy=False)))
+    return None if top is None else study.trials[top.number]
 
 
 def finalist_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
@@ -425,8 +426,7 @@ def study_best(study: optuna.Study) -> Best:
     finalist is feasible on confirmation), else the search's best feasible trial."""
     record = study.user_attrs.get(FINALISTS_ATTR)
     if record is None:
-        best = search_best([ranked(t) for t in complete_trials(study)])
-        return Best(None if best is None else study.trials[best.number], "search")
+        return Best(search_best_trial(study), "search")
     notes = []
     current = [t.number for t in finalist_trials(study, record["plan"]["top_k"])]
     if current != [e["trial"] for e in record["finalists"]]:

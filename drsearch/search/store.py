@@ -12,11 +12,10 @@ advisory lock in PostgreSQL), so any number of runners together start exactly th
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -33,8 +32,8 @@ from drsearch.search.liveness import (
     open_runner,
     runner_alive,
 )
-from drsearch.search.promotion import PAUSED_ATTR, PAUSED_OUTCOME_ATTR, next_promotion, paused_at
 from drsearch.search.samplers import make_pruner, make_sampler
+from drsearch.search.scheduler import PAUSED_ATTR, paused_at
 from drsearch.search.trial import Outcome
 
 BUDGET_ATTR = "drsearch:n_trials"
@@ -159,6 +158,10 @@ class StudyStore:
             self.uuid = self._identity()
         self.runner = open_runner()
         self.artifacts: Any = None  # an Optuna artifact store, when the runner sets one
+        #: called with each trial and its outcome just before it is told (every ended trial,
+        #: pruned-at-a-rung ones included): the dashboard note and artifacts; returns a
+        #: problem to record, never raises
+        self.before_tell: Callable[[optuna.Trial, Outcome], str | None] | None = None
         self._active: set[int] = set()
         #: promoted trials this runner holds: the rung each was paused at
         self._promoted: dict[int, int] = {}
@@ -181,76 +184,31 @@ class StudyStore:
         """The study's budget from now on, for every runner of it."""
         self.storage.set_study_system_attr(self.study._study_id, BUDGET_ATTR, n_trials)
 
+    # -- the trials this runner holds -------------------------------------------------------
+    def hold(self, trial_id: int, promoted_from: int | None = None) -> None:
+        """This runner now runs the trial (claimed, or promoted from the rung
+        ``promoted_from``): its name and a heartbeat on it. Under the study lock."""
+        self.storage.set_trial_system_attr(trial_id, RUNNER_ATTR, str(self.runner))
+        self.heartbeat(trial_id)
+        self._active.add(trial_id)
+        if promoted_from is not None:
+            self._promoted[trial_id] = promoted_from
+
+    def let_go(self, trial_id: int) -> None:
+        """This runner no longer runs the trial (finished, or paused at a rung)."""
+        self._active.discard(trial_id)
+        self._promoted.pop(trial_id, None)
+
     def claim(self) -> optuna.Trial | None:
         """Start a trial if the study's budget has room, atomically across runners; ``None``
         when it is spent. Trials of runners that are gone are marked interrupted first."""
         with self.lock.hold():
-            self._reap()
+            self.reap_locked()
             if self.counts().claimed >= self.budget():
                 return None
             trial = self.study.ask()
-            self.storage.set_trial_system_attr(trial._trial_id, RUNNER_ATTR, str(self.runner))
-            self.heartbeat(trial._trial_id)
-        self._active.add(trial._trial_id)
+            self.hold(trial._trial_id)
         return trial
-
-    # -- promotion ASHA (drsearch.search.promotion) ------------------------------------------
-    def pause(self, trial_id: int, epoch: int, outcome: Outcome) -> None:
-        """Leave a trial RUNNING at its rung, to be promoted or pruned later (the runner that
-        ran it stays recorded; no runner is needed for a paused trial to stay alive);
-        ``outcome`` is how it ends if it never is (written then by ``prune_paused``)."""
-        self._active.discard(trial_id)
-        self._promoted.pop(trial_id, None)
-        if self._finished(trial_id):
-            return
-        attrs = outcome.user_attrs
-        kept = {k: attrs[k] for k in ("wall_seconds", "promotions") if k in attrs}
-        self.set_user_attrs(trial_id, kept)  # what a promotion carries on
-        self.storage.set_trial_system_attr(
-            trial_id, PAUSED_OUTCOME_ATTR, json.dumps(asdict(outcome))
-        )
-        self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, epoch)
-
-    def promote(self) -> FrozenTrial | None:
-        """Take the paused trial that ``next_promotion`` names for this runner, atomically
-        across runners (as it was read under the lock: its parameters and attributes);
-        ``None`` when none qualifies."""
-        with self.lock.hold():
-            chosen = next_promotion(self.study.get_trials(deepcopy=False), self._eta)
-            if chosen is None:
-                return None
-            trial_id = chosen._trial_id
-            self.storage.set_trial_system_attr(trial_id, RUNNER_ATTR, str(self.runner))
-            self.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None)
-            self.heartbeat(trial_id)
-        self._active.add(trial_id)
-        rung = paused_at(chosen)
-        if rung is not None:
-            self._promoted[trial_id] = rung
-        return chosen
-
-    @property
-    def _eta(self) -> int:
-        return self.config.pruner.reduction_factor
-
-    def prune_paused(self, wait: bool = True) -> list[tuple[int, Outcome]] | None:
-        """When nothing runs (no trial is left to grow a rung), prune every paused trial with
-        the outcome it paused with; their numbers and outcomes. ``None`` while a trial still
-        runs (it may make a paused one promotable: wait). Without ``wait`` (the study left
-        promotion ASHA: nothing will resume them) they are pruned at once."""
-        with self.lock.hold():
-            self._reap()
-            trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if wait and any(paused_at(t) is None for t in trials):
-                return None
-            pruned = []
-            for t in trials:
-                if paused_at(t) is None:
-                    continue
-                outcome = Outcome(**json.loads(t.system_attrs[PAUSED_OUTCOME_ATTR]))
-                self.finish(t._trial_id, outcome, {})
-                pruned.append((t.number, outcome))
-        return pruned
 
     # -- trials --------------------------------------------------------------------------
     def heartbeat(self, trial_id: int) -> None:
@@ -268,10 +226,6 @@ class StudyStore:
             return
         self.storage.set_trial_intermediate_value(trial_id, step, value)
 
-    def should_prune(self, trial_id: int) -> bool:
-        """The pruner's decision on the trial's stored curve (it records its rungs there)."""
-        return self.study.pruner.prune(self.study, self.storage.get_trial(trial_id))
-
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         if self._finished(trial_id):
             return
@@ -284,8 +238,7 @@ class StudyStore:
         A trial marked interrupted while it still trained (its runner seemed gone: a lapsed
         heartbeat, a paused process) is not told twice: its result is stored as a new trial
         (``RECOVERED``, ``recovered_from`` naming the interrupted one), never dropped."""
-        self._active.discard(trial_id)
-        self._promoted.pop(trial_id, None)
+        self.let_go(trial_id)
         frozen = self.storage.get_trial(trial_id)
         if frozen.state.is_finished():
             late = (
@@ -296,6 +249,10 @@ class StudyStore:
             return self._recover(frozen, outcome, intermediate) if late else Finished(ALREADY)
         for step, value in sorted(intermediate.items()):
             self.storage.set_trial_intermediate_value(trial_id, step, value)
+        if self.before_tell is not None:
+            problem = self.before_tell(optuna.Trial(self.study, trial_id), outcome)
+            if problem:
+                outcome.user_attrs["artifact_error"] = problem
         self.set_user_attrs(trial_id, outcome.user_attrs)
         for key, value in _constraint_attrs(outcome).items():
             self.storage.set_trial_system_attr(trial_id, key, value)
@@ -345,7 +302,7 @@ class StudyStore:
         stops counting. Returns ``(old number, queue position)`` pairs."""
         queued = []
         with self.lock.hold():
-            self._reap()
+            self.reap_locked()
             trials = self.study.get_trials(deepcopy=False)
             retried = retried_numbers(trials)
             for t in trials:
@@ -388,9 +345,10 @@ class StudyStore:
     def reap_interrupted(self) -> list[int]:
         """Mark RUNNING trials whose runner is gone as FAIL (``interrupted``); their numbers."""
         with self.lock.hold():
-            return self._reap()
+            return self.reap_locked()
 
-    def _reap(self) -> list[int]:
+    def reap_locked(self) -> list[int]:
+        """``reap_interrupted`` for a caller that holds the study lock."""
         reaped = []
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         now = db_now(self.storage) if running else 0.0

@@ -112,7 +112,7 @@ def build_records(
         history=history,
         importances=_importances(study, complete),
         parallel_params=_shared_params(complete),
-        top=sorted(complete, key=lambda r: r.value or -math.inf, reverse=True)[
+        top=sorted(complete, key=lambda r: -math.inf if r.value is None else r.value, reverse=True)[
             : cfg.report.top_trials
         ],
         best=best,
@@ -155,19 +155,20 @@ def _best(
         row = next((r for r in complete if r.number == chosen), None)
         if row is not None:
             return row, bool(row.feasible)
-    try:
-        number = study.best_trial.number
-        return next(r for r in complete if r.number == number), True
-    except (ValueError, StopIteration):
-        if not complete:
-            return None, False
-        return max(complete, key=lambda r: -math.inf if r.value is None else r.value), False
+    from drsearch.ranking import closest, ranked_trials, search_best
+
+    trials = ranked_trials(study.get_trials(deepcopy=False))
+    for found, feasible in ((search_best(trials), True), (closest(trials), False)):
+        row = next((r for r in complete if found is not None and r.number == found.number), None)
+        if row is not None:
+            return row, feasible
+    return None, False
 
 
 def _history(complete: list[TrialRow]) -> list[tuple[int, float, float, bool]]:
     out, best = [], -math.inf
     for r in sorted(complete, key=lambda r: r.number):
-        best = max(best, r.value or -math.inf)
+        best = max(best, -math.inf if r.value is None else r.value)
         out.append((r.number, float(r.value or 0.0), best, bool(r.feasible)))
     return out
 

@@ -16,18 +16,18 @@ from optuna.trial import FrozenTrial, TrialState
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import StudyInterrupted
 from drsearch.io import owned_dir
-from drsearch.search.annotations import annotate_study, artifact_store
+from drsearch.search.annotations import annotate_study, artifact_store, note_and_artifacts
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
-from drsearch.search.promotion import promotes
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
+from drsearch.search.scheduler import RungScheduler, promotes
+from drsearch.search.selection import closest_infeasible, search_best_trial
 from drsearch.search.store import (
     INTERRUPTED,
     RETRY_OF,
     RUNNER_ATTR,
     Counts,
     StudyStore,
-    best_trial,
 )
 
 
@@ -43,14 +43,18 @@ class StudySummary:
     started_trials: int
     wall_seconds: float
     trial_seconds: float  # summed wall time of the trials this run executed
-    best: FrozenTrial | None
-    best_feasible: bool
+    best: FrozenTrial | None  # the search's best feasible trial (selection.search_best_trial)
+    closest: FrozenTrial | None  # none feasible: the complete trial of highest value
     first_failure: str | None
     retried: list[int] = field(default_factory=list)  # failed trials queued again
     duplicates: list[list[int]] = field(default_factory=list)  # trials with equal parameters
     runs_dir: Path | None = None
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
     failures: list[tuple[str, int]] = field(default_factory=list)  # reason, how many (top 3)
+
+    @property
+    def best_feasible(self) -> bool:
+        return self.best is not None
 
 
 def run_study(
@@ -85,7 +89,7 @@ def run_study(
     deadline = started + cfg.budget.time_limit_s if cfg.budget.time_limit_s else None
     if store.counts().paused and not promotes(cfg.pruner):
         # paused by promotion ASHA in an earlier run; this study file no longer resumes them
-        for number, _ in store.prune_paused(wait=False) or []:
+        for number, _ in RungScheduler(store, loaded.max_epochs).prune_paused(wait=False) or []:
             progress.warn(f"trial {number}: paused by promotion ASHA, pruned (pruner.mode changed)")
     counts = store.counts()
     if counts.claimed < store.budget() or counts.paused:  # paused: promotion ASHA goes on
@@ -129,8 +133,8 @@ def run_study(
         started_trials=len(ours),
         wall_seconds=time.time() - started,
         trial_seconds=sum(float(t.user_attrs.get("wall_seconds") or 0) for t in ours),
-        best=best_trial(store.study),
-        best_feasible=_best_is_feasible(store.study),
+        best=search_best_trial(store.study),
+        closest=closest_infeasible(store.study),
         first_failure=_first_failure(trials),
         retried=retried,
         duplicates=duplicate_params(trials),
@@ -206,6 +210,8 @@ def _open(
 
     annotate_study(store.study, loaded, store.study.user_attrs.get(FINALISTS_ATTR))
     store.artifacts = artifact_store(loaded)
+    if store.artifacts is not None:  # every ended trial: note and artifacts, before its tell
+        store.before_tell = note_and_artifacts(store.artifacts, cfg)
     store.set_budget(cfg.budget.n_trials)
     return store
 
@@ -226,13 +232,6 @@ def _describe(study: optuna.Study, loaded: LoadedStudy) -> None:
         "validation: the split the search pruned and ranked on (optimistic); the held-out "
         "test split is read only by drsearch evaluate",
     )
-
-
-def _best_is_feasible(study: optuna.Study) -> bool:
-    try:
-        return all(v <= 0 for v in study.best_trial.constraints.values())
-    except ValueError:
-        return False
 
 
 def _failures(trials: list[FrozenTrial]) -> list[tuple[str, int]]:

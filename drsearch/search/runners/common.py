@@ -15,8 +15,8 @@ from drsearch.config.recipe import Recipe
 from drsearch.config.space import sample, trial_recipe
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
-from drsearch.search.promotion import in_top, promotes, rungs
-from drsearch.search.store import RECOVERED, RETRY_OF, StudyStore
+from drsearch.search.scheduler import Decision, RungScheduler
+from drsearch.search.store import RECOVERED, RETRY_OF, STORED, StudyStore
 from drsearch.search.trial import EpochReport, Outcome, TrialEnd, TrialTracker
 
 
@@ -37,8 +37,6 @@ class SilentProgress:
     def trial_paused(self, number: int, epoch: int) -> None: ...
     def warn(self, message: str) -> None: ...
 
-
-Decision = Literal["continue", "prune", "stop", "pause"]
 
 #: ``start_trial``'s answer when nothing can start now but a running trial may still make a
 #: paused one promotable (promotion ASHA): ask again shortly.
@@ -90,12 +88,12 @@ def start_trial(
     With promotion ASHA, a paused trial that now qualifies is promoted first (resumed from its
     checkpoint); with the budget spent, ``WAIT`` while trials still run, and once none does,
     the trials still paused are pruned and ``None`` is returned."""
-    promotion = promotes(loaded.config.pruner)
-    promoted = store.promote() if promotion else None
+    rungs = RungScheduler(store, loaded.max_epochs)
+    promoted = rungs.promote() if rungs.promotes else None
     trial = optuna.Trial(store.study, promoted._trial_id) if promoted else store.claim()
     if trial is None:
-        if promotion:
-            pruned = store.prune_paused()
+        if rungs.promotes:
+            pruned = rungs.prune_paused()
             if pruned is None:
                 return WAIT
             for number, outcome in pruned:
@@ -144,14 +142,6 @@ def start_trial(
     return ctx
 
 
-def _pauses(store: StudyStore, ctx: TrialContext, report: EpochReport) -> bool:
-    """Promotion ASHA: a trial newly at a rung pauses unless it is in the rung's top now."""
-    if report.replayed or report.epoch not in rungs(store.config.pruner, ctx.tracker.max_epochs):
-        return False
-    trials = store.study.get_trials(deepcopy=False)
-    return not in_top(trials, ctx.number, report.epoch, store.config.pruner.reduction_factor)
-
-
 def _take_over_checkpoint(
     loaded: LoadedStudy, store: StudyStore, old: int, ctx: TrialContext
 ) -> bool:
@@ -183,23 +173,12 @@ def _take_over_checkpoint(
 def after_epoch(
     store: StudyStore, ctx: TrialContext, report: EpochReport, progress: StudyProgress
 ) -> Decision:
-    """Record one epoch (idempotent) and decide whether the trial goes on.
-
-    ``stop``: ``pruner.max_epochs`` is reached before the recipe's last epoch (the trial is
-    COMPLETE there); ``prune``: the pruner dropped it at this rung; ``pause`` (promotion
-    ASHA): it reached a rung outside the rung's top ``1/eta`` (a replayed epoch never pauses);
-    else ``continue``.
-    """
+    """Record one epoch (idempotent) and let the rung scheduler decide whether the trial
+    goes on (``RungScheduler.on_epoch``: continue, stop, prune or pause)."""
     record_epoch(store, ctx, report, progress)
-    max_epochs = ctx.tracker.max_epochs
-    if report.epoch >= max_epochs:
-        decision: Decision = "stop" if max_epochs < ctx.recipe.train.epochs else "continue"
-    elif promotes(store.config.pruner):
-        decision = "pause" if _pauses(store, ctx, report) else "continue"
-    elif store.should_prune(ctx.trial_id):
-        decision = "prune"
-    else:
-        decision = "continue"
+    decision = RungScheduler(store, ctx.tracker.max_epochs).on_epoch(
+        ctx.trial_id, ctx.number, report.epoch, report.replayed, ctx.recipe.train.epochs
+    )
     if decision != "continue":
         ctx.decision = decision
     return decision
@@ -227,20 +206,13 @@ def finish_trial(store: StudyStore, ctx: TrialContext, progress: StudyProgress) 
     if outcome.user_attrs.get("wall_seconds") is None or last is not None or promoted:
         outcome.user_attrs["wall_seconds"] = time.time() - ctx.started
     if last is not None:
-        store.pause(ctx.trial_id, last.epoch, outcome)
+        RungScheduler(store, ctx.tracker.max_epochs).pause(ctx.trial_id, last.epoch, outcome)
         progress.trial_paused(ctx.number, last.epoch)
         return None
-    if store.artifacts is not None and not store.is_finished(ctx.trial_id):
-        from drsearch.search.annotations import annotate_trial
-
-        try:
-            Path(getattr(store.artifacts, "_base_path", ".")).mkdir(parents=True, exist_ok=True)
-            annotate_trial(ctx.trial, outcome, store.artifacts, store.config)
-        except Exception as exc:  # noqa: BLE001 - never lose a trained trial to an artifact
-            problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            outcome.user_attrs["artifact_error"] = problem
-            progress.warn(f"trial {ctx.number}: its artifacts were not stored ({problem})")
     done = store.finish(ctx.trial_id, outcome, ctx.tracker.intermediate)
+    if done.how == STORED and outcome.user_attrs.get("artifact_error"):
+        problem = outcome.user_attrs["artifact_error"]
+        progress.warn(f"trial {ctx.number}: its artifacts were not stored ({problem})")
     if done.how == RECOVERED:
         progress.warn(
             f"trial {ctx.number} was marked interrupted while it still trained (its runner "

@@ -1,0 +1,183 @@
+"""The rung scheduler: every stopping and promotion decision of a study, and its state.
+
+``RungScheduler`` is the one place ASHA is decided (after Syne Tune's ``RungSystem``): after
+each epoch it says continue, stop (``pruner.max_epochs``), prune (stopping ASHA) or pause
+(promotion ASHA); it pauses, promotes and finally prunes paused trials. Its state lives in
+the study (each trial's curve, ``PAUSED_ATTR`` and ``PAUSED_OUTCOME_ATTR``), so every runner
+of the study shares it and it survives any of them; the functions below are its pure rules.
+
+Stopping ASHA (the default, Optuna's ``SuccessiveHalvingPruner``) drops a trial at a rung
+unless it is in the top ``1/eta`` of the trials that reached the rung *so far*: an early
+trial is judged against few others, a late one against many. Promotion-based ASHA (Li et al.,
+"A System for Massively Parallel Hyperparameter Tuning", 2020; Syne Tune's
+``type="promotion"``) never drops a trial while the study goes on: at a rung it goes on only if
+it is in the top ``1/eta`` of that rung now, else it *pauses* (its checkpoint stays on disk).
+Whenever a worker is free, the best paused trial that has come into the top ``1/eta`` of its
+rung since (the rung grew) is *promoted*: resumed from its checkpoint, with its optimizer and
+scheduler state, to the next rung. New trials start only when nothing can be promoted. Once
+the budget is claimed and nothing runs, the trials still paused are PRUNED at their rung.
+
+A paused trial stays RUNNING in the Optuna study, with ``PAUSED_ATTR`` (its rung epoch); it
+needs no live runner, counts toward the budget (it was claimed once) and is never reaped as
+interrupted. Every write happens under the study's lock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Literal
+
+from optuna.trial import FrozenTrial, TrialState
+
+from drsearch.config.study import PrunerConfig
+from drsearch.search.trial import Outcome
+
+if TYPE_CHECKING:
+    from drsearch.search.store import StudyStore
+
+#: What happens to a trial after an epoch.
+Decision = Literal["continue", "stop", "prune", "pause"]
+
+#: System attribute of a paused trial: the rung epoch it paused at (``None`` once promoted).
+PAUSED_ATTR = "drsearch:paused_at"
+
+#: System attribute of a paused trial: how it would end if never promoted (an ``Outcome``).
+PAUSED_OUTCOME_ATTR = "drsearch:paused_outcome"
+
+
+def promotes(pruner: PrunerConfig) -> bool:
+    """Whether the study runs promotion ASHA."""
+    return pruner.enabled and pruner.mode == "promotion"
+
+
+def rungs(pruner: PrunerConfig, max_epochs: int) -> list[int]:
+    """The rung epochs below ``max_epochs``: ``grace * eta**k``."""
+    out, epoch = [], pruner.grace_period
+    while epoch < max_epochs:
+        out.append(epoch)
+        epoch *= pruner.reduction_factor
+    return out
+
+
+def paused_at(trial: FrozenTrial) -> int | None:
+    if trial.state != TrialState.RUNNING:
+        return None
+    epoch = trial.system_attrs.get(PAUSED_ATTR)
+    return None if epoch is None else int(epoch)
+
+
+def rung_members(trials: Sequence[FrozenTrial], epoch: int) -> list[tuple[float, int]]:
+    """``(value at the rung, trial number)`` of every trial that reached the rung epoch, best
+    first (the earlier trial first among equals)."""
+    members = [
+        (t.intermediate_values[epoch], t.number)
+        for t in trials
+        if t.state != TrialState.WAITING and epoch in t.intermediate_values
+    ]
+    return sorted(members, key=lambda m: (-m[0], m[1]))
+
+
+def in_top(trials: Sequence[FrozenTrial], number: int, epoch: int, eta: int) -> bool:
+    """Whether trial ``number`` is in the top ``floor(n / eta)`` of the rung at ``epoch``."""
+    members = rung_members(trials, epoch)
+    return number in {n for _, n in members[: len(members) // eta]}
+
+
+def next_promotion(trials: Sequence[FrozenTrial], eta: int) -> FrozenTrial | None:
+    """The paused trial to resume next: from the highest rung down, the best paused trial in
+    the top ``1/eta`` of its rung; ``None`` when none qualifies."""
+    paused = [(paused_at(t), t) for t in trials]
+    candidates = [(epoch, t) for epoch, t in paused if epoch is not None]
+    for epoch in sorted({epoch for epoch, _ in candidates}, reverse=True):
+        here = sorted(
+            (t for e, t in candidates if e == epoch),
+            key=lambda t: (-t.intermediate_values.get(epoch, float("-inf")), t.number),
+        )
+        for t in here:
+            if in_top(trials, t.number, epoch, eta):
+                return t
+    return None
+
+
+class RungScheduler:
+    """ASHA for one study: stopping (Optuna's ``SuccessiveHalvingPruner`` on the stored
+    curves) or promotion (pause, promote, prune the paused at the end); ``pruner.max_epochs``
+    too. Stateless itself: its state is the study's, read and written through ``store``."""
+
+    def __init__(self, store: StudyStore, max_epochs: int) -> None:
+        self.store, self.max_epochs = store, max_epochs
+        self.pruner = store.config.pruner
+        self.promotes = promotes(self.pruner)
+        self.eta = self.pruner.reduction_factor
+
+    @property
+    def rungs(self) -> list[int]:
+        return rungs(self.pruner, self.max_epochs)
+
+    def on_epoch(
+        self, trial_id: int, number: int, epoch: int, replayed: bool, recipe_epochs: int
+    ) -> Decision:
+        """The decision after ``epoch`` (its value already recorded in the study): ``stop``
+        at ``max_epochs`` before the recipe's last epoch; ``pause`` (promotion) at a rung
+        outside the rung's top ``1/eta`` now (a replayed epoch never pauses); ``prune``
+        (stopping) when Optuna's pruner says so; else ``continue``."""
+        if epoch >= self.max_epochs:
+            return "stop" if self.max_epochs < recipe_epochs else "continue"
+        if self.promotes:
+            if replayed or epoch not in self.rungs:
+                return "continue"
+            trials = self.store.study.get_trials(deepcopy=False)
+            return "continue" if in_top(trials, number, epoch, self.eta) else "pause"
+        s = self.store
+        pruned = s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
+        return "prune" if pruned else "continue"
+
+    def pause(self, trial_id: int, epoch: int, outcome: Outcome) -> None:
+        """Leave a trial RUNNING at its rung, to be promoted or pruned later (the runner that
+        ran it stays recorded; no runner is needed for a paused trial to stay alive);
+        ``outcome`` is how it ends if it never is (written then by ``prune_paused``)."""
+        s = self.store
+        s.let_go(trial_id)
+        if s.is_finished(trial_id):
+            return
+        attrs = outcome.user_attrs
+        kept = {k: attrs[k] for k in ("wall_seconds", "promotions") if k in attrs}
+        s.set_user_attrs(trial_id, kept)  # what a promotion carries on
+        s.storage.set_trial_system_attr(trial_id, PAUSED_OUTCOME_ATTR, json.dumps(asdict(outcome)))
+        s.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, epoch)
+
+    def promote(self) -> FrozenTrial | None:
+        """Take the paused trial that ``next_promotion`` names for this runner, atomically
+        across runners (as it was read under the lock: its parameters and attributes);
+        ``None`` when none qualifies."""
+        s = self.store
+        with s.lock.hold():
+            chosen = next_promotion(s.study.get_trials(deepcopy=False), self.eta)
+            if chosen is None:
+                return None
+            s.hold(chosen._trial_id, promoted_from=paused_at(chosen))
+            s.storage.set_trial_system_attr(chosen._trial_id, PAUSED_ATTR, None)
+        return chosen
+
+    def prune_paused(self, wait: bool = True) -> list[tuple[int, Outcome]] | None:
+        """When nothing runs (no trial is left to grow a rung), prune every paused trial with
+        the outcome it paused with (through the one finish path); their numbers and outcomes.
+        ``None`` while a trial still runs (it may make a paused one promotable: wait).
+        Without ``wait`` (the study left promotion ASHA: nothing will resume them) they are
+        pruned at once."""
+        s = self.store
+        with s.lock.hold():
+            s.reap_locked()
+            trials = s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if wait and any(paused_at(t) is None for t in trials):
+                return None
+            pruned = []
+            for t in trials:
+                if paused_at(t) is None:
+                    continue
+                outcome = Outcome(**json.loads(t.system_attrs[PAUSED_OUTCOME_ATTR]))
+                s.finish(t._trial_id, outcome, {})
+                pruned.append((t.number, outcome))
+        return pruned
