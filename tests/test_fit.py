@@ -268,3 +268,31 @@ def test_monitor_objective_picks_the_epoch_the_study_would_rank_highest(
     assert log[-1]["best_epoch"] == best and result.best_epoch == best
     with pytest.raises(Exception, match="train.objective: train.monitor: objective needs"):
         make_recipe(tiny_dataset, train__monitor="objective")
+
+
+def test_a_run_paused_where_it_stopped_early_trains_nothing_more_on_resume(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promotion ASHA pauses a trial at its rung (the reporter stops it) at the very epoch its
+    patience ran out; promoted later, it must end there, not train one more epoch."""
+    from drsearch.train import trainer
+
+    def never_better(self, epoch: int, value: float | None) -> bool:  # type: ignore[no-untyped-def]
+        if self.best_epoch == 0:
+            self.best_value, self.best_epoch = value, epoch
+            return True
+        self.bad_epochs += 1
+        return False
+
+    monkeypatch.setattr(trainer._Trainer, "_track_best", never_better)
+    recipe = make_recipe(tiny_dataset, train__epochs=5, train__patience=1)
+
+    def pause_at_two(epoch: int, metrics: dict) -> None:
+        if epoch == 2 and not metrics.get("replayed"):
+            raise StopTraining  # the rung at epoch 2: paused
+
+    first = fit(recipe, pause_at_two, run_dir=tmp_path / "run")
+    assert (first.stopped, first.epochs_completed) == ("reporter", 2)
+    resumed = fit(recipe, lambda epoch, metrics: None, run_dir=tmp_path / "run", resume=True)
+    assert (resumed.stopped, resumed.epochs_completed) == ("early_stopping", 2)
+    assert len(read_log(tmp_path / "run")) == 2

@@ -237,9 +237,13 @@ class _Trainer:
                     reporter(record["epoch"], {**record, "replayed": True})
         except StopTraining:
             stopped = "reporter"
+        patience = self.recipe.train.patience
+        # a resumed run that had run out of patience where it was paused (a rung) or cut
+        if history and stopped == "completed" and patience is not None:
+            stopped = "early_stopping" if self.bad_epochs >= patience else stopped
         # with train.select_epoch the run ends at that epoch (a resume past it trains nothing)
         end = self.recipe.train.select_epoch or self.recipe.train.epochs
-        epochs = range(self.start_epoch, end) if stopped == "completed" else []
+        epochs = range(self.start_epoch, end) if stopped == "completed" else range(0)
         for epoch in epochs:
             record = self._epoch(epoch, progress)
             history.append(record)
