@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 from drsearch.config.study import PrunerConfig, load_study
 from drsearch.search.runners import run_study
 from drsearch.search.runners.common import (
-    WAIT,
+    NoTrial,
     SilentProgress,
+    TrialContext,
     after_epoch,
     finish_trial,
     start_trial,
@@ -66,9 +67,9 @@ def _drive_local(store: StudyStore, loaded) -> list[tuple[int, int, str]]:  # ty
     events = []
     while True:
         ctx = start_trial(store, loaded, SilentProgress(), threads=None)
-        if ctx is None:
+        if ctx is NoTrial.SPENT:
             return events
-        assert ctx not in (False, WAIT)
+        assert isinstance(ctx, TrialContext)
         for r in _replay(ctx, ctx.number):
             decision = after_epoch(store, ctx, r, SilentProgress())
             if decision != "continue":

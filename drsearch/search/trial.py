@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,14 +63,29 @@ def from_message(result: dict[str, Any] | None) -> Message | None:
     return EpochReport(**data) if result.get("kind") == "epoch" else TrialEnd(**data)
 
 
+class End(str, Enum):
+    """How a trial ended (the names of Optuna's finished states; a ``str``, so it is stored,
+    compared and shown as its name)."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Outcome:
     """How a trial ended, ready to be written to the study."""
 
-    state: str  # "COMPLETE", "PRUNED" or "FAIL"
+    state: End
     value: float | None
     user_attrs: dict[str, Any]
     constraints: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = End(self.state)  # read back from JSON (a paused trial's): its name
 
 
 def score_attrs(s: Score) -> dict[str, Any]:
@@ -132,19 +148,19 @@ class TrialTracker:
         last = self.last
         attrs = self._attrs(end)
         if end is not None and end.status == "failed":
-            return Outcome("FAIL", None, attrs | {"fail_reason": end.reason or "unknown error"})
+            return Outcome(End.FAIL, None, attrs | {"fail_reason": end.reason or "unknown error"})
         if last is None:
             reason = "the trial ended without reporting an epoch"
-            return Outcome("FAIL", None, attrs | {"fail_reason": reason})
+            return Outcome(End.FAIL, None, attrs | {"fail_reason": reason})
         best = self.curve.get(last.best_epoch)
         if best is None:
             reason = f"its best epoch {last.best_epoch} is missing from the reported curve"
-            return Outcome("FAIL", None, attrs | {"fail_reason": reason})
+            return Outcome(End.FAIL, None, attrs | {"fail_reason": reason})
         s = score(self.objective, best.metrics)
         attrs |= score_attrs(s)
         finished = end is not None and end.status == "finished"
         if finished or last.epoch >= self.max_epochs:
-            return Outcome("COMPLETE", s.value, attrs, s.constraints)
+            return Outcome(End.COMPLETE, s.value, attrs, s.constraints)
         if pruned:
             # Optuna stores a pruned trial's last intermediate value as its value; say so
             stop = {
@@ -152,9 +168,9 @@ class TrialTracker:
                 "value_at_stop": self.intermediate[last.epoch],
                 "objective_so_far": s.value,
             }
-            return Outcome("PRUNED", None, attrs | stop, s.constraints)
+            return Outcome(End.PRUNED, None, attrs | stop, s.constraints)
         reason = f"stopped at epoch {last.epoch} of {self.max_epochs} without finishing"
-        return Outcome("FAIL", None, attrs | {"fail_reason": reason})
+        return Outcome(End.FAIL, None, attrs | {"fail_reason": reason})
 
     def _attrs(self, end: TrialEnd | None) -> dict[str, Any]:
         last = self.last

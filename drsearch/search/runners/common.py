@@ -6,8 +6,9 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import optuna
 
@@ -38,9 +39,19 @@ class SilentProgress:
     def warn(self, message: str) -> None: ...
 
 
-#: ``start_trial``'s answer when nothing can start now but a running trial may still make a
-#: paused one promotable (promotion ASHA): ask again shortly.
-WAIT = "wait"
+class NoTrial(Enum):
+    """``start_trial``'s answer when it started no trial (falsy, unlike a ``TrialContext``)."""
+
+    SPENT = "the study's budget is spent (and nothing is left paused)"
+    NOT_STARTED = "the claimed trial could not start: recorded as FAIL with its reason"
+    WAIT = "nothing can start now, but a running trial may still make a paused one promotable"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: Promotion ASHA: ask again shortly.
+WAIT = NoTrial.WAIT
 
 
 @dataclass
@@ -81,13 +92,14 @@ def trial_dir(loaded: LoadedStudy, store: StudyStore, number: int) -> Path:
 
 def start_trial(
     store: StudyStore, loaded: LoadedStudy, progress: StudyProgress, threads: int | None
-) -> TrialContext | None | Literal[False, "wait"]:
-    """Claim a trial and build its recipe. ``None`` when the budget is spent; ``False`` when
-    the claimed trial could not start (an impossible combination: recorded as FAIL).
+) -> TrialContext | NoTrial:
+    """Claim a trial and build its recipe; ``NoTrial.SPENT`` when the budget is spent,
+    ``NoTrial.NOT_STARTED`` when the claimed trial could not start (an impossible
+    combination: recorded as FAIL).
 
     With promotion ASHA, a paused trial that now qualifies is promoted first (resumed from its
-    checkpoint); with the budget spent, ``WAIT`` while trials still run, and once none does,
-    the trials still paused are pruned and ``None`` is returned."""
+    checkpoint); with the budget spent, ``NoTrial.WAIT`` while trials still run, and once none
+    does, the trials still paused are pruned and ``NoTrial.SPENT`` is returned."""
     rungs = RungScheduler(store, loaded.max_epochs)
     promoted = rungs.promote() if rungs.promotes else None
     trial = optuna.Trial(store.study, promoted._trial_id) if promoted else store.claim()
@@ -95,10 +107,10 @@ def start_trial(
         if rungs.promotes:
             pruned = rungs.prune_paused()
             if pruned is None:
-                return WAIT
+                return NoTrial.WAIT
             for number, outcome in pruned:
                 progress.trial_finished(number, outcome)
-        return None
+        return NoTrial.SPENT
     run_dir = trial_dir(loaded, store, trial.number)
     tracker = TrialTracker(loaded.config.objective, loaded.max_epochs, run_dir)
     try:
@@ -116,7 +128,7 @@ def start_trial(
         outcome = tracker.outcome(TrialEnd("failed", reason))
         store.finish(trial._trial_id, outcome, {})
         progress.trial_finished(trial.number, outcome)
-        return False
+        return NoTrial.NOT_STARTED
     if recipe.train.threads is None and threads is not None:
         recipe = recipe.model_copy(
             update={"train": recipe.train.model_copy(update={"threads": threads})}

@@ -10,7 +10,7 @@ import time
 
 from drsearch.config.study import LoadedStudy
 from drsearch.search.runners.common import (
-    WAIT,
+    NoTrial,
     StudyProgress,
     TrialContext,
     after_epoch,
@@ -31,11 +31,11 @@ def run_local(
     """Run trials in this process until the study's budget is spent or ``deadline`` passes."""
     while deadline is None or time.time() < deadline:
         ctx = start_trial(store, loaded, progress, threads=None)  # one at a time: all cores
-        if ctx is None:
+        if ctx is NoTrial.SPENT:
             return
-        if ctx == WAIT:  # another runner's trial may still make a paused one promotable
+        if ctx is NoTrial.WAIT:  # another runner's trial may still make a paused one promotable
             time.sleep(1.0)
-        elif ctx is not False:
+        elif isinstance(ctx, TrialContext):
             _run_one(store, loaded, ctx, progress)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from drsearch.config.study import LoadedStudy
 from drsearch.search.runners.common import (
-    WAIT,
+    NoTrial,
     StudyProgress,
     TrialContext,
     after_epoch,
@@ -127,11 +127,11 @@ def _classes() -> tuple[type, type]:
                     self.progress,
                     threads=max(1, int(self.loaded.config.resources.cpus_per_trial)),
                 )
-                if ctx is None:
-                    break  # the study's budget is spent
-                if ctx is False:
+                if ctx is NoTrial.SPENT:
+                    break
+                if ctx is NoTrial.NOT_STARTED:
                     continue  # its recipe was impossible: already recorded as FAIL
-                if ctx == WAIT:  # a running trial may still make a paused one promotable
+                if ctx is NoTrial.WAIT:  # a running trial may still make a paused one promotable
                     time.sleep(0.2)
                     return None  # Tune asks again
                 self.store.set_user_attrs(ctx.trial_id, {"ray_trial_id": trial_id})
