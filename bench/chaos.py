@@ -153,7 +153,7 @@ def main() -> None:
         time.sleep(1.0)  # Ray's own processes follow their driver
         try:
             before = snapshot(storage, name)
-        except KeyError:  # killed before the study was created
+        except Exception:  # noqa: BLE001 - killed before its database or study was created
             before = []
         again = subprocess.run(
             [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
