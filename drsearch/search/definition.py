@@ -82,21 +82,23 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_definition(
-    storage: Any, study_id: int, loaded: LoadedStudy, accept: bool, has_trials: bool
+    storage: Any, study_id: int, loaded: LoadedStudy, accept: bool, has_ranked: bool
 ) -> list[str]:
     """Store the definition of a new study; refuse a continuation under another one unless
-    ``accept`` (then record what changed, and store the new one). Returns the changes
-    accepted (empty when none)."""
+    ``accept`` (then record what changed, and store the new one). ``has_ranked``: the study
+    has trials the change would re-rank (complete, pruned or paused); with none (a study whose
+    trials all failed, say on a typo the user has since fixed) the change is taken and
+    recorded. Returns the changes taken (empty when none)."""
     new = definition(loaded)
     attrs = storage.get_study_system_attrs(study_id)
     stored = attrs.get(DEFINITION_ATTR)
-    if stored is None or not has_trials:
+    if stored is None:
         storage.set_study_system_attr(study_id, DEFINITION_ATTR, new)
         return []
     changed = changes(stored, new)
     if not changed:
         return []
-    if not accept:
+    if has_ranked and not accept:
         more = f"; and {len(changed) - 4} more" if len(changed) > 4 else ""
         shown = "; ".join(changed[:4]) + more
         raise ConfigError(
@@ -108,7 +110,7 @@ def check_definition(
     log = list(attrs.get(ACCEPTED_ATTR, []))
     log.append(
         {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from": digest(stored), "to": digest(new),
-         "changes": changed}
+         "changes": changed, "why": "--accept-changes" if has_ranked else "no trial ranked yet"}
     )  # fmt: skip
     storage.set_study_system_attr(study_id, ACCEPTED_ATTR, log)
     storage.set_study_system_attr(study_id, DEFINITION_ATTR, new)

@@ -20,7 +20,7 @@ from drsearch.search.annotations import annotate_study, artifact_store, note_and
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
-from drsearch.search.scheduler import RungScheduler, promotes
+from drsearch.search.scheduler import RungScheduler, paused_at, promotes
 from drsearch.search.selection import closest_infeasible, search_best_trial
 from drsearch.search.store import (
     INTERRUPTED,
@@ -193,10 +193,13 @@ def _open(
     store = StudyStore(cfg)
     if not loaded.companion:  # a confirmation study's runs are defined by its finalists
         with store.lock.hold():
-            has_trials = bool(store.study.get_trials(deepcopy=False))
+            ranked = any(
+                t.state in (TrialState.COMPLETE, TrialState.PRUNED) or paused_at(t) is not None
+                for t in store.study.get_trials(deepcopy=False)
+            )
             try:
                 accepted = check_definition(
-                    store.storage, store.study._study_id, loaded, accept_changes, has_trials
+                    store.storage, store.study._study_id, loaded, accept_changes, ranked
                 )
             except BaseException:
                 store.close()
