@@ -343,3 +343,23 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
     assert "Traceback" not in err
     trial = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials[running[0]]
     assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+
+
+def test_the_trials_table_shows_notes_in_brackets_as_text() -> None:
+    """rich reads "[...]" as markup: the note of a pruned, failed or re-run trial must not
+    vanish from `drsearch trials`."""
+    from rich.console import Console
+
+    from drsearch.cli.inspect import trials_table
+    from drsearch.inspect.trials import TrialLine
+
+    lines = [
+        TrialLine(0, "PRUNED", None, None, {}, 2, 2, 3.0, {"optim.lr": 0.001}, "pruned at epoch 2"),
+        TrialLine(1, "FAIL", None, None, {}, 0, None, 1.0, {}, "unknown timm model 'x' [bold]"),
+    ]
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(trials_table("tiny [s]", lines))
+    text = console.export_text()
+    assert "study tiny [s]: 2 trials" in text
+    assert "optim.lr=0.001  [pruned at epoch 2]" in text
+    assert "[unknown timm model 'x' [bold]]" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -148,8 +149,6 @@ def trials(
     """List a study's trials: state, value, feasibility, constraints, parameters, time."""
     import json
 
-    from rich.table import Table
-
     from drsearch.inspect.trials import trial_lines
     from drsearch.search.database import open_existing
 
@@ -158,7 +157,18 @@ def trials(
     if as_format == "json":
         click.echo(json.dumps([line.as_json() for line in lines], indent=2))
         return
-    table = Table(title=f"study {cfg.name}: {len(lines)} trials", title_justify="left")
+    from drsearch.cli.progress import stderr_console
+
+    stderr_console(stderr=False).print(trials_table(cfg.name, lines))
+
+
+def trials_table(name: str, lines: list[Any]) -> Any:
+    """The trials as a rich table; every cell is text, never markup (a note reads "[pruned at
+    epoch 2]", which rich would otherwise swallow as a style tag)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"study {escape(name)}: {len(lines)} trials", title_justify="left")
     for column in ("#", "state", "value", "feasible", "short by (std. errors)", "epochs", "time"):
         table.add_column(column, justify="right" if column in ("#", "value", "epochs") else "left")
     table.add_column("parameters / note", overflow="fold")
@@ -176,11 +186,9 @@ def trials(
             short_by,
             "-" if r.epochs is None else str(r.epochs),
             "-" if r.seconds is None else f"{r.seconds:.0f}s",
-            params + (f"  [{r.note}]" if r.note else ""),
+            escape(params + (f"  [{r.note}]" if r.note else "")),
         )
-    from drsearch.cli.progress import stderr_console
-
-    stderr_console(stderr=False).print(table)
+    return table
 
 
 @cli.command()
