@@ -104,8 +104,11 @@ def run(
     from drsearch.search.database import masked_url
 
     naming = _study_flags(smoke, run_root, storage and masked_url(storage), study_name)
-    # --set changes what the study is: continuing without it is refused, so it is repeated
-    again = f"drsearch run {study}{naming}" + "".join(f" --set {shlex.quote(s)}" for s in sets)
+    # what changes the run's meaning is repeated: --n-trials (the budget is "last run wins":
+    # without it, a continuation would run to the study file's budget) and each --set (the
+    # study's definition: continuing without it is refused)
+    again = f"drsearch run {study}{naming}" + (f" --n-trials {n_trials}" if n_trials else "")
+    again += "".join(f" --set {shlex.quote(s)}" for s in sets)
     from drsearch.search.runners import executor_session
 
     with executor_session(loaded, ray_address):  # one Ray session for search and finalists
