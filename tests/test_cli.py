@@ -363,3 +363,32 @@ def test_the_trials_table_shows_notes_in_brackets_as_text() -> None:
     assert "study tiny [s]: 2 trials" in text
     assert "optim.lr=0.001  [pruned at epoch 2]" in text
     assert "[unknown timm model 'x' [bold]]" in text
+
+
+def test_the_printed_continue_command_repeats_what_changes_the_run(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--n-trials (the budget is the last run's) and --set (the study's definition) are part
+    of the command printed after Ctrl-C; without them it would run another study."""
+    from drsearch.errors import StudyInterrupted
+    from drsearch.search import runners
+    from tests.conftest import write_tiny_study
+
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 0.001, high: 0.01}"
+    )
+    seen = {}
+
+    def interrupted(loaded, progress=None, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        raise StudyInterrupted(f"Interrupted: continue with `{kwargs['rerun']} --retry-failed`")
+
+    monkeypatch.setattr(runners, "run_study", interrupted)
+    out = CliRunner().invoke(
+        cli,
+        ["run", str(path), "--quiet", "--n-trials", "4", "--set", "train.epochs=2",
+         "--run-root", str(tmp_path / "r")],
+    )  # fmt: skip
+    assert out.exit_code == 130, out.output
+    expected = f"drsearch run {path} --run-root {tmp_path / 'r'} --n-trials 4 --set train.epochs=2"
+    assert seen["rerun"] == expected and f"`{expected} --retry-failed`" in out.output
