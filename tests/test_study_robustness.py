@@ -403,13 +403,14 @@ def test_continuing_a_study_proposes_no_earlier_configuration(
 def test_a_new_study_under_an_old_name_never_resumes_the_old_checkpoints(
     tmp_path: Path, tiny_dataset: Path, ray_cluster: None
 ) -> None:
-    # Ray's trainable resumes from a checkpoint it finds in the trial's folder (Ray restarts
-    # trials itself), so this is the executor where a stale one could be taken
+    # the first two runs on the local executor (the run folders' naming is shared code); the
+    # stale checkpoint under Ray, whose trainable resumes from a checkpoint it finds in the
+    # trial's folder (Ray restarts trials itself): the executor where one could be taken
     path = write_tiny_study(
         tmp_path,
         tiny_dataset,
         LR_SPACE,
-        executor="ray",
+        executor="local",
         budget={"n_trials": 1},
         pruner={"enabled": False},
     )
@@ -434,7 +435,7 @@ def test_a_new_study_under_an_old_name_never_resumes_the_old_checkpoints(
     state = torch.load(stale / "checkpoints" / "last.pt", weights_only=True)
     state["recipe"] = json.dumps(other)
     torch.save(state, stale / "checkpoints" / "last.pt")
-    summary = run_study(load_study(path, {"budget.n_trials": 2}))
+    summary = run_study(load_study(path, {"budget.n_trials": 2, "executor": "ray"}))
     refused = study_trials(path)[1]
     assert refused.state == TrialState.FAIL and summary.counts.failed == 1
     assert "cannot resume: the recipe changed" in refused.user_attrs["fail_reason"]
