@@ -104,3 +104,30 @@ def test_refused_weights_stop_check_and_run_before_any_trial(
         assert expected in line
     assert not marker.exists() and not (tmp_path / "runs").exists()
     assert yaml.safe_load(study.read_text())["budget"]["n_trials"] == 2
+
+
+def test_a_trial_the_machine_cannot_place_is_refused_before_any_trial(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """Ray keeps a trial that asks for more CPUs or GPUs than the machine has PENDING,
+    silently, forever: `check` and `run` say so first."""
+    import os
+
+    import torch
+
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    study = write_tiny_study(
+        tmp_path, tiny_dataset, SPACE, executor="ray",
+        resources={"cpus_per_trial": cpus + 2, "gpus_per_trial": gpus + 1, "max_concurrent": 1},
+    )  # fmt: skip
+    for line in _both(study):
+        assert line.startswith(f"Error: {study}: resources.cpus_per_trial: {cpus + 2} per trial")
+        assert f"resources.gpus_per_trial: {gpus + 1} per trial" in line
+        assert "no trial could ever be placed" in line and "--ray-address" in line
+    assert not (tmp_path / "runs").exists()
+    # a cluster is asked by Ray itself; the local executor places no trial
+    local = write_tiny_study(
+        tmp_path, tiny_dataset, SPACE, executor="local",
+        resources={"cpus_per_trial": cpus + 2, "max_concurrent": 1},
+    )  # fmt: skip
+    assert CliRunner().invoke(cli, ["check", str(local)]).exit_code == 0

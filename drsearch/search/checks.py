@@ -41,7 +41,42 @@ def check_inputs(
                 f"and its recipe are read from the directory drsearch runs in, {Path.cwd()}); "
                 "run drsearch from the folder the paths are relative to, or make them absolute"
             )
+    check_placement(loaded)
     return check_metrics_computable(loaded, evidence, generate)
+
+
+def check_placement(loaded: LoadedStudy) -> None:
+    """Under Ray on this machine, each trial's CPUs and GPUs must fit on it: a trial that asks
+    for more is never placed (Ray keeps it PENDING, silently, forever). A cluster
+    (``ray.address``) is asked by Ray itself."""
+    import os
+
+    cfg = loaded.config
+    if cfg.executor != "ray" or cfg.ray.address:
+        return
+    res, cpus = cfg.resources, os.cpu_count() or 1
+    problems = []
+    if res.cpus_per_trial > cpus:
+        problems.append(
+            f"resources.cpus_per_trial: {res.cpus_per_trial:g} per trial, but this machine "
+            f"has {cpus} CPU{'s' if cpus != 1 else ''}"
+        )
+    if res.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        has = f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU (CUDA not available)"
+        if res.gpus_per_trial > gpus:
+            problems.append(
+                f"resources.gpus_per_trial: {res.gpus_per_trial:g} per trial, but this machine "
+                f"has {has}"
+            )
+    if problems:
+        raise ConfigError(
+            f"{loaded.path}: {'; '.join(problems)}: no trial could ever be placed (Ray would "
+            "keep it PENDING); lower them in the study's resources, run where they exist, or "
+            "join a cluster that has them with --ray-address (--smoke tries the wiring here)"
+        )
 
 
 def check_run_root(loaded: LoadedStudy) -> None:
