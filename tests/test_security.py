@@ -286,6 +286,15 @@ def test_commands_given_the_other_kind_of_file_say_which_to_use(
     assert back.exit_code == 2 and f"run the study with `drsearch run {study}`" in back.output
     schedule = runner.invoke(cli, ["lr", str(study), "--steps-per-epoch", "2", "--csv"])
     assert schedule.exit_code == 0 and schedule.output.startswith("epoch,step,group,lr")
+    # an exported recipe without its weights: the command that evaluates it, naming the .pt
+    # that `export --weights` wrote beside it
+    recipe.with_suffix(".pt").write_bytes(b"")
+    bare = runner.invoke(cli, ["evaluate", str(recipe)])
+    assert bare.exit_code == 2, bare.output
+    assert (
+        f"`drsearch evaluate {recipe} --weights FILE.pt` (--weights {recipe.with_suffix('.pt')}"
+        in bare.output
+    )
 
 
 def test_reading_a_study_that_has_not_run_creates_nothing(

@@ -77,7 +77,7 @@ def evaluate(
     measured with them frozen. Writes evaluation-*.json and an HTML page with ROC curves.
     """
     from drsearch.config.ensemble import is_ensemble_file
-    from drsearch.config.loading import read_yaml
+    from drsearch.config.loading import is_recipe_file, read_yaml
     from drsearch.inspect.evaluate import Options
     from drsearch.inspect.evaluate import evaluate as run_evaluation
 
@@ -91,7 +91,16 @@ def evaluate(
     )
     stored: dict[str, Any] | None = None
     study = loaded = None
-    if is_ensemble_file(read_yaml(target)):
+    raw = read_yaml(target)
+    if weights is None and is_recipe_file(raw):
+        guess = target.with_suffix(".pt")
+        hint = f" (--weights {guess}, if that is the file export wrote)" if guess.is_file() else ""
+        raise UserError(
+            f"{target}: an exported (training) recipe is evaluated with its weights: "
+            f"`drsearch evaluate {target} --weights FILE.pt`{hint}; a study file evaluates its "
+            "best trial"
+        )
+    if is_ensemble_file(raw):
         members, stored, views = _ensemble_members(target, which, top_k, weights)
         name = tag = target.stem
         options.views = ALL_VIEWS if tta else views
