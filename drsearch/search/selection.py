@@ -69,11 +69,6 @@ def crown(confirmed: Sequence[Ranked]) -> Ranked | None:
     return search_best(confirmed)
 
 
-def ranked(trial: FrozenTrial) -> Ranked:
-    (one,) = ranked_trials([trial])
-    return one
-
-
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
@@ -99,7 +94,7 @@ def closest_infeasible(study: optuna.Study) -> FrozenTrial | None:
 def finalist_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The study's ``k`` finalists (``finalists`` on its complete trials), best first."""
     by_number = {t.number: t for t in complete_trials(study)}
-    return [by_number[r.number] for r in finalists([ranked(t) for t in by_number.values()], k)]
+    return [by_number[r.number] for r in finalists(ranked_trials(by_number.values()), k)]
 
 
 # -- the plan and the companion study -----------------------------------------------------------
@@ -325,7 +320,7 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
         "finalists": entries,
         "crowned": None if won is None else won.number,
         "pending": pending,
-        "search_best": _number(search_best([ranked(t) for t in complete_trials(parent)])),
+        "search_best": _number(search_best(ranked_trials(complete_trials(parent)))),
         "complete_trials_then": len(complete_trials(parent)),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -222,12 +222,12 @@ class StudyStore:
         self._heart.stop()
 
     def record_epoch(self, trial_id: int, step: int, value: float) -> None:
-        if self._finished(trial_id):
+        if self.is_finished(trial_id):
             return
         self.storage.set_trial_intermediate_value(trial_id, step, value)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        if self._finished(trial_id):
+        if self.is_finished(trial_id):
             return
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
@@ -290,11 +290,8 @@ class StudyStore:
             number = self.study.get_trials(deepcopy=False)[-1].number  # names the old
         return Finished(RECOVERED, number)
 
-    def _finished(self, trial_id: int) -> bool:
-        return self.storage.get_trial(trial_id).state.is_finished()
-
     def is_finished(self, trial_id: int) -> bool:
-        return self._finished(trial_id)
+        return self.storage.get_trial(trial_id).state.is_finished()
 
     # -- re-running failed trials ----------------------------------------------------------
     def enqueue_retries(self) -> list[tuple[int, int]]:
@@ -320,7 +317,7 @@ class StudyStore:
         the runner stopped on an error. Their numbers."""
         stopped = []
         for trial_id in sorted(self._active):
-            if self._finished(trial_id):
+            if self.is_finished(trial_id):
                 continue
             rung = self._promoted.get(trial_id)
             if rung is not None:
