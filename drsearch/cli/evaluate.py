@@ -193,22 +193,12 @@ def _ensemble_members(
     target: Path, which: str, top_k: int | None, weights: Path | None
 ) -> tuple[list[Any], dict[str, Any] | None, tuple[str, ...]]:
     """An exported ensemble's members, its stored operating points and its views."""
-    from drsearch.config.ensemble import load_ensemble
-    from drsearch.inspect.evaluate import recipe_member
+    from drsearch.inspect.evaluate import ensemble_members
 
     if which != "best" or top_k is not None or weights is not None:
         raise UserError(f"{target}: an ensemble file names its members; drop --trial, --top-k "
                         "and --weights")  # fmt: skip
-    ensemble = load_ensemble(target)
-    evaluation = ensemble.evaluation or {}
-    chosen = {m.get("trial"): m for m in evaluation.get("members", [])}
-    members = []
-    for ref in ensemble.members:
-        member = recipe_member(ref.recipe, ref.weights)
-        # what the ensemble's own evaluation chose for this member (not its solo evaluation)
-        member.stored = chosen.get(member.trial)
-        members.append(member)
-    return members, evaluation.get("operating_points"), tuple(ensemble.views)
+    return ensemble_members(target)
 
 
 def _recipe_members(

@@ -111,11 +111,23 @@ def _decode_all(
     prep: PreprocessConfig,
     progress: Progress | None,
 ) -> np.ndarray:
-    usable = np.ones(len(records), dtype=bool)
+    return decode_into([r.path for r in records], arrays, prep, progress)
+
+
+def decode_into(
+    paths: Sequence[Path],
+    arrays: dict[int, np.ndarray],
+    prep: PreprocessConfig,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Decode ``paths`` (in threads: OpenCV releases the GIL) and preprocess each image into
+    ``arrays[size][i]`` at every size; returns which images decoded (an unreadable one is
+    left black)."""
+    usable = np.ones(len(paths), dtype=bool)
     sizes = list(arrays)
 
     def work(i: int) -> None:
-        img = cv2.imread(str(records[i].path), cv2.IMREAD_COLOR)
+        img = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
         if img is None:
             usable[i] = False
             for s in sizes:
@@ -126,9 +138,9 @@ def _decode_all(
             arrays[s][i] = preprocess(img, prep, s)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for n, _ in enumerate(pool.map(work, range(len(records))), start=1):
-            if progress and (n % 64 == 0 or n == len(records)):
-                progress(n, len(records))
+        for n, _ in enumerate(pool.map(work, range(len(paths))), start=1):
+            if progress and (n % 64 == 0 or n == len(paths)):
+                progress(n, len(paths))
     return usable
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,9 @@ class EvalImages:
     val_patients: list[str]
     test_patients: list[str]
     test_duplicates: int = 0  # test images whose exact file content is also in training
+    val_ids: list[str] = field(default_factory=list)
+    test_ids: list[str] = field(default_factory=list)
+    test_paths: list[str] = field(default_factory=list)
 
 
 def evaluate(
@@ -85,21 +88,18 @@ def evaluate(
         test_probs.append(t)
         per_member.append(info)
     sides = next(iter(sides_by_size.values()))
-    val_p, test_p = np.mean(val_probs, axis=0), np.mean(test_probs, axis=0)
-    if len(members) == 1:
-        val_pred, test_pred = per_member[0].pop("val_pred"), per_member[0].pop("test_pred")
-    else:
-        for info in per_member:
-            info.pop("val_pred"), info.pop("test_pred")
-        val_pred, test_pred = val_p.argmax(axis=1), test_p.argmax(axis=1)
+    val_p, val_pred = combine_members(val_probs, [i.pop("val_pred") for i in per_member])
+    test_p, test_pred = combine_members(test_probs, [i.pop("test_pred") for i in per_member])
     operating_points = _operating_points(sides.val.labels, val_p, options, stored_points)
     thresholds = {name: op["threshold"] for name, op in operating_points.items()}
     validation = _figures(
         sides.val.labels, val_p, val_pred, thresholds, options, False, sides.val_patients
     )
+    validation["predictions"]["ids"] = sides.val_ids
     test = _figures(
         sides.test.labels, test_p, test_pred, thresholds, options, True, sides.test_patients
     )
+    test["predictions"] |= {"ids": sides.test_ids, "paths": sides.test_paths}
     for name, op in operating_points.items():  # what the chosen threshold rests on
         op["validation_at_threshold"] = validation["endpoints"][name]["at_operating_point"]
     return {
@@ -176,6 +176,9 @@ def load_sides(recipe: Recipe, test: list[ImageRecord]) -> EvalImages:
         [patient[i] for i in data.val_idx],
         [test[i].patient_id or test[i].id for i in rows],
         int(dup.sum()),
+        data.ids("val"),
+        [test[i].id for i in rows],
+        [str(test[i].path) for i in rows],
     )
 
 
@@ -222,7 +225,6 @@ def _member_probabilities(
     stored = m.stored or {}
     fixed = m.recipe.model.thresholds or stored.get("grade_thresholds")
     _, val_pred, cuts = decode(head, val_out, sides.val.labels, fixed)
-    _, test_pred, _ = decode(head, test_out, sides.test.labels, cuts)
     temperature = 1.0  # a regression head's output is the grade itself: never scaled
     if stored.get("temperature") is not None:
         temperature = float(stored["temperature"])
@@ -231,7 +233,7 @@ def _member_probabilities(
             val_out, sides.val.labels, lambda o: grade_probabilities(head, o)
         )
     val_p = grade_probabilities(head, val_out / temperature)
-    test_p = grade_probabilities(head, test_out / temperature)
+    test_p, test_pred = grade_new_images(head, test_out, temperature, cuts)
     before = stats.calibration(grade_probabilities(head, test_out), sides.test.labels)["ece"]
     info = {
         "model": m.label,
@@ -244,6 +246,36 @@ def _member_probabilities(
         "test_pred": test_pred,
     }
     return val_p, test_p, info
+
+
+def grade_new_images(
+    head: str, outputs: np.ndarray, temperature: float, cuts: list[float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-grade probabilities (after ``temperature``) and grades of one model's raw outputs on
+    images no choice was made on (the test split, ``drsearch predict``'s new images): a
+    regression or ordinal score is cut at ``cuts`` chosen elsewhere, never refitted."""
+    from drsearch.train.heads import decode, grade_probabilities
+
+    if head != "classification" and cuts is None:
+        raise ConfigError(f"a {head} head needs its grade thresholds to grade new images")
+    _, grades, _ = decode(head, outputs, np.zeros(len(outputs), dtype=int), cuts)
+    return grade_probabilities(head, outputs / temperature), grades
+
+
+def combine_members(
+    probs: list[np.ndarray], grades: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One model's probabilities and grades as they are; an ensemble's mean per-grade
+    probabilities and its most probable grade."""
+    if len(probs) == 1:
+        return probs[0], grades[0]
+    mean = np.mean(probs, axis=0)
+    return mean, mean.argmax(axis=1)
+
+
+def endpoint_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """``P(grade >= k)`` of each endpoint (what an operating point's threshold cuts)."""
+    return {name: probs[:, k:].sum(axis=1) for name, k in ENDPOINTS.items()}
 
 
 def _operating_points(
@@ -422,3 +454,21 @@ def recipe_member(recipe_file: Path, weights_file: Path) -> TrainedModel:
         trial=payload.get("trial"),
         stored=recipe.pinned.evaluation,
     )
+
+
+def ensemble_members(
+    target: Path,
+) -> tuple[list[TrainedModel], dict[str, Any] | None, tuple[str, ...]]:
+    """An exported ensemble's members (each with what the ensemble's own evaluation chose for
+    it, not its solo evaluation), its stored operating points and its views."""
+    from drsearch.config.ensemble import load_ensemble
+
+    ensemble = load_ensemble(target)
+    evaluation = ensemble.evaluation or {}
+    chosen = {m.get("trial"): m for m in evaluation.get("members", [])}
+    members = []
+    for ref in ensemble.members:
+        member = recipe_member(ref.recipe, ref.weights)
+        member.stored = chosen.get(member.trial)
+        members.append(member)
+    return members, evaluation.get("operating_points"), tuple(ensemble.views)

@@ -1,0 +1,112 @@
+"""``drsearch predict``: grade new images with an exported recipe (and weights) or ensemble."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from drsearch.cli.common import UserError, cli
+
+
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path, dir_okay=False), metavar="MODEL.yaml")
+@click.argument("images", type=click.Path(path_type=Path), metavar="IMAGES")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The weights drsearch export --weights wrote for the recipe (default: the .pt beside it).",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Predictions CSV to write (default: predictions-<MODEL>.csv here). An existing file "
+    "is replaced only if drsearch predict wrote it.",
+)
+@click.option(
+    "--image-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="With a CSV: the folder its image names are relative to (default: the CSV's folder).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Images per forward pass (default: the "
+    "recipe's evaluation batch)."
+)  # fmt: skip
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: a GPU when there is one.",
+)
+def predict(
+    target: Path,
+    images: Path,
+    weights: Path | None,
+    out: Path | None,
+    image_dir: Path | None,
+    batch_size: int | None,
+    device: str,
+) -> None:
+    """Grade new fundus images (IMAGES: a folder, searched recursively, or a CSV with a path,
+    image or id_code column) with an exported recipe and its weights, or an exported ensemble.
+
+    The images get what the held-out test set got in drsearch evaluate: the recipe's
+    preprocessing and size, its TTA views and temperature, and the operating points chosen on
+    validation for the referable (grade >= 2) and vision-threatening (grade >= 3) calls.
+    Writes one row per image: id, path, grade, the five grade probabilities, P(grade >= k)
+    and the call of each endpoint; an unreadable image gets its error instead.
+    """
+    import torch
+
+    from drsearch.cli.progress import stderr_console
+    from drsearch.inspect.predict import find_images, load_grader, predict_images, write_predictions
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this machine has no CUDA GPU; use --device cpu")
+    if image_dir is not None and images.is_dir():
+        raise UserError("--image-dir is for a CSV of images; IMAGES is a folder")
+    chosen = "cuda" if device == "auto" and torch.cuda.is_available() else device
+    chosen = "cpu" if chosen == "auto" else chosen
+    grader = load_grader(target, weights)
+    found = find_images(images, image_dir)
+    out = out or Path(f"predictions-{grader.name}.csv")
+    console = stderr_console()
+    for note in grader.notes:
+        console.print(f"Warning: {note}", markup=False, highlight=False)
+    start = time.perf_counter()
+    with console.status(f"grading {len(found)} images") as status:
+
+        def progress(done: int, total: int) -> None:
+            status.update(f"graded {done}/{total} images")
+
+        result = predict_images(grader, found, batch_size, chosen, progress)
+    seconds = time.perf_counter() - start
+    write_predictions(result, grader, out)
+    graded = int(result.usable.sum())
+    counts = [int((result.grades == g).sum()) for g in range(5)]
+    calls = ", ".join(f"{name} {int(c.sum())} of {graded}" for name, c in result.calls.items())
+    rule = (
+        "; ".join(
+            f"{name}: P(grade >= {p['grade_at_least']}) >= {p['threshold']:.4f}"
+            for name, p in grader.operating_points.items()
+        )
+        or "the predicted grade"
+    )
+    click.echo(
+        f"graded {graded} of {len(found)} images with {grader.name} "
+        f"({len(grader.members)} model{'s' if len(grader.members) > 1 else ''}, views "
+        f"{', '.join(grader.views)}) in {seconds:.1f} s ({graded / max(seconds, 1e-9):.1f} "
+        f"images/s on {chosen})"
+    )
+    click.echo(f"grades 0-4: {' / '.join(map(str, counts))}; calls: {calls} (by {rule})")
+    bad = result.unreadable
+    if bad:
+        shown = ", ".join(str(p) for p in bad[:5])
+        shown += f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        what = "image could not be read" if len(bad) == 1 else "images could not be read"
+        click.echo(f"Warning: {len(bad)} {what} (listed in the CSV with their error): {shown}",
+                   err=True)  # fmt: skip
+    click.echo(f"predictions -> {out}")

@@ -1,0 +1,297 @@
+"""``drsearch predict``: grade new fundus images with what ``drsearch export`` wrote.
+
+A grader is an exported (pinned) recipe with its weights, or an exported ensemble. New images
+get exactly what the held-out test set got in ``drsearch evaluate``: the recipe's
+preprocessing at its image size, the views its evaluation averaged (TTA), each member's
+temperature and grade thresholds, an ensemble's mean probabilities, and the operating points
+chosen on validation (``P(grade >= k) >= threshold``) for the referable and vision-threatening
+calls. Nothing is refitted on the new images. The probabilities, grades and calls come from
+the same functions as the evaluation's (``inspect.evaluate.grade_new_images``,
+``combine_members``, ``endpoint_scores``), so the two cannot differ.
+
+Images are decoded in threads and graded in chunks, so memory stays flat over any number of
+images; an image that cannot be decoded is listed in the output with its error, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drsearch.clinical import ENDPOINTS, NUM_CLASSES
+from drsearch.errors import ConfigError, DataError
+from drsearch.train.predict import TrainedModel
+
+#: The columns of a predictions file, in order (a file that starts with them was written here).
+FIRST_COLUMNS = ("id", "path", "grade")
+#: Column names a CSV of images may name its images by (first found wins).
+PATH_COLUMNS = ("path", "image", "id_code", "image_id", "filename", "file")
+CHUNK = 256  # images decoded and graded at a time
+
+
+@dataclass
+class Grader:
+    """What grades: one model or an ensemble, with what its evaluation chose."""
+
+    name: str
+    members: list[TrainedModel]
+    views: tuple[str, ...]
+    #: endpoint -> ``{"grade_at_least": k, "threshold": t}``; empty when none was stored
+    operating_points: dict[str, dict[str, Any]]
+    notes: list[str] = field(default_factory=list)  # what the user should know about the calls
+
+
+@dataclass
+class Predictions:
+    """Every image's row, the unreadable ones, and how the calls were made."""
+
+    ids: list[str]
+    paths: list[Path]
+    probs: np.ndarray  # N x 5 (rows of unreadable images are NaN)
+    grades: np.ndarray  # N (-1 where unreadable)
+    usable: np.ndarray  # bool N
+    calls: dict[str, np.ndarray]  # endpoint -> bool N
+    scores: dict[str, np.ndarray]  # endpoint -> P(grade >= k), N
+
+    @property
+    def unreadable(self) -> list[Path]:
+        return [p for p, ok in zip(self.paths, self.usable, strict=True) if not ok]
+
+
+def load_grader(target: Path, weights: Path | None) -> Grader:
+    """An exported recipe (with ``weights``: the file ``export --weights`` wrote; by default
+    the ``.pt`` beside it) or an exported ensemble file."""
+    from drsearch.config.ensemble import is_ensemble_file
+    from drsearch.config.loading import is_recipe_file, read_yaml
+    from drsearch.inspect.evaluate import ensemble_members, recipe_member
+
+    raw = read_yaml(target)
+    if is_ensemble_file(raw):
+        if weights is not None:
+            raise ConfigError(f"{target}: an ensemble file names its members' weights; drop "
+                              "--weights")  # fmt: skip
+        members, points, views = ensemble_members(target)
+        grader = Grader(target.stem, members, views, {})
+        return _with_points(grader, points or {}, target)
+    if not is_recipe_file(raw):
+        raise ConfigError(
+            f"{target}: not an exported recipe or ensemble; predict grades with what drsearch "
+            "export wrote (drsearch export STUDY.yaml --weights FILE.pt, or --top-k K)"
+        )
+    if weights is None:
+        weights = target.with_suffix(".pt")
+        if not weights.is_file():
+            raise ConfigError(
+                f"{target}: its weights are not beside it ({weights} not found); give them "
+                "with --weights FILE.pt (what drsearch export --weights wrote)"
+            )
+    member = recipe_member(target, weights)
+    evaluation = member.stored or {}
+    grader = Grader(target.stem, [member], tuple(evaluation.get("views") or ("identity",)), {})
+    return _with_points(grader, evaluation.get("operating_points") or {}, target)
+
+
+def _with_points(grader: Grader, points: dict[str, Any], target: Path) -> Grader:
+    for name, k in ENDPOINTS.items():
+        stored = points.get(name) or {}
+        if stored.get("threshold") is not None:
+            grader.operating_points[name] = {
+                "grade_at_least": k,
+                "threshold": float(stored["threshold"]),
+            }
+    if len(grader.operating_points) < len(ENDPOINTS):
+        grader.notes.append(
+            f"{target} carries no operating points (it was exported before drsearch evaluate "
+            "measured it): the calls are the predicted grade >= k, not a threshold chosen on "
+            "validation; run drsearch evaluate on the study, then export again"
+        )
+    for m in grader.members:
+        _cuts(m)  # a regression or ordinal head without thresholds: refused before decoding
+    return grader
+
+
+def _temperature(m: TrainedModel) -> float:
+    stored = (m.stored or {}).get("temperature")
+    return 1.0 if stored is None else float(stored)
+
+
+def _cuts(m: TrainedModel) -> list[float] | None:
+    """A regression or ordinal head's grade thresholds: the recipe's, its evaluation's, or
+    those its best epoch was graded with on validation."""
+    if m.recipe.model.head == "classification":
+        return None
+    pinned = m.recipe.pinned
+    found = (
+        m.recipe.model.thresholds
+        or (m.stored or {}).get("grade_thresholds")
+        or ((pinned.provenance.get("metrics") or {}).get("thresholds") if pinned else None)
+    )
+    if not found:
+        raise ConfigError(
+            f"{m.label}: a {m.recipe.model.head} head needs its grade thresholds and the "
+            "recipe carries none; run drsearch evaluate on the study, then export again"
+        )
+    return [float(t) for t in found]
+
+
+def find_images(source: Path, image_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """``(id, path)`` of every image to grade: the image files under a folder (recursively;
+    the id is the path below it without the extension), or the rows of a CSV that names its
+    images in one of ``PATH_COLUMNS`` (relative to ``image_dir``, by default the CSV's
+    folder; a name without an extension finds ``.png``, ``.jpg`` ...)."""
+    from drsearch.data.adapters import IMAGE_SUFFIXES
+
+    if source.is_dir():
+        found = sorted(
+            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not found:
+            raise DataError(
+                f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder or below it"
+            )
+        return [(p.relative_to(source).with_suffix("").as_posix(), p) for p in found]
+    if not source.is_file():
+        raise DataError(f"{source}: no such folder or CSV file of images")
+    if source.suffix.lower() != ".csv":
+        raise DataError(f"{source}: give a folder of images or a .csv that lists them")
+    base = image_dir or source.parent
+    with source.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        column = next((c for c in PATH_COLUMNS if c in header), None)
+        if column is None:
+            raise DataError(
+                f"{source}: no column naming the images; the header needs one of "
+                f"{', '.join(PATH_COLUMNS)}, got {', '.join(header) or 'nothing'}"
+            )
+        rows = [(reader.line_num, (row.get(column) or "").strip()) for row in reader]
+    out = []
+    for line, name in rows:
+        if not name:
+            raise DataError(f"{source}: line {line}: empty {column}")
+        out.append((name, _resolve(base, name, IMAGE_SUFFIXES)))
+    if not out:
+        raise DataError(f"{source}: lists no images")
+    return out
+
+
+def _resolve(base: Path, name: str, suffixes: Sequence[str]) -> Path:
+    path = Path(name) if Path(name).is_absolute() else base / name
+    if path.is_file() or path.suffix.lower() in suffixes:
+        return path
+    for candidate in (path.with_name(path.name + s) for s in suffixes):
+        if candidate.is_file():
+            return candidate
+    return path  # missing: listed as unreadable
+
+
+def predict_images(
+    grader: Grader,
+    images: Sequence[tuple[str, Path]],
+    batch_size: int | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """Grade ``images`` (``find_images``) in chunks of ``CHUNK``."""
+    from drsearch.inspect.evaluate import combine_members, endpoint_scores, grade_new_images
+    from drsearch.train.batches import Split
+    from drsearch.train.predict import predict, trained_model
+
+    sizes = {m.recipe.data.image_size for m in grader.members}
+    models = [(m, trained_model(m.recipe, m.state_dict)) for m in grader.members]
+    n = len(images)
+    probs = np.full((n, NUM_CLASSES), np.nan)
+    grades = np.full(n, -1, dtype=np.int64)
+    usable = np.zeros(n, dtype=bool)
+    for start, pixels, ok in _decoded_chunks(grader, [p for _, p in images], sizes):
+        rows = np.flatnonzero(ok)
+        if len(rows):
+            member_probs, member_grades = [], []
+            for m, model in models:
+                size = m.recipe.data.image_size
+                split = Split(pixels[size], rows, np.zeros(len(rows), dtype=np.int64))
+                train = m.recipe.train
+                batch = batch_size or train.eval_batch_size or 2 * train.batch_size
+                out = predict(model, split, batch, grader.views, device)
+                p, g = grade_new_images(m.recipe.model.head, out, _temperature(m), _cuts(m))
+                member_probs.append(p)
+                member_grades.append(g)
+            p, g = combine_members(member_probs, member_grades)
+            probs[start + rows], grades[start + rows] = p, g
+        usable[start : start + len(ok)] = ok
+        if progress:
+            progress(start + len(ok), n)
+    scores = endpoint_scores(np.nan_to_num(probs))
+    calls = {}
+    for name, k in ENDPOINTS.items():
+        point = grader.operating_points.get(name)
+        calls[name] = scores[name] >= point["threshold"] if point else grades >= k
+        calls[name] &= usable
+    return Predictions([i for i, _ in images], [p for _, p in images], probs, grades, usable,
+                       calls, scores)  # fmt: skip
+
+
+def _decoded_chunks(
+    grader: Grader, paths: list[Path], sizes: set[int]
+) -> Iterator[tuple[int, dict[int, np.ndarray], np.ndarray]]:
+    """``(first index, pixels per size, decoded)`` of each chunk of ``paths``, preprocessed
+    as the members' recipes preprocess (an ensemble's members must share it)."""
+    from drsearch.data.cache import decode_into
+
+    preps = {m.recipe.data.preprocess.model_dump_json() for m in grader.members}
+    if len(preps) > 1:
+        raise ConfigError(
+            f"{grader.name}: its members preprocess images differently (data.preprocess); "
+            "predict with each member's recipe on its own"
+        )
+    prep = grader.members[0].recipe.data.preprocess
+    # decoded, then graded: decoding the next chunk while this one is graded measured slower
+    # on 2 cores (144 against 174 images/s, bench/predict_speed.py): both want every core
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start : start + CHUNK]
+        pixels = {s: np.empty((len(chunk), s, s, 3), np.uint8) for s in sorted(sizes)}
+        ok = decode_into(chunk, pixels, prep)
+        yield start, pixels, ok
+
+
+def write_predictions(result: Predictions, grader: Grader, out: Path) -> None:
+    """One row per image: ``id, path, grade, p_grade0..4``, per endpoint ``p_<name>``
+    (``P(grade >= k)``) and its call (0/1), and ``error`` for an image that could not be read.
+    Written atomically; a file that is not an earlier predictions file is never overwritten."""
+    from drsearch.io import write_text_atomic
+
+    if out.exists():
+        with out.open(newline="") as fh:
+            first = next(csv.reader(fh), [])
+        if tuple(first[: len(FIRST_COLUMNS)]) != FIRST_COLUMNS:
+            raise ConfigError(
+                f"{out}: exists and is not a predictions file drsearch wrote; choose another "
+                "--out (it is left as it is)"
+            )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    endpoints = list(ENDPOINTS)
+    writer.writerow([
+        *FIRST_COLUMNS, *(f"p_grade{g}" for g in range(NUM_CLASSES)),
+        *(f"p_{e}" for e in endpoints), *(f"{e}_call" for e in endpoints), "error",
+    ])  # fmt: skip
+    for i, (image_id, path) in enumerate(zip(result.ids, result.paths, strict=True)):
+        if not result.usable[i]:
+            error = "file not found" if not path.is_file() else "cannot decode image"
+            writer.writerow([image_id, str(path), "", *[""] * (NUM_CLASSES + 2 * len(endpoints)),
+                             error])  # fmt: skip
+            continue
+        writer.writerow([
+            image_id, str(path), int(result.grades[i]),
+            *(f"{v:.6f}" for v in result.probs[i]),
+            *(f"{result.scores[e][i]:.6f}" for e in endpoints),
+            *(int(result.calls[e][i]) for e in endpoints), "",
+        ])  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, buffer.getvalue())
