@@ -255,6 +255,26 @@ def test_expected_calibration_error_by_hand() -> None:
     assert [b["n"] for b in got["bins"]] == [2, 2]
 
 
+def test_per_grade_calibration_is_scikit_learns_calibration_curve() -> None:
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(5) * 0.7, size=400)
+    probs[:7, 2] = 0.3  # values on a bin edge land in the lower bin, as scikit-learn's do
+    probs[:7] /= probs[:7].sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in probs])
+    got = stats.grade_calibration(probs, labels, n_bins=10)
+    for g in range(5):
+        observed, predicted = calibration_curve(labels == g, probs[:, g], n_bins=10)
+        bins = got[g]["bins"]
+        assert np.allclose([b["observed"] for b in bins], observed)
+        assert np.allclose([b["predicted"] for b in bins], predicted)
+        n = np.array([b["n"] for b in bins])
+        gaps = np.abs(np.array(observed) - np.array(predicted))
+        assert got[g]["ece"] == pytest.approx(float((n * gaps).sum() / len(labels)))
+        assert got[g]["n"] == int((labels == g).sum())
+
+
 def test_temperature_scaling_recovers_an_overconfident_models_temperature() -> None:
     from scipy.special import softmax
 
@@ -339,6 +359,19 @@ def test_evaluate_measures_the_test_split_with_thresholds_chosen_on_validation(
     assert ref["at_operating_point"]["sensitivity"]["successes"] == int((called & (y >= 2)).sum())
     assert record["data"]["n_test"] == 20 and record["data"]["n_val"] == 20
     assert record["checklist"][1]["detail"].endswith("/20 test images")
+    # the gallery: every test image of grade 3 or 4 given another grade, the worst first
+    misses = test["severe_misses"]
+    expected = {i for i in range(len(y)) if y[i] >= 3 and p[i] != y[i]}
+    assert {test["predictions"]["ids"].index(m["id"]) for m in misses} == expected
+    assert [m["label"] for m in misses] == sorted((m["label"] for m in misses), reverse=True)
+    for m in misses:
+        i = test["predictions"]["ids"].index(m["id"])
+        assert m["p_referable"] == pytest.approx(probs[i, 2:].sum(), abs=1e-5)
+        assert m["referable_call"] == (probs[i, 2:].sum() >= threshold)
+    page = found.with_suffix(".html").read_text()
+    assert page.count("<figure") == len(misses) > 0  # each a thumbnail of its image
+    assert page.count("data:image/jpeg;base64,") == len(misses)
+    assert "Confusion matrix on test" in page and "Per-grade calibration on test" in page
 
 
 @pytest.mark.e2e

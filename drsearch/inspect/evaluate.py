@@ -100,6 +100,7 @@ def evaluate(
         sides.test.labels, test_p, test_pred, thresholds, options, True, sides.test_patients
     )
     test["predictions"] |= {"ids": sides.test_ids, "paths": sides.test_paths}
+    test["severe_misses"] = severe_misses(test["predictions"], operating_points)
     for name, op in operating_points.items():  # what the chosen threshold rests on
         op["validation_at_threshold"] = validation["endpoints"][name]["at_operating_point"]
     return {
@@ -248,6 +249,36 @@ def _member_probabilities(
     return val_p, test_p, info
 
 
+#: Grades whose misclassified test images the evaluation page shows (severe NPDR, PDR).
+GALLERY_GRADES = (3, 4)
+
+
+def severe_misses(
+    predictions: dict[str, Any], operating_points: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The test images of ``GALLERY_GRADES`` given another grade: the most dangerous first
+    (the highest true grade, then the lowest probability of referable DR), each with its
+    probabilities and whether the operating points still refer it."""
+    probs = np.asarray(predictions["probs"], dtype=np.float64)
+    scores = endpoint_scores(probs)
+    out = []
+    for i, (label, pred) in enumerate(zip(predictions["label"], predictions["pred"], strict=True)):
+        if label not in GALLERY_GRADES or pred == label:
+            continue
+        out.append({
+            "id": predictions["ids"][i],
+            "path": predictions["paths"][i],
+            "label": int(label),
+            "pred": int(pred),
+            "p_label": float(probs[i, label]),
+            "p_pred": float(probs[i, pred]),
+            **{f"p_{name}": float(scores[name][i]) for name in ENDPOINTS},
+            **{f"{name}_call": bool(scores[name][i] >= op["threshold"])
+               for name, op in operating_points.items()},
+        })  # fmt: skip
+    return sorted(out, key=lambda m: (-m["label"], m["p_referable"]))
+
+
 def grade_new_images(
     head: str, outputs: np.ndarray, temperature: float, cuts: list[float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -380,6 +411,7 @@ def _figures(
         "per_grade": per_grade,
         "endpoints": endpoints,
         "calibration": stats.calibration(probs, labels),
+        "calibration_per_grade": stats.grade_calibration(probs, labels),
         "metrics": metrics,
         "predictions": {
             "label": labels.tolist(),

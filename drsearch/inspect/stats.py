@@ -272,6 +272,33 @@ def calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -
     return {"ece": ece, "bins": bins, "n_bins": n_bins}
 
 
+def grade_calibration(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = 10
+) -> list[dict[str, Any]]:
+    """Per grade g, one-vs-rest reliability: ``P(grade = g)`` in ``n_bins`` equal bins against
+    the fraction of images in the bin whose grade is g (what scikit-learn's
+    ``calibration_curve(strategy="uniform")`` gives), and the grade's calibration error: the
+    image-weighted mean gap (Kull et al. 2019's class-wise ECE, one term per grade)."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=int)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    out = []
+    for g in range(probs.shape[1]):
+        p, truth = probs[:, g], labels == g
+        which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
+        bins, ece = [], 0.0
+        for b in range(n_bins):
+            members = which == b
+            count = int(members.sum())
+            if count == 0:
+                continue
+            predicted, observed = float(p[members].mean()), float(truth[members].mean())
+            ece += count / len(labels) * abs(observed - predicted)
+            bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": count,
+                         "predicted": predicted, "observed": observed})  # fmt: skip
+        out.append({"grade": g, "n": int(truth.sum()), "ece": ece, "bins": bins})
+    return out
+
+
 def fit_temperature(
     outputs: np.ndarray, labels: np.ndarray, to_probs: Callable[[np.ndarray], np.ndarray]
 ) -> float:

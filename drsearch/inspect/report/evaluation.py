@@ -1,6 +1,7 @@
 """An evaluation record (``inspect/evaluate.py``) as one HTML page: the test-set table with 95%
-intervals, ROC curves with the operating point chosen on validation, a reliability diagram and
-the checklist judged on the test set."""
+intervals, the confusion matrix, ROC curves with the operating point chosen on validation, a
+reliability diagram and per-grade calibration, the checklist judged on the test set, and a
+gallery of the misclassified severe NPDR and PDR images (thumbnails embedded: one file)."""
 
 from __future__ import annotations
 
@@ -110,13 +111,120 @@ def reliability_figure(record: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def confusion_figure(record: dict[str, Any]) -> go.Figure:
+    """The test confusion matrix: counts, coloured by each true grade's share (a row sums to
+    100%), so a rare grade's misses show as plainly as a common one's."""
+    cm = record["test"]["metrics"]["confusion_matrix"]
+    names = [f"{g} {GRADES[g]}" for g in range(len(cm))]
+    shares = [[c / max(sum(row), 1) for c in row] for row in cm]
+    text = [
+        [f"{c}<br>{share:.0%}" for c, share in zip(row, srow, strict=True)]
+        for row, srow in zip(cm, shares, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=shares, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
+            zmin=0, zmax=1, colorbar={"title": "share of<br>true grade"},
+            hovertemplate="true %{y}, called %{x}: %{text}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_layout(title="Confusion matrix on test (count, share of the true grade)",
+                      height=480, template="plotly_white")  # fmt: skip
+    fig.update_xaxes(title_text="predicted grade")
+    fig.update_yaxes(title_text="true grade", autorange="reversed")
+    return fig
+
+
+def grade_calibration_figure(record: dict[str, Any]) -> go.Figure:
+    """Per grade, P(grade = g) against how often the grade is g, on test."""
+    fig = go.Figure()
+    for c in record["test"].get("calibration_per_grade", []):
+        bins = c["bins"]
+        fig.add_trace(
+            go.Scatter(
+                x=[b["predicted"] for b in bins], y=[b["observed"] for b in bins],
+                mode="lines+markers", name=f"grade {c['grade']} ({c['n']} images), "
+                f"error {c['ece']:.3f}", customdata=[b["n"] for b in bins],
+                hovertemplate="predicted %{x:.2f}: observed %{y:.2f} over %{customdata} images",
+            )
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="calibrated")
+    )
+    fig.update_layout(title="Per-grade calibration on test (one grade against the rest)",
+                      height=420, template="plotly_white")  # fmt: skip
+    fig.update_xaxes(title_text="predicted P(grade = g)", range=[0, 1])
+    fig.update_yaxes(title_text="observed share of grade g", range=[0, 1])
+    return fig
+
+
+#: At most this many thumbnails in the gallery (the JSON lists every miss).
+GALLERY_MAX = 60
+THUMBNAIL_PX = 160
+
+
+def thumbnail(path: str) -> str | None:
+    """A small JPEG of the image file as a data URI (the page stays one file), or None."""
+    import base64
+
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    scale = THUMBNAIL_PX / max(img.shape[:2])
+    if scale < 1:
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
+
+
+def gallery(record: dict[str, Any]) -> str:
+    """The misclassified severe NPDR and PDR test images, most dangerous first."""
+    misses = record["test"].get("severe_misses")
+    if misses is None:
+        return ""
+    counts = record["test"]["grade_counts"]
+    n_severe = sum(counts[g] for g in (3, 4))
+    head = (
+        f"<p>{len(misses)} of the {n_severe} test images of grade 3 (severe NPDR) or 4 (PDR) "
+        "were given another grade; the most dangerous first (PDR before severe NPDR, then the "
+        "lowest probability of referable DR). A red border: not referred at the operating "
+        "point.</p>"
+    )
+    if len(misses) > GALLERY_MAX:
+        head += f"<p>Showing the first {GALLERY_MAX}; the JSON lists all {len(misses)}.</p>"
+    cards = []
+    for m in misses[:GALLERY_MAX]:
+        uri = thumbnail(m["path"])
+        image = (
+            f"<img src='{uri}' alt='{html.escape(m['id'])}'>"
+            if uri
+            else f"<div class='missing'>image not found at {html.escape(m['path'])}</div>"
+        )
+        referred = m.get("referable_call", m["pred"] >= 2)
+        cards.append(
+            f"<figure class='{'' if referred else 'missed'}'>{image}<figcaption>"
+            f"<b>{html.escape(m['id'])}</b><br>true {m['label']} ({GRADES[m['label']]}), "
+            f"called {m['pred']} ({GRADES[m['pred']]})<br>P(true) {m['p_label']:.2f}, "
+            f"P(called) {m['p_pred']:.2f}<br>P(referable) {m['p_referable']:.2f}"
+            f"{'' if referred else ': not referred'}</figcaption></figure>"
+        )
+    return head + f"<div class='gallery'>{''.join(cards)}</div>"
+
+
 def write_evaluation_page(record: dict[str, Any], path: Path, title: str) -> None:
     rows = "".join(
         f"<tr><td>{html.escape(a)}</td><td>{b}</td><td class='val'>{c}</td></tr>"
         for a, b, c in table_rows(record)
     )
     figures, js = [], True
-    drawn = [*(roc_figure(record, e) for e in ENDPOINTS), reliability_figure(record)]
+    drawn = [
+        confusion_figure(record),
+        *(roc_figure(record, e) for e in ENDPOINTS),
+        reliability_figure(record),
+        grade_calibration_figure(record),
+    ]
     for n, fig in enumerate(drawn):
         figures.append(fig.to_html(full_html=False, include_plotlyjs=js, div_id=f"fig-{n}"))
         js = False
@@ -141,6 +249,10 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 td.val {{ color: #777; }} tr.pass td:nth-child(4) {{ color: #0a7d2c; font-weight: bold; }}
 tr.fail td:nth-child(4) {{ color: #b00020; font-weight: bold; }} section {{ margin-top: 2em; }}
 tr.inconclusive td:nth-child(4) {{ color: #a36b00; font-weight: bold; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+.gallery figure {{ margin: 0; width: 170px; font-size: 12px; border: 3px solid #ddd; }}
+.gallery figure.missed {{ border-color: #b00020; }} .gallery img {{ width: 100%; }}
+.missing {{ height: 120px; color: #777; padding: 4px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Models: {html.escape(", ".join(what["models"]))}{ensemble};
@@ -161,6 +273,7 @@ every patient has one image; a bootstrap of patients for every figure otherwise)
 <tr><th>criterion</th><th>observed</th><th>required</th><th>result</th><th>evidence</th></tr>
 {checks}</table></section>
 <section><h2>Curves</h2>{"".join(figures)}</section>
+<section><h2>Severe NPDR and PDR the model got wrong</h2>{gallery(record)}</section>
 </body></html>
 """
     write_text_atomic(path, page)
