@@ -540,6 +540,12 @@ def test_confirm_retrains_finalists_with_fresh_seeds_and_crowns_the_confirmed_be
         assert finalist["confirmed_value"] == pytest.approx(again.value)
         assert finalist["feasible"] == again.feasible
         assert finalist["optimism_gap"] == pytest.approx(source.value - again.value)
+        mine.sort(key=lambda t: t.number)
+        assert finalist["run_values"] == [t.value for t in mine]
+        assert finalist["feasible_runs"] == sum(t.user_attrs["feasible"] for t in mine)
+        # the table shows how many seeds were feasible and each seed's value
+        values = ", ".join(f"{t.value:.3f}" for t in mine)
+        assert f"{finalist['feasible_runs']} of 3" in result.output and values in result.output
     confirmed = [f for f in record["finalists"] if f["feasible"]]
     if confirmed:  # the crowned finalist is the best feasible confirmed value
         best = max(confirmed, key=lambda f: (f["confirmed_value"], -f["trial"]))

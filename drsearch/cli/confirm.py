@@ -118,6 +118,7 @@ def print_finalists(record: dict[str, Any]) -> None:
     )
     folds = plan["mode"] == "folds"
     columns = ["trial", "search value", "confirmed value", "optimism gap", "feasible"]
+    columns += [f"feasible {plan['mode']}", f"value of each {plan['mode'][:-1]}"]
     columns += ["value on folds 1+ (unseen by the search)"] if folds else []
     for column in (*columns, "confirmed on", "note"):
         table.add_column(column)
@@ -138,6 +139,8 @@ def print_finalists(record: dict[str, Any]) -> None:
             num(e.get("confirmed_value")),
             num(e.get("optimism_gap")),
             {True: "yes", False: "no", None: "-"}[e.get("feasible")],
+            f"{e.get('feasible_runs', 0)} of {len(e['runs'])}" if e["runs"] else "-",
+            ", ".join(num(v) for v in e.get("run_values", [])) or "-",
         ]
         row += [num(unseen.get("value"))] if folds else []
         table.add_row(*row, e.get("evidence", "-"), note)
