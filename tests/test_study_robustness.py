@@ -150,10 +150,50 @@ def test_missing_data_is_named_with_the_directory_it_was_read_from(tmp_path: Pat
     assert out.returncode == 2
     # (the tiny study's first rung falls in its 1-epoch warmup: a warning line comes first)
     (line,) = [x for x in out.stderr.strip().splitlines() if not x.startswith("Warning:")]
-    assert line.startswith("Error:") and "data.root:" in line
-    assert str(tmp_path / "data/nowhere") in line
+    assert line.startswith("Error:") and "data.root: data/nowhere not found" in line
     assert f"read from the directory drsearch runs in, {tmp_path}" in line
+    # what the folder must hold, where it comes from, and how to try the study without it
+    assert "train.csv (id_code,diagnosis) and train_images/<id_code>.png" in line
+    assert "aptos2019-blindness-detection" in line
+    assert f"drsearch run {path} --smoke" in line
     assert not (tmp_path / "runs").exists()  # stopped before any trial
+
+
+def test_check_lists_every_problem_and_where_a_relative_path_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / "studies").mkdir(parents=True)
+    (project / "recipes").mkdir()
+    (project / "recipes" / "r.yaml").write_text(
+        yaml.safe_dump(tiny_recipe_dict(Path("data/nowhere")))
+    )
+    (project / "space.yaml").write_text(LR_SPACE)
+    (project / "runs").write_text("a file where the run root should be")
+    study = {
+        "name": "two", "recipe": "recipes/r.yaml", "search_space": "space.yaml",
+        "objective": {"metric": "accuracy", "constraints": []}, "run_root": "runs",
+        "executor": "ray", "resources": {"cpus_per_trial": 512, "max_concurrent": 1},
+    }  # fmt: skip
+    (project / "studies" / "two.yaml").write_text(yaml.safe_dump(study))
+    # from the project: every problem at once, each naming its key
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(cli, ["check", "studies/two.yaml"])
+    monkeypatch.chdir(tmp_path)
+    elsewhere = CliRunner().invoke(cli, ["check", "project/studies/two.yaml"])
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.output.strip().splitlines() if not x.startswith("Warning:")]
+    assert lines[0] == "Error: 3 problems to fix before this study can run:"
+    assert lines[1].startswith("  1. studies/two.yaml: run_root:") and "is a file" in lines[1]
+    assert lines[2].startswith("  2. studies/two.yaml: data.root: data/nowhere not found")
+    assert lines[3].startswith("  3. studies/two.yaml: resources.cpus_per_trial: 512 per trial")
+    # from another folder: the recipe is not found there, and drsearch says where it is
+    assert elsewhere.exit_code == 2
+    assert elsewhere.output.strip().splitlines()[-1] == (
+        "Error: project/studies/two.yaml: recipe: recipes/r.yaml not found (relative paths are "
+        f"read from the directory drsearch runs in, {tmp_path}; it is in {project}: cd "
+        f"{project} and run from there)"
+    )
 
 
 # -- defect 2: pruning in the local executor ----------------------------------------------

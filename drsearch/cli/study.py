@@ -187,22 +187,25 @@ def check(study: Path, samples: int) -> None:
     data and weights it names, and a sample of the configurations it will try. Writes nothing.
     """
     from drsearch.config.study import load_study
-    from drsearch.search.checks import check_inputs, sample_problems
+    from drsearch.search.checks import input_problems, problems_error, sample_problems
 
     loaded = load_study(study)
     for warning in loaded.warnings:
         click.echo(f"Warning: {warning}", err=True)
     evidence: list[str] = []
-    for warning in check_inputs(loaded, generate=False, evidence=evidence):
+    problems, warnings = input_problems(loaded, generate=False, evidence=evidence)
+    for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
     for line in evidence:
         click.echo(f"constraint evidence: {line}")
-    problems = sample_problems(loaded, samples)
-    if problems:
-        raise UserError(
-            f"{len(problems)} of {samples} sampled configurations are impossible recipes; "
-            f"first: {problems[0]}"
+    impossible = sample_problems(loaded, samples)
+    if impossible:
+        problems.append(
+            f"{len(impossible)} of {samples} sampled configurations are impossible recipes; "
+            f"first: {impossible[0]}"
         )
+    if problems:  # every problem at once, not one per try
+        raise UserError(str(problems_error(problems)))
     cfg, r = loaded.config, loaded.recipe
     click.echo(
         f"{study}: study {cfg.name} OK - {r.model.name}, {len(loaded.space)} searched keys, "

@@ -200,6 +200,21 @@ def absolute(path: Path, base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
+def relative_hint(study: Path, wanted: Path) -> str:
+    """Why a relative path a study names is not found, and where it is: relative paths are
+    read from the directory drsearch runs in; when ``wanted`` exists below the study file's
+    folder or one of its parents, say to run from there."""
+    cwd = Path.cwd()
+    if wanted.is_absolute():
+        return ""
+    hint = f" (relative paths are read from the directory drsearch runs in, {cwd})"
+    folder = absolute(study, cwd).parent
+    for base in [folder, *list(folder.parents)[:3]]:
+        if base != cwd and (base / wanted).exists():
+            return hint[:-1] + f"; it is in {base}: cd {base} and run from there)"
+    return hint
+
+
 def with_absolute_paths(recipe: Recipe, base: Path) -> Recipe:
     """The recipe with every file and folder it names made absolute against ``base``.
 

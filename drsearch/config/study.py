@@ -17,6 +17,7 @@ from drsearch.config.loading import (
     read_kind,
     read_yaml,
     recipe_with_overrides,
+    relative_hint,
     set_dotted,
     with_absolute_paths,
 )
@@ -232,6 +233,9 @@ def load_study(
         data = recipe.model_dump(mode="json")
         data["train"]["epochs"] = capped
         recipe = parse_config(Recipe, data, f"{path}: pruner.max_epochs applied to the recipe")
+    if not config.search_space.exists():
+        hint = relative_hint(path, config.search_space)
+        raise ConfigError(f"{path}: search_space: {config.search_space} not found{hint}")
     space = load_search_space(config.search_space, recipe)
     warnings = cap_warning + _rung_warnings(path, config, recipe, space)
     _check_storage(path, config)
@@ -280,6 +284,10 @@ def _folds(path: Path, config: StudyConfig, recipe: Recipe) -> Any:
 
 def _base_recipe(path: Path, config: StudyConfig) -> Recipe:
     if isinstance(config.recipe, Path):
+        if not config.recipe.exists():
+            raise ConfigError(
+                f"{path}: recipe: {config.recipe} not found{relative_hint(path, config.recipe)}"
+            )
         raw = read_yaml(config.recipe)
         source = f"{config.recipe} (recipe of {path})"
     else:

@@ -214,6 +214,25 @@ def _with_suffix(stem: Path, suffixes: tuple[str, ...]) -> Path:
     return stem.with_name(stem.name + suffixes[0])
 
 
+#: What each layout's folder holds and where to get it, for a missing-data message.
+LAYOUTS = {
+    "aptos2019": "APTOS 2019: train.csv (id_code,diagnosis) and train_images/<id_code>.png, as "
+    "Kaggle's aptos2019-blindness-detection download unpacks (kaggle competitions download -c "
+    "aptos2019-blindness-detection)",
+    "synthetic": "generated synthetic fundus images (made on first use)",
+    "csv": "a CSV file with path,label[,patient_id] columns, image paths relative to it",
+    "eyepacs": "EyePACS (Kaggle 2015): trainLabels.csv (image,level) and train/<patient>_<eye>"
+    ".jpeg (kaggle competitions download -c diabetic-retinopathy-detection)",
+    "idrid": "IDRiD's 'B. Disease Grading' folder (1. Original Images/, 2. Groundtruths/), from "
+    "IEEE DataPort",
+    "ddr": "DDR's DR_grading folder: train/ valid/ test/ and train.txt valid.txt test.txt "
+    "(filename label)",
+    "messidor2": "Messidor-2: the adjudicated-grades CSV and IMAGES/ (from ADCIS, with the "
+    "Krause et al. adjudicated grades)",
+    "folder": "one sub-folder per grade: 0/ 1/ 2/ 3/ 4/ with the images",
+}
+
+
 ADAPTERS: dict[str, Adapter] = {
     "synthetic": aptos2019,
     "aptos2019": aptos2019,

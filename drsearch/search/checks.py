@@ -4,6 +4,7 @@ constraints need, and a sample of its configurations are valid recipes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from drsearch.config.study import LoadedStudy
@@ -16,9 +17,56 @@ def check_inputs(
     """Before any trial: the data and weights the recipe names exist, and a synthetic set is
     generated (once for the whole study, not once per trial; not at all without
     ``generate``); the validation split can measure and certify what the study asks.
-    Returns warnings to show; ``evidence`` receives one line per constraint: its images."""
-    check_run_root(loaded)
-    check_weights_exist(loaded)
+    Raises one error naming every problem (``input_problems``); returns warnings to show;
+    ``evidence`` receives one line per constraint: its images."""
+    problems, warnings = input_problems(loaded, generate, evidence)
+    if problems:
+        raise problems_error(problems)
+    return warnings
+
+
+def input_problems(
+    loaded: LoadedStudy, generate: bool = True, evidence: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Every problem ``check_inputs`` finds, not only the first, and its warnings."""
+    problems: list[str] = []
+    warnings: list[str] = []
+
+    def attempt(check: Callable[[], list[str] | None]) -> bool:
+        try:
+            out = check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return False
+        warnings.extend(out or [])
+        return True
+
+    attempt(lambda: check_run_root(loaded))
+    attempt(lambda: check_weights_exist(loaded))
+    data_found = attempt(lambda: check_data_exists(loaded, generate))
+    attempt(lambda: check_placement(loaded))
+    if data_found:  # its split's images are counted only once the data is there
+        attempt(lambda: check_metrics_computable(loaded, evidence, generate))
+    return problems, warnings
+
+
+def problems_error(problems: list[str]) -> ConfigError:
+    """One problem as its own line; several as one error that numbers them."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    return ConfigError(
+        f"{len(problems)} problems to fix before this study can run:\n"
+        + "\n".join(f"  {n}. {p}" for n, p in enumerate(problems, start=1))
+    )
+
+
+def check_data_exists(loaded: LoadedStudy, generate: bool = True) -> None:
+    """Each data source's folder (or CSV) exists; a synthetic one is generated (with
+    ``generate``). A missing one says what the folder must hold, where to get it, and how to
+    try the study without it."""
+    from drsearch.config.loading import relative_hint
+    from drsearch.data.adapters import LAYOUTS
+
     data = loaded.recipe.data
     singles = [
         (
@@ -27,6 +75,7 @@ def check_inputs(
         )
         for i, s in enumerate(data.sources)
     ] or [("data", data)]
+    missing, where = [], ""
     for key, single in singles:
         if single.kind == "synthetic":
             from drsearch.data.sources import ensure_synthetic
@@ -36,13 +85,25 @@ def check_inputs(
             continue
         field, wanted = ("csv", single.csv) if single.kind == "csv" else ("root", single.root)
         if wanted is not None and not wanted.exists():
-            raise ConfigError(
-                f"{loaded.path}: {key}.{field}: {wanted} not found (relative paths in a study "
-                f"and its recipe are read from the directory drsearch runs in, {Path.cwd()}); "
-                "run drsearch from the folder the paths are relative to, or make them absolute"
+            given, where = _as_given(wanted), f"{key}.{field}"
+            missing.append(
+                f"{key}.{field}: {given} not found{relative_hint(loaded.path, given)}; it "
+                f"should hold {LAYOUTS.get(single.kind, single.kind)}"
             )
-    check_placement(loaded)
-    return check_metrics_computable(loaded, evidence, generate)
+    if missing:
+        raise ConfigError(
+            f"{loaded.path}: {'; '.join(missing)}. Put the data there or point {where} at it; "
+            f"to try the study without it: drsearch run {loaded.path} --smoke (a few "
+            "synthetic images)"
+        )
+
+
+def _as_given(path: Path) -> Path:
+    """A path the study resolved against the working directory, as the user wrote it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def check_placement(loaded: LoadedStudy) -> None:
