@@ -118,6 +118,29 @@ def test_export_errors(tmp_path: Path, finished_study: tuple[Path, Path]) -> Non
     )
 
 
+def test_lr_of_a_study_names_what_is_searched_and_shows_a_trials_own(
+    finished_study: tuple[Path, Path],
+) -> None:
+    import optuna
+
+    path, _ = finished_study
+    runner = CliRunner()
+    base = runner.invoke(cli, ["lr", str(path), "--steps-per-epoch", "2"])
+    assert base.exit_code == 0, base.output
+    assert "searched by the study" in base.output and "optim.lr 0.001 to 0.01, log scale" in (
+        base.output
+    )
+    storage = f"sqlite:///{path.parent / 'runs' / 'tiny.db'}"
+    trial = optuna.load_study(study_name="tiny", storage=storage).trials[1]
+    one = runner.invoke(cli, ["lr", str(path), "--trial", "1", "--csv", "--steps-per-epoch", "2"])
+    assert one.exit_code == 0, one.output
+    rows = [line.split(",") for line in one.output.splitlines()[1:]]
+    head = max(float(lr) for _, _, group, lr in rows if group == "head")
+    assert head == pytest.approx(trial.params["optim.lr"])  # its own LR, not the base recipe's
+    recipe = runner.invoke(cli, ["lr", str(path.parent / "recipe.yaml"), "--trial", "1"])
+    assert recipe.exit_code == 2 and "--trial and --smoke are for a study file" in recipe.output
+
+
 def test_best_epoch_weights_travel_with_the_recipe(
     tmp_path: Path, finished_study: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -196,8 +196,6 @@ def check(study: Path, samples: int) -> None:
     problems, warnings = input_problems(loaded, generate=False, evidence=evidence)
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
-    for line in evidence:
-        click.echo(f"constraint evidence: {line}")
     impossible = sample_problems(loaded, samples)
     if impossible:
         problems.append(
@@ -206,6 +204,8 @@ def check(study: Path, samples: int) -> None:
         )
     if problems:  # every problem at once, not one per try
         raise UserError(str(problems_error(problems)))
+    for line in evidence:
+        click.echo(f"constraint evidence: {line}")
     cfg, r = loaded.config, loaded.recipe
     click.echo(
         f"{study}: study {cfg.name} OK - {r.model.name}, {len(loaded.space)} searched keys, "

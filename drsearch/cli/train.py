@@ -9,7 +9,16 @@ from typing import Any
 import click
 from rich.table import Table
 
-from drsearch.cli.common import UserError, _overrides, _recipe_arg, _set_opt, cli
+from drsearch.cli.common import (
+    UserError,
+    _open_study,
+    _overrides,
+    _recipe_arg,
+    _set_opt,
+    _smoke_options,
+    _storage_opt,
+    cli,
+)
 from drsearch.fmt import num
 
 
@@ -102,20 +111,43 @@ def _parameter_line(counts: dict[str, Any]) -> str:
     is_flag=True,
     help="One row per optimizer step and group: epoch,step,group,lr.",
 )
+@click.option(
+    "--trial",
+    "which",
+    help="With a study file: the schedule trial N (or 'best') ran with, from its config.yaml.",
+)
 @_set_opt
-def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str, ...]) -> None:
+@_storage_opt
+@_smoke_options
+def lr(
+    recipe: Path,
+    steps_per_epoch: int | None,
+    as_csv: bool,
+    which: str | None,
+    sets: tuple[str, ...],
+    storage: str | None,
+    run_root: Path | None,
+    smoke: bool,
+) -> None:
     """Show the LR of every parameter group at every epoch, without training.
 
-    Given a study file, shows its base recipe's schedule (the search varies it per trial)."""
+    Given a study file, shows its base recipe's schedule and the ranges the search varies it
+    over; with --trial, the schedule a trial ran with."""
     from drsearch.config import load_recipe, read_yaml
     from drsearch.config.loading import is_study_file, recipe_with_overrides
-    from drsearch.inspect.lr import lr_csv, lr_summary, steps_from_data
+    from drsearch.inspect.lr import lr_csv, lr_summary, searched_note, steps_from_data
 
+    searched = None
     if is_study_file(read_yaml(recipe)):
-        from drsearch.config.study import load_study
-
-        base = load_study(recipe).recipe.model_dump(mode="json")
-        config = recipe_with_overrides(base, _overrides(sets), f"{recipe}: recipe", "--set")
+        loaded = _open_study(recipe, storage, run_root, smoke)
+        if which is not None:
+            config = _trial_recipe(loaded, which, _overrides(sets))
+        else:
+            base = loaded.recipe.model_dump(mode="json")
+            config = recipe_with_overrides(base, _overrides(sets), f"{recipe}: recipe", "--set")
+            searched = searched_note(loaded.space)
+    elif which is not None or smoke:
+        raise UserError(f"{recipe}: --trial and --smoke are for a study file; this is a recipe")
     else:
         config = load_recipe(recipe, _overrides(sets))
     spe = steps_per_epoch or steps_from_data(config)
@@ -132,5 +164,20 @@ def lr(recipe: Path, steps_per_epoch: int | None, as_csv: bool, sets: tuple[str,
     for row in table[1:]:
         rich_table.add_row(*row)
     console.print(rich_table)
-    for note in notes:
-        console.print(f"- {note}")
+    for note in notes + ([searched] if searched else []):
+        console.print(f"- {note}", markup=False, highlight=False)
+
+
+def _trial_recipe(loaded: Any, which: str, sets: dict[str, Any]) -> Any:
+    """The recipe trial ``which`` of the study ran with (its run folder's config.yaml)."""
+    from drsearch.config import load_recipe
+    from drsearch.search.export import select_trial
+
+    trial = select_trial(loaded, which, trained_only=False, infeasible_ok=True)
+    config = Path(str(trial.user_attrs.get("run_dir", ""))) / "config.yaml"
+    if not config.is_file():
+        raise UserError(
+            f"trial {trial.number}: its run folder has no config.yaml ({config}); it never "
+            "started training"
+        )
+    return load_recipe(config, sets)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from typing import Any
 
 from drsearch.config.recipe import Recipe
 from drsearch.data.records import Skipped
@@ -92,3 +94,36 @@ def _notes(recipe: Recipe, rows: list[tuple[int, int, str, float]]) -> list[str]
     if s.name == "plateau":
         notes.append("plateau reductions depend on validation results; shown without them")
     return notes
+
+
+#: Searched keys that change what ``drsearch lr`` shows: the LRs, the schedule, and what sets
+#: its length in steps (epochs, batch size, accumulation).
+LR_KEYS = (
+    "optim.lr", "optim.backbone_lr_mult", "schedule.", "train.epochs", "train.batch_size",
+    "train.grad_accum",
+)  # fmt: skip
+
+
+def searched_note(space: Mapping[str, Any]) -> str | None:
+    """What the table of a study's base recipe does not show: the schedule keys the search
+    varies, with the range each spans."""
+    found = [
+        f"{key} {_span(param)}"
+        for key, param in space.items()
+        if any(key == k or key.startswith(k) for k in LR_KEYS)
+    ]
+    if not found:
+        return None
+    return (
+        "searched by the study, so each trial's schedule differs from this base recipe's: "
+        + "; ".join(found)
+        + " (--trial N or --trial best shows a trial's own)"
+    )
+
+
+def _span(param: Any) -> str:
+    choices = getattr(param, "choices", None)
+    if choices is not None:
+        return "one of " + ", ".join(str(c) for c in choices)
+    scale = ", log scale" if getattr(param, "log", False) else ""
+    return f"{param.low:g} to {param.high:g}{scale}"
