@@ -535,7 +535,7 @@ def checklist(
         ("every per-grade specificity", "min_specificity", SPECIFICITY_MIN, "lowest"),
     ):  # fmt: skip
         items.append(_proportion_item(label, metric, minimum, a, cm, evidence))
-    items.append(_stability(log))
+    items.append(stability(log))
     return items
 
 
@@ -587,7 +587,9 @@ def _trivial_item(a: dict[str, Any], cm: Matrix | None) -> CheckItem:
     )  # fmt: skip
 
 
-def _stability(log: list[dict[str, Any]]) -> CheckItem:
+def stability(log: list[dict[str, Any]]) -> CheckItem:
+    """The checklist's "stable convergence" item: validation accuracy over the last
+    ``STABLE_EPOCHS`` epochs spans less than ``STABILITY_POINTS`` points."""
     accs = [
         r["val"]["accuracy"] for r in log[-STABLE_EPOCHS:] if r["val"].get("accuracy") is not None
     ]

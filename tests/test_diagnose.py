@@ -129,6 +129,35 @@ def test_medical_gap(tmp_path: Path) -> None:
     assert got["severe NPDR sensitivity far below overall accuracy"] == "high"
 
 
+def test_a_mild_grade_never_called_is_named_with_its_count(tmp_path: Path) -> None:
+    epochs = healthy_epochs(4)
+    epochs[-1]["sens"] = [0.99, 0.0, 0.8, 0.8, 0.9]  # support: 10 mild images
+    (finding,) = [f for f in diagnose(fake_run(tmp_path, epochs)) if "mild" in f.title]
+    assert finding.title == "mild sensitivity far below overall accuracy"
+    assert finding.severity == "medium"  # not referable: below severe NPDR and PDR
+    assert "sensitivity 0.000: 0/10 images (never called)" in finding.evidence
+
+
+def test_a_validation_swing_the_checklist_fails_is_a_finding(tmp_path: Path) -> None:
+    from drsearch.clinical import checklist
+
+    epochs = healthy_epochs(5)
+    epochs[-2]["va"], epochs[-1]["va"] = 0.65, 0.78  # 0.78 -> 0.65 -> 0.78: a 13-point swing
+    epochs[-3]["va"] = 0.78
+    run = fake_run(tmp_path, epochs)
+    (finding,) = [f for f in diagnose(run) if "swings" in f.title]
+    assert finding.title == "validation accuracy swings 13.0 points at the end of training"
+    assert "down 13.0 points from epoch 3 to 4" in finding.evidence
+    # the same judgement as the report's checklist
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (item,) = [c for c in checklist(log[-1]["val"], log, "validation") if "stable" in c.name]
+    assert item.result == "fail" and item.threshold in finding.evidence
+    # a steady climb of as many points is no swing
+    (tmp_path / "c").mkdir()
+    steady = diagnose(fake_run(tmp_path / "c", healthy_epochs(5)))
+    assert not [f for f in steady if "swing" in f.title]
+
+
 @pytest.mark.e2e
 def test_lr_findings_on_real_runs(tmp_path: Path, tiny_dataset: Path) -> None:
     cases = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drsearch.clinical import MEDICAL_GAP
+from drsearch.clinical import MEDICAL_GAP, STABLE_EPOCHS, stability
 from drsearch.config.loading import load_recipe
 from drsearch.config.recipe import Recipe
 from drsearch.errors import ConfigError
@@ -58,6 +58,7 @@ def diagnose(run_dir: Path) -> list[Finding]:
         *_resumes(run),
         *_augmentation(run),
         *_medical_gap(run),
+        *_swing(run),
     ]
     if not findings:
         last = run.log[-1]["val"]
@@ -250,27 +251,64 @@ def _augmentation(run: Run) -> list[Finding]:
     return []
 
 
+#: Grade names as a reader says them.
+GRADE_NAMES = ("no DR", "mild", "moderate", "severe NPDR", "PDR")
+
+
 def _medical_gap(run: Run) -> list[Finding]:
+    """Each grade whose sensitivity at the best epoch is far below overall accuracy: high for
+    the referable grades (2-4; a missed one is a patient not referred), medium for 0-1."""
     best_epoch = run.log[-1].get("best_epoch") or run.log[-1]["epoch"]
     best = next((r for r in run.log if r["epoch"] == best_epoch), run.log[-1])["val"]
     acc = best.get("accuracy")
     sens = best.get("sensitivity") or []
+    support = best.get("support") or [None] * len(GRADE_NAMES)
     out = []
-    for grade, name in ((3, "severe NPDR"), (4, "PDR")):
+    for grade, name in enumerate(GRADE_NAMES):
         s = sens[grade] if len(sens) > grade else None
-        if acc is not None and s is not None and acc - s > MEDICAL_GAP:
-            support = (best.get("support") or [None] * 5)[grade]
-            out.append(
-                Finding(
-                    "high",
-                    f"{name} sensitivity far below overall accuracy",
-                    f"best epoch {best_epoch}: accuracy {acc:.3f} but {name} (grade {grade}) "
-                    f"sensitivity {s:.3f} on {support} images",
-                    f"raise loss.class_weights for grade {grade}, use focal loss, or optimise a "
-                    "study with medical-grade constraints",
-                )
+        if acc is None or s is None or acc - s <= MEDICAL_GAP:
+            continue
+        n = support[grade] if len(support) > grade else None
+        counted = f"{round(s * n)}/{n} images" if n else "an unknown number of images"
+        never = " (never called)" if s == 0 else ""
+        out.append(
+            Finding(
+                "high" if grade >= 2 else "medium",
+                f"{name} sensitivity far below overall accuracy",
+                f"best epoch {best_epoch}: accuracy {acc:.3f} but {name} (grade {grade}) "
+                f"sensitivity {s:.3f}: {counted}{never}",
+                f"raise loss.class_weights for grade {grade}, use focal loss, or optimise a "
+                "study with medical-grade constraints"
+                + ("" if grade >= 2 else "; a grader that never says mild confuses follow-up"),
             )
+        )
     return out
+
+
+def _swing(run: Run) -> list[Finding]:
+    """The checklist's "stable convergence" item failing on validation accuracy that goes
+    down and up (a steady climb spans many points too, and is no swing)."""
+    item = stability(run.log)
+    accs = [r["val"].get("accuracy") for r in run.log[-STABLE_EPOCHS:]]
+    if item.result != "fail" or None in accs:
+        return []
+    drops = [(a - b, i) for i, (a, b) in enumerate(zip(accs, accs[1:], strict=False))]
+    drop, at = max(drops)
+    if drop <= 0:
+        return []
+    first = run.log[-STABLE_EPOCHS:][at]["epoch"]
+    return [
+        Finding(
+            "medium",
+            f"validation accuracy swings {item.observed:.1f} points at the end of training",
+            f"{item.detail} over epochs {run.log[-len(accs)]['epoch']}-{run.log[-1]['epoch']}: "
+            f"down {100 * drop:.1f} points from epoch {first} to {first + 1}; the checklist's "
+            f"stable convergence item ({item.threshold}) fails",
+            "the best epoch is then partly picked by noise: decay the LR further at the end "
+            "(schedule.min_lr), average the weights (train.ema: true), validate on more images, "
+            "or confirm the winner on folds or seeds (finalists:)",
+        )
+    ]
 
 
 def _val_drop(log: list[dict[str, Any]], epoch: int) -> float:
