@@ -271,7 +271,13 @@ def test_study_commands_a_newcomer_meets(
     assert db.is_file() and not (tmp_path / "runs" / "tiny.db").exists()
     assert "study wall time:" in ran.output and "next steps:" in ran.output
     assert f"drsearch report {path}" in ran.output and f"drsearch trials {path}" in ran.output
-    assert f"drsearch export {path} -o recipes/tiny-best.yaml" in ran.output
+    printed = f"drsearch export {path} -o recipes/tiny-best.yaml --weights recipes/tiny-best.pt"
+    assert printed in ran.output
+    monkeypatch.chdir(tmp_path)  # the printed command, as printed, writes recipe and weights
+    exported = runner.invoke(cli, printed.split()[1:])
+    assert exported.exit_code == 0, exported.output
+    assert Path("recipes/tiny-best.yaml").is_file() and Path("recipes/tiny-best.pt").is_file()
+    assert "drsearch predict recipes/tiny-best.yaml IMAGES_FOLDER\n" in exported.output
 
     table = runner.invoke(cli, ["trials", str(path), "--sort", "value"])
     assert table.exit_code == 0 and "study tiny: 2 trials" in table.output

@@ -94,3 +94,22 @@ def test_dashboard_serves_study_attributes_notes_and_artifacts(
         "| constraint | required | observed (images) | 90% lower bound | met |"
         in trial["note"]["body"]
     )
+
+
+def test_the_study_note_never_states_a_searched_value_as_fixed(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    from drsearch.config.study import load_study
+    from drsearch.search.annotations import study_note
+
+    space = (
+        "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+        "train.batch_size: {type: categorical, choices: [8, 16]}\n"
+    )
+    note = study_note(load_study(write_tiny_study(tmp_path, tiny_dataset, space)))
+    assert "batch searched (below)" in note and "- `train.batch_size`" in note
+    assert "epochs, batch 8" not in note and "epochs, batch 16" not in note
+    (tmp_path / "b").mkdir()
+    lr_only = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    fixed = study_note(load_study(write_tiny_study(tmp_path / "b", tiny_dataset, lr_only)))
+    assert "searched (below)" not in fixed and "epochs, batch " in fixed

@@ -307,8 +307,9 @@ def _print_next_steps(
     if s.best is not None:
         steps.append(
             (
-                f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml",
-                "the best, pinned (--weights FILE.pt: its weights too)",
+                f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml "
+                f"--weights recipes/{s.name}-best.pt",
+                "the best, pinned, with its weights (drsearch predict then grades images)",
             )
         )
     width = max(len(cmd) for cmd, _ in steps)
@@ -394,3 +395,5 @@ def export(
             f"best-epoch weights (epoch {epoch}) -> {weights}; load them with "
             f"model.pretrained: {weights}"
         )
+        given = "" if weights == out.with_suffix(".pt") else f" --weights {weights}"
+        click.echo(f"grade new images: drsearch predict {out} IMAGES_FOLDER{given}")

@@ -224,19 +224,27 @@ def _count(n: Any) -> str:
 
 def study_note(loaded: LoadedStudy) -> str:
     cfg, r = loaded.config, loaded.recipe
+
+    def fixed(key: str, value: Any) -> str:
+        """A base-recipe value, or that the search varies it (never the base value then)."""
+        return "searched (below)" if key in loaded.space else str(value)
+
     constraints = "; ".join(f"{c.metric} >= {c.min}" for c in cfg.objective.constraints)
     space = "\n".join(
         f"- `{k}`: {_describe(p.model_dump(mode='json'))}" for k, p in loaded.space.items()
     )
     return (
         f"## {cfg.name}\n\n"
-        f"**Data**: {r.data.kind} at `{r.data.root}`, {r.data.image_size} px, validation "
+        f"**Data**: {r.data.kind} at `{r.data.root}`, "
+        f"{fixed('data.image_size', r.data.image_size)} px, validation "
         f"fraction {r.data.val_fraction}, held-out test fraction {r.data.test_fraction} "
         f"(seed {r.data.seed}).\n\n"
         "**Every figure here is on the validation split** the search pruned and ranked on "
         "(optimistic). The held-out test split is measured only by `drsearch evaluate`.\n\n"
-        f"**Model**: `{r.model.name}`, pretrained: {r.model.pretrained}; "
-        f"{r.train.epochs} epochs, batch {r.train.batch_size}.\n\n"
+        f"**Model**: `{fixed('model.name', r.model.name)}`, pretrained: "
+        f"{fixed('model.pretrained', r.model.pretrained)}; "
+        f"{fixed('train.epochs', r.train.epochs)} epochs, batch "
+        f"{fixed('train.batch_size', r.train.batch_size)}.\n\n"
         f"**Objective**: maximise {cfg.objective.metric} on the best epoch; constraints: "
         f"{constraints or 'none'}, each met on its "
         f"{_rule(cfg)}; the metric must beat the trivial model (every image the commonest "
