@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from drsearch.fmt import duration, num, short
+from drsearch.ranking import Ranked, closest, search_best
 
 
 def stderr_console(stderr: bool = True) -> Console:
@@ -97,7 +98,9 @@ class RichStudyProgress:
         self.running: dict[int, str] = {}
         self.paused: set[int] = set()  # promotion ASHA: waiting at a rung
         self.params: dict[int, dict[str, Any]] = {}
-        self.best: tuple[float, int] | None = None
+        self.finished: list[Ranked] = []  # this run's complete trials, as ranking sees them
+        self.epochs_done = 0  # epochs reported by every trial of this run
+        self.epoch_of: dict[int, int] = {}  # a running trial's latest epoch
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
 
     def __enter__(self) -> RichStudyProgress:
@@ -111,7 +114,12 @@ class RichStudyProgress:
         from rich.text import Text
 
         c = self.counts
-        best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"
+        best = "none yet"
+        top = search_best(self.finished)
+        if top is not None:
+            best = f"{top.value:.4f} (trial {top.number}, feasible)"
+        elif (near := closest(self.finished)) is not None:
+            best = f"none feasible yet; closest {near.value:.4f} (trial {near.number})"
         lines = [
             f"{duration(time.monotonic() - self.started)} elapsed{self._eta()} | this run: "
             f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
@@ -124,10 +132,19 @@ class RichStudyProgress:
 
     def _eta(self) -> str:
         """A rough time left: the mean time per finished trial times the trials left (pruned
-        trials make the real figure smaller)."""
+        trials make the real figure smaller). Before any trial has finished: the epochs left
+        if every trial ran all ``max_epochs``, at the epochs per second seen so far (an upper
+        bound: pruning only shortens it)."""
         done = sum(self.counts.values())
         if not done:
-            return ""
+            if not self.epochs_done or not self.max_epochs:
+                return ""
+            seconds = time.monotonic() - self.started
+            waiting = max(0, self.n_trials - len(set(self.running) | set(self.epoch_of)))
+            left = waiting * self.max_epochs + sum(
+                self.max_epochs - e for e in self.epoch_of.values()
+            )
+            return f", at most about {duration(left * seconds / self.epochs_done)} left"
         left = max(0, self.n_trials - done - len(self.running)) + len(self.running) / 2
         per_trial = (time.monotonic() - self.started) / (done + len(self.running) / 2)
         return f", about {duration(left * per_trial)} left"
@@ -144,6 +161,9 @@ class RichStudyProgress:
         self._refresh()
 
     def trial_epoch(self, number: int, epoch: int, value: float) -> None:
+        if epoch > self.epoch_of.get(number, 0):  # a promoted trial's replayed epochs: not new
+            self.epochs_done += epoch - self.epoch_of.get(number, 0)
+            self.epoch_of[number] = epoch
         of = f"/{self.max_epochs}" if self.max_epochs else ""
         self.running[number] = f"epoch {epoch}{of}, pruning metric {value:.4f}"
         self._refresh()
@@ -153,9 +173,9 @@ class RichStudyProgress:
         self.paused.discard(number)
         self.counts[outcome.state] = self.counts.get(outcome.state, 0) + 1
         attrs = outcome.user_attrs
+        self.epoch_of.pop(number, None)
         if outcome.state == "COMPLETE" and outcome.value is not None:
-            if self.best is None or outcome.value > self.best[0]:
-                self.best = (outcome.value, number)
+            self.finished.append(Ranked(number, outcome.value, bool(attrs.get("feasible"))))
             detail = (
                 f"value {outcome.value:.4f} (accuracy {num(attrs.get('accuracy')).rjust(5)}, "
                 f"{'feasible' if attrs.get('feasible') else 'infeasible'})"
