@@ -131,3 +131,15 @@ def test_a_trial_the_machine_cannot_place_is_refused_before_any_trial(
         resources={"cpus_per_trial": cpus + 2, "max_concurrent": 1},
     )  # fmt: skip
     assert CliRunner().invoke(cli, ["check", str(local)]).exit_code == 0
+    # ... but a GPU or memory this machine lacks is refused for it too
+    import psutil
+
+    total = psutil.virtual_memory().total / 1024**3
+    greedy = write_tiny_study(
+        tmp_path, tiny_dataset, SPACE, executor="local",
+        resources={"gpus_per_trial": gpus + 1, "memory_gb_per_trial": 2 * total},
+    )  # fmt: skip
+    for line in _both(greedy):
+        assert f"resources.memory_gb_per_trial: {2 * total:g} GiB per trial, but this " in line
+        assert f"resources.gpus_per_trial: {gpus + 1} per trial" in line
+        assert "PENDING" not in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -101,6 +102,30 @@ def test_ray_executor_prunes_with_asha_and_records_the_last_epoch(
     for t in got:
         check_records(t, max_epochs=3)
         assert t.user_attrs["executor"] == "ray" and t.user_attrs["ray_trial_id"]
+
+
+def test_a_trial_ray_cannot_place_on_a_cluster_is_explained_not_waited_on(
+    tmp_path: Path, tiny_dataset: Path, ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster (ray.address: placement is Ray's to judge), a trial asking for a GPU no
+    node has stays PENDING: after ray.pending_timeout_s with nothing running the run stops
+    with one line saying what was asked and what the cluster has, and lets its trial go."""
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, LR_SPACE, executor="ray",
+        ray={"address": "127.0.0.1:6379", "pending_timeout_s": 3},
+        resources={"cpus_per_trial": 1, "gpus_per_trial": 1, "max_concurrent": 1},
+    )  # fmt: skip
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert time.monotonic() - started < 60
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert "Ray kept a trial PENDING for 3 s with no trial running" in line
+    assert "each trial asks 1 CPUs and 1 GPUs" in line and ", 0 GPUs in all" in line
+    assert "Traceback" not in result.output
+    # the trial it claimed is let go (interrupted: not counted), never left RUNNING
+    assert [t.state for t in trials(path)] == [TrialState.FAIL]
+    assert "interrupted" in trials(path)[0].user_attrs.get("fail_reason", "")
 
 
 def test_failing_trial_does_not_stop_the_study(

@@ -70,12 +70,19 @@ class ResourcesConfig(Section):
     cpus_per_trial: float = Field(1.0, gt=0, le=1024)
     gpus_per_trial: float = Field(0.0, ge=0, le=64)
     max_concurrent: int = Field(1, ge=1, le=4096)
+    #: Memory each trial needs (GiB of RAM): Ray reserves it per trial, and ``check`` refuses
+    #: a study whose trial needs more than the machine has
+    memory_gb_per_trial: float | None = Field(None, gt=0, le=65_536)
 
 
 class RayConfig(Section):
     address: str | None = None
     retries: int = Field(1, ge=0, le=100)
     reuse_actors: bool = True
+    #: A trial Ray keeps PENDING this long while no trial runs cannot be placed: the run stops
+    #: and says what it asked for and what the cluster has (an autoscaler adding nodes needs
+    #: time: raise it for one)
+    pending_timeout_s: float = Field(600.0, gt=0, le=86_400)
 
 
 class ReportConfig(Section):

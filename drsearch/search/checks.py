@@ -107,17 +107,28 @@ def _as_given(path: Path) -> Path:
 
 
 def check_placement(loaded: LoadedStudy) -> None:
-    """Under Ray on this machine, each trial's CPUs and GPUs must fit on it: a trial that asks
-    for more is never placed (Ray keeps it PENDING, silently, forever). A cluster
-    (``ray.address``) is asked by Ray itself."""
+    """On this machine, each trial's memory (``resources.memory_gb_per_trial``) and, under
+    Ray, its CPUs and GPUs must fit on it: a trial that asks for more is never placed (Ray
+    keeps it PENDING, silently, forever). A cluster (``ray.address``) is asked by Ray itself,
+    and a trial it keeps PENDING is explained by the Ray runner."""
     import os
 
     cfg = loaded.config
-    if cfg.executor != "ray" or cfg.ray.address:
+    res = cfg.resources
+    if cfg.executor == "ray" and cfg.ray.address:
         return
-    res, cpus = cfg.resources, os.cpu_count() or 1
     problems = []
-    if res.cpus_per_trial > cpus:
+    if res.memory_gb_per_trial is not None:
+        import psutil
+
+        total = psutil.virtual_memory().total / 1024**3
+        if res.memory_gb_per_trial > total:
+            problems.append(
+                f"resources.memory_gb_per_trial: {res.memory_gb_per_trial:g} GiB per trial, but "
+                f"this machine has {total:.1f} GiB of memory"
+            )
+    cpus = os.cpu_count() or 1
+    if cfg.executor == "ray" and res.cpus_per_trial > cpus:  # the local executor shares them
         problems.append(
             f"resources.cpus_per_trial: {res.cpus_per_trial:g} per trial, but this machine "
             f"has {cpus} CPU{'s' if cpus != 1 else ''}"
@@ -133,10 +144,11 @@ def check_placement(loaded: LoadedStudy) -> None:
                 f"has {has}"
             )
     if problems:
+        pending = " (Ray would keep it PENDING)" if cfg.executor == "ray" else ""
         raise ConfigError(
-            f"{loaded.path}: {'; '.join(problems)}: no trial could ever be placed (Ray would "
-            "keep it PENDING); lower them in the study's resources, run where they exist, or "
-            "join a cluster that has them with --ray-address (--smoke tries the wiring here)"
+            f"{loaded.path}: {'; '.join(problems)}: no trial could ever be placed{pending}; "
+            "lower them in the study's resources, run where they exist, or join a cluster "
+            "that has them with --ray-address (--smoke tries the wiring here)"
         )
 
 

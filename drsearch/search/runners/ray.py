@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from drsearch.config.study import LoadedStudy
+from drsearch.errors import ConfigError
 from drsearch.search.runners.common import (
     NoTrial,
     StudyProgress,
@@ -205,6 +206,54 @@ def _classes() -> tuple[type, type]:
     return StudySearcher, StudyScheduler
 
 
+def _pending_watch(loaded: LoadedStudy) -> Any:
+    """A Tune callback that stops a run whose trial Ray keeps PENDING for
+    ``ray.pending_timeout_s`` while nothing runs: nothing could ever place it (a trial that
+    waits behind running ones is queued, not stuck)."""
+    from ray.tune import Callback
+
+    cfg = loaded.config
+    timeout = cfg.ray.pending_timeout_s
+
+    class PendingWatch(Callback):
+        def __init__(self) -> None:
+            self.since: dict[str, float] = {}
+            self.error: ConfigError | None = None
+
+        def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            now = time.monotonic()
+            running = any(t.status == "RUNNING" for t in trials)
+            pending = {t.trial_id for t in trials if t.status == "PENDING"}
+            self.since = {k: v for k, v in self.since.items() if k in pending}
+            for trial_id in pending:
+                self.since.setdefault(trial_id, now)
+            if running or not self.since or now - min(self.since.values()) < timeout:
+                return
+            self.error = ConfigError(unplaceable_message(loaded, timeout))
+            raise self.error
+
+    return PendingWatch()
+
+
+def unplaceable_message(loaded: LoadedStudy, waited: float) -> str:
+    """Why no trial runs: what each asks for against what the cluster has."""
+    import ray
+
+    res = loaded.config.resources
+
+    def amounts(found: dict[str, float]) -> str:
+        return f"{found.get('CPU', 0):g} CPUs, {found.get('GPU', 0):g} GPUs"
+
+    return (
+        f"{loaded.path}: Ray kept a trial PENDING for {waited:g} s with no trial running: each "
+        f"trial asks {res.cpus_per_trial:g} CPUs and {res.gpus_per_trial:g} GPUs "
+        "(resources.cpus_per_trial, resources.gpus_per_trial) and the cluster has "
+        f"{amounts(ray.cluster_resources())} in all ({amounts(ray.available_resources())} "
+        "free); lower them, add nodes that have them, or raise ray.pending_timeout_s while an "
+        "autoscaler adds nodes"
+    )
+
+
 def run_ray(
     store: StudyStore,
     loaded: LoadedStudy,
@@ -218,6 +267,9 @@ def run_ray(
     searcher_class, scheduler_class = _classes()
     searcher = searcher_class(store, loaded, progress, deadline)
     resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    if cfg.resources.memory_gb_per_trial is not None:
+        resources["memory"] = cfg.resources.memory_gb_per_trial * 1024**3
+    watch = _pending_watch(loaded)
     tuner = tune.Tuner(
         tune.with_resources(_trainable, resources),
         tune_config=tune.TuneConfig(
@@ -233,6 +285,14 @@ def run_ray(
             failure_config=tune.FailureConfig(max_failures=cfg.ray.retries),
             verbose=0,
             log_to_file=True,
+            callbacks=[watch],
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception:
+        if watch.error is not None:  # Tune wraps a callback's error: say ours, in one line
+            raise watch.error from None
+        raise
+    if watch.error is not None:
+        raise watch.error
