@@ -405,7 +405,8 @@ def _without_paths(side: dict[str, Any]) -> dict[str, Any]:
     """A side's figures without its images' paths (a study's trials hold them absolute, an
     exported recipe relative to where it was exported)."""
     predictions = {k: v for k, v in side["predictions"].items() if k != "paths"}
-    return side | {"predictions": predictions}
+    misses = [{k: v for k, v in m.items() if k != "path"} for m in side["severe_misses"]]
+    return side | {"predictions": predictions, "severe_misses": misses}
 
 
 def _predict_equals_the_evaluation(
@@ -508,7 +509,7 @@ def test_confirm_retrains_finalists_with_fresh_seeds_and_crowns_the_confirmed_be
 
     from drsearch.clinical import objective_score
 
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "300"})  # the finalists table unwrapped
     result = runner.invoke(
         cli(), ["confirm", str(held_out_study), "--top-k", "2", "--seeds", "3", "--quiet"]
     )

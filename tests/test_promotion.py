@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
@@ -36,13 +37,13 @@ def test_rungs_are_grace_times_powers_of_eta_below_max_epochs() -> None:
 
 
 def _study(tmp_path: Path, dataset: Path, executor: str = "local", **study: object) -> Path:
+    study = {"budget": {"n_trials": len(CURVES)}} | study
     return write_tiny_study(
         tmp_path,
         dataset,
         SPACE,
         executor=executor,
         pruner={"grace_period": 1, "reduction_factor": 2, "mode": "promotion"},
-        budget={"n_trials": len(CURVES)},
         recipe_overrides={"train.epochs": 8},
         **study,
     )
@@ -143,6 +144,35 @@ def test_trials_pause_at_rungs_and_the_best_are_promoted(
     # a promoted trial's curve is whole: its replayed epoch was not recorded twice or changed
     assert trials[0].intermediate_values == {1: 0.5, 2: 0.6}
     assert store.counts().paused == 0 and store.counts().counted == len(CURVES)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_budget_below_eta_to_the_k_still_completes_its_leader(
+    tmp_path: Path, tiny_dataset: Path, executor: str
+) -> None:
+    """Two trials, rungs 1, 2, 4 (eta 2): a rung of one or two never promotes past the first
+    rung on its own, so every trial would end paused and then PRUNED, with nothing COMPLETE.
+    Once the budget is claimed and nothing runs, the best paused trial of the highest rung is
+    trained to the end instead (it never pauses again); the rest are pruned."""
+    path = _study(tmp_path, tiny_dataset, executor, budget={"n_trials": 2})
+    loaded = load_study(path)
+    store = StudyStore(loaded.config)
+    if executor == "local":
+        events = _drive_local(store, loaded)
+    else:
+        searcher_class, scheduler_class = _classes()
+        searcher = searcher_class(store, loaded, SilentProgress(), None)
+        events = _drive_ray(searcher, scheduler_class(searcher))
+    # by hand (CURVES[0] = 0.5, 0.6, ..., CURVES[1] = 0.3, ...): 0 pauses at 1 (alone: the
+    # top half of one trial is empty), 1 pauses at 1 below it; 0 is promoted (top 1 of 2) and
+    # pauses at 2 (alone). The budget is claimed, nothing runs: 0 leads rung 2 and is
+    # finished; 1 is pruned at rung 1.
+    assert events == [(0, 1, "pause"), (1, 1, "pause"), (0, 2, "pause")]
+    first, second = store.study.get_trials()
+    assert first.state == TrialState.COMPLETE and max(first.intermediate_values) == 8
+    assert first.user_attrs["promotions"] == 2
+    assert second.state == TrialState.PRUNED and second.user_attrs["pruned_at_epoch"] == 1
+    assert store.counts().paused == 0
 
 
 def test_a_paused_trial_is_never_reaped_and_counts_toward_the_budget(
@@ -262,3 +292,66 @@ def test_a_later_run_goes_on_with_paused_trials_or_prunes_them_when_the_mode_cha
     assert warnings == [
         f"trial {n}: paused by promotion ASHA, pruned (pruner.mode changed)" for n in (0, 1)
     ]
+
+
+def test_the_sampler_sees_a_paused_trial_as_pruned_at_its_rung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TPE counts paused trials toward n_startup_trials and ranks them as pruned at their
+    rung (not as running trials that constant_liar scores as the worst)."""
+    import optuna
+
+    from drsearch.config.study import SamplerConfig
+    from drsearch.search.samplers import _PausedAsPruned, make_sampler
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction="maximize")
+    for value in (0.4, 0.7):  # two trials paused at rung 1
+        t = study.ask()
+        t.suggest_float("x", 0, 1)
+        storage.set_trial_intermediate_value(t._trial_id, 1, value)
+        storage.set_trial_system_attr(t._trial_id, PAUSED_ATTR, 1)
+    view = _PausedAsPruned(study)
+    seen = view._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert [t.state for t in seen] == [TrialState.PRUNED] * 2
+    assert [t.intermediate_values for t in seen] == [{1: 0.4}, {1: 0.7}]
+    assert view._get_trials(deepcopy=False, states=(TrialState.RUNNING,)) == []
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 2  # stored as is
+    # with n_startup_trials 2, the third trial is TPE's, not a random start-up draw
+    used = []
+    original = optuna.samplers.TPESampler._sample
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        used.append(True)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "_sample", spy)
+    config = SimpleNamespace(sampler=SamplerConfig(name="tpe", n_startup_trials=2, seed=0))
+    study.sampler = make_sampler(config)  # type: ignore[arg-type]
+    study.ask().suggest_float("x", 0, 1)
+    assert used
+
+
+def test_a_ray_runner_waiting_for_a_promotion_never_blocks_tunes_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from drsearch.search.runners import ray as ray_runner
+
+    asked = []
+
+    def waiting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(time.monotonic())
+        return NoTrial.WAIT
+
+    monkeypatch.setattr(ray_runner, "start_trial", waiting)
+    searcher_class, _ = _classes()
+    loaded = SimpleNamespace(config=SimpleNamespace(resources=SimpleNamespace(cpus_per_trial=1)))
+    searcher = searcher_class(None, loaded, SilentProgress(), None)
+    started = time.monotonic()
+    assert searcher.suggest("a") is None and searcher.suggest("b") is None
+    assert time.monotonic() - started < 0.1  # no sleep in Tune's loop
+    assert len(asked) == 1  # and the study is not asked again before WAIT_S
+    searcher.ask_again_at = 0.0
+    assert searcher.suggest("c") is None and len(asked) == 2

@@ -106,8 +106,10 @@ def fill_study(storage: str, runs: Path) -> None:
             "best_epoch": max(curve, key=curve.get),
         }
         constraints = {"sensitivity_severe_npdr": 0.9 - sens[3], "sensitivity_pdr": 0.95 - sens[4]}
-        system = {f"constraints:{k}": v for k, v in constraints.items()}
-        system["constraints"] = list(constraints.values())
+        system = {
+            "constraints": list(constraints.values()),
+            "drsearch:constraint_names": list(constraints),
+        }
         if state == TrialState.FAIL:
             trial = create_trial(state=state, params=params, distributions=DISTRIBUTIONS,
                                  user_attrs={"fail_reason": "CUDA out of memory"})  # fmt: skip

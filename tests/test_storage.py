@@ -48,7 +48,7 @@ def test_default_storage_is_sqlite_beside_the_study_folder(tmp_path: Path) -> No
     assert (tmp_path / "s.db").is_file()
 
 
-def test_finish_is_idempotent_and_stores_both_constraint_forms(tmp_path: Path) -> None:
+def test_finish_is_idempotent_and_stores_each_constraint_once(tmp_path: Path) -> None:
     s = store(tmp_path)
     trial = claim(s)
     s.finish(trial._trial_id, outcome(0.8, True), {1: 0.5, 2: 0.7})
@@ -58,7 +58,14 @@ def test_finish_is_idempotent_and_stores_both_constraint_forms(tmp_path: Path) -
     assert frozen.state == TrialState.COMPLETE and frozen.value == 0.8
     assert frozen.intermediate_values == {1: 0.5, 2: 0.7}
     assert frozen.system_attrs["constraints"] == [-0.1, -0.05]  # optuna-dashboard 0.21 form
-    assert frozen.constraints["sensitivity_pdr>=0.95"] == -0.1  # Trial.set_constraint form
+    # each value once as Optuna's samplers read them (GPSampler: one model per value)
+    assert frozen.constraints == {"0": -0.1, "1": -0.05}
+    from drsearch.search.store import named_constraints
+
+    assert named_constraints(frozen) == {
+        "sensitivity_pdr>=0.95": -0.1,
+        "min_specificity>=0.9": -0.05,
+    }
     assert frozen.user_attrs["accuracy"] == 0.8
 
 

@@ -6,6 +6,7 @@ second runner. ASHA is Optuna's ``SuccessiveHalvingPruner`` for both executors."
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,12 +18,53 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import StudyConfig
+from drsearch.search.scheduler import PAUSED_ATTR
 
 
 def trial_seed(seed: int, number: int) -> int:
     """The sampler seed of trial ``number``: fixed by the study seed and the trial alone."""
     digest = hashlib.sha256(f"drsearch-sampler:{seed}:{number}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+class _PausedAsPruned:
+    """The study as a sampler should see it under promotion ASHA: a trial paused at a rung
+    (RUNNING in the storage, needing no worker) is a trial stopped there, as a PRUNED trial
+    with its curve so far. Without this, TPE's ``constant_liar`` takes every paused trial for
+    a running one and counts it as a bad result, and ``n_startup_trials`` never counts it.
+    Everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Sequence[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        wanted = None if states is None else set(states)
+        fetch = None if wanted is None else tuple(wanted | {TrialState.RUNNING})
+        out = []
+        for t in self._study._get_trials(deepcopy=deepcopy, states=fetch, use_cache=use_cache):
+            if t.state == TrialState.RUNNING and t.system_attrs.get(PAUSED_ATTR) is not None:
+                t = copy.copy(t)
+                t.state = TrialState.PRUNED
+            if wanted is None or t.state in wanted:
+                out.append(t)
+        return out
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Sequence[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
 
 
 class TrialSeededSampler(BaseSampler):
@@ -49,12 +91,12 @@ class TrialSeededSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self._inner.infer_relative_search_space(study, trial)
+        return self._inner.infer_relative_search_space(_PausedAsPruned(study), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
+        return self._inner.sample_relative(_PausedAsPruned(study), trial, search_space)
 
     def sample_independent(
         self,
@@ -63,7 +105,8 @@ class TrialSeededSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        view = _PausedAsPruned(study)
+        return self._inner.sample_independent(view, trial, param_name, param_distribution)
 
     def after_trial(
         self,

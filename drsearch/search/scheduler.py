@@ -101,6 +101,34 @@ def next_promotion(trials: Sequence[FrozenTrial], eta: int) -> FrozenTrial | Non
     return None
 
 
+def _running(trials: Sequence[FrozenTrial]) -> bool:
+    """Whether a trial runs (RUNNING and not paused at a rung)."""
+    return any(t.state == TrialState.RUNNING and paused_at(t) is None for t in trials)
+
+
+def end_leader(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """Once the budget is claimed and nothing runs: the best paused trial of the highest rung
+    that holds paused trials, unless some trial already completed past that rung. Pruning it
+    would end a study whose rungs never filled (fewer than ``eta**k`` trials reached the top)
+    with no COMPLETE trial at all: it is finished instead (trained to the end)."""
+    paused = [(paused_at(t), t) for t in trials]
+    paused = [(e, t) for e, t in paused if e is not None]
+    if not paused:
+        return None
+    top = max(e for e, _ in paused)
+    if any(
+        t.state == TrialState.COMPLETE and max(t.intermediate_values, default=0) > top
+        for t in trials
+    ):
+        return None
+    here = [t for e, t in paused if e == top]
+    return min(here, key=lambda t: (-t.intermediate_values.get(top, float("-inf")), t.number))
+
+
+#: System attribute of a trial promoted by ``end_leader``: it trains to the end, never pausing.
+FINISHING_ATTR = "drsearch:finishing"
+
+
 class RungScheduler:
     """ASHA for one study: stopping (Optuna's ``SuccessiveHalvingPruner`` on the stored
     curves) or promotion (pause, promote, prune the paused at the end); ``pruner.max_epochs``
@@ -128,6 +156,8 @@ class RungScheduler:
         if self.promotes:
             if replayed or epoch not in self.rungs:
                 return "continue"
+            if self.store.storage.get_trial_system_attrs(trial_id).get(FINISHING_ATTR):
+                return "continue"  # promoted at the end to finish: never pauses again
             trials = self.store.study.get_trials(deepcopy=False)
             return "continue" if in_top(trials, number, epoch, self.eta) else "pause"
         s = self.store
@@ -154,24 +184,35 @@ class RungScheduler:
         ``None`` when none qualifies."""
         s = self.store
         with s.lock.hold():
-            chosen = next_promotion(s.study.get_trials(deepcopy=False), self.eta)
+            trials = s.study.get_trials(deepcopy=False)
+            chosen = next_promotion(trials, self.eta)
+            finishing = False
+            if chosen is None and s.budget_claimed() and not _running(trials):
+                chosen, finishing = end_leader(trials), True
             if chosen is None:
                 return None
             s.hold(chosen._trial_id, promoted_from=paused_at(chosen))
             s.storage.set_trial_system_attr(chosen._trial_id, PAUSED_ATTR, None)
+            if finishing:
+                s.storage.set_trial_system_attr(chosen._trial_id, FINISHING_ATTR, True)
         return chosen
 
     def prune_paused(self, wait: bool = True) -> list[tuple[int, Outcome]] | None:
         """When nothing runs (no trial is left to grow a rung), prune every paused trial with
         the outcome it paused with (through the one finish path); their numbers and outcomes.
-        ``None`` while a trial still runs (it may make a paused one promotable: wait).
-        Without ``wait`` (the study left promotion ASHA: nothing will resume them) they are
-        pruned at once."""
+        ``None`` while a trial still runs (it may make a paused one promotable: wait), while
+        a paused trial is promotable after all (checked again here, under the lock: a trial
+        that finished since this runner last asked may have made one so), and while the
+        ``end_leader`` is to be finished; ``promote`` then takes it. Without ``wait`` (the
+        study left promotion ASHA: nothing will resume them) they are pruned at once."""
         s = self.store
         with s.lock.hold():
             s.reap_locked()
-            trials = s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            every = s.study.get_trials(deepcopy=False)
+            trials = [t for t in every if t.state == TrialState.RUNNING]
             if wait and any(paused_at(t) is None for t in trials):
+                return None
+            if wait and (next_promotion(every, self.eta) or end_leader(every)) is not None:
                 return None
             pruned = []
             for t in trials:

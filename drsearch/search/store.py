@@ -63,14 +63,29 @@ class Finished:
     number: int | None = None
 
 
+#: System attribute: the names of a trial's constraint values, in the order of Optuna's list.
+CONSTRAINT_NAMES_ATTR = "drsearch:constraint_names"
+
+
 def _constraint_attrs(outcome: Outcome) -> dict[str, Any]:
-    """Optuna's constraint values, as system attributes (each once, by name); optuna-dashboard
-    0.21 reads only the legacy list form."""
+    """Optuna's constraint values as system attributes, each value once: the list form (what
+    optuna-dashboard 0.21 reads, and Optuna as ``"0"``, ``"1"``, ...), with the names beside
+    it under a key Optuna does not read. Storing the named form as well would make every
+    constraint count twice for a sampler (GPSampler fits one model per value; TPE sums the
+    violations)."""
     if not outcome.constraints:
         return {}
-    attrs: dict[str, Any] = {f"constraints:{k}": v for k, v in outcome.constraints.items()}
-    attrs["constraints"] = list(outcome.constraints.values())
-    return attrs
+    return {
+        "constraints": list(outcome.constraints.values()),
+        CONSTRAINT_NAMES_ATTR: list(outcome.constraints),
+    }
+
+
+def named_constraints(trial: Any) -> dict[str, float]:
+    """A stored trial's constraint values by name (``_constraint_attrs``)."""
+    values = trial.system_attrs.get("constraints") or []
+    names = trial.system_attrs.get(CONSTRAINT_NAMES_ATTR) or [str(i) for i in range(len(values))]
+    return dict(zip(names, values, strict=False))
 
 
 @dataclass
@@ -180,6 +195,10 @@ class StudyStore:
         attrs = self.storage.get_study_system_attrs(self.study._study_id)
         return int(attrs.get(BUDGET_ATTR, self.config.budget.n_trials))
 
+    def budget_claimed(self) -> bool:
+        """Whether every trial of the budget has been claimed (finished, running or paused)."""
+        return self.counts().claimed >= self.budget()
+
     def set_budget(self, n_trials: int) -> None:
         """The study's budget from now on, for every runner of it."""
         self.storage.set_study_system_attr(self.study._study_id, BUDGET_ATTR, n_trials)
@@ -204,7 +223,7 @@ class StudyStore:
         when it is spent. Trials of runners that are gone are marked interrupted first."""
         with self.lock.hold():
             self.reap_locked()
-            if self.counts().claimed >= self.budget():
+            if self.budget_claimed():
                 return None
             trial = self.study.ask()
             self.hold(trial._trial_id)

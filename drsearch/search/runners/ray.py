@@ -101,6 +101,11 @@ def _trainable(config: dict[str, Any]) -> None:
     report(execute_trial(recipe, run_dir, report, config["pruning_metric"], resume=resume))
 
 
+#: Seconds a Ray runner waits, without blocking Tune, before asking the study again for a
+#: trial while another runner's trial may still make a paused one promotable.
+WAIT_S = 0.5
+
+
 def _classes() -> tuple[type, type]:
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
     from ray.tune.search import Searcher
@@ -119,8 +124,11 @@ def _classes() -> tuple[type, type]:
             self.store, self.loaded, self.progress = store, loaded, progress
             self.deadline = deadline
             self.active: dict[str, TrialContext] = {}
+            self.ask_again_at = 0.0  # monotonic time before which suggest() does not ask
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+            if time.monotonic() < self.ask_again_at:
+                return None  # waited recently: Tune asks again on a later step
             while self.deadline is None or time.time() < self.deadline:
                 ctx = start_trial(
                     self.store,
@@ -133,8 +141,10 @@ def _classes() -> tuple[type, type]:
                 if ctx is NoTrial.NOT_STARTED:
                     continue  # its recipe was impossible: already recorded as FAIL
                 if ctx is NoTrial.WAIT:  # a running trial may still make a paused one promotable
-                    time.sleep(0.2)
-                    return None  # Tune asks again
+                    # never sleep here: this is Tune's event loop (results, other trials);
+                    # the study is asked again after WAIT_S, however often Tune asks
+                    self.ask_again_at = time.monotonic() + WAIT_S
+                    return None
                 self.store.set_user_attrs(ctx.trial_id, {"ray_trial_id": trial_id})
                 self.active[trial_id] = ctx
                 return {
