@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any, Protocol
 
 import optuna
 
-from drsearch.config.recipe import Recipe
 from drsearch.config.space import sample, trial_recipe
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
@@ -54,15 +54,23 @@ class NoTrial(Enum):
 WAIT = NoTrial.WAIT
 
 
+#: What turns a trial's sampled parameters into what its trainable trains (the DR trainer: a
+#: validated ``Recipe``; any other trainable: its own config) and the epochs that config
+#: plans; raises ``ConfigError`` for an impossible combination (the trial then FAILs).
+Configure = Callable[[dict[str, Any], str], "tuple[Any, int]"]
+
+
 @dataclass
 class TrialContext:
-    """One claimed trial: its Optuna handle, parameters, recipe, run folder and tracker."""
+    """One claimed trial: its Optuna handle, parameters, recipe (or, for a trainable other
+    than the DR trainer, its config), run folder and tracker."""
 
     trial: optuna.Trial
     params: dict[str, Any]
-    recipe: Recipe
+    recipe: Any  # a Recipe for the DR trainer
     run_dir: Path
     tracker: TrialTracker
+    epochs: int = 0  # what its config plans (``pruner.max_epochs`` may stop it before)
     resume: bool = False  # a re-run that continues from the failed trial's checkpoint
     decision: Decision = "continue"
     end: TrialEnd | None = None
@@ -91,7 +99,11 @@ def trial_dir(loaded: LoadedStudy, store: StudyStore, number: int) -> Path:
 
 
 def start_trial(
-    store: StudyStore, loaded: LoadedStudy, progress: StudyProgress, threads: int | None
+    store: StudyStore,
+    loaded: LoadedStudy,
+    progress: StudyProgress,
+    threads: int | None,
+    configure: Configure | None = None,
 ) -> TrialContext | NoTrial:
     """Claim a trial and build its recipe; ``NoTrial.SPENT`` when the budget is spent,
     ``NoTrial.NOT_STARTED`` when the claimed trial could not start (an impossible
@@ -119,7 +131,10 @@ def start_trial(
         else:
             params = sample(trial, loaded.space, loaded.recipe)
         progress.trial_started(trial.number, params)
-        recipe = trial_recipe(loaded.recipe, params, f"trial {trial.number}")
+        if configure is not None:
+            config, epochs = configure(params, f"trial {trial.number}")
+        else:
+            recipe = trial_recipe(loaded.recipe, params, f"trial {trial.number}")
     except Exception as exc:  # noqa: BLE001 - sampling or validation: this trial fails, not the run
         progress.trial_started(trial.number, dict(trial.params))
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -129,6 +144,11 @@ def start_trial(
         store.finish(trial._trial_id, outcome, {})
         progress.trial_finished(trial.number, outcome)
         return NoTrial.NOT_STARTED
+    if configure is not None:  # another trainable: no recipe, no checkpoint to take over
+        ctx = TrialContext(trial, params, config, run_dir, tracker, epochs, resume=bool(promoted))
+        if promoted is not None:
+            ctx.extra_attrs["promotions"] = int(promoted.user_attrs.get("promotions", 0)) + 1
+        return ctx
     if recipe.train.threads is None and threads is not None:
         recipe = recipe.model_copy(
             update={"train": recipe.train.model_copy(update={"threads": threads})}
@@ -140,7 +160,7 @@ def start_trial(
         recipe = recipe.model_copy(
             update={"data": recipe.data.model_copy(update={"cache": "disk"})}
         )
-    ctx = TrialContext(trial, params, recipe, run_dir, tracker)
+    ctx = TrialContext(trial, params, recipe, run_dir, tracker, recipe.train.epochs)
     if promoted is not None:
         # its checkpoint is the truth: the trainer replays the epochs done, then goes on;
         # its wall time so far counts toward the trial's
@@ -189,7 +209,7 @@ def after_epoch(
     goes on (``RungScheduler.on_epoch``: continue, stop, prune or pause)."""
     record_epoch(store, ctx, report, progress)
     decision = RungScheduler(store, ctx.tracker.max_epochs).on_epoch(
-        ctx.trial_id, ctx.number, report.epoch, report.replayed, ctx.recipe.train.epochs
+        ctx.trial_id, ctx.number, report.epoch, report.replayed, ctx.epochs
     )
     if decision != "continue":
         ctx.decision = decision
