@@ -150,3 +150,30 @@ def test_a_trainable_that_fails_fails_its_trial_only(tmp_path: Path, tiny_datase
     assert bad.state == TrialState.FAIL and bad.user_attrs["fail_reason"] == "ValueError: diverged"
     assert good.state == TrialState.COMPLETE and good.value == pytest.approx(0.2)
     assert result.elapsed == 3.0
+
+
+def test_a_study_in_memory_decides_as_one_in_sqlite(tmp_path: Path, tiny_dataset: Path) -> None:
+    from drsearch.search.runners.simulated import memory_store
+
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n",
+        pruner={"grace_period": 1, "reduction_factor": 2}, budget={"n_trials": 12},
+        sampler={"name": "tpe", "seed": 3, "n_startup_trials": 4},
+        objective={"metric": "accuracy", "constraints": []},
+    )  # fmt: skip
+    loaded = dataclasses.replace(
+        load_study(path), space={"x": FloatParam(type="float", low=0.0, high=1.0)}
+    )
+
+    def smooth(config: dict[str, Any], reporter: Reporter, done: int) -> None:
+        for epoch in range(1, 9):
+            value = (1 - abs(config["x"] - 0.3)) * epoch / 8
+            reporter(epoch, {"epoch": epoch, "val": {"accuracy": value}, "best_epoch": epoch,
+                             "lr": {}, "train": {"loss": 0.0}, "epoch_seconds": 2.0})  # fmt: skip
+
+    runs = []
+    for store in (StudyStore(loaded.config), memory_store(loaded.config)):
+        result = run_simulated(store, loaded, smooth, lambda p, label: (p, 8), workers=3)
+        trials = store.study.get_trials()
+        runs.append((result.events, [(t.params, t.state, t.value) for t in trials]))
+    assert runs[0] == runs[1]

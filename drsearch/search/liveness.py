@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -135,8 +136,12 @@ def runner_alive(owner: str, me: RunnerId, heartbeat_age: float | None) -> bool:
 
 
 def db_now(storage: RDBStorage) -> float:
-    """The database's clock, in seconds since the epoch (one clock for every runner)."""
+    """The database's clock, in seconds since the epoch (one clock for every runner); an
+    in-memory storage (the simulated executor's) has only this process's clock."""
     from sqlalchemy import text
+
+    if getattr(storage, "engine", None) is None:
+        return time.time()
 
     with storage.engine.connect() as conn:
         value: Any = conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar()

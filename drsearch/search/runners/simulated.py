@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drsearch.config.study import LoadedStudy
+from drsearch.config.study import LoadedStudy, StudyConfig
 from drsearch.search.runners.common import (
     Configure,
     NoTrial,
@@ -109,6 +109,15 @@ class _Clock:
             if error is not None and self.error is None:
                 self.error = error
             self.cv.notify_all()
+
+
+def memory_store(config: StudyConfig) -> StudyStore:
+    """The study in memory (Optuna's ``InMemoryStorage``): the same store code, for a
+    benchmark's thousands of trials (about 50x faster than SQLite; one process only)."""
+    import optuna
+
+    in_memory = config.model_copy(update={"storage": "sqlite:///:memory:"})  # lock: a no-op
+    return StudyStore(in_memory, optuna.storages.InMemoryStorage())  # type: ignore[arg-type]
 
 
 def run_simulated(
