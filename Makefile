@@ -39,6 +39,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/pruning_metric.py
 	$(BIN)/python bench/concurrency.py
 	$(BIN)/python bench/search_efficiency.py
+	$(BIN)/python bench/predict_speed.py
+	$(BIN)/pip install -q -e ".[bench]" && $(BIN)/python bench/hpo_lcbench.py --quick
 
 clean:
 	rm -rf $(VENV) runs data

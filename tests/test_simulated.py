@@ -177,3 +177,18 @@ def test_a_study_in_memory_decides_as_one_in_sqlite(tmp_path: Path, tiny_dataset
         trials = store.study.get_trials()
         runs.append((result.events, [(t.params, t.state, t.value) for t in trials]))
     assert runs[0] == runs[1]
+
+
+def test_a_time_budget_ends_the_run_before_an_epoch_that_would_pass_it(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    path = _study(tmp_path, tiny_dataset)
+    loaded = load_study(path)
+    store = StudyStore(loaded.config)
+    result = run_simulated(
+        store, loaded, curve_trainable(CURVES, [10.0] * 6), by_number, workers=2, until=35.0
+    )
+    assert max(e.time for e in result.events) <= 35.0
+    # two workers, 10 s an epoch: epochs end at 10, 20, 30 on each; none at 40
+    trained = sum(len(t.intermediate_values) for t in store.study.get_trials())
+    assert trained == 6 and result.elapsed == 30.0

@@ -127,9 +127,12 @@ def run_simulated(
     configure: Configure,
     workers: int = 1,
     progress: StudyProgress | None = None,
+    until: float | None = None,
 ) -> SimulationResult:
     """Run the study's budget on ``workers`` simulated workers; the events and the simulated
-    time it took (``elapsed``: when the last worker finished)."""
+    time it took (``elapsed``: when the last worker finished). With ``until``, the run ends
+    at that simulated time (a benchmark's time budget): an epoch that would end later is not
+    reported, and the trials then running are left as they are."""
     progress = progress or SilentProgress()
     clock = _Clock(workers)
     result = SimulationResult()
@@ -141,7 +144,8 @@ def run_simulated(
 
     def work(worker: int) -> None:
         while True:
-            clock.wait(worker, 0.0)  # its turn: claims happen in simulated-time order too
+            if clock.wait(worker, 0.0) >= (until if until is not None else float("inf")):
+                return  # its turn (claims happen in simulated-time order too), or time is up
             ended = _Ended(progress)  # trials start_trial ends (paused ones pruned at the end)
             with driver:
                 ctx = start_trial(store, loaded, ended, None, configure)
@@ -160,6 +164,8 @@ def run_simulated(
             def reporter(epoch: int, record: dict[str, Any], ctx: TrialContext = ctx) -> None:
                 report = epoch_report(record, metric)
                 if not report.replayed:
+                    if until is not None and clock.local[worker] + report.epoch_seconds > until:
+                        raise _OutOfTime
                     clock.wait(worker, report.epoch_seconds)
                 with driver:
                     decision = after_epoch(store, ctx, report, progress)
@@ -173,6 +179,8 @@ def run_simulated(
                 ctx.end = TrialEnd("finished")
             except StopTraining:
                 pass
+            except _OutOfTime:
+                return  # the time budget ends inside this trial's next epoch
             except Exception as exc:  # noqa: BLE001 - the trainable's failure is the trial's
                 ctx.end = TrialEnd("failed", f"{type(exc).__name__}: {exc}")
             ctx.extra_attrs["executor"] = "simulated"
@@ -201,6 +209,10 @@ def run_simulated(
     result.events.sort(key=lambda e: (e.time, e.worker))
     result.elapsed = max((e.time for e in result.events), default=0.0)
     return result
+
+
+class _OutOfTime(BaseException):  # noqa: N818 - a signal; passes the trainable's handlers
+    """The time budget ends before this epoch would."""
 
 
 class _Ended:

@@ -1,0 +1,517 @@
+"""Search efficiency on YAHPO Gym's LCBench surrogate: drsearch's search against its peers.
+
+    python bench/hpo_lcbench.py --quick            # 6 tasks x 3 seeds, W = 1 and 4 (minutes)
+    python bench/hpo_lcbench.py --tasks all --seeds 10 --workers 1 4 --jobs 2
+
+Every method gets the same budget of simulated time on each task: ``--full-runs`` (default 30)
+times the median time a random configuration takes to train its 52 epochs there, divided by
+the W workers. Each epoch costs the surrogate's own seconds (its ``time`` output). Methods:
+
+- ``drsearch`` (its defaults: TPE with constant liar, stopping ASHA grace 1, eta 3),
+  ``drsearch-promotion`` (promotion ASHA) and ``random`` (drsearch's random sampler, no
+  pruning: full-budget random search). All three run through drsearch's real runner code on
+  the simulated executor (``drsearch.search.runners.simulated``), the study in memory.
+- ``drsearch-random-asha`` (random sampler, the default ASHA) and ``drsearch-tpe-nopruning``
+  (the default TPE, no pruning): the default with one of its parts taken away.
+- ``optuna-hyperband`` and ``optuna-sha``: plain Optuna (TPE defaults, its HyperbandPruner or
+  SuccessiveHalvingPruner), asked and told in the same simulated event loop.
+- ``synetune-asha`` and ``synetune-bohb``: Syne Tune 0.16's ASHA (stopping; 0.16 has no
+  promotion type) and BOHB schedulers in that loop.
+
+The metric is validation balanced accuracy (higher is better). Figures, per task and seed:
+the incumbent (best validation value any reported epoch has reached) at 10/25/50/100% of
+the budget as normalized regret ``(best - incumbent) / (best - median)``, where ``best`` is
+the highest value any method or a reference sample of 2000 random configurations reached on
+the task and ``median`` the median random configuration's value after 52 epochs (a random
+full run scores about 1); the average rank of the methods at each fraction; the simulated
+time each method takes to reach the final incumbent of full-budget random search; and the
+test regret of the configuration each method returns (drsearch: its study's best trial at its
+best epoch; the others: the best validation epoch seen), the same normalization on test
+balanced accuracy. Median and interquartile range over tasks and seeds; results in
+``--out`` (JSON) and an HTML page of anytime regret curves with bands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lcbench import EPOCHS, SPACE, LCBench, random_config, tasks  # noqa: E402
+
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+METHODS = (
+    "drsearch", "drsearch-promotion", "random", "optuna-hyperband", "optuna-sha",
+    "synetune-asha", "synetune-bohb",
+)  # fmt: skip
+#: Run through drsearch's own runner code; the last two take one part of the default away
+#: (its TPE sampler, its ASHA pruner) to tell which part costs what.
+DRSEARCH_METHODS = (
+    "drsearch", "drsearch-promotion", "random", "drsearch-random-asha",
+    "drsearch-tpe-nopruning",
+)  # fmt: skip
+QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
+METRIC = "val_balanced_accuracy"
+
+
+# -- the surrogate as a trainable ---------------------------------------------------------------
+class Curves:
+    """Every configuration's 52-epoch curves, queried once (one ONNX batch) and kept."""
+
+    def __init__(self, task: str) -> None:
+        self.bench = LCBench(task)
+        self.cache: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
+
+    def of(self, config: dict[str, Any]) -> dict[str, np.ndarray]:
+        key = tuple(config[k] for k in SPACE)
+        if key not in self.cache:
+            clean = {k: config[k] for k in SPACE}
+            out = self.bench.curves([clean])
+            curve = {name: values[0] for name, values in out.items()}
+            # seconds of each epoch: the surrogate gives the time to reach each one
+            steps = np.diff(np.concatenate([[0.0], np.maximum.accumulate(curve["time"])]))
+            curve["epoch_seconds"] = np.maximum(steps, 1e-3)
+            self.cache[key] = curve
+        return self.cache[key]
+
+
+class Trace:
+    """What a method's run reported, in simulated-time order."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.values: list[float] = []
+        self.test: list[float] = []
+
+    def add(self, t: float, value: float, test: float) -> None:
+        self.times.append(t)
+        self.values.append(value)
+        self.test.append(test)
+
+
+# -- drsearch, through its own runner code -----------------------------------------------------
+def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
+    import yaml
+
+    from drsearch.config.space import FloatParam, IntParam
+    from drsearch.config.study import load_study
+
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({"train": {"epochs": EPOCHS}}))
+    (folder / "space.yaml").write_text("optim.lr: {type: float, low: 1.0e-4, high: 1.0e-1}\n")
+    pruner: dict[str, Any] = {"metric": "balanced_accuracy"}
+    sampler: dict[str, Any] = {"name": "tpe", "seed": seed}
+    if method == "drsearch-promotion":
+        pruner["mode"] = "promotion"
+    if method in ("random", "drsearch-tpe-nopruning"):
+        pruner["enabled"] = False
+    if method in ("random", "drsearch-random-asha"):
+        sampler["name"] = "random"
+    study = {
+        "name": f"lcbench-{method}", "recipe": str(folder / "recipe.yaml"),
+        "search_space": str(folder / "space.yaml"),
+        "objective": {"metric": "balanced_accuracy", "constraints": []},
+        "pruner": pruner, "sampler": sampler, "budget": {"n_trials": 1_000_000},
+        "executor": "local", "run_root": str(folder / "runs"),
+    }  # fmt: skip
+    (folder / "study.yaml").write_text(yaml.safe_dump(study))
+    loaded = load_study(folder / "study.yaml")
+    space = {}
+    for name, (low, high, log, integer) in SPACE.items():
+        kind = IntParam if integer else FloatParam
+        space[name] = kind(type="int" if integer else "float", low=low, high=high, log=log)
+    return dataclasses.replace(loaded, space=space)
+
+
+def run_drsearch(
+    method: str, curves: Curves, seed: int, workers: int, budget: float
+) -> tuple[Trace, float | None]:
+    """The trace, and the test value of the configuration the study returns."""
+    from drsearch.search.runners.simulated import memory_store, run_simulated
+
+    trace = Trace()
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = _drsearch_study(Path(tmp), method, seed)
+        store = memory_store(loaded.config)
+
+        def trainable(config: dict[str, Any], reporter: Callable[..., None], done: int) -> None:
+            curve = curves.of(config)
+            best, best_epoch = -math.inf, 0
+            for epoch in range(1, EPOCHS + 1):
+                value = float(curve[METRIC][epoch - 1])
+                if value > best:
+                    best, best_epoch = value, epoch
+                reporter(epoch, {
+                    "epoch": epoch, "val": {"balanced_accuracy": value},
+                    "best_epoch": best_epoch, "lr": {}, "train": {"loss": 0.0},
+                    "epoch_seconds": float(curve["epoch_seconds"][epoch - 1]),
+                    "replayed": epoch <= done,
+                })  # fmt: skip
+
+        result = run_simulated(
+            store, loaded, trainable, lambda params, label: (params, EPOCHS), workers, None,
+            until=budget,
+        )  # fmt: skip
+        # the trace: every epoch decided, at its simulated time
+        by_trial = {t.number: t for t in store.study.get_trials()}
+        for e in result.events:
+            if e.epoch and e.decision in ("continue", "stop", "prune", "pause"):
+                curve = curves.of(by_trial[e.trial].params)
+                trace.add(e.time, float(curve[METRIC][e.epoch - 1]),
+                          float(curve["test_balanced_accuracy"][e.epoch - 1]))  # fmt: skip
+        from drsearch.search.store import best_trial
+
+        best = best_trial(store.study)
+        returned = None
+        if best is not None:
+            curve = curves.of(best.params)
+            returned = float(
+                curve["test_balanced_accuracy"][int(best.user_attrs["best_epoch"]) - 1]
+            )
+    return trace, returned
+
+
+# -- peers in one simulated event loop ---------------------------------------------------------
+def event_loop(
+    ask: Callable[[], tuple[Any, dict[str, Any]]],
+    report: Callable[[Any, int, float], bool],
+    end: Callable[[Any, int], None],
+    curves: Curves,
+    workers: int,
+    budget: float,
+) -> Trace:
+    """W workers: each asks for a configuration, trains it epoch by epoch (the surrogate's
+    seconds each) while ``report`` says go on, then ``end``; events in time order."""
+    import heapq
+
+    trace = Trace()
+    heap: list[tuple[float, int, int, Any, dict[str, Any]]] = []
+    for w in range(workers):
+        handle, config = ask()
+        heapq.heappush(heap, (float(curves.of(config)["epoch_seconds"][0]), w, 1, handle, config))
+    while heap:
+        t, w, epoch, handle, config = heapq.heappop(heap)
+        if t > budget:
+            continue  # this worker's time is up
+        curve = curves.of(config)
+        value = float(curve[METRIC][epoch - 1])
+        trace.add(t, value, float(curve["test_balanced_accuracy"][epoch - 1]))
+        go_on = report(handle, epoch, value) and epoch < EPOCHS
+        if go_on:
+            heapq.heappush(heap, (t + float(curve["epoch_seconds"][epoch]), w, epoch + 1,
+                                  handle, config))  # fmt: skip
+            continue
+        end(handle, epoch)
+        handle, config = ask()
+        heapq.heappush(heap, (t + float(curves.of(config)["epoch_seconds"][0]), w, 1, handle,
+                              config))  # fmt: skip
+    return trace
+
+
+def run_optuna(method: str, curves: Curves, seed: int, workers: int, budget: float) -> Trace:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS)
+        if method == "optuna-hyperband"
+        else optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    )
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner
+    )
+
+    def ask() -> tuple[Any, dict[str, Any]]:
+        trial = study.ask()
+        config = {}
+        for name, (low, high, log, integer) in SPACE.items():
+            if integer:
+                config[name] = trial.suggest_int(name, low, high, log=log)
+            else:
+                config[name] = trial.suggest_float(name, low, high, log=log)
+        return trial, config
+
+    def report(trial: Any, epoch: int, value: float) -> bool:
+        trial.report(value, epoch)
+        return not trial.should_prune()
+
+    def end(trial: Any, epoch: int) -> None:
+        values = study._storage.get_trial(trial._trial_id).intermediate_values
+        if epoch >= EPOCHS:
+            study.tell(trial, max(values.values()))
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+    return event_loop(ask, report, end, curves, workers, budget)
+
+
+def run_synetune(method: str, curves: Curves, seed: int, workers: int, budget: float) -> Trace:
+    from syne_tune.backend.trial_status import Trial
+    from syne_tune.config_space import lograndint, loguniform, randint, uniform
+    from syne_tune.optimizer.baselines import ASHA, BOHB
+
+    space: dict[str, Any] = {}
+    for name, (low, high, log, integer) in SPACE.items():
+        if integer:
+            space[name] = lograndint(low, high) if log else randint(low, high)
+        else:
+            space[name] = loguniform(low, high) if log else uniform(low, high)
+    kind = ASHA if method == "synetune-asha" else BOHB
+    scheduler = kind(space, metric=METRIC, time_attr="epoch", max_t=EPOCHS, do_minimize=False,
+                     random_seed=seed, grace_period=1, reduction_factor=3)  # fmt: skip
+    counter = iter(range(10**9))
+    best: dict[int, float] = {}
+
+    def ask() -> tuple[Any, dict[str, Any]]:
+        suggestion = scheduler.suggest()
+        trial = Trial(trial_id=next(counter), config=suggestion.config, creation_time=None)
+        scheduler.on_trial_add(trial)
+        return trial, suggestion.config
+
+    def report(trial: Any, epoch: int, value: float) -> bool:
+        best[trial.trial_id] = max(best.get(trial.trial_id, -math.inf), value)
+        decision = scheduler.on_trial_result(trial, {"epoch": epoch, METRIC: value})
+        return str(decision).lower().endswith("continue")
+
+    def end(trial: Any, epoch: int) -> None:
+        if epoch >= EPOCHS:
+            scheduler.on_trial_complete(trial, {"epoch": epoch, METRIC: best[trial.trial_id]})
+
+    return event_loop(ask, report, end, curves, workers, budget)
+
+
+# -- one task, one seed ------------------------------------------------------------------------
+def reference(curves: Curves, n: int = 2000) -> dict[str, float]:
+    """A random sample of the task: its best and median validation (and test) values and the
+    median time of a full 52-epoch run."""
+    rng = np.random.default_rng(12345)
+    configs = [random_config(rng) for _ in range(n)]
+    out = curves.bench.curves(configs)
+    return {
+        "best_val": float(out[METRIC].max()),
+        "median_val": float(np.median(out[METRIC][:, -1])),
+        "best_test": float(out["test_balanced_accuracy"].max()),
+        "median_test": float(np.median(out["test_balanced_accuracy"][:, -1])),
+        "full_seconds": float(np.median(np.maximum.accumulate(out["time"], axis=1)[:, -1])),
+    }
+
+
+def run_seed(task: str, seed: int) -> int:
+    """The seed every method gets for (task, seed): different per task, so that one lucky
+    seed (the same first configurations) is not the same luck on every task."""
+    import zlib
+
+    return zlib.crc32(f"{task}:{seed}".encode()) & 0x7FFFFFFF
+
+
+def one(task: str, seed: int, workers: int, full_runs: float, methods: tuple[str, ...]) -> dict:
+    import logging
+    import warnings
+
+    logging.getLogger("syne_tune").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    curves = Curves(task)
+    ref = reference(curves)
+    budget = full_runs * ref["full_seconds"] / workers
+    seed = run_seed(task, seed)
+    runs: dict[str, Any] = {}
+    for method in methods:
+        started = time.perf_counter()
+        returned = None
+        if method in DRSEARCH_METHODS:
+            trace, returned = run_drsearch(method, curves, seed, workers, budget)
+        elif method.startswith("optuna"):
+            trace = run_optuna(method, curves, seed, workers, budget)
+        else:
+            trace = run_synetune(method, curves, seed, workers, budget)
+        if returned is None and trace.values:  # the best validation epoch seen
+            returned = trace.test[int(np.argmax(trace.values))]
+        runs[method] = {
+            "times": trace.times, "values": trace.values, "returned_test": returned,
+            "epochs": len(trace.values), "seconds": time.perf_counter() - started,
+        }  # fmt: skip
+    return {"task": task, "seed": seed, "workers": workers, "budget": budget, "reference": ref,
+            "runs": runs}  # fmt: skip
+
+
+# -- figures -----------------------------------------------------------------------------------
+def incumbent(run: dict[str, Any], t: float) -> float:
+    best = -math.inf
+    for time_, value in zip(run["times"], run["values"], strict=True):
+        if time_ > t:
+            break
+        best = max(best, value)
+    return best
+
+
+def scale(r: dict[str, Any]) -> tuple[float, float]:
+    """The task's best validation value (any method's, or the reference sample's) and the
+    span from the median random configuration to it: regret 0 is the best, 1 the median."""
+    reached = [max(x["values"], default=-math.inf) for x in r["runs"].values()]
+    best = max([r["reference"]["best_val"], *reached])
+    return best, max(best - r["reference"]["median_val"], 1e-9)
+
+
+def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for workers in sorted({r["workers"] for r in results}):
+        mine = [r for r in results if r["workers"] == workers]
+        regret: dict[str, dict[float, list[float]]] = {
+            m: {f: [] for f in FRACTIONS} for m in methods
+        }
+        ranks: dict[str, dict[float, list[float]]] = {
+            m: {f: [] for f in FRACTIONS} for m in methods
+        }
+        test_regret: dict[str, list[float]] = {m: [] for m in methods}
+        to_random: dict[str, list[float]] = {m: [] for m in methods}
+        for r in mine:
+            best, span = scale(r)
+            best_test = max([r["reference"]["best_test"]] + [
+                x["returned_test"] for x in r["runs"].values() if x["returned_test"] is not None
+            ])  # fmt: skip
+            test_span = max(best_test - r["reference"]["median_test"], 1e-9)
+            for f in FRACTIONS:
+                values = {m: (best - incumbent(r["runs"][m], f * r["budget"])) / span
+                          for m in methods if m in r["runs"]}  # fmt: skip
+                order = sorted(values, key=lambda m: values[m])
+                for m, v in values.items():
+                    regret[m][f].append(v)
+                    ties = [n for n in order if values[n] == v]
+                    ranks[m][f].append(statistics.fmean(order.index(n) + 1 for n in ties))
+            target = max(r["runs"]["random"]["values"], default=-math.inf) if "random" in r[
+                "runs"] else None  # fmt: skip
+            for m in methods:
+                run = r["runs"].get(m)
+                if run is None:
+                    continue
+                if run["returned_test"] is not None:
+                    test_regret[m].append((best_test - run["returned_test"]) / test_span)
+                if target is not None:
+                    reached = next((t for t, v in zip(run["times"], run["values"], strict=True)
+                                    if v >= target), None)  # fmt: skip
+                    to_random[m].append(math.inf if reached is None else reached / r["budget"])
+        out[f"W={workers}"] = {
+            "n": len(mine),
+            "regret": {m: {str(f): _summary(v) for f, v in regret[m].items()} for m in methods},
+            "rank": {
+                m: {str(f): statistics.fmean(v) if v else None for f, v in ranks[m].items()}
+                for m in methods
+            },  # fmt: skip
+            "test_regret": {m: _summary(v) for m, v in test_regret.items()},
+            "time_to_random_final": {m: _summary(v) for m, v in to_random.items()},
+        }
+    return out
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    """Median and quartiles (the nearest order statistics: a value never reached, ``inf``,
+    stays ``inf`` instead of spoiling an interpolation)."""
+    if not values:
+        return None
+    q = np.quantile(values, [0.25, 0.5, 0.75], method="nearest")
+    return {"median": float(q[1]), "q25": float(q[0]), "q75": float(q[2]), "n": len(values)}
+
+
+def curves_page(results: list[dict[str, Any]], methods: tuple[str, ...], path: Path) -> None:
+    """Anytime normalized regret (median and interquartile band over tasks and seeds)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    grid = np.linspace(0.02, 1.0, 50)
+    sets = sorted({r["workers"] for r in results})
+    fig = make_subplots(rows=1, cols=len(sets), subplot_titles=[f"W = {w}" for w in sets])
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    for col, workers in enumerate(sets, start=1):
+        mine = [r for r in results if r["workers"] == workers]
+        for k, m in enumerate(methods):
+            rows = []
+            for r in mine:
+                best, span = scale(r)
+                rows.append([(best - incumbent(r["runs"][m], f * r["budget"])) / span
+                             for f in grid])  # fmt: skip
+            arr = np.clip(np.array(rows), 1e-4, 10)
+            q25, q50, q75 = np.quantile(arr, [0.25, 0.5, 0.75], axis=0)
+            color = palette[k % len(palette)]
+            line = go.Scatter(x=grid, y=q50, name=m, line={"color": color}, legendgroup=m,
+                              showlegend=col == 1)  # fmt: skip
+            fig.add_trace(line, row=1, col=col)
+            fig.add_trace(go.Scatter(
+                x=np.concatenate([grid, grid[::-1]]), y=np.concatenate([q75, q25[::-1]]),
+                fill="toself", fillcolor=color, opacity=0.15, line={"width": 0},
+                legendgroup=m, showlegend=False, hoverinfo="skip"), row=1, col=col)  # fmt: skip
+        fig.update_yaxes(type="log", title_text="normalized regret (median, IQR)", row=1, col=col)
+        fig.update_xaxes(title_text="fraction of the simulated time budget", row=1, col=col)
+    fig.update_layout(title="LCBench (YAHPO surrogate): anytime regret of validation balanced "
+                      f"accuracy, {len({(r['task'], r['seed']) for r in results})} task-seeds",
+                      height=520, template="plotly_white")  # fmt: skip
+    path.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="6 tasks, 3 seeds, W = 1 and 4")
+    parser.add_argument("--tasks", nargs="+", default=None, help="task ids, or 'all'")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--full-runs", type=float, default=30)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench/hpo_lcbench.json"))
+    args = parser.parse_args()
+    chosen = list(QUICK_TASKS) if args.quick else (
+        tasks() if not args.tasks or args.tasks == ["all"] else args.tasks)  # fmt: skip
+    seeds = range(3 if args.quick else args.seeds)
+    methods = tuple(args.methods)
+    jobs = [(t, s, w) for w in args.workers for t in chosen for s in seeds]
+    started = time.perf_counter()
+    results = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(one, t, s, w, args.full_runs, methods) for t, s, w in jobs]
+        for n, future in enumerate(futures, start=1):
+            results.append(future.result())
+            print(f"\r{n}/{len(jobs)} task-seed-W runs", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    summary = figures(results, methods)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "results": results,
+                                    "args": vars(args) | {"out": str(args.out)}}))  # fmt: skip
+    curves_page(results, methods, args.out.with_suffix(".html"))
+    print(
+        f"{len(chosen)} tasks x {len(seeds)} seeds, W in {args.workers}, budget "
+        f"{args.full_runs:g} full runs of simulated time; {time.perf_counter() - started:.0f} s"
+    )
+    for key, s in summary.items():
+        print(
+            f"\n{key} ({s['n']} task-seeds): normalized regret median [IQR] at "
+            f"{', '.join(f'{f:.0%}' for f in FRACTIONS)}; average rank; test regret of the "
+            "returned configuration; time to random's final value (fraction of budget)"
+        )
+        for m in methods:
+            cells = []
+            for f in FRACTIONS:
+                q = s["regret"][m][str(f)]
+                cells.append(f"{q['median']:.3f} [{q['q25']:.3f}-{q['q75']:.3f}]" if q else "n/a")
+            ranks = " ".join(f"{s['rank'][m][str(f)]:.2f}" for f in FRACTIONS)
+            tr, tt = s["test_regret"][m], s["time_to_random_final"][m]
+            print(
+                f"  {m:20s} {' | '.join(cells)} | rank {ranks} | test "
+                f"{tr['median']:.3f} | to random {tt['median']:.2f}"
+                if tr and tt
+                else m
+            )
+    print(f"\nresults -> {args.out} and {args.out.with_suffix('.html')}")
+
+
+if __name__ == "__main__":
+    main()
