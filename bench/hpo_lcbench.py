@@ -7,12 +7,14 @@ Every method gets the same budget of simulated time on each task: ``--full-runs`
 times the median time a random configuration takes to train its 52 epochs there, divided by
 the W workers. Each epoch costs the surrogate's own seconds (its ``time`` output). Methods:
 
-- ``drsearch`` (its defaults: TPE with constant liar, stopping ASHA grace 1, eta 3),
-  ``drsearch-promotion`` (promotion ASHA) and ``random`` (drsearch's random sampler, no
-  pruning: full-budget random search). All three run through drsearch's real runner code on
-  the simulated executor (``drsearch.search.runners.simulated``), the study in memory.
-- ``drsearch-random-asha`` (random sampler, the default ASHA) and ``drsearch-tpe-nopruning``
-  (the default TPE, no pruning): the default with one of its parts taken away.
+- ``drsearch`` (its defaults: random sampler, stopping ASHA grace 1, eta 3),
+  ``drsearch-promotion`` (promotion ASHA), ``drsearch-tpe`` (TPE with constant liar,
+  multivariate, under the default ASHA: the default before issue 24) and ``random``
+  (drsearch's random sampler, no pruning: full-budget random search). All run through
+  drsearch's real runner code on the simulated executor
+  (``drsearch.search.runners.simulated``), the study in memory. ``drsearch-tpe-nopruning``
+  (TPE, no ASHA) on request; any drsearch method takes study keys, e.g.
+  ``"drsearch[sampler.name=tpe,sampler.random_fraction=0.3]"``.
 - ``optuna-hyperband`` and ``optuna-sha``: plain Optuna (TPE defaults, its HyperbandPruner or
   SuccessiveHalvingPruner), asked and told in the same simulated event loop.
 - ``synetune-asha`` and ``synetune-bohb``: Syne Tune 0.16's ASHA (stopping; 0.16 has no
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -42,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +56,13 @@ from lcbench import EPOCHS, SPACE, LCBench, random_config, tasks  # noqa: E402
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 METHODS = (
-    "drsearch", "drsearch-promotion", "random", "optuna-hyperband", "optuna-sha",
-    "synetune-asha", "synetune-bohb",
+    "drsearch", "drsearch-promotion", "random", "drsearch-tpe", "optuna-hyperband",
+    "optuna-sha", "synetune-asha", "synetune-bohb",
 )  # fmt: skip
-#: Run through drsearch's own runner code; the last two take one part of the default away
-#: (its TPE sampler, its ASHA pruner) to tell which part costs what.
+#: Run through drsearch's own runner code; ``drsearch-tpe`` is the default with TPE (the
+#: default before issue 24), ``drsearch-tpe-nopruning`` TPE without ASHA.
 DRSEARCH_METHODS = (
-    "drsearch", "drsearch-promotion", "random", "drsearch-random-asha",
-    "drsearch-tpe-nopruning",
+    "drsearch", "drsearch-promotion", "random", "drsearch-tpe", "drsearch-tpe-nopruning",
 )  # fmt: skip
 QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
 METRIC = "val_balanced_accuracy"
@@ -102,6 +104,14 @@ class Trace:
 
 
 # -- drsearch, through its own runner code -----------------------------------------------------
+def split_method(method: str) -> tuple[str, dict[str, str]]:
+    """``drsearch[sampler.random_fraction=0.5,pruner.grace_period=3]``: a drsearch method with
+    study keys changed (to compare candidate defaults in one run)."""
+    base, _, rest = method.partition("[")
+    pairs = [p.split("=", 1) for p in rest.rstrip("]").split(",") if p]
+    return base, {k.strip(): v.strip() for k, v in pairs}
+
+
 def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
     import yaml
 
@@ -110,14 +120,17 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
 
     (folder / "recipe.yaml").write_text(yaml.safe_dump({"train": {"epochs": EPOCHS}}))
     (folder / "space.yaml").write_text("optim.lr: {type: float, low: 1.0e-4, high: 1.0e-1}\n")
+    method, overrides = split_method(method)
     pruner: dict[str, Any] = {"metric": "balanced_accuracy"}
-    sampler: dict[str, Any] = {"name": "tpe", "seed": seed}
+    sampler: dict[str, Any] = {"seed": seed}  # drsearch's default sampler
     if method == "drsearch-promotion":
         pruner["mode"] = "promotion"
     if method in ("random", "drsearch-tpe-nopruning"):
         pruner["enabled"] = False
-    if method in ("random", "drsearch-random-asha"):
+    if method == "random":
         sampler["name"] = "random"
+    if method in ("drsearch-tpe", "drsearch-tpe-nopruning"):
+        sampler["name"] = "tpe"
     study = {
         "name": f"lcbench-{method}", "recipe": str(folder / "recipe.yaml"),
         "search_space": str(folder / "space.yaml"),
@@ -125,6 +138,9 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
         "pruner": pruner, "sampler": sampler, "budget": {"n_trials": 1_000_000},
         "executor": "local", "run_root": str(folder / "runs"),
     }  # fmt: skip
+    for key, value in overrides.items():  # e.g. sampler.random_fraction=0.5
+        section, name = key.split(".")
+        study[section][name] = yaml.safe_load(value)
     (folder / "study.yaml").write_text(yaml.safe_dump(study))
     loaded = load_study(folder / "study.yaml")
     space = {}
@@ -292,6 +308,12 @@ def run_synetune(method: str, curves: Curves, seed: int, workers: int, budget: f
 
 
 # -- one task, one seed ------------------------------------------------------------------------
+@functools.cache
+def task_reference(task: str) -> dict[str, float]:
+    """``reference`` of a task, once per process (it depends on the task alone)."""
+    return reference(Curves(task))
+
+
 def reference(curves: Curves, n: int = 2000) -> dict[str, float]:
     """A random sample of the task: its best and median validation (and test) values and the
     median time of a full 52-epoch run."""
@@ -322,14 +344,14 @@ def one(task: str, seed: int, workers: int, full_runs: float, methods: tuple[str
     logging.getLogger("syne_tune").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     curves = Curves(task)
-    ref = reference(curves)
+    ref = task_reference(task)
     budget = full_runs * ref["full_seconds"] / workers
     seed = run_seed(task, seed)
     runs: dict[str, Any] = {}
     for method in methods:
         started = time.perf_counter()
         returned = None
-        if method in DRSEARCH_METHODS:
+        if split_method(method)[0] in DRSEARCH_METHODS:
             trace, returned = run_drsearch(method, curves, seed, workers, budget)
         elif method.startswith("optuna"):
             trace = run_optuna(method, curves, seed, workers, budget)
@@ -398,8 +420,7 @@ def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
                 if run["returned_test"] is not None:
                     test_regret[m].append((best_test - run["returned_test"]) / test_span)
                 if target is not None:
-                    reached = next((t for t, v in zip(run["times"], run["values"], strict=True)
-                                    if v >= target), None)  # fmt: skip
+                    reached = first_reach(run, target)
                     to_random[m].append(math.inf if reached is None else reached / r["budget"])
         out[f"W={workers}"] = {
             "n": len(mine),
@@ -411,6 +432,37 @@ def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
             "test_regret": {m: _summary(v) for m, v in test_regret.items()},
             "time_to_random_final": {m: _summary(v) for m, v in to_random.items()},
         }
+    return out
+
+
+def first_reach(run: dict[str, Any], target: float) -> float | None:
+    """The simulated time a run's incumbent first reaches ``target`` (``None``: never)."""
+    return next((t for t, v in zip(run["times"], run["values"], strict=True) if v >= target),
+                None)  # fmt: skip
+
+
+def parallel_speedup(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
+    """Per method, over the task-seeds run at W = 1 and at the largest W: how many times
+    sooner (simulated time) the W-worker run reaches the value the 1-worker run ended with
+    (0 where it never does within its budget, which is the 1-worker budget / W)."""
+    sets = sorted({r["workers"] for r in results})
+    if len(sets) < 2 or sets[0] != 1:
+        return {}
+    many = sets[-1]
+    by_key = {(r["task"], r["seed"], r["workers"]): r for r in results}
+    out: dict[str, Any] = {"workers": many}
+    for m in methods:
+        ratios = []
+        for (task, seed, w), one_worker in by_key.items():
+            other = by_key.get((task, seed, many))
+            if w != 1 or other is None or m not in one_worker["runs"] or m not in other["runs"]:
+                continue
+            final = max(one_worker["runs"][m]["values"], default=-math.inf)
+            t1 = first_reach(one_worker["runs"][m], final)
+            tw = first_reach(other["runs"][m], final)
+            if t1 is not None:
+                ratios.append(0.0 if tw is None else t1 / max(tw, 1e-9))
+        out[m] = _summary(ratios)
     return out
 
 
@@ -463,35 +515,80 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6 tasks, 3 seeds, W = 1 and 4")
     parser.add_argument("--tasks", nargs="+", default=None, help="task ids, or 'all'")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="seeds offset..offset+seeds-1 (fresh seeds for a confirming run)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--full-runs", type=float, default=30)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("reports/bench/hpo_lcbench.json"))
+    parser.add_argument("--summarize", type=Path, nargs="+", default=None,
+                        help="recompute the figures and page of earlier --out files (several: "
+                        "their runs together, e.g. more seeds; written to --out)")  # fmt: skip
     args = parser.parse_args()
+    if args.summarize is not None:
+        files = [json.loads(path.read_text()) for path in args.summarize]
+        saved = files[0]["args"]
+        methods = tuple(saved["methods"])
+        results = {(r["task"], r["seed"], r["workers"]): r for f in files for r in f["results"]}
+        if len(files) == 1 and args.out == parser.get_default("out"):
+            args.out = args.summarize[0]
+        report(list(results.values()), methods, args, saved, 0.0)
+        return
     chosen = list(QUICK_TASKS) if args.quick else (
         tasks() if not args.tasks or args.tasks == ["all"] else args.tasks)  # fmt: skip
-    seeds = range(3 if args.quick else args.seeds)
+    seeds = range(args.seed_offset, args.seed_offset + (3 if args.quick else args.seeds))
     methods = tuple(args.methods)
     jobs = [(t, s, w) for w in args.workers for t in chosen for s in seeds]
     started = time.perf_counter()
-    results = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(one, t, s, w, args.full_runs, methods) for t, s, w in jobs]
-        for n, future in enumerate(futures, start=1):
-            results.append(future.result())
-            print(f"\r{n}/{len(jobs)} task-seed-W runs", end="", file=sys.stderr)
-    print(file=sys.stderr)
-    summary = figures(results, methods)
+    # every finished (task, seed, W) is appended to a log as it ends: a run cut off goes on
+    # from there when started again with the same arguments
+    log = args.out.with_suffix(".partial.jsonl")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"summary": summary, "results": results,
-                                    "args": vars(args) | {"out": str(args.out)}}))  # fmt: skip
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["full_runs"] == args.full_runs and entry["methods"] == list(methods):
+                done[tuple(entry["key"])] = entry["result"]
+    results = [done[job] for job in jobs if job in done]
+    todo = [job for job in jobs if job not in done]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool, log.open("a") as out:
+        futures = {pool.submit(one, t, s, w, args.full_runs, methods): (t, s, w)
+                   for t, s, w in todo}  # fmt: skip
+        for future in as_completed(futures):
+            results.append(future.result())
+            entry = {"key": list(futures[future]), "full_runs": args.full_runs,
+                     "methods": list(methods), "result": results[-1]}  # fmt: skip
+            out.write(json.dumps(entry) + "\n")
+            out.flush()
+            print(f"\r{len(results)}/{len(jobs)} task-seed-W runs", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    results.sort(key=lambda r: (r["workers"], r["task"], r["seed"]))
+    saved = vars(args) | {"out": str(args.out), "summarize": None, "methods": list(methods)}
+    report(results, methods, args, saved, time.perf_counter() - started)
+
+
+def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argparse.Namespace,
+           saved: dict[str, Any], seconds: float) -> None:  # fmt: skip
+    """Figures of ``results``: the JSON (results and summary), the HTML page and the table."""
+    summary = figures(results, methods)
+    summary["parallel_speedup"] = parallel_speedup(results, methods)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "results": results, "args": saved}))
     curves_page(results, methods, args.out.with_suffix(".html"))
+    n_tasks, n_seeds = len({r["task"] for r in results}), len({r["seed"] for r in results})
     print(
-        f"{len(chosen)} tasks x {len(seeds)} seeds, W in {args.workers}, budget "
-        f"{args.full_runs:g} full runs of simulated time; {time.perf_counter() - started:.0f} s"
+        f"{n_tasks} tasks, {n_seeds} task-seeds, W in {sorted({r['workers'] for r in results})}"
+        f", budget {saved['full_runs']:g} full runs of simulated time; {seconds:.0f} s"
     )
     for key, s in summary.items():
+        if key == "parallel_speedup":
+            continue
         print(
             f"\n{key} ({s['n']} task-seeds): normalized regret median [IQR] at "
             f"{', '.join(f'{f:.0%}' for f in FRACTIONS)}; average rank; test regret of the "
@@ -510,6 +607,14 @@ def main() -> None:
                 if tr and tt
                 else m
             )
+    speed = summary["parallel_speedup"]
+    if speed:
+        print(f"\nW={speed['workers']} against W=1: times sooner the 1-worker final value is "
+              "reached, median [IQR] (0: never within the budget)")  # fmt: skip
+        for m in methods:
+            q = speed.get(m)
+            if q:
+                print(f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}]")
     print(f"\nresults -> {args.out} and {args.out.with_suffix('.html')}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import random
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,14 +79,27 @@ class TrialSeededSampler(BaseSampler):
     its optimizer in trial attributes), so a fresh instance per trial loses nothing.
     """
 
-    def __init__(self, factory: Callable[[int | None], BaseSampler], seed: int | None) -> None:
+    def __init__(
+        self,
+        factory: Callable[[int | None], BaseSampler],
+        seed: int | None,
+        random_fraction: float = 0.0,
+    ) -> None:
         self._factory = factory
         self._seed = seed
+        self._random_fraction = random_fraction
         self._inner = factory(None if seed is None else trial_seed(seed, -1))
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._seed is not None:
-            self._inner = self._factory(trial_seed(self._seed, trial.number))
+        seed = None if self._seed is None else trial_seed(self._seed, trial.number)
+        if seed is not None or self._random_fraction > 0:
+            self._inner = self._factory(seed)
+        if self._random_fraction > 0:
+            # the same trial always makes the same choice (its seed), an unseeded study a
+            # fresh one; a random trial is still seen by the model-based sampler afterwards
+            draw = random.Random(seed).random()
+            if draw < self._random_fraction:
+                self._inner = optuna.samplers.RandomSampler(seed=seed)
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(
@@ -141,12 +155,13 @@ def make_sampler(config: StudyConfig) -> BaseSampler:
             return optuna.samplers.TPESampler(
                 seed=seed,
                 n_startup_trials=s.n_startup_trials,
-                multivariate=True,
-                group=True,
-                constant_liar=True,
+                multivariate=s.multivariate,
+                group=s.multivariate and s.group,
+                constant_liar=s.constant_liar,
             )
 
-    return TrialSeededSampler(build, s.seed)
+    fraction = s.random_fraction if s.name != "random" else 0.0
+    return TrialSeededSampler(build, s.seed, fraction)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
