@@ -252,23 +252,31 @@ def roc_points(truth: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
-def calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
-    """Expected calibration error of the top-grade confidence and its reliability bins."""
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=int)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+def _reliability(
+    score: np.ndarray, hit: np.ndarray, n_bins: int, names: tuple[str, str]
+) -> tuple[float, list[dict[str, Any]]]:
+    """``score`` in ``n_bins`` equal bins against the fraction of ``hit`` in each: the
+    image-weighted mean gap (ECE) and the non-empty bins (``names``: the two keys)."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    which = np.clip(np.digitize(score, edges[1:-1], right=True), 0, n_bins - 1)
     bins, ece = [], 0.0
     for b in range(n_bins):
         members = which == b
         count = int(members.sum())
         if count == 0:
             continue
-        conf, acc = float(confidence[members].mean()), float(correct[members].mean())
-        ece += count / len(labels) * abs(acc - conf)
+        mean, observed = float(score[members].mean()), float(hit[members].mean())
+        ece += count / len(score) * abs(observed - mean)
         bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": count,
-                     "confidence": conf, "accuracy": acc})  # fmt: skip
+                     names[0]: mean, names[1]: observed})  # fmt: skip
+    return ece, bins
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
+    """Expected calibration error of the top-grade confidence and its reliability bins."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=int)
+    correct = probs.argmax(axis=1) == labels
+    ece, bins = _reliability(probs.max(axis=1), correct, n_bins, ("confidence", "accuracy"))
     return {"ece": ece, "bins": bins, "n_bins": n_bins}
 
 
@@ -280,21 +288,10 @@ def grade_calibration(
     ``calibration_curve(strategy="uniform")`` gives), and the grade's calibration error: the
     image-weighted mean gap (Kull et al. 2019's class-wise ECE, one term per grade)."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=int)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
     out = []
     for g in range(probs.shape[1]):
-        p, truth = probs[:, g], labels == g
-        which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
-        bins, ece = [], 0.0
-        for b in range(n_bins):
-            members = which == b
-            count = int(members.sum())
-            if count == 0:
-                continue
-            predicted, observed = float(p[members].mean()), float(truth[members].mean())
-            ece += count / len(labels) * abs(observed - predicted)
-            bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": count,
-                         "predicted": predicted, "observed": observed})  # fmt: skip
+        truth = labels == g
+        ece, bins = _reliability(probs[:, g], truth, n_bins, ("predicted", "observed"))
         out.append({"grade": g, "n": int(truth.sum()), "ece": ece, "bins": bins})
     return out
 
