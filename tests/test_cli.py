@@ -265,8 +265,11 @@ def test_study_commands_a_newcomer_meets(
     )
     db = tmp_path / "elsewhere" / "tiny.db"
     monkeypatch.setenv("DRSEARCH_STORAGE", f"sqlite:///{db}")
+    # one epoch of 15 steps (batch 4): enough for a trial to beat the trivial model, which a
+    # winner must; 4 steps (batch 16) leave BatchNorm's running statistics near their start
     ran = runner.invoke(cli, ["run", str(path), "--quiet", "--set", "train.epochs=1",
-                              "--set", "schedule.warmup_epochs=0"])  # fmt: skip
+                              "--set", "schedule.warmup_epochs=0",
+                              "--set", "train.batch_size=4"])  # fmt: skip
     assert ran.exit_code == 0, ran.output
     assert db.is_file() and not (tmp_path / "runs" / "tiny.db").exists()
     assert "study wall time:" in ran.output and "next steps:" in ran.output

@@ -202,6 +202,7 @@ def test_cli_run_prints_a_summary_and_continues_to_a_larger_budget(
     assert "2/2 trials counted - 2 complete, 0 pruned, 0 failed" in first.output
     named = "search best (feasible): trial" in first.output
     assert named or "no trial is feasible (no winner); the closest: trial" in first.output
+    assert named or "  not feasible: " in first.output  # the closest says why it is not a winner
     assert "optim.lr=" in first.output
     more = runner.invoke(cli, ["run", str(path), "--quiet", "--n-trials", "3"])
     assert more.exit_code == 0, more.output

@@ -258,6 +258,9 @@ def _print_summary(s: Any) -> None:
             else "no trial is feasible (no winner); the closest"
         )
         click.echo(f"{what}: trial {shown.number}, value {shown.value:.4f}; {params}")
+        if s.best is None:
+            for reason in shown.user_attrs.get("infeasible_reasons") or []:
+                click.echo(f"  not feasible: {reason}")
 
 
 def _study_flags(
