@@ -483,7 +483,8 @@ def curves_page(results: list[dict[str, Any]], methods: tuple[str, ...], path: P
     grid = np.linspace(0.02, 1.0, 50)
     sets = sorted({r["workers"] for r in results})
     fig = make_subplots(rows=1, cols=len(sets), subplot_titles=[f"W = {w}" for w in sets])
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf"]  # fmt: skip
     for col, workers in enumerate(sets, start=1):
         mine = [r for r in results if r["workers"] == workers]
         for k, m in enumerate(methods):
@@ -543,7 +544,9 @@ def main() -> None:
         tasks() if not args.tasks or args.tasks == ["all"] else args.tasks)  # fmt: skip
     seeds = range(args.seed_offset, args.seed_offset + (3 if args.quick else args.seeds))
     methods = tuple(args.methods)
-    jobs = [(t, s, w) for w in args.workers for t in chosen for s in seeds]
+    # seed by seed (every task and W of a seed before the next seed): a run cut off leaves
+    # whole seeds, not some tasks with all their seeds and others with none
+    jobs = [(t, s, w) for s in seeds for t in chosen for w in args.workers]
     started = time.perf_counter()
     # every finished (task, seed, W) is appended to a log as it ends: a run cut off goes on
     # from there when started again with the same arguments

@@ -79,10 +79,15 @@ def rung_members(trials: Sequence[FrozenTrial], epoch: int) -> list[tuple[float,
     return sorted(members, key=lambda m: (-m[0], m[1]))
 
 
+def top_of_rung(trials: Sequence[FrozenTrial], epoch: int, eta: int) -> set[int]:
+    """The numbers of the trials in the top ``floor(n / eta)`` of the rung at ``epoch``."""
+    members = rung_members(trials, epoch)
+    return {n for _, n in members[: len(members) // eta]}
+
+
 def in_top(trials: Sequence[FrozenTrial], number: int, epoch: int, eta: int) -> bool:
     """Whether trial ``number`` is in the top ``floor(n / eta)`` of the rung at ``epoch``."""
-    members = rung_members(trials, epoch)
-    return number in {n for _, n in members[: len(members) // eta]}
+    return number in top_of_rung(trials, epoch, eta)
 
 
 def next_promotion(trials: Sequence[FrozenTrial], eta: int) -> FrozenTrial | None:
@@ -95,8 +100,9 @@ def next_promotion(trials: Sequence[FrozenTrial], eta: int) -> FrozenTrial | Non
             (t for e, t in candidates if e == epoch),
             key=lambda t: (-t.intermediate_values.get(epoch, float("-inf")), t.number),
         )
+        top = top_of_rung(trials, epoch, eta)  # once per rung, not once per paused trial
         for t in here:
-            if in_top(trials, t.number, epoch, eta):
+            if t.number in top:
                 return t
     return None
 
