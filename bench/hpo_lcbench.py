@@ -385,7 +385,42 @@ def scale(r: dict[str, Any]) -> tuple[float, float]:
     return best, max(best - r["reference"]["median_val"], 1e-9)
 
 
-def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
+#: Bootstrap resamples for the intervals; tasks are resampled (their seeds go with them), since
+#: seeds of one task are not independent draws of the benchmark.
+RESAMPLES = 2000
+
+
+def cluster_ci(
+    values: list[float], tasks: list[str], stat: Callable[[np.ndarray], float] = np.mean,
+    level: float = 0.95,
+) -> list[float] | None:  # fmt: skip
+    """A percentile bootstrap interval of ``stat`` over ``values``, resampling whole tasks."""
+    if not values:
+        return None
+    by_task: dict[str, list[float]] = {}
+    for v, t in zip(values, tasks, strict=True):
+        by_task.setdefault(t, []).append(v)
+    groups = [np.asarray(v, dtype=float) for v in by_task.values()]
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(RESAMPLES):
+        picked = rng.integers(0, len(groups), len(groups))
+        draws.append(float(stat(np.concatenate([groups[i] for i in picked]))))
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def _median(a: np.ndarray) -> float:
+    return float(np.quantile(a, 0.5, method="nearest"))  # inf (never reached) stays inf
+
+
+def figures(
+    results: list[dict[str, Any]], methods: tuple[str, ...], default: str = "drsearch"
+) -> dict[str, Any]:
+    """Per W: regret (median, IQR), average rank with a task-bootstrap interval, each method's
+    rank gap to drsearch's default on the same task-seeds (paired: > 0 means the default ranks
+    better) with its interval, test regret and time to random's final value (medians with
+    intervals)."""
     out: dict[str, Any] = {}
     for workers in sorted({r["workers"] for r in results}):
         mine = [r for r in results if r["workers"] == workers]
@@ -396,7 +431,11 @@ def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
             m: {f: [] for f in FRACTIONS} for m in methods
         }
         test_regret: dict[str, list[float]] = {m: [] for m in methods}
+        test_tasks: dict[str, list[str]] = {m: [] for m in methods}
         to_random: dict[str, list[float]] = {m: [] for m in methods}
+        random_tasks: dict[str, list[str]] = {m: [] for m in methods}
+        rank_tasks: dict[str, list[str]] = {m: [] for m in methods}
+        gaps: dict[str, dict[float, list[float]]] = {m: {f: [] for f in FRACTIONS} for m in methods}
         for r in mine:
             best, span = scale(r)
             best_test = max([r["reference"]["best_test"]] + [
@@ -407,10 +446,17 @@ def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
                 values = {m: (best - incumbent(r["runs"][m], f * r["budget"])) / span
                           for m in methods if m in r["runs"]}  # fmt: skip
                 order = sorted(values, key=lambda m: values[m])
+                here = {}
                 for m, v in values.items():
                     regret[m][f].append(v)
                     ties = [n for n in order if values[n] == v]
-                    ranks[m][f].append(statistics.fmean(order.index(n) + 1 for n in ties))
+                    here[m] = statistics.fmean(order.index(n) + 1 for n in ties)
+                    ranks[m][f].append(here[m])
+                    if f == FRACTIONS[0]:
+                        rank_tasks[m].append(r["task"])
+                for m, rank in here.items():
+                    if default in here:
+                        gaps[m][f].append(rank - here[default])
             target = max(r["runs"]["random"]["values"], default=-math.inf) if "random" in r[
                 "runs"] else None  # fmt: skip
             for m in methods:
@@ -419,9 +465,11 @@ def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
                     continue
                 if run["returned_test"] is not None:
                     test_regret[m].append((best_test - run["returned_test"]) / test_span)
+                    test_tasks[m].append(r["task"])
                 if target is not None:
                     reached = first_reach(run, target)
                     to_random[m].append(math.inf if reached is None else reached / r["budget"])
+                    random_tasks[m].append(r["task"])
         out[f"W={workers}"] = {
             "n": len(mine),
             "regret": {m: {str(f): _summary(v) for f, v in regret[m].items()} for m in methods},
@@ -429,8 +477,23 @@ def figures(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str
                 m: {str(f): statistics.fmean(v) if v else None for f, v in ranks[m].items()}
                 for m in methods
             },  # fmt: skip
+            "rank_ci": {
+                m: {str(f): cluster_ci(v, rank_tasks[m]) for f, v in ranks[m].items()}
+                for m in methods
+            },
+            "rank_gap_to_default": {
+                m: {str(f): {"mean": statistics.fmean(v), "ci": cluster_ci(v, rank_tasks[m])}
+                    if v else None for f, v in gaps[m].items()}
+                for m in methods if m != default
+            },  # fmt: skip
             "test_regret": {m: _summary(v) for m, v in test_regret.items()},
+            "test_regret_median_ci": {
+                m: cluster_ci(v, test_tasks[m], _median) for m, v in test_regret.items()
+            },
             "time_to_random_final": {m: _summary(v) for m, v in to_random.items()},
+            "time_to_random_final_median_ci": {
+                m: cluster_ci(v, random_tasks[m], _median) for m, v in to_random.items()
+            },
         }
     return out
 
@@ -452,7 +515,7 @@ def parallel_speedup(results: list[dict[str, Any]], methods: tuple[str, ...]) ->
     by_key = {(r["task"], r["seed"], r["workers"]): r for r in results}
     out: dict[str, Any] = {"workers": many}
     for m in methods:
-        ratios = []
+        ratios, where = [], []
         for (task, seed, w), one_worker in by_key.items():
             other = by_key.get((task, seed, many))
             if w != 1 or other is None or m not in one_worker["runs"] or m not in other["runs"]:
@@ -462,7 +525,10 @@ def parallel_speedup(results: list[dict[str, Any]], methods: tuple[str, ...]) ->
             tw = first_reach(other["runs"][m], final)
             if t1 is not None:
                 ratios.append(0.0 if tw is None else t1 / max(tw, 1e-9))
+                where.append(task)
         out[m] = _summary(ratios)
+        if out[m] is not None:
+            out[m]["median_ci"] = cluster_ci(ratios, where, _median)
     return out
 
 
@@ -526,17 +592,19 @@ def main() -> None:
     parser.add_argument("--full-runs", type=float, default=30)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--default", default="drsearch",
+                        help="the method the paired rank gaps are measured against")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/hpo_lcbench.json"))
     parser.add_argument("--summarize", type=Path, nargs="+", default=None,
                         help="recompute the figures and page of earlier --out files (several: "
                         "their runs together, e.g. more seeds; written to --out)")  # fmt: skip
     args = parser.parse_args()
     if args.summarize is not None:
-        files = [json.loads(path.read_text()) for path in args.summarize]
-        saved = files[0]["args"]
+        files = [_load(path) for path in args.summarize]
+        saved = files[0]["args"] or vars(args) | {"out": str(args.out), "summarize": None}
         methods = tuple(saved["methods"])
         results = {(r["task"], r["seed"], r["workers"]): r for f in files for r in f["results"]}
-        if len(files) == 1 and args.out == parser.get_default("out"):
+        if len(files) == 1 and args.out == parser.get_default("out") and files[0]["args"]:
             args.out = args.summarize[0]
         report(list(results.values()), methods, args, saved, 0.0)
         return
@@ -576,10 +644,30 @@ def main() -> None:
     report(results, methods, args, saved, time.perf_counter() - started)
 
 
+def _load(path: Path) -> dict[str, Any]:
+    """An ``--out`` file, or a run's ``.partial.jsonl`` log (what it finished so far: only
+    seeds every task and W finished count, so that a cut-off run is not a biased sample)."""
+    if path.suffix != ".jsonl":
+        return json.loads(path.read_text())
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    methods = entries[0]["methods"] if entries else []
+    entries = [e for e in entries if e["methods"] == methods]
+    cells = {(e["key"][0], e["key"][2]) for e in entries}
+    by_seed: dict[Any, set[tuple[Any, Any]]] = {}
+    for e in entries:
+        by_seed.setdefault(e["key"][1], set()).add((e["key"][0], e["key"][2]))
+    whole = {seed for seed, have in by_seed.items() if have == cells}
+    results = [e["result"] for e in entries if e["key"][1] in whole]
+    print(f"{path}: {len(whole)} whole seeds of {len(by_seed)} ({len(results)} runs)",
+          file=sys.stderr)  # fmt: skip
+    saved = {"methods": methods, "full_runs": entries[0]["full_runs"]} if entries else None
+    return {"results": results, "args": saved}
+
+
 def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argparse.Namespace,
            saved: dict[str, Any], seconds: float) -> None:  # fmt: skip
     """Figures of ``results``: the JSON (results and summary), the HTML page and the table."""
-    summary = figures(results, methods)
+    summary = figures(results, methods, args.default)
     summary["parallel_speedup"] = parallel_speedup(results, methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "results": results, "args": saved}))
@@ -602,7 +690,11 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
             for f in FRACTIONS:
                 q = s["regret"][m][str(f)]
                 cells.append(f"{q['median']:.3f} [{q['q25']:.3f}-{q['q75']:.3f}]" if q else "n/a")
-            ranks = " ".join(f"{s['rank'][m][str(f)]:.2f}" for f in FRACTIONS)
+            ranks = " ".join(
+                f"{s['rank'][m][str(f)]:.2f} [{lo:.2f}-{hi:.2f}]"
+                for f in FRACTIONS
+                for lo, hi in [s["rank_ci"][m][str(f)] or (math.nan, math.nan)]
+            )
             tr, tt = s["test_regret"][m], s["time_to_random_final"][m]
             print(
                 f"  {m:20s} {' | '.join(cells)} | rank {ranks} | test "
@@ -617,7 +709,26 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
         for m in methods:
             q = speed.get(m)
             if q:
-                print(f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}]")
+                lo, hi = q.get("median_ci") or (math.nan, math.nan)
+                print(f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}], median's "
+                      f"95% interval {lo:.2f}-{hi:.2f}")  # fmt: skip
+    for key, s in summary.items():
+        if key == "parallel_speedup":
+            continue
+        print(f"\n{key}: paired rank gap to {args.default} (> 0: it ranks better), "
+              "mean and 95% task-bootstrap interval at "
+              f"{', '.join(f'{f:.0%}' for f in FRACTIONS)}; medians' intervals of test regret "
+              "and time to random's final value")  # fmt: skip
+        for m in methods:
+            cells = []
+            for f in FRACTIONS:
+                g = s["rank_gap_to_default"].get(m, {}).get(str(f))
+                cells.append(f"{g['mean']:+.2f} [{g['ci'][0]:+.2f},{g['ci'][1]:+.2f}]" if g
+                             else "-")  # fmt: skip
+            t_ci = s["test_regret_median_ci"][m] or (math.nan, math.nan)
+            r_ci = s["time_to_random_final_median_ci"][m] or (math.nan, math.nan)
+            print(f"  {m:20s} {' | '.join(cells)} | test {t_ci[0]:.3f}-{t_ci[1]:.3f} | "
+                  f"to random {r_ci[0]:.2f}-{r_ci[1]:.2f}")  # fmt: skip
     print(f"\nresults -> {args.out} and {args.out.with_suffix('.html')}")
 
 

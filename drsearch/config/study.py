@@ -41,13 +41,16 @@ TEST_LOG_ATTR = "drsearch:test_evaluations"
 
 
 class PrunerConfig(Section):
-    """ASHA. ``mode: stopping`` (the default) drops a trial at a rung unless it is in the top
-    ``1/reduction_factor`` of the trials that reached the rung so far (Optuna's
-    ``SuccessiveHalvingPruner``); ``mode: promotion`` pauses it instead and resumes it from its
-    checkpoint once it ranks there (``drsearch.search.scheduler``)."""
+    """ASHA. ``mode: promotion`` (the default) pauses a trial at a rung unless it is in the top
+    ``1/reduction_factor`` of the trials that reached the rung, and resumes it from its
+    checkpoint once it ranks there (``drsearch.search.scheduler``); ``mode: stopping`` drops
+    it instead (Optuna's ``SuccessiveHalvingPruner``). Promotion is the default by evidence:
+    on YAHPO's LCBench surrogate (34 tasks, bench/README.md "Issue 24") it ranked better than
+    stopping at 1 and 4 workers, most of all early in the budget, where stopping ASHA lets the
+    first trials, having no peers at their rungs yet, run to the end."""
 
     enabled: bool = True
-    mode: Literal["stopping", "promotion"] = "stopping"
+    mode: Literal["stopping", "promotion"] = "promotion"
     # a validation metric, or ``objective``: the study's objective (primary minus penalty)
     metric: PrimaryMetric | Literal["objective"] = "accuracy"
     grace_period: Epochs = 1
@@ -57,9 +60,9 @@ class PrunerConfig(Section):
 
 class SamplerConfig(Section):
     """The sampler. ``random`` by default: on YAHPO's LCBench surrogate (bench/hpo_lcbench.py,
-    bench/README.md "Issue 24") random sampling under the default stopping ASHA beat every TPE
-    setting tried under it (TPE learns from trials pruned after one epoch and settles around
-    the first ones that ran on), at 1 and 4 workers. TPE's options: ``multivariate`` (one
+    bench/README.md "Issue 24") random sampling under ASHA beat every TPE setting tried under
+    it (TPE learns from trials pruned after one epoch and settles around the first ones that
+    ran on), at 1 and 4 workers. TPE's options: ``multivariate`` (one
     joint density over the parameters; with ``group`` split by which parameters a trial has),
     ``constant_liar`` (trials still running count as bad results, so concurrent trials spread
     out); ``random_fraction``: the share of trials drawn at random instead (BOHB's
