@@ -482,9 +482,14 @@ def figures(
                 for m in methods
             },
             "rank_gap_to_default": {
-                m: {str(f): {"mean": statistics.fmean(v), "ci": cluster_ci(v, rank_tasks[m])}
-                    if v else None for f, v in gaps[m].items()}
-                for m in methods if m != default
+                m: {
+                    str(f): {"mean": statistics.fmean(v), "ci": cluster_ci(v, rank_tasks[m])}
+                    if v
+                    else None
+                    for f, v in gaps[m].items()
+                }
+                for m in methods
+                if m != default
             },  # fmt: skip
             "test_regret": {m: _summary(v) for m, v in test_regret.items()},
             "test_regret_median_ci": {
@@ -592,8 +597,9 @@ def main() -> None:
     parser.add_argument("--full-runs", type=float, default=30)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--default", default="drsearch",
-                        help="the method the paired rank gaps are measured against")
+    parser.add_argument(
+        "--default", default="drsearch", help="the method the paired rank gaps are measured against"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench/hpo_lcbench.json"))
     parser.add_argument("--summarize", type=Path, nargs="+", default=None,
                         help="recompute the figures and page of earlier --out files (several: "

@@ -136,9 +136,19 @@ def _run_and_confirm(
 
     from drsearch.search.runners import run_study
 
-    if quiet:
+    if quiet:  # no live view, but what goes wrong is still said
+        from drsearch.search.runners.common import SilentProgress
+
+        class WarningsOnly(SilentProgress):
+            def warn(self, message: str) -> None:
+                click.echo(f"Warning: {message}", err=True)
+
         summary = run_study(
-            loaded, retry_failed=retry_failed, rerun=again, accept_changes=accept_changes
+            loaded,
+            WarningsOnly(),
+            retry_failed=retry_failed,
+            rerun=again,
+            accept_changes=accept_changes,
         )
     else:
         from drsearch.cli.progress import RichStudyProgress
@@ -315,6 +325,10 @@ def _print_next_steps(
                 "the best, pinned, with its weights (drsearch predict then grades images)",
             )
         )
+    uri = getattr(s, "tracking_uri", None)
+    if uri is not None:
+        ui = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+        steps.append((ui, "the study's MLflow runs: one per trial, under the study's run"))
     width = max(len(cmd) for cmd, _ in steps)
     for cmd, what in steps:
         click.echo(f"  {cmd:<{width}}  # {what}")

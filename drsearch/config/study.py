@@ -101,6 +101,21 @@ class RayConfig(Section):
     pending_timeout_s: float = Field(600.0, gt=0, le=86_400)
 
 
+class MLflowConfig(Section):
+    """MLflow tracking: ``tracking_uri`` (default: a SQLite store beside the study,
+    ``<run_root>/<name>-mlflow.db``; the environment's ``DRSEARCH_MLFLOW_URI`` wins) and
+    ``experiment`` (default: the study's name)."""
+
+    tracking_uri: str | None = Field(None, min_length=1, max_length=2000)
+    experiment: str | None = Field(None, min_length=1, max_length=500)
+
+
+class TrackingConfig(Section):
+    """Where the study is tracked besides its Optuna database (``drsearch.search.tracking``)."""
+
+    mlflow: MLflowConfig | None = None
+
+
 class ReportConfig(Section):
     """Settings of ``drsearch report``."""
 
@@ -156,6 +171,7 @@ class StudyConfig(Section):
     executor: Literal["ray", "local"] = "ray"
     ray: RayConfig = Field(default_factory=RayConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     finalists: FinalistConfig | None = None
     storage: str | None = None
     run_root: Path = Path("runs")

@@ -19,7 +19,7 @@ from drsearch.io import owned_dir
 from drsearch.search.annotations import annotate_study, artifact_store, note_and_artifacts
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
-from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs
+from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs, trial_dir
 from drsearch.search.scheduler import RungScheduler, paused_at, promotes
 from drsearch.search.selection import closest_infeasible, search_best_trial
 from drsearch.search.store import (
@@ -51,6 +51,7 @@ class StudySummary:
     runs_dir: Path | None = None
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
     failures: list[tuple[str, int]] = field(default_factory=list)  # reason, how many (top 3)
+    tracking_uri: str | None = None  # MLflow's, password masked
 
     @property
     def best_feasible(self) -> bool:
@@ -83,6 +84,13 @@ def run_study(
         if not loaded.companion:  # the study it confirms has said them
             progress.warn(warning)
     store = _open(loaded, accept_changes, progress)
+    from drsearch.search.tracking import TrackedProgress, mlflow_uri, open_tracking
+
+    tracking = open_tracking(
+        loaded, store.uuid, lambda number: trial_dir(loaded, store, number), progress.warn
+    )
+    if tracking is not None:
+        progress = TrackedProgress(progress, tracking)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
@@ -115,6 +123,8 @@ def run_study(
                 store.interrupt_own(f"the runner stopped on {type(exc).__name__}: {exc}"[:300])
             raise
         finally:
+            if tracking is not None:  # runs of trials that ended without this runner's hooks
+                tracking.sync(store.study.get_trials(deepcopy=False))
             store.close()
     trials = store.study.get_trials(deepcopy=False)
     # the trials this runner claimed: another runner on the study claims its own
@@ -133,6 +143,7 @@ def run_study(
         started_trials=len(ours),
         wall_seconds=time.time() - started,
         trial_seconds=sum(float(t.user_attrs.get("wall_seconds") or 0) for t in ours),
+        tracking_uri=None if tracking is None else masked_url(str(mlflow_uri(loaded))),
         best=search_best_trial(store.study),
         closest=closest_infeasible(store.study),
         first_failure=_first_failure(trials),

@@ -1,0 +1,172 @@
+"""MLflow tracking of a study, through MLflow's own client on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from drsearch.cli import cli
+from tests.conftest import write_tiny_study
+
+mlflow = pytest.importorskip("mlflow")
+
+LR_SPACE = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+
+
+def _runs(uri: str, experiment: str) -> tuple[object, list, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    studies = [r for r in runs if r.data.tags.get("drsearch.kind") == "study"]
+    trials = [r for r in runs if r.data.tags.get("drsearch.kind") == "trial"]
+    return client, studies, trials
+
+
+@pytest.mark.e2e
+def test_a_study_continued_has_one_mlflow_run_per_trial_with_its_epochs_and_state(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DRSEARCH_MLFLOW_URI", raising=False)
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        pruner={"mode": "stopping", "grace_period": 1, "reduction_factor": 2},
+        recipe_overrides={"train.epochs": 3, "schedule.warmup_epochs": 0},
+        tracking={"mlflow": {}},  # the default: a SQLite store beside the study
+        budget={"n_trials": 3},
+    )
+    runner = CliRunner()
+    first = runner.invoke(cli, ["run", str(path), "--quiet"])
+    assert first.exit_code == 0, first.output
+    db = tmp_path / "runs" / "tiny-mlflow.db"
+    uri = f"sqlite:///{db}"
+    assert db.is_file()
+    assert f"mlflow ui --backend-store-uri {uri}" in first.output
+    more = runner.invoke(cli, ["run", str(path), "--quiet", "--n-trials", "4"])
+    assert more.exit_code == 0, more.output
+
+    import optuna
+
+    study = optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
+    )
+    trials = {t.number: t for t in study.get_trials()}
+    client, studies, runs = _runs(uri, "tiny")
+    assert len(studies) == 1  # the continued study reused its parent run
+    by_number = {int(r.data.tags["drsearch.trial"]): r for r in runs}
+    assert sorted(by_number) == sorted(trials) == [0, 1, 2, 3]
+    assert len(runs) == 4  # one run per trial, never two
+    for number, t in trials.items():
+        run = by_number[number]
+        assert run.data.tags["mlflow.parentRunId"] == studies[0].info.run_id
+        assert run.data.tags["drsearch.state"] == t.state.name
+        assert run.info.status == "FINISHED"  # complete and pruned trials ended as decided
+        assert float(run.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert epochs == sorted(t.intermediate_values)  # every epoch once, as trained
+        (folder,) = (tmp_path / "runs" / "tiny").glob(f"*/{number:04d}")
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        acc = client.get_metric_history(run.info.run_id, "val/accuracy")
+        assert [m.value for m in acc] == pytest.approx([r["val"]["accuracy"] for r in rows])
+        assert client.get_metric_history(run.info.run_id, "lr/backbone")
+        assert client.get_metric_history(run.info.run_id, "val/sensitivity/grade4")
+        assert len(client.get_metric_history(run.info.run_id, "objective")) == len(epochs)
+        if t.state.name == "COMPLETE":
+            assert run.data.metrics["value"] == pytest.approx(t.value)
+            assert run.data.tags["drsearch.feasible"] == str(bool(t.user_attrs["feasible"]))
+        if t.state.name == "PRUNED":
+            assert run.data.metrics["pruned_at_epoch"] == t.user_attrs["pruned_at_epoch"]
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "metrics.jsonl"} <= names
+        artifacts = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path)))
+        assert "optim" in artifacts.read_text()
+    # the artifacts live under the run root, never in the working directory's mlruns/
+    assert (tmp_path / "runs" / "tiny-mlflow-artifacts").is_dir()
+
+
+def test_a_tracking_server_that_is_down_costs_a_warning_not_a_trial(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nothing listens there; the password must never be shown
+    monkeypatch.setenv("DRSEARCH_MLFLOW_URI", "http://user:s3cret@127.0.0.1:9")
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 1, "schedule.warmup_epochs": 0},
+        budget={"n_trials": 1},
+    )
+    ran = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    assert "1 complete" in ran.output
+    assert "MLflow tracking at http://user:***@127.0.0.1:9" in ran.output
+    assert "s3cret" not in ran.output
+
+
+def test_pruned_paused_and_interrupted_trials_are_marked_so(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """The tracking hooks on a real MLflow store: a pruned trial ends FINISHED with state
+    PRUNED and the epoch it stopped at, a paused one is tagged PAUSED, a trial interrupted
+    under another runner is ended KILLED by ``sync``; its epochs are logged once each."""
+    import optuna
+
+    from drsearch.config.study import load_study
+    from drsearch.search.tracking import TrackedProgress, open_tracking
+    from drsearch.search.trial import End, Outcome
+
+    path = write_tiny_study(tmp_path, tiny_dataset, LR_SPACE, tracking={"mlflow": {}})
+    loaded = load_study(path)
+    folders = {n: tmp_path / "runs" / f"{n:04d}" for n in range(3)}
+    for n, folder in folders.items():
+        folder.mkdir(parents=True)
+        rows = [{"epoch": e, "val": {"accuracy": 0.1 * e + n}, "lr": {"head": 1e-3}}
+                for e in (1, 2)]  # fmt: skip
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "config.yaml").write_text("optim: {lr: 0.001}\n")
+    warnings: list[str] = []
+    tracking = open_tracking(loaded, "abc123", folders.__getitem__, warnings.append)
+    assert tracking is not None
+
+    class Quiet:
+        def trial_started(self, *a: object) -> None: ...
+        def trial_epoch(self, *a: object) -> None: ...
+        def trial_finished(self, *a: object) -> None: ...
+        def trial_paused(self, *a: object) -> None: ...
+        def warn(self, m: str) -> None: ...
+
+    progress = TrackedProgress(Quiet(), tracking)
+    for n in range(3):
+        progress.trial_started(n, {"optim.lr": 1e-3 * (n + 1)})
+        progress.trial_epoch(n, 1, 0.5)
+        progress.trial_epoch(n, 1, 0.5)  # told twice: logged once
+        progress.trial_epoch(n, 2, 0.5)
+    progress.trial_finished(0, Outcome(End.PRUNED, None, {"pruned_at_epoch": 2}, {}))
+    progress.trial_paused(1, 2)
+    assert warnings == []
+
+    class Frozen:  # what sync reads of the study's trials
+        def __init__(self, number: int, state: str, attrs: dict) -> None:
+            self.number, self.state, self.user_attrs = number, optuna.trial.TrialState[state], attrs
+
+    tracking.sync([Frozen(0, "PRUNED", {}), Frozen(1, "RUNNING", {}),
+                   Frozen(2, "FAIL", {"fail_reason": "interrupted"})])  # fmt: skip
+    uri = f"sqlite:///{(tmp_path / 'runs' / 'tiny-mlflow.db').resolve()}"
+    client, studies, runs = _runs(uri, "tiny")
+    by = {int(r.data.tags["drsearch.trial"]): r for r in runs}
+    assert len(studies) == 1 and sorted(by) == [0, 1, 2]
+    assert by[0].data.tags["drsearch.state"] == "PRUNED" and by[0].info.status == "FINISHED"
+    assert by[0].data.metrics["pruned_at_epoch"] == 2
+    assert by[1].data.tags["drsearch.state"] == "PAUSED" and by[1].info.status == "RUNNING"
+    assert by[2].info.status == "KILLED" and by[2].data.tags["drsearch.state"] == "FAIL"
+    for n in range(3):
+        history = client.get_metric_history(by[n].info.run_id, "val/accuracy")
+        assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.1 + n), (2, 0.2 + n)]
