@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Imported only inside an optional feature, and which extra declares it.
-OPTIONAL = {"peft": "lora"}
+OPTIONAL = {"peft": "lora", "mlflow": "tracking"}
 
 
 def _norm(name: str) -> str:
