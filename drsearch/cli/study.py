@@ -61,6 +61,12 @@ from drsearch.fmt import short
     help="Continue a study whose objective, search space, recipe or pruner changed since it "
     "was created (refused otherwise); the change is recorded in the study.",
 )
+@click.option(
+    "--warm-start",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="An earlier study file: queue its best feasible configurations (warm_start.top_k, "
+    "default 5) first, mapped onto this study's space; once per study.",
+)
 @_set_opt
 @click.option("--quiet", is_flag=True, help="No live progress view.")
 def run(
@@ -75,6 +81,7 @@ def run(
     smoke: bool,
     retry_failed: bool,
     accept_changes: bool,
+    warm_start: Path | None,
     sets: tuple[str, ...],
     quiet: bool,
 ) -> None:
@@ -91,6 +98,7 @@ def run(
         "resources.max_concurrent": max_concurrent,
         "name": study_name,
         "ray.address": ray_address,
+        "warm_start.study": None if warm_start is None else str(warm_start),
     }
     use_gpu = smoke and torch.cuda.is_available()
     loaded = _open_study(study, storage, run_root, smoke, overrides, use_gpu, _overrides(sets))
@@ -257,6 +265,8 @@ def _print_summary(s: Any) -> None:
             f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "
             f"trials' own time {s.trial_seconds:.1f}s"
         )
+    for line in getattr(s, "queued", []):
+        click.echo(line)
     for reason, n in s.failures:
         click.echo(f"failed: {n} x {reason}")
     shown = s.best or s.closest

@@ -116,6 +116,38 @@ class TrackingConfig(Section):
     mlflow: MLflowConfig | None = None
 
 
+class WarmStartConfig(Section):
+    """Start from what worked before: the best ``top_k`` feasible configurations of an earlier
+    study (``study``: its study file; or ``study_name`` with its ``storage`` URL), queued
+    before the sampler's own, mapped onto this study's space (``drsearch.search.warmstart``)."""
+
+    study: Path | None = None
+    study_name: str | None = Field(None, min_length=1, max_length=200)
+    storage: str | None = Field(None, min_length=1, max_length=2000)
+    top_k: int = Field(5, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _source(self) -> WarmStartConfig:
+        if (self.study is None) == (self.study_name is None):
+            raise KeyedValueError(
+                "warm_start.study",
+                "name one earlier study: its study file (study: OTHER.yaml), or study_name "
+                "with its storage",
+            )
+        if self.study_name is not None and self.storage is None:
+            raise KeyedValueError(
+                "warm_start.storage", "study_name needs the storage URL the study lives in"
+            )
+        return self
+
+
+class BaselineConfig(Section):
+    """Run the base recipe as it is (the searched keys at the recipe's own values) as the
+    study's first trial, so every study shows what the search gained over it."""
+
+    enabled: bool = True
+
+
 class ReportConfig(Section):
     """Settings of ``drsearch report``."""
 
@@ -172,6 +204,8 @@ class StudyConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    warm_start: WarmStartConfig | None = None
+    baseline: BaselineConfig | None = None
     finalists: FinalistConfig | None = None
     storage: str | None = None
     run_root: Path = Path("runs")

@@ -461,6 +461,30 @@ def _best_line(r: ReportRecords) -> str:
     return f"Best ({kind}) trial {t.number}: value {t.value:.4f}; {html.escape(params)}"
 
 
+def _baseline_line(r: ReportRecords) -> str:
+    """The baseline trial (the base recipe as it is, ``baseline:``) and the best's gain over
+    it; empty when the study ran none."""
+    base = next((t for t in r.trials if t.attrs.get("queued_from") == "baseline"), None)
+    if base is None:
+        return ""
+    if base.state != "COMPLETE" or base.value is None:
+        return f"<p>Baseline (the base recipe as it is): trial {base.number}, {base.state}.</p>"
+    kind = "feasible" if base.feasible else "infeasible"
+    line = (
+        f"Baseline (the base recipe as it is): trial {base.number}, value {base.value:.4f} ({kind})"
+    )
+    if r.best is not None and r.best.value is not None and r.best.number != base.number:
+        gain = r.best.value - base.value
+        line += (
+            f"; the best trial {r.best.number} is {gain:+.4f} over it on the validation split "
+            "(the best of many trials is optimistic: the finalist stage or confirm says how "
+            "much of the gain holds up)"
+        )
+    elif r.best is not None and r.best.number == base.number:
+        line += "; no searched trial beat it"
+    return f"<p>{html.escape(line)}.</p>"
+
+
 def _page(r: ReportRecords, body: str) -> str:
     constraints = ", ".join(f"{c['metric']} &gt;= {c['min']}" for c in r.constraints) or "none"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in r.notes)
@@ -478,6 +502,7 @@ section {{ margin-top: 2em; }} .empty, .caveat {{ color: #777; }}
 <p>Objective: {html.escape(r.metric)} on the best epoch; study constraints: {constraints}.
 All figures are on the validation split.</p>
 <p>{_best_line(r)}</p>
+{_baseline_line(r)}
 <ul>{notes}</ul>
 {body}
 </body></html>

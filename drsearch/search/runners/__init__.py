@@ -52,6 +52,7 @@ class StudySummary:
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
     failures: list[tuple[str, int]] = field(default_factory=list)  # reason, how many (top 3)
     tracking_uri: str | None = None  # MLflow's, password masked
+    queued: list[str] = field(default_factory=list)  # baseline / warm start queued by this run
 
     @property
     def best_feasible(self) -> bool:
@@ -91,6 +92,16 @@ def run_study(
     )
     if tracking is not None:
         progress = TrackedProgress(progress, tracking)
+    from drsearch.search.warmstart import queue
+
+    try:  # the baseline and a warm start, once per study (a bad source: refused up front)
+        queued = queue(store, loaded)
+    except BaseException:
+        store.close()
+        raise
+    for line in queued:
+        if not line.startswith("queued "):  # a configuration refused or a key dropped
+            progress.warn(line)
     reaped = store.reap_interrupted()
     before = {t.number for t in store.study.get_trials(deepcopy=False)}
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
@@ -144,6 +155,7 @@ def run_study(
         wall_seconds=time.time() - started,
         trial_seconds=sum(float(t.user_attrs.get("wall_seconds") or 0) for t in ours),
         tracking_uri=None if tracking is None else masked_url(str(mlflow_uri(loaded))),
+        queued=[line for line in queued if line.startswith("queued ")],
         best=search_best_trial(store.study),
         closest=closest_infeasible(store.study),
         first_failure=_first_failure(trials),
