@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Imported only inside an optional feature, and which extra declares it.
-OPTIONAL = {"peft": "lora", "mlflow": "tracking"}
+OPTIONAL = {"peft": "lora", "mlflow": "tracking", "wandb": "tracking"}
 
 
 def _norm(name: str) -> str:

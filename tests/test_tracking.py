@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from drsearch.cli import cli
 from tests.conftest import write_tiny_study
 
-mlflow = pytest.importorskip("mlflow")
+pytest.importorskip("mlflow")
 
 LR_SPACE = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
 
@@ -170,3 +170,42 @@ def test_pruned_paused_and_interrupted_trials_are_marked_so(
     for n in range(3):
         history = client.get_metric_history(by[n].info.run_id, "val/accuracy")
         assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.1 + n), (2, 0.2 + n)]
+
+
+@pytest.mark.e2e
+def test_a_wandb_offline_study_writes_one_run_per_trial_with_its_epochs(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("DRSEARCH_MLFLOW_URI", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 2, "schedule.warmup_epochs": 0},
+        tracking={"wandb": {"project": "dr-tiny"}},  # offline: no network
+        budget={"n_trials": 2},
+    )
+    ran = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    assert "Warning" not in ran.output
+    folder = tmp_path / "runs" / "tiny-wandb"
+    assert f"wandb sync {folder / 'wandb'}/offline-run-*" in ran.output
+    assert "mlflow ui" not in ran.output  # only what the study tracks in
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'runs/tiny.db'}")
+    uuid = (tmp_path / "runs" / "tiny").glob("*").__next__().name  # the run folders' key
+    for t in study.get_trials():
+        (run,) = (folder / "wandb").glob(f"offline-run-*-{uuid}-trial{t.number}")
+        (log,) = run.glob("*.wandb")
+        data = log.read_bytes()
+        assert b"val/accuracy" in data and b"lr/backbone" in data and b"objective" in data
+        ledger = json.loads((folder / "drsearch" / f"{t.number}.json").read_text())
+        assert ledger["epoch"] == max(t.intermediate_values) == 2  # each epoch, once
+        assert ledger["state"] == t.state.name == "COMPLETE"
+    assert not (Path.cwd() / "wandb").exists() or not any(
+        p.name.endswith(uuid + "-trial0") for p in (Path.cwd() / "wandb").glob("*")
+    )  # written under the run root, never the working directory

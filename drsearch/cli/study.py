@@ -335,10 +335,7 @@ def _print_next_steps(
                 "the best, pinned, with its weights (drsearch predict then grades images)",
             )
         )
-    uri = getattr(s, "tracking_uri", None)
-    if uri is not None:
-        ui = f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
-        steps.append((ui, "the study's MLflow runs: one per trial, under the study's run"))
+    steps += getattr(s, "tracking_steps", [])  # mlflow ui ..., wandb sync ...
     width = max(len(cmd) for cmd, _ in steps)
     for cmd, what in steps:
         click.echo(f"  {cmd:<{width}}  # {what}")

@@ -110,10 +110,21 @@ class MLflowConfig(Section):
     experiment: str | None = Field(None, min_length=1, max_length=500)
 
 
+class WandbConfig(Section):
+    """Weights & Biases tracking (needs ``wandb``): ``project`` (default: the study's name),
+    ``entity``, ``mode`` (``offline`` by default: files under ``<run_root>/<name>-wandb/``,
+    uploaded later with ``wandb sync``; ``online`` logs to the server as it goes)."""
+
+    project: str | None = Field(None, min_length=1, max_length=128)
+    entity: str | None = Field(None, min_length=1, max_length=128)
+    mode: Literal["offline", "online"] = "offline"
+
+
 class TrackingConfig(Section):
     """Where the study is tracked besides its Optuna database (``drsearch.search.tracking``)."""
 
     mlflow: MLflowConfig | None = None
+    wandb: WandbConfig | None = None
 
 
 class WarmStartConfig(Section):

@@ -1,4 +1,4 @@
-"""Experiment tracking of a study in the tools a DR team already runs (MLflow).
+"""Experiment tracking of a study in the tools a DR team already runs (MLflow, W&B).
 
 One parent run per study and one child run per trial, found again by their tags
 (``drsearch.study`` = the study's UUID, ``drsearch.trial`` = its number), so a continued,
@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,6 +94,10 @@ class MLflowBackend:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
         self.uri, self.where = uri, masked_url(uri)
+        self.next_step = (
+            f"mlflow ui --backend-store-uri {shlex.quote(self.where)}",
+            "the study's MLflow runs: one per trial, under the study's run",
+        )
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
@@ -289,6 +294,7 @@ class StudyTracking:
     ) -> None:
         self.loaded, self.uuid, self.run_dir, self.warn = loaded, study_uuid, run_dir, warn
         self.backends = list(backends)
+        self.started = list(backends)  # the ones that started, failed since or not
         self.params: dict[int, dict[str, Any]] = {}
         cfg = loaded.config
         params = {
@@ -299,6 +305,10 @@ class StudyTracking:
             "search_space": json.dumps(sorted(loaded.space)),
         }  # fmt: skip
         self._each(lambda b: b.study_run(study_uuid, cfg.name, params))
+
+    def next_steps(self) -> list[tuple[str, str]]:
+        """The commands that open what the backends wrote, for ``run``'s next steps."""
+        return [b.next_step for b in self.started if getattr(b, "next_step", None)]
 
     def _each(self, call: Callable[[Backend], Any]) -> None:
         for backend in list(self.backends):
@@ -411,6 +421,105 @@ class TrackedProgress:
         self.inner.warn(message)
 
 
+class WandbBackend:
+    """Weights & Biases: one W&B run per trial (grouped by study, its id derived from the
+    study's UUID and the trial number, so a resumed or promoted trial continues its run),
+    offline by default (``wandb sync`` uploads later). W&B cannot be asked offline what a run
+    holds, so a small ledger per trial (``<dir>/drsearch/<number>.json``: its last logged
+    epoch and state) keeps each epoch logged once and lets ``sync`` end orphaned runs."""
+
+    name = "W&B"
+
+    def __init__(self, project: str, entity: str | None, mode: str, folder: Path) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.project, self.entity, self.mode = project, entity, mode
+        self.folder = folder.resolve()
+        self.ledger = self.folder / "drsearch"
+        self.ledger.mkdir(parents=True, exist_ok=True)
+        self.where = f"{mode} project {project} ({self.folder})"
+        self.next_step = (
+            (f"wandb sync {shlex.quote(str(self.folder / 'wandb'))}/offline-run-*",
+             "upload the study's W&B runs (written offline)") if mode == "offline" else None
+        )  # fmt: skip
+        self.study = ""
+        self.group = ""
+        self.runs: dict[int, Any] = {}
+
+    def hide(self, text: str) -> str:
+        return text
+
+    def study_run(self, study: str, name: str, params: dict[str, str]) -> None:
+        self.study, self.group = study, name
+
+    def _entry(self, number: int) -> dict[str, Any]:
+        path = self.ledger / f"{number}.json"
+        return json.loads(path.read_text()) if path.is_file() else {"epoch": 0}
+
+    def _write(self, number: int, **changes: Any) -> None:
+        from drsearch.io import write_text_atomic
+
+        entry = self._entry(number) | changes
+        write_text_atomic(self.ledger / f"{number}.json", json.dumps(entry))
+
+    def last_epoch(self, number: int) -> int:
+        return int(self._entry(number).get("epoch", 0))
+
+    def trial_run(self, number: int, params: dict[str, str], tags: dict[str, str]) -> int:
+        if number not in self.runs:
+            self.runs[number] = self.wandb.init(
+                project=self.project, entity=self.entity, mode=self.mode, dir=str(self.folder),
+                id=f"{self.study[:8]}-trial{number}", name=f"trial {number}", group=self.group,
+                job_type="trial", config=params, resume="allow", reinit="create_new",
+                settings=self.wandb.Settings(silent=True, console="off"),
+            )  # fmt: skip
+            self._write(number, state="RUNNING", study=self.study)
+        return self.last_epoch(number)
+
+    def log_epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch <= self.last_epoch(number):
+            return
+        self.runs[number].log(metrics, step=epoch)
+        self._write(number, epoch=epoch)
+
+    def set_state(self, number: int, state: str) -> None:
+        run = self.runs.pop(number, None)
+        if run is not None:  # paused: this process lets the run go (a promotion resumes it)
+            run.summary[STATE_TAG] = state
+            run.finish()
+        self._write(number, state=state)
+
+    def end_trial(
+        self,
+        number: int,
+        status: str,
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        artifacts: list[Path],
+    ) -> None:
+        if number not in self.runs:
+            self.trial_run(number, {}, {})
+        run = self.runs.pop(number)
+        for key, value in [*metrics.items(), *tags.items()]:
+            run.summary[key] = value
+        if artifacts:
+            artifact = self.wandb.Artifact(f"trial{number}-{self.study[:8]}", type="trial")
+            for path in artifacts:
+                artifact.add_file(str(path))
+            run.log_artifact(artifact)
+        run.finish(exit_code=0 if status == "FINISHED" else 1)
+        self._write(number, state=tags.get(STATE_TAG, status))
+
+    def ended(self) -> dict[int, str]:
+        out = {}
+        for path in self.ledger.glob("*.json"):
+            entry = json.loads(path.read_text())
+            if entry.get("study") == self.study:
+                out[int(path.stem)] = str(entry.get("state", "RUNNING"))
+        return out
+
+
 def open_tracking(
     loaded: LoadedStudy,
     study_uuid: str,
@@ -418,23 +527,57 @@ def open_tracking(
     warn: Callable[[str], None],
 ) -> StudyTracking | None:
     """The study's tracking, or ``None`` when it asks for none. A backend that cannot be
-    reached costs a warning."""
-    uri = mlflow_uri(loaded)
-    if uri is None:
-        return None
+    reached costs a warning; the study runs without it."""
     cfg = loaded.config
-    experiment = (cfg.tracking.mlflow.experiment if cfg.tracking.mlflow else None) or cfg.name
-    try:
-        backend = MLflowBackend(uri, experiment, cfg.run_root / f"{cfg.name}-mlflow-artifacts")
-    except ImportError:
-        warn(
-            "MLflow tracking is asked for (tracking.mlflow or DRSEARCH_MLFLOW_URI) but mlflow "
-            "is not installed: pip install 'drsearch[tracking]'; the study runs untracked"
+    backends: list[Any] = []
+    uri = mlflow_uri(loaded)
+    if uri is not None:
+        experiment = (cfg.tracking.mlflow.experiment if cfg.tracking.mlflow else None) or cfg.name
+        artifacts = cfg.run_root / f"{cfg.name}-mlflow-artifacts"
+        backends.append(
+            _start(
+                "MLflow",
+                masked_url(uri),
+                "mlflow",
+                lambda t: t.replace(uri, masked_url(uri)),
+                warn,
+                lambda: MLflowBackend(uri, experiment, artifacts),
+            )  # fmt: skip
         )
-        return None
+    w = cfg.tracking.wandb
+    if w is not None:
+        folder = cfg.run_root / f"{cfg.name}-wandb"
+        project = w.project or cfg.name
+        backends.append(
+            _start(
+                "W&B",
+                f"project {project}",
+                "wandb",
+                lambda t: t,
+                warn,
+                lambda: WandbBackend(project, w.entity, w.mode, folder),
+            )  # fmt: skip
+        )
+    started = [b for b in backends if b is not None]
+    return StudyTracking(loaded, study_uuid, run_dir, started, warn) if started else None
+
+
+def _start(
+    name: str,
+    where: str,
+    package: str,
+    hide: Callable[[str], str],
+    warn: Callable[[str], None],
+    make: Callable[[], Any],
+) -> Any:
+    """``make()``, or ``None`` with one warning when it cannot start."""
+    try:
+        return make()
+    except ImportError:
+        warn(f"{name} tracking is asked for but {package} is not installed: pip install "
+             "'drsearch[tracking]'; the study runs without it")  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a tracking store down costs a warning
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        warn(f"MLflow tracking at {masked_url(uri)} could not start ({type(exc).__name__}: "
-             f"{first.replace(uri, masked_url(uri))}); the study runs untracked")  # fmt: skip
-        return None
-    return StudyTracking(loaded, study_uuid, run_dir, [backend], warn)
+        warn(f"{name} tracking at {where} could not start ({type(exc).__name__}: "
+             f"{hide(first)}); the study runs without it")  # fmt: skip
+    return None

@@ -51,7 +51,7 @@ class StudySummary:
     runs_dir: Path | None = None
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
     failures: list[tuple[str, int]] = field(default_factory=list)  # reason, how many (top 3)
-    tracking_uri: str | None = None  # MLflow's, password masked
+    tracking_steps: list[tuple[str, str]] = field(default_factory=list)  # e.g. mlflow ui ...
     queued: list[str] = field(default_factory=list)  # baseline / warm start queued by this run
 
     @property
@@ -85,7 +85,7 @@ def run_study(
         if not loaded.companion:  # the study it confirms has said them
             progress.warn(warning)
     store = _open(loaded, accept_changes, progress)
-    from drsearch.search.tracking import TrackedProgress, mlflow_uri, open_tracking
+    from drsearch.search.tracking import TrackedProgress, open_tracking
 
     tracking = open_tracking(
         loaded, store.uuid, lambda number: trial_dir(loaded, store, number), progress.warn
@@ -154,7 +154,7 @@ def run_study(
         started_trials=len(ours),
         wall_seconds=time.time() - started,
         trial_seconds=sum(float(t.user_attrs.get("wall_seconds") or 0) for t in ours),
-        tracking_uri=None if tracking is None else masked_url(str(mlflow_uri(loaded))),
+        tracking_steps=[] if tracking is None else tracking.next_steps(),
         queued=[line for line in queued if line.startswith("queued ")],
         best=search_best_trial(store.study),
         closest=closest_infeasible(store.study),
