@@ -613,3 +613,50 @@ def test_top_k_ensemble_with_tta_is_the_mean_of_its_members_and_exports(
     assert _without_paths(exported["test"]) == _without_paths(record["test"])
     assert exported["operating_points"]["referable"]["from"] == "the exported file"
     _predict_equals_the_evaluation(runner, ["ens/top2.yaml"], exported)
+
+
+@pytest.mark.e2e
+def test_a_registered_export_is_a_model_version_whose_files_reproduce_its_evaluation(
+    held_out_study: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    runner = CliRunner()
+    no_store = runner.invoke(
+        cli(), ["export", str(held_out_study), "-o", "recipes/r.yaml", "--weights",
+                "recipes/r.pt", "--register", "dr-grader"],
+    )  # fmt: skip
+    assert no_store.exit_code == 2 and "--register needs an MLflow store" in no_store.output
+    uri = f"sqlite:///{Path('mlflow.db').resolve()}"
+    monkeypatch.setenv("DRSEARCH_MLFLOW_URI", uri)
+    assert runner.invoke(cli(), ["evaluate", str(held_out_study), "--temperature"]).exit_code == 0
+    for n in (1, 2):  # registered twice: two versions of one model
+        out = runner.invoke(
+            cli(), ["export", str(held_out_study), "-o", "recipes/r.yaml", "--weights",
+                    "recipes/r.pt", "--register", "dr-grader"],
+        )  # fmt: skip
+        assert out.exit_code == 0, out.output
+        assert f"registered as dr-grader version {n} in {uri}, with its held-out evaluation" in (
+            out.output
+        )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'dr-grader'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    version = client.get_model_version("dr-grader", "2")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["drsearch.kind"] == "export"
+    files = {a.path for a in client.list_artifacts(version.run_id, "model")}
+    assert files == {"model/r.yaml", "model/r.pt", "model/evaluation.json"}
+    got = Path(client.download_artifacts(version.run_id, "model", "downloaded"))
+    registered = json.loads((got / "evaluation.json").read_text())
+    pinned = yaml.safe_load((got / "r.yaml").read_text())["pinned"]["evaluation"]
+    threshold = registered["operating_points"]["referable"]["threshold"]
+    assert pinned["operating_points"]["referable"]["threshold"] == threshold
+    # the registered files, evaluated where they were downloaded: the registered figures
+    again = runner.invoke(cli(), ["evaluate", str(got / "r.yaml"), "--weights", str(got / "r.pt")])
+    assert again.exit_code == 0, again.output
+    (second,) = Path("reports").glob("r/evaluation-r.json")
+    assert _without_paths(json.loads(second.read_text())["test"]) == _without_paths(
+        registered["test"]
+    )

@@ -371,6 +371,13 @@ def _print_next_steps(
     "members (pinned recipes and weights) go in the folder of the same name.",
 )
 @click.option("--tta", is_flag=True, help="With --top-k: the ensemble averages flipped views.")
+@click.option(
+    "--register",
+    metavar="NAME",
+    help="Also register the export in MLflow's model registry as a new version of NAME: the "
+    "pinned recipe, the weights (--weights) and the held-out evaluation with its operating "
+    "points (the study's tracking.mlflow, or DRSEARCH_MLFLOW_URI).",
+)
 @_storage_opt
 @_smoke_options
 def export(
@@ -380,6 +387,7 @@ def export(
     weights: Path | None,
     top_k: int | None,
     tta: bool,
+    register: str | None,
     storage: str | None,
     run_root: Path | None,
     smoke: bool,
@@ -391,6 +399,17 @@ def export(
 
     loaded = _open_study(study, storage, run_root, smoke)
     attrs = open_existing(loaded.config, loaded.path).user_attrs
+    if register is not None and (top_k is not None or weights is None):
+        raise UserError("--register registers one trial with its weights: give --weights, "
+                        "without --top-k")  # fmt: skip
+    if register is not None:
+        from drsearch.search.tracking import mlflow_uri
+
+        if mlflow_uri(loaded) is None:
+            raise UserError(
+                f"--register needs an MLflow store: add tracking: {{mlflow: {{}}}} to {study} "
+                "(a SQLite store beside the study) or set DRSEARCH_MLFLOW_URI"
+            )
     if top_k is not None:
         from drsearch.search.export import export_ensemble, ranked_trials
 
@@ -421,3 +440,14 @@ def export(
         )
         given = "" if weights == out.with_suffix(".pt") else f" --weights {weights}"
         click.echo(f"grade new images: drsearch predict {out} IMAGES_FOLDER{given}")
+    if register is not None and weights is not None:
+        from drsearch.search.tracking import register_export
+
+        evaluation = attrs.get(f"evaluation:trial{trial.number}")
+        version, where = register_export(loaded, trial.number, out, weights, evaluation, register)
+        held = (
+            "with its held-out evaluation"
+            if evaluation
+            else "without a held-out evaluation (run drsearch evaluate first to include one)"
+        )
+        click.echo(f"registered as {register} version {version} in {where}, {held}")

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,7 +173,6 @@ class MLflowBackend:
 
         if epoch <= self.logged.get(number, 0):
             return
-        import time
 
         now = int(time.time() * 1000)
         items = [Metric(metric_name(k), v, now, epoch) for k, v in metrics.items()]
@@ -193,8 +193,6 @@ class MLflowBackend:
         if number not in self.runs:  # started by an earlier run of the study
             self.trial_run(number, {}, {})
         run_id = self.runs[number]
-        import time
-
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
@@ -518,6 +516,81 @@ class WandbBackend:
             if entry.get("study") == self.study:
                 out[int(path.stem)] = str(entry.get("state", "RUNNING"))
         return out
+
+
+def register_export(
+    loaded: LoadedStudy,
+    number: int,
+    recipe: Path,
+    weights: Path,
+    evaluation: dict[str, Any] | None,
+    name: str,
+) -> tuple[str, str]:
+    """Register an exported trial as a new version of model ``name``: an MLflow run (tagged
+    ``drsearch.kind: export``) holding ``model/`` = the pinned recipe, its weights and the
+    held-out evaluation record (``evaluation.json``, operating points included), and a model
+    version pointing at it. Its version number and where (secrets masked)."""
+    from mlflow.exceptions import MlflowException
+
+    from drsearch.errors import ConfigError
+
+    uri = mlflow_uri(loaded)
+    assert uri is not None
+    cfg = loaded.config
+    experiment = (cfg.tracking.mlflow.experiment if cfg.tracking.mlflow else None) or cfg.name
+    try:
+        backend = MLflowBackend(uri, experiment, cfg.run_root / f"{cfg.name}-mlflow-artifacts")
+        client = backend.client
+        tags = {"drsearch.kind": "export", TRIAL_TAG: str(number), "drsearch.study_name": cfg.name,
+                "mlflow.runName": f"export of trial {number}"}  # fmt: skip
+        run = client.create_run(backend.experiment, tags=tags)
+        run_id = run.info.run_id
+        client.log_artifact(run_id, str(recipe), "model")
+        client.log_artifact(run_id, str(weights), "model")
+        record = Path(str((evaluation or {}).get("file", "")))
+        if evaluation and record.is_file():
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / "evaluation.json"
+                copy.write_text(record.read_text())
+                client.log_artifact(run_id, str(copy), "model")
+        figures = {k: float(v) for k, v in (evaluation or {}).items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        if figures:
+            client.log_batch(run_id, metrics=[Metric(metric_name(f"test/{k}"), v, now, 0)
+                                              for k, v in figures.items()])  # fmt: skip
+        client.set_terminated(run_id, "FINISHED")
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(
+                getattr(exc, "error_code", "")
+            ):
+                raise
+        version = client.create_model_version(
+            name,
+            source=f"{client.get_run(run_id).info.artifact_uri}/model",
+            run_id=run_id,
+            tags={
+                "drsearch.study": cfg.name,
+                TRIAL_TAG: str(number),
+                "drsearch.recipe": recipe.name,
+                "drsearch.weights": weights.name,
+                "drsearch.evaluated": str(bool(evaluation)),
+            },  # fmt: skip
+            description=f"trial {number} of study {cfg.name}, exported by drsearch",
+        )
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ConfigError(
+            f"{recipe} and {weights} are written, but registering {name} in "
+            f"{masked_url(uri)} failed: {first.replace(uri, masked_url(uri))}"
+        ) from None
+    return str(version.version), masked_url(uri)
 
 
 def open_tracking(
