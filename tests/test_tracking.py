@@ -90,6 +90,19 @@ def test_a_study_continued_has_one_mlflow_run_per_trial_with_its_epochs_and_stat
     # the artifacts live under the run root, never in the working directory's mlruns/
     assert (tmp_path / "runs" / "tiny-mlflow-artifacts").is_dir()
 
+    # the finalist stage on demand: its runs in the same store and experiment, under the
+    # confirmation study's own parent run, each naming the finalist it retrains
+    confirmed = runner.invoke(
+        cli, ["confirm", str(path), "--top-k", "1", "--seeds", "2", "--executor", "local"]
+    )
+    assert confirmed.exit_code == 0, confirmed.output
+    _, studies, runs = _runs(uri, "tiny")
+    assert sorted(r.data.tags["mlflow.runName"] for r in studies) == ["tiny", "tiny-confirm"]
+    confirm_runs = [r for r in runs if "drsearch.confirm_of" in r.data.tags]
+    assert len(confirm_runs) == 2 and len(runs) == 6
+    assert sorted(r.data.tags["drsearch.seed"] for r in confirm_runs) == ["4", "5"]  # seed 3 + i
+    assert not (tmp_path / "runs" / "tiny-confirm-mlflow.db").exists()
+
 
 def test_a_tracking_server_that_is_down_costs_a_warning_not_a_trial(
     tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch

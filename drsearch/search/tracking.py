@@ -40,6 +40,8 @@ STATE_TAG = "drsearch.state"
 #: FINISHED, with ``drsearch.state`` PRUNED; a trial cut off by Ctrl-C or a lost runner: KILLED)
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 ARTIFACTS = ("config.yaml", "metrics.jsonl", "metrics.json")
+#: User attributes that say where a trial came from, kept as tags of its run.
+ORIGIN = ("queued_from", "retry_of", "confirm_of", "fold", "seed")
 
 
 class Backend(Protocol):
@@ -66,6 +68,13 @@ class Backend(Protocol):
     def hide(self, text: str) -> str: ...
 
 
+def home_name(loaded: LoadedStudy) -> str:
+    """The name the study's tracking lives under: a confirmation study (``<name>-confirm``,
+    ``search.selection``) is tracked in its parent's store, experiment and project."""
+    name = loaded.config.name
+    return name.removesuffix("-confirm") if loaded.companion else name
+
+
 def mlflow_uri(loaded: LoadedStudy) -> str | None:
     """The MLflow tracking URI of the study (``None``: not tracked in MLflow): the
     environment's, the study file's, or by default a SQLite store beside the study."""
@@ -77,7 +86,7 @@ def mlflow_uri(loaded: LoadedStudy) -> str | None:
         return None
     if cfg.tracking.mlflow.tracking_uri:
         return cfg.tracking.mlflow.tracking_uri
-    return f"sqlite:///{(cfg.run_root / f'{cfg.name}-mlflow.db').resolve()}"
+    return f"sqlite:///{(cfg.run_root / f'{home_name(loaded)}-mlflow.db').resolve()}"
 
 
 class MLflowBackend:
@@ -294,6 +303,9 @@ class StudyTracking:
         self.backends = list(backends)
         self.started = list(backends)  # the ones that started, failed since or not
         self.params: dict[int, dict[str, Any]] = {}
+        #: a trial's user attributes as the study holds them (where a queued trial came
+        #: from: a warm start, a finalist it confirms); set by the runner
+        self.trial_attrs: Callable[[int], dict[str, Any]] = lambda number: {}
         cfg = loaded.config
         params = {
             "study": cfg.name, "objective.metric": cfg.objective.metric,
@@ -323,7 +335,11 @@ class StudyTracking:
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self.params[number] = params
         shown = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}
-        self._each(lambda b: b.trial_run(number, shown, {STATE_TAG: "RUNNING"}))
+        attrs = self.trial_attrs(number)
+        tags = {STATE_TAG: "RUNNING"} | {
+            f"drsearch.{k}": str(attrs[k]) for k in ORIGIN if attrs.get(k) is not None
+        }
+        self._each(lambda b: b.trial_run(number, shown, tags))
 
     def trial_epoch(self, number: int) -> None:
         self._log_epochs(number)
@@ -365,9 +381,9 @@ class StudyTracking:
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 metrics[key] = float(v)
         tags = {STATE_TAG: state, "drsearch.feasible": str(bool(attrs.get("feasible")))}
-        for key in ("fail_reason", "infeasible_reasons", "retry_of", "recovered_from"):
-            if attrs.get(key):
-                v = attrs[key]
+        for key in ("fail_reason", "infeasible_reasons", "recovered_from", *ORIGIN):
+            v = attrs.get(key)
+            if v is not None and v != [] and v != "":  # fold 0, trial 0 count
                 tags[f"drsearch.{key}"] = "; ".join(v) if isinstance(v, list) else str(v)
         folder = self.run_dir(number)
         files = [folder / name for name in ARTIFACTS if (folder / name).is_file()]
@@ -469,7 +485,7 @@ class WandbBackend:
             self.runs[number] = self.wandb.init(
                 project=self.project, entity=self.entity, mode=self.mode, dir=str(self.folder),
                 id=f"{self.study[:8]}-trial{number}", name=f"trial {number}", group=self.group,
-                job_type="trial", config=params, resume="allow", reinit="create_new",
+                job_type="trial", config=params | tags, resume="allow", reinit="create_new",
                 settings=self.wandb.Settings(silent=True, console="off"),
             )  # fmt: skip
             self._write(number, state="RUNNING", study=self.study)
@@ -602,11 +618,12 @@ def open_tracking(
     """The study's tracking, or ``None`` when it asks for none. A backend that cannot be
     reached costs a warning; the study runs without it."""
     cfg = loaded.config
+    home = home_name(loaded)
     backends: list[Any] = []
     uri = mlflow_uri(loaded)
     if uri is not None:
-        experiment = (cfg.tracking.mlflow.experiment if cfg.tracking.mlflow else None) or cfg.name
-        artifacts = cfg.run_root / f"{cfg.name}-mlflow-artifacts"
+        experiment = (cfg.tracking.mlflow.experiment if cfg.tracking.mlflow else None) or home
+        artifacts = cfg.run_root / f"{home}-mlflow-artifacts"
         backends.append(
             _start(
                 "MLflow",
@@ -619,8 +636,8 @@ def open_tracking(
         )
     w = cfg.tracking.wandb
     if w is not None:
-        folder = cfg.run_root / f"{cfg.name}-wandb"
-        project = w.project or cfg.name
+        folder = cfg.run_root / f"{home}-wandb"
+        project = w.project or home
         backends.append(
             _start(
                 "W&B",

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -91,6 +92,7 @@ def run_study(
         loaded, store.uuid, lambda number: trial_dir(loaded, store, number), progress.warn
     )
     if tracking is not None:
+        tracking.trial_attrs = lambda number: _user_attrs(store, number)
         progress = TrackedProgress(progress, tracking)
     from drsearch.search.warmstart import queue
 
@@ -202,6 +204,12 @@ def _interrupted_message(loaded: LoadedStudy, stopped: list[int], again: str) ->
         f"budget). Continue with `{again}` (new trials take their place) or "
         f"`{again} --retry-failed` (they resume from their checkpoints)"
     )
+
+
+def _user_attrs(store: StudyStore, number: int) -> dict[str, Any]:
+    storage, study_id = store.study._storage, store.study._study_id
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    return dict(storage.get_trial_user_attrs(trial_id))
 
 
 def _open(
