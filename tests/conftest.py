@@ -109,8 +109,9 @@ def write_tiny_study(
         "run_root": str(tmp_path / "runs"),
     }
     data.update(study)
-    if "mode" not in data["pruner"]:  # these tests were written for stopping ASHA; promotion
-        data["pruner"] = {"mode": "stopping", **data["pruner"]}  # has its own (the default)
+    if "mode" not in data["pruner"]:  # these tests were written for stopping ASHA with eta 3
+        # (the defaults before issue 24); promotion ASHA, now the default, has its own
+        data["pruner"] = {"mode": "stopping", "reduction_factor": 3, **data["pruner"]}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
