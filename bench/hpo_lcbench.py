@@ -7,9 +7,10 @@ Every method gets the same budget of simulated time on each task: ``--full-runs`
 times the median time a random configuration takes to train its 52 epochs there, divided by
 the W workers. Each epoch costs the surrogate's own seconds (its ``time`` output). Methods:
 
-- ``drsearch`` (its defaults: random sampler, stopping ASHA grace 1, eta 3),
-  ``drsearch-promotion`` (promotion ASHA), ``drsearch-tpe`` (TPE with constant liar,
-  multivariate, under the default ASHA: the default before issue 24) and ``random``
+- ``drsearch`` (its defaults: random sampler, promotion ASHA grace 1, eta 2),
+  ``drsearch-stopping`` (stopping ASHA, eta 2), ``drsearch-promotion`` (promotion ASHA,
+  eta 3: the default between two changes of issue 24), ``drsearch-tpe`` (TPE with constant
+  liar, multivariate, under stopping ASHA eta 3: the default before issue 24) and ``random``
   (drsearch's random sampler, no pruning: full-budget random search). All run through
   drsearch's real runner code on the simulated executor
   (``drsearch.search.runners.simulated``), the study in memory. ``drsearch-tpe-nopruning``
@@ -56,13 +57,14 @@ from lcbench import EPOCHS, SPACE, LCBench, random_config, tasks  # noqa: E402
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 METHODS = (
-    "drsearch", "drsearch-promotion", "random", "drsearch-tpe", "optuna-hyperband",
+    "drsearch", "drsearch-stopping", "random", "drsearch-tpe", "optuna-hyperband",
     "optuna-sha", "synetune-asha", "synetune-bohb",
 )  # fmt: skip
 #: Run through drsearch's own runner code; ``drsearch-tpe`` is the default with TPE (the
 #: default before issue 24), ``drsearch-tpe-nopruning`` TPE without ASHA.
 DRSEARCH_METHODS = (
-    "drsearch", "drsearch-promotion", "random", "drsearch-tpe", "drsearch-tpe-nopruning",
+    "drsearch", "drsearch-stopping", "drsearch-promotion", "random", "drsearch-tpe",
+    "drsearch-tpe-nopruning",
 )  # fmt: skip
 QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
 METRIC = "val_balanced_accuracy"
@@ -123,8 +125,12 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
     method, overrides = split_method(method)
     pruner: dict[str, Any] = {"metric": "balanced_accuracy"}
     sampler: dict[str, Any] = {"seed": seed}  # drsearch's default sampler
-    if method == "drsearch-promotion":
-        pruner["mode"] = "promotion"
+    if method == "drsearch-promotion":  # the default of the first change (eta 3)
+        pruner |= {"mode": "promotion", "reduction_factor": 3}
+    if method in ("drsearch-stopping", "drsearch-tpe", "drsearch-tpe-nopruning"):
+        pruner["mode"] = "stopping"
+    if method == "drsearch-tpe":  # the default before issue 24
+        pruner["reduction_factor"] = 3
     if method in ("random", "drsearch-tpe-nopruning"):
         pruner["enabled"] = False
     if method == "random":
