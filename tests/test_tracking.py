@@ -222,3 +222,64 @@ def test_a_wandb_offline_study_writes_one_run_per_trial_with_its_epochs(
     assert not (Path.cwd() / "wandb").exists() or not any(
         p.name.endswith(uuid + "-trial0") for p in (Path.cwd() / "wandb").glob("*")
     )  # written under the run root, never the working directory
+
+
+@pytest.mark.e2e
+def test_ctrl_c_then_retry_leaves_one_mlflow_run_per_trial_and_the_cut_one_killed(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a trial: its run ends KILLED (state FAIL) as the runner lets it go; the
+    study continued with --retry-failed re-runs it as a new trial with its own run (tagged
+    with the trial it retries), epochs continued from the checkpoint and logged once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    monkeypatch.delenv("DRSEARCH_MLFLOW_URI", raising=False)
+    path = write_tiny_study(
+        tmp_path,
+        tiny_dataset,
+        LR_SPACE,
+        budget={"n_trials": 2},
+        pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 6},
+        tracking={"mlflow": {}},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drsearch.cli", "run", path.name, "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
+    deadline, running = time.time() + 300, []
+    while time.time() < deadline and proc.poll() is None and not running:
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=url).trials
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        running = [t.number for t in trials if t.state.name == "RUNNING"
+                   and len(t.intermediate_values) >= 2]  # fmt: skip
+    assert running, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    uri = f"sqlite:///{tmp_path / 'runs' / 'tiny-mlflow.db'}"
+    client, _, runs = _runs(uri, "tiny")
+    cut = {int(r.data.tags["drsearch.trial"]): r for r in runs}[running[0]]
+    assert cut.info.status == "KILLED" and cut.data.tags["drsearch.state"] == "FAIL"
+
+    again = CliRunner().invoke(cli, ["run", str(path), "--quiet", "--retry-failed"])
+    assert again.exit_code == 0, again.output
+    study = optuna.load_study(study_name="tiny", storage=url)
+    client, studies, runs = _runs(uri, "tiny")
+    by = {int(r.data.tags["drsearch.trial"]): r for r in runs}
+    assert len(studies) == 1 and sorted(by) == [t.number for t in study.trials]  # one each
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == running[0])
+    assert by[retry.number].data.tags["drsearch.retry_of"] == str(running[0])
+    assert by[retry.number].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(by[retry.number].info.run_id, "epoch")]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # each epoch once, to the end
