@@ -212,6 +212,13 @@ def check(study: Path, samples: int) -> None:
         click.echo(f"Warning: {warning}", err=True)
     evidence: list[str] = []
     problems, warnings = input_problems(loaded, generate=False, evidence=evidence)
+    from drsearch.errors import ConfigError
+    from drsearch.search.warmstart import check_queued
+
+    try:  # the baseline is a point of the space; the warm start's source opens
+        warnings += check_queued(loaded)
+    except ConfigError as exc:
+        problems.append(str(exc))
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)
     impossible = sample_problems(loaded, samples)

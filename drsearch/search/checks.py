@@ -45,9 +45,6 @@ def input_problems(
     attempt(lambda: check_weights_exist(loaded))
     data_found = attempt(lambda: check_data_exists(loaded, generate))
     attempt(lambda: check_placement(loaded))
-    from drsearch.search.warmstart import check_queued
-
-    attempt(lambda: check_queued(loaded))  # the baseline and a warm start's source
     if data_found:  # its split's images are counted only once the data is there
         attempt(lambda: check_metrics_computable(loaded, evidence, generate))
     return problems, warnings
