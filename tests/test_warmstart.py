@@ -79,6 +79,7 @@ def test_a_warm_start_queues_the_top_k_once_under_three_runners_after_the_baseli
         recipe_overrides={"train.epochs": 1, "schedule.warmup_epochs": 0},
         warm_start={"study_name": "earlier", "storage": source, "top_k": 3},
         baseline={},
+        tracking={"mlflow": {}},  # three runners starting together: one set of MLflow runs
     )
     env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1"}
     procs = [
@@ -114,6 +115,15 @@ def test_a_warm_start_queues_the_top_k_once_under_three_runners_after_the_baseli
     assert said.count("queued the baseline") == 1
     stored = study._storage.get_study_system_attrs(study._study_id)[QUEUED_ATTR]
     assert stored[0] == "baseline" and stored[1].startswith("study earlier in sqlite:///")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'tiny-mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    kinds = sorted(r.data.tags["drsearch.kind"] for r in runs)
+    assert kinds == ["study"] + ["trial"] * 4, kinds
+    baseline_run = next(r for r in runs if r.data.tags.get("drsearch.trial") == "0")
+    assert baseline_run.data.tags["drsearch.queued_from"] == "baseline"
 
     again = CliRunner().invoke(cli, ["run", str(path), "--quiet", "--n-trials", "5"])
     assert again.exit_code == 0, again.output

@@ -323,7 +323,14 @@ class StudyTracking:
     def _each(self, call: Callable[[Backend], Any]) -> None:
         for backend in list(self.backends):
             try:
-                call(backend)
+                for attempt in range(4):  # a SQLite store shared by runners: briefly locked
+                    try:
+                        call(backend)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - retried only when locked
+                        if "locked" not in str(exc) or attempt == 3:
+                            raise
+                        time.sleep(0.5 * (attempt + 1))
             except Exception as exc:  # noqa: BLE001 - tracking never costs a trial
                 self.backends.remove(backend)
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""

@@ -88,9 +88,10 @@ def run_study(
     store = _open(loaded, accept_changes, progress)
     from drsearch.search.tracking import TrackedProgress, open_tracking
 
-    tracking = open_tracking(
-        loaded, store.uuid, lambda number: trial_dir(loaded, store, number), progress.warn
-    )
+    with store.lock.hold():  # runners starting together find or create one set of runs
+        tracking = open_tracking(
+            loaded, store.uuid, lambda number: trial_dir(loaded, store, number), progress.warn
+        )
     if tracking is not None:
         tracking.trial_attrs = lambda number: _user_attrs(store, number)
         progress = TrackedProgress(progress, tracking)
