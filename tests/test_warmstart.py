@@ -125,6 +125,11 @@ def test_a_warm_start_queues_the_top_k_once_under_three_runners_after_the_baseli
     baseline_run = next(r for r in runs if r.data.tags.get("drsearch.trial") == "0")
     assert baseline_run.data.tags["drsearch.queued_from"] == "baseline"
 
+    ran = sum(
+        int(o.split("this run: ")[1].split(" trial")[0]) for o in outputs if "this run: " in o
+    )
+    assert ran == 4  # the queued trials count for the runner that ran them
+
     again = CliRunner().invoke(cli, ["run", str(path), "--quiet", "--n-trials", "5"])
     assert again.exit_code == 0, again.output
     assert "queued" not in again.output and "refused" not in again.output  # once per study

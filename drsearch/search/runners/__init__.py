@@ -106,7 +106,10 @@ def run_study(
         if not line.startswith("queued "):  # a configuration refused or a key dropped
             progress.warn(line)
     reaped = store.reap_interrupted()
-    before = {t.number for t in store.study.get_trials(deepcopy=False)}
+    # trials already there (a queued one, WAITING, is this run's once this runner claims it)
+    before = {
+        t.number for t in store.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING
+    }
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
     deadline = started + cfg.budget.time_limit_s if cfg.budget.time_limit_s else None
     if store.counts().paused and not promotes(cfg.pruner):
