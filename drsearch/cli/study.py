@@ -272,7 +272,7 @@ def _print_summary(s: Any) -> None:
             f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "
             f"trials' own time {s.trial_seconds:.1f}s"
         )
-    for line in getattr(s, "queued", []):
+    for line in s.queued:
         click.echo(line)
     for reason, n in s.failures:
         click.echo(f"failed: {n} x {reason}")
@@ -342,7 +342,7 @@ def _print_next_steps(
                 "the best, pinned, with its weights (drsearch predict then grades images)",
             )
         )
-    steps += getattr(s, "tracking_steps", [])  # mlflow ui ..., wandb sync ...
+    steps += s.tracking_steps  # mlflow ui ..., wandb sync ...
     width = max(len(cmd) for cmd, _ in steps)
     for cmd, what in steps:
         click.echo(f"  {cmd:<{width}}  # {what}")

@@ -237,12 +237,11 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)[:250]
 
 
-def epoch_metrics(
-    record: dict[str, Any], score: Callable[[dict[str, Any]], Any]
-) -> dict[str, float]:
+def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of one ``metrics.jsonl`` line, flat: ``val/accuracy``, per-grade
     ``val/sensitivity/grade3``, the LR of each parameter group ``lr/backbone``, the train
-    loss, the epoch's objective (``objective``: primary minus penalty) and feasibility."""
+    loss, and the epoch's objective as the trainer scored it (``objective``: primary minus
+    penalty; ``val.objective`` in the record, not scored again here)."""
     out: dict[str, float] = {"epoch": float(record.get("epoch", 0))}
 
     def put(key: str, value: Any) -> None:
@@ -257,6 +256,8 @@ def epoch_metrics(
         put(f"train/{key}", value)
     val = record.get("val") or {}
     for key, value in val.items():
+        if key == "objective":
+            continue  # logged as ``objective`` below
         if isinstance(value, list) and key != "confusion_matrix":
             for grade, v in enumerate(value):
                 put(f"val/{key}/grade{grade}", v)
@@ -266,10 +267,7 @@ def epoch_metrics(
         put(f"lr/{group}", lr)
     for key in ("epoch_seconds", "image_size"):
         put(key, record.get(key))
-    if val:
-        s = score(val)
-        put("objective", s.value)
-        put("objective_feasible", s.feasible)
+    put("objective", val.get("objective"))
     return out
 
 
@@ -352,14 +350,20 @@ class StudyTracking:
         self._log_epochs(number)
 
     def _log_epochs(self, number: int) -> None:
+        """The epochs of the trial's record that some backend has not logged yet: the file
+        read and each epoch flattened once, whatever the number of backends."""
+        if not self.backends:
+            return
+        after = min(b.last_epoch(number) for b in self.backends)
+        rows = [
+            (int(r["epoch"]), epoch_metrics(r)) for r in _read_epochs(self.run_dir(number), after)
+        ]
+
         def log(b: Backend) -> None:
-            for row in _read_epochs(self.run_dir(number), b.last_epoch(number)):
-                b.log_epoch(number, int(row["epoch"]), epoch_metrics(row, self._score))
+            for epoch, metrics in rows:
+                b.log_epoch(number, epoch, metrics)  # each backend skips what it has
 
         self._each(log)
-
-    def _score(self, val: dict[str, Any]) -> Any:
-        return self.loaded.config.objective.score(val)
 
     def trial_paused(self, number: int, epoch: int) -> None:
         self._log_epochs(number)

@@ -149,12 +149,20 @@ def baseline_params(loaded: LoadedStudy) -> dict[str, Any]:
     return params
 
 
-def queue(store: Any, loaded: LoadedStudy) -> list[str]:
-    """Queue the baseline and the warm start, each once per study; one line for each thing
-    said (what was queued, what was dropped or refused and why)."""
+@dataclass(frozen=True)
+class Queued:
+    """What ``queue`` did (one line each) and what it warns of (a key dropped, a
+    configuration refused)."""
+
+    done: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def queue(store: Any, loaded: LoadedStudy) -> Queued:
+    """Queue the baseline and the warm start, each once per study."""
     cfg = loaded.config
     if loaded.companion:  # a confirmation study's runs are its finalists, nothing else
-        return []
+        return Queued()
     study_id = store.study._study_id
 
     def queued() -> list[str]:
@@ -162,7 +170,7 @@ def queue(store: Any, loaded: LoadedStudy) -> list[str]:
 
     before = queued()
     wanted: list[tuple[str, list[tuple[dict[str, Any], str]], list[str]]] = []
-    lines: list[str] = []
+    said = Queued()
     if cfg.baseline is not None and cfg.baseline.enabled and BASELINE not in before:
         wanted.append((BASELINE, [(baseline_params(loaded), BASELINE)], []))
     if cfg.warm_start is not None and source_key(loaded) not in before:
@@ -182,26 +190,26 @@ def queue(store: Any, loaded: LoadedStudy) -> list[str]:
             configs.append((mapped.params, label))
         wanted.append((key, configs, notes))
     if not wanted:
-        return lines
+        return said
     with store.lock.hold():
         done = queued()  # again, under the lock: another runner may have queued them
         for key, configs, notes in wanted:
             if key in done:
                 continue  # said by the runner that queued them
-            lines.extend(notes)
+            said.warnings.extend(notes)
             for params, label in configs:
                 store.study.enqueue_trial(params, user_attrs={FROM_ATTR: label})
             done.append(key)
             if key == BASELINE:
-                lines.append("queued the baseline (the base recipe as it is) as the next trial")
+                said.done.append("queued the baseline (the base recipe as it is) as the next trial")
             else:
                 top_k = cfg.warm_start.top_k if cfg.warm_start else 0
-                lines.append(
+                said.done.append(
                     f"queued {len(configs)} configuration(s) of {key} (its best feasible, "
                     f"top_k {top_k}) before the sampler's own trials"
                 )
         store.storage.set_study_system_attr(study_id, QUEUED_ATTR, done)
-    return lines
+    return said
 
 
 def check_queued(loaded: LoadedStudy) -> list[str]:

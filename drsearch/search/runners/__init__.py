@@ -102,9 +102,8 @@ def run_study(
     except BaseException:
         store.close()
         raise
-    for line in queued:
-        if not line.startswith("queued "):  # a configuration refused or a key dropped
-            progress.warn(line)
+    for line in queued.warnings:  # a configuration refused or a key dropped
+        progress.warn(line)
     reaped = store.reap_interrupted()
     # trials already there (a queued one, WAITING, is this run's once this runner claims it)
     before = {
@@ -161,7 +160,7 @@ def run_study(
         wall_seconds=time.time() - started,
         trial_seconds=sum(float(t.user_attrs.get("wall_seconds") or 0) for t in ours),
         tracking_steps=[] if tracking is None else tracking.next_steps(),
-        queued=[line for line in queued if line.startswith("queued ")],
+        queued=queued.done,
         best=search_best_trial(store.study),
         closest=closest_infeasible(store.study),
         first_failure=_first_failure(trials),
