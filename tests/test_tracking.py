@@ -60,6 +60,7 @@ def test_a_study_continued_has_one_mlflow_run_per_trial_with_its_epochs_and_stat
     trials = {t.number: t for t in study.get_trials()}
     client, studies, runs = _runs(uri, "tiny")
     assert len(studies) == 1  # the continued study reused its parent run
+    assert studies[0].info.status == "FINISHED"  # nothing runs: the study's run is ended
     by_number = {int(r.data.tags["drsearch.trial"]): r for r in runs}
     assert sorted(by_number) == sorted(trials) == [0, 1, 2, 3]
     assert len(runs) == 4  # one run per trial, never two

@@ -64,6 +64,7 @@ class Backend(Protocol):
     ) -> None: ...
     def last_epoch(self, number: int) -> int: ...
     def set_state(self, number: int, state: str) -> None: ...
+    def study_idle(self) -> None: ...
     def ended(self) -> dict[int, str]: ...
     def hide(self, text: str) -> str: ...
 
@@ -146,7 +147,14 @@ class MLflowBackend:
             tags = {STUDY_TAG: study, "drsearch.kind": "study", "mlflow.runName": name}
             run = self.client.create_run(self.experiment, tags=tags, run_name=name)
             self._params(run.info.run_id, params)
+        elif run.info.status != "RUNNING":  # continued: it runs again
+            self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent = run.info.run_id
+
+    def study_idle(self) -> None:
+        """No trial of the study runs or waits at a rung: its run is FINISHED (for now)."""
+        if self.parent is not None:
+            self.client.set_terminated(self.parent, "FINISHED")
 
     def _params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -416,6 +424,8 @@ class StudyTracking:
                     b.end_trial(t.number, "KILLED" if t.user_attrs.get("fail_reason") == INTERRUPTED
                                 else MLFLOW_STATUS.get(state, "FAILED"), {},
                                 {STATE_TAG: state}, [])  # fmt: skip
+            if not any(t.state.name in ("RUNNING", "WAITING") for t in trials):
+                b.study_idle()  # another runner still at work keeps the study's run RUNNING
 
         self._each(one)
 
@@ -477,6 +487,9 @@ class WandbBackend:
 
     def study_run(self, study: str, name: str, params: dict[str, str]) -> None:
         self.study, self.group = study, name
+
+    def study_idle(self) -> None:
+        """Nothing: W&B groups the trial runs; there is no study run to end."""
 
     def _entry(self, number: int) -> dict[str, Any]:
         path = self.ledger / f"{number}.json"
