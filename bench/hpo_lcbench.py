@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import json
 import math
+import random
 import statistics
 import sys
 import tempfile
@@ -250,9 +251,12 @@ def run_optuna(method: str, curves: Curves, seed: int, workers: int, budget: flo
         if method == "optuna-hyperband"
         else optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
     )
+    # Optuna's Hyperband assigns a trial's bracket by a hash of the study's name: a fixed name
+    # (not a random one) keeps the run reproducible
     study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner
-    )
+        study_name=f"{method}-{seed}", direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner,
+    )  # fmt: skip
 
     def ask() -> tuple[Any, dict[str, Any]]:
         trial = study.ask()
@@ -290,6 +294,11 @@ def run_synetune(method: str, curves: Curves, seed: int, workers: int, budget: f
         else:
             space[name] = loguniform(low, high) if log else uniform(low, high)
     kind = ASHA if method == "synetune-asha" else BOHB
+    # Syne Tune 0.16's RandomSearcher (behind ASHA after its first draws, and BOHB's random
+    # share) samples with numpy's global generator (``sample_random_config`` passes no
+    # random_state), so ``random_seed`` alone does not make a run reproducible: seed it too
+    np.random.seed(seed)
+    random.seed(seed)
     scheduler = kind(space, metric=METRIC, time_attr="epoch", max_t=EPOCHS, do_minimize=False,
                      random_seed=seed, grace_period=1, reduction_factor=3)  # fmt: skip
     counter = iter(range(10**9))
