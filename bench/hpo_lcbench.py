@@ -14,7 +14,10 @@ the W workers. Each epoch costs the surrogate's own seconds (its ``time`` output
   (drsearch's random sampler, no pruning: full-budget random search). All run through
   drsearch's real runner code on the simulated executor
   (``drsearch.search.runners.simulated``), the study in memory. ``drsearch-tpe-nopruning``
-  (TPE, no ASHA) on request; any drsearch method takes study keys, e.g.
+  (TPE, no ASHA) and ``drsearch-bohb`` (BOHB's idea under the default pruner: TPE fitted on
+  every trial's value at the highest rung enough trials reached, ``sampler.fit_on:
+  top_rung``, a third of the trials drawn at random) on request; any drsearch method takes
+  study keys, e.g.
   ``"drsearch[sampler.name=tpe,sampler.random_fraction=0.3]"``.
 - ``optuna-hyperband`` and ``optuna-sha``: plain Optuna (TPE defaults, its HyperbandPruner or
   SuccessiveHalvingPruner), asked and told in the same simulated event loop.
@@ -65,7 +68,7 @@ METHODS = (
 #: default before issue 24), ``drsearch-tpe-nopruning`` TPE without ASHA.
 DRSEARCH_METHODS = (
     "drsearch", "drsearch-stopping", "drsearch-promotion", "random", "drsearch-tpe",
-    "drsearch-tpe-nopruning",
+    "drsearch-tpe-nopruning", "drsearch-bohb",
 )  # fmt: skip
 QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
 METRIC = "val_balanced_accuracy"
@@ -138,6 +141,8 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
         sampler["name"] = "random"
     if method in ("drsearch-tpe", "drsearch-tpe-nopruning"):
         sampler["name"] = "tpe"
+    if method == "drsearch-bohb":  # BOHB's idea under the default pruner
+        sampler |= {"name": "tpe", "fit_on": "top_rung", "random_fraction": 1 / 3}
     study = {
         "name": f"lcbench-{method}", "recipe": str(folder / "recipe.yaml"),
         "search_space": str(folder / "space.yaml"),
@@ -623,11 +628,17 @@ def main() -> None:
     if args.summarize is not None:
         files = [_load(path) for path in args.summarize]
         saved = files[0]["args"] or vars(args) | {"out": str(args.out), "summarize": None}
-        methods = tuple(saved["methods"])
-        results = {(r["task"], r["seed"], r["workers"]): r for f in files for r in f["results"]}
+        if args.methods != parser.get_default("methods"):
+            methods = tuple(args.methods)
+        else:
+            methods = tuple(
+                dict.fromkeys(m for f in files if f["args"] for m in f["args"]["methods"])
+            )
+        results = merge([f["results"] for f in files], methods)
+        saved = saved | {"methods": list(methods)}
         if len(files) == 1 and args.out == parser.get_default("out") and files[0]["args"]:
             args.out = args.summarize[0]
-        report(list(results.values()), methods, args, saved, 0.0)
+        report(results, methods, args, saved, 0.0)
         return
     chosen = list(QUICK_TASKS) if args.quick else (
         tasks() if not args.tasks or args.tasks == ["all"] else args.tasks)  # fmt: skip
@@ -665,6 +676,40 @@ def main() -> None:
     report(results, methods, args, saved, time.perf_counter() - started)
 
 
+def merge(runs: list[list[dict[str, Any]]], methods: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Results of several runs as one: a (task, seed, W) found in several gets the methods of
+    each (a later run's result of a method replaces an earlier one's). Every method's run is
+    reproducible from (task, seed, W) alone, so methods run apart are the runs they would
+    have been side by side. Only (task, seed, W) with every one of ``methods`` are kept, and
+    only seeds with every (task, W): ranks are over the same methods everywhere."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for results in runs:
+        for r in results:
+            key = (r["task"], r["seed"], r["workers"])
+            have = merged.setdefault(key, {**r, "runs": {}})
+            if not math.isclose(have["budget"], r["budget"], rel_tol=1e-9):
+                raise SystemExit(
+                    f"{key}: runs with different budgets ({have['budget']} and {r['budget']}: "
+                    "--full-runs differs) cannot be merged"
+                )
+            have["runs"].update(r["runs"])
+    whole = [
+        r | {"runs": {m: r["runs"][m] for m in methods}}
+        for r in merged.values()
+        if all(m in r["runs"] for m in methods)
+    ]
+    if any("seed_index" not in r for r in whole):  # a finished run's file: whole already
+        return whole
+    cells = {(r["task"], r["workers"]) for r in merged.values()}
+    by_seed: dict[Any, set[tuple[Any, Any]]] = {}
+    for r in whole:
+        by_seed.setdefault(r["seed_index"], set()).add((r["task"], r["workers"]))
+    kept = {seed for seed, have in by_seed.items() if have == cells}
+    print(f"merged: seeds {sorted(kept)} have every task, W and method ({len(methods)} "
+          "methods)", file=sys.stderr)  # fmt: skip
+    return [r for r in whole if r["seed_index"] in kept]
+
+
 def _load(path: Path) -> dict[str, Any]:
     """An ``--out`` file, or a run's ``.partial.jsonl`` log (what it finished so far: only
     seeds every task and W finished count, so that a cut-off run is not a biased sample)."""
@@ -678,7 +723,8 @@ def _load(path: Path) -> dict[str, Any]:
     for e in entries:
         by_seed.setdefault(e["key"][1], set()).add((e["key"][0], e["key"][2]))
     whole = {seed for seed, have in by_seed.items() if have == cells}
-    results = [e["result"] for e in entries if e["key"][1] in whole]
+    # the run's seed (``seed`` in a result is the one derived from it for the task)
+    results = [e["result"] | {"seed_index": e["key"][1]} for e in entries if e["key"][1] in whole]
     print(f"{path}: {len(whole)} whole seeds of {len(by_seed)} ({len(results)} runs)",
           file=sys.stderr)  # fmt: skip
     saved = {"methods": methods, "full_runs": entries[0]["full_runs"]} if entries else None
@@ -717,12 +763,10 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
                 for lo, hi in [s["rank_ci"][m][str(f)] or (math.nan, math.nan)]
             )
             tr, tt = s["test_regret"][m], s["time_to_random_final"][m]
-            print(
-                f"  {m:20s} {' | '.join(cells)} | rank {ranks} | test "
-                f"{tr['median']:.3f} | to random {tt['median']:.2f}"
-                if tr and tt
-                else m
-            )
+            test = f"{tr['median']:.3f}" if tr else "n/a"
+            to_random = f"{tt['median']:.2f}" if tt else "n/a (random not run)"
+            print(f"  {m:20s} {' | '.join(cells)} | rank {ranks} | test {test} | "
+                  f"to random {to_random}")  # fmt: skip
     speed = summary["parallel_speedup"]
     if speed:
         print(f"\nW={speed['workers']} against W=1: times sooner the 1-worker final value is "

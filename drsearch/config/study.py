@@ -79,6 +79,19 @@ class SamplerConfig(Section):
     group: bool = True
     constant_liar: bool = True
     random_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    #: What TPE learns from: ``outcomes`` (Optuna's view: complete trials by their value,
+    #: pruned ones below them by how far they got) or ``top_rung`` (BOHB's: every trial at
+    #: the highest ASHA rung enough trials reached, by its value there)
+    fit_on: Literal["outcomes", "top_rung"] = "outcomes"
+
+    @model_validator(mode="after")
+    def _fit_on_needs_tpe(self) -> SamplerConfig:
+        if self.fit_on != "outcomes" and self.name != "tpe":
+            raise KeyedValueError(
+                "sampler.fit_on",
+                f"{self.fit_on} shapes what TPE learns from; set sampler.name: tpe, or drop fit_on",
+            )
+        return self
 
 
 class BudgetConfig(Section):

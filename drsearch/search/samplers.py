@@ -18,7 +18,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from drsearch.config.study import StudyConfig
+from drsearch.config.study import StudyConfig, pruner_rungs
 from drsearch.search.scheduler import PAUSED_ATTR
 
 
@@ -68,6 +68,53 @@ class _PausedAsPruned:
         return self.get_trials()
 
 
+class _AtTopRung(_PausedAsPruned):
+    """The study as BOHB's model sees it (``sampler.fit_on: top_rung``): every trial that
+    reached a level (a rung epoch, or an epoch a complete trial ended at), at the highest
+    level that at least ``min_points`` trials reached, as a finished trial whose value is its
+    value there (the pruning metric at that epoch); the trials below that level are left out,
+    trials still training below it are kept as they are (for ``constant_liar``). Until some
+    level has ``min_points`` trials (at least ``n_startup_trials`` and one more than the
+    parameters, as BOHB asks), no finished trial is shown and TPE draws at random.
+
+    Optuna's own view (``fit_on: outcomes``) ranks a pruned trial below every complete one and
+    by how far it got, which under ASHA teaches TPE mostly from trials stopped after one
+    epoch; BOHB (Falkner et al., 2018) models the largest budget with enough observations."""
+
+    def __init__(self, study: optuna.Study, levels: Sequence[int], n_startup: int) -> None:
+        super().__init__(study)
+        self._levels = sorted(set(levels), reverse=True)
+        self._n_startup = n_startup
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Sequence[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        every = super()._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)
+        seen = [t for t in every if t.state in _OBSERVED]
+        need = max(self._n_startup, max((len(t.distributions) for t in seen), default=0) + 1)
+        level = next(
+            (e for e in self._levels if sum(e in t.intermediate_values for t in seen) >= need),
+            None,
+        )
+        out = []
+        for t in every:
+            if t.state in _OBSERVED and level is not None and level in t.intermediate_values:
+                t = copy.copy(t)
+                t.state, t.values = TrialState.COMPLETE, [t.intermediate_values[level]]
+            elif t.state != TrialState.RUNNING:
+                continue
+            if states is None or t.state in states:
+                out.append(t)
+        return out
+
+
+#: Trials whose value at a level is known (a paused trial is PRUNED in the parent view).
+_OBSERVED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
 class TrialSeededSampler(BaseSampler):
     """A sampler rebuilt before every trial with a seed derived from the study seed and the
     trial number.
@@ -84,10 +131,12 @@ class TrialSeededSampler(BaseSampler):
         factory: Callable[[int | None], BaseSampler],
         seed: int | None,
         random_fraction: float = 0.0,
+        view: Callable[[optuna.Study], Any] = _PausedAsPruned,
     ) -> None:
         self._factory = factory
         self._seed = seed
         self._random_fraction = random_fraction
+        self._view = view
         self._inner = factory(None if seed is None else trial_seed(seed, -1))
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -105,12 +154,12 @@ class TrialSeededSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self._inner.infer_relative_search_space(_PausedAsPruned(study), trial)
+        return self._inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._inner.sample_relative(_PausedAsPruned(study), trial, search_space)
+        return self._inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(
         self,
@@ -119,7 +168,7 @@ class TrialSeededSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        view = _PausedAsPruned(study)
+        view = self._view(study)
         return self._inner.sample_independent(view, trial, param_name, param_distribution)
 
     def after_trial(
@@ -161,6 +210,17 @@ def make_sampler(config: StudyConfig) -> BaseSampler:
             )
 
     fraction = s.random_fraction if s.name != "random" else 0.0
+    if s.fit_on == "top_rung":
+        # the rung epochs ASHA compares trials at, and any later epoch a trial ends at
+        levels = pruner_rungs(config, 10**6)
+
+        def view(study: optuna.Study) -> _AtTopRung:
+            ended = {max(t.intermediate_values) for t in study._get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True,
+            ) if t.intermediate_values}  # fmt: skip
+            return _AtTopRung(study, [*levels, *ended], s.n_startup_trials)
+
+        return TrialSeededSampler(build, s.seed, fraction, view)
     return TrialSeededSampler(build, s.seed, fraction)
 
 
