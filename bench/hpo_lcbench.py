@@ -14,10 +14,10 @@ the W workers. Each epoch costs the surrogate's own seconds (its ``time`` output
   (drsearch's random sampler, no pruning: full-budget random search). All run through
   drsearch's real runner code on the simulated executor
   (``drsearch.search.runners.simulated``), the study in memory. ``drsearch-tpe-nopruning``
-  (TPE, no ASHA) and ``drsearch-bohb`` (BOHB's idea under the default pruner: TPE fitted on
+  (TPE, no ASHA), ``drsearch-tpe-top`` (BOHB's model under the default pruner: TPE fitted on
   every trial's value at the highest rung enough trials reached, ``sampler.fit_on:
-  top_rung``, a third of the trials drawn at random) on request; any drsearch method takes
-  study keys, e.g.
+  top_rung``) and ``drsearch-bohb`` (the same with a third of the trials drawn at random, as
+  BOHB does) on request; any drsearch method takes study keys, e.g.
   ``"drsearch[sampler.name=tpe,sampler.random_fraction=0.3]"``.
 - ``optuna-hyperband`` and ``optuna-sha``: plain Optuna (TPE defaults, its HyperbandPruner or
   SuccessiveHalvingPruner), asked and told in the same simulated event loop.
@@ -68,7 +68,7 @@ METHODS = (
 #: default before issue 24), ``drsearch-tpe-nopruning`` TPE without ASHA.
 DRSEARCH_METHODS = (
     "drsearch", "drsearch-stopping", "drsearch-promotion", "random", "drsearch-tpe",
-    "drsearch-tpe-nopruning", "drsearch-bohb",
+    "drsearch-tpe-nopruning", "drsearch-tpe-top", "drsearch-bohb",
 )  # fmt: skip
 QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
 METRIC = "val_balanced_accuracy"
@@ -141,8 +141,10 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
         sampler["name"] = "random"
     if method in ("drsearch-tpe", "drsearch-tpe-nopruning"):
         sampler["name"] = "tpe"
-    if method == "drsearch-bohb":  # BOHB's idea under the default pruner
-        sampler |= {"name": "tpe", "fit_on": "top_rung", "random_fraction": 1 / 3}
+    if method in ("drsearch-bohb", "drsearch-tpe-top"):  # BOHB's model, the default pruner
+        sampler |= {"name": "tpe", "fit_on": "top_rung"}
+    if method == "drsearch-bohb":  # and BOHB's share of random trials
+        sampler["random_fraction"] = 1 / 3
     study = {
         "name": f"lcbench-{method}", "recipe": str(folder / "recipe.yaml"),
         "search_space": str(folder / "space.yaml"),
