@@ -568,40 +568,112 @@ def _summary(values: list[float]) -> dict[str, float] | None:
     return {"median": float(q[1]), "q25": float(q[0]), "q75": float(q[2]), "n": len(values)}
 
 
-def curves_page(results: list[dict[str, Any]], methods: tuple[str, ...], path: Path) -> None:
-    """Anytime normalized regret (median and interquartile band over tasks and seeds)."""
+def curves_page(
+    results: list[dict[str, Any]], methods: tuple[str, ...], path: Path,
+    summary: dict[str, Any] | None = None, default: str = "drsearch",
+) -> None:  # fmt: skip
+    """Anytime normalized regret (median and interquartile band over tasks and seeds) and
+    anytime average rank per W, then the figures of ``summary`` as tables."""
+
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+    from scipy.stats import rankdata
 
     grid = np.linspace(0.02, 1.0, 50)
     sets = sorted({r["workers"] for r in results})
-    fig = make_subplots(rows=1, cols=len(sets), subplot_titles=[f"W = {w}" for w in sets])
+    fig = make_subplots(rows=2, cols=len(sets), vertical_spacing=0.12,
+                        subplot_titles=[f"W = {w}: regret" for w in sets]
+                        + [f"W = {w}: average rank" for w in sets])  # fmt: skip
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                "#7f7f7f", "#bcbd22", "#17becf"]  # fmt: skip
     for col, workers in enumerate(sets, start=1):
         mine = [r for r in results if r["workers"] == workers]
+        regret = np.empty((len(methods), len(mine), len(grid)))
+        for i, r in enumerate(mine):
+            best, span = scale(r)
+            for k, m in enumerate(methods):
+                regret[k, i] = [(best - incumbent(r["runs"][m], f * r["budget"])) / span
+                                for f in grid]  # fmt: skip
+        ranks = rankdata(regret, axis=0, method="average").mean(axis=1)  # ties share a rank
         for k, m in enumerate(methods):
-            rows = []
-            for r in mine:
-                best, span = scale(r)
-                rows.append([(best - incumbent(r["runs"][m], f * r["budget"])) / span
-                             for f in grid])  # fmt: skip
-            arr = np.clip(np.array(rows), 1e-4, 10)
+            arr = np.clip(regret[k], 1e-4, 10)
             q25, q50, q75 = np.quantile(arr, [0.25, 0.5, 0.75], axis=0)
             color = palette[k % len(palette)]
-            line = go.Scatter(x=grid, y=q50, name=m, line={"color": color}, legendgroup=m,
-                              showlegend=col == 1)  # fmt: skip
+            width = 3 if m == default else 1.5
+            line = go.Scatter(x=grid, y=q50, name=m, line={"color": color, "width": width},
+                              legendgroup=m, showlegend=col == 1)  # fmt: skip
             fig.add_trace(line, row=1, col=col)
             fig.add_trace(go.Scatter(
                 x=np.concatenate([grid, grid[::-1]]), y=np.concatenate([q75, q25[::-1]]),
                 fill="toself", fillcolor=color, opacity=0.15, line={"width": 0},
                 legendgroup=m, showlegend=False, hoverinfo="skip"), row=1, col=col)  # fmt: skip
+            fig.add_trace(go.Scatter(x=grid, y=ranks[k], name=m, legendgroup=m,
+                                     line={"color": color, "width": width}, showlegend=False),
+                          row=2, col=col)  # fmt: skip
         fig.update_yaxes(type="log", title_text="normalized regret (median, IQR)", row=1, col=col)
-        fig.update_xaxes(title_text="fraction of the simulated time budget", row=1, col=col)
+        fig.update_yaxes(title_text="average rank (1 = best)", row=2, col=col)
+        fig.update_xaxes(title_text="fraction of the simulated time budget", row=2, col=col)
+    n = len({(r["task"], r["seed"]) for r in results})
     fig.update_layout(title="LCBench (YAHPO surrogate): anytime regret of validation balanced "
-                      f"accuracy, {len({(r['task'], r['seed']) for r in results})} task-seeds",
-                      height=520, template="plotly_white")  # fmt: skip
-    path.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+                      f"accuracy, {n} task-seeds per W", height=900, template="plotly_white",
+                      legend={"orientation": "h", "y": -0.12})  # fmt: skip
+    tables = _summary_tables(summary, methods, default) if summary else ""
+    page = fig.to_html(include_plotlyjs=True, full_html=True)
+    page = page.replace("</body>", tables + "</body>") if tables else page
+    path.write_text(page)
+
+
+def _summary_tables(summary: dict[str, Any], methods: tuple[str, ...], default: str) -> str:
+    """The figures as HTML tables: average rank with its 95% task-bootstrap interval, the
+    paired rank gap to ``default``, medians of regret, test regret and time to random's final
+    value, and the W=1 -> W speed-up."""
+    import html
+
+    def ci(pair: Any) -> str:
+        return f" [{pair[0]:.2f}, {pair[1]:.2f}]" if pair else ""
+
+    def cell(text: str, bold: bool = False) -> str:
+        return f"<td>{'<b>' if bold else ''}{html.escape(text)}{'</b>' if bold else ''}</td>"
+
+    out = ['<div style="font-family:sans-serif;font-size:13px;margin:0 24px 40px">']
+    speed = summary.get("parallel_speedup") or {}
+    for key, s in summary.items():
+        if key == "parallel_speedup":
+            continue
+        fracs = [str(f) for f in FRACTIONS]
+        best = {f: min(s["rank"][m][f] for m in methods if s["rank"][m][f] is not None)
+                for f in fracs}  # fmt: skip
+        head = "".join(f"<th>rank at {float(f):.0%}</th>" for f in fracs)
+        out.append(f"<h3>{html.escape(key)}: {s['n']} task-seeds</h3><table border=1 "
+                   "cellpadding=4 style='border-collapse:collapse'><tr><th>method</th>"
+                   f"{head}<th>rank gap to {html.escape(default)} at 100% (&gt; 0: "
+                   f"{html.escape(default)} better)</th><th>regret at 100%, median [IQR]</th>"
+                   "<th>test regret, median [95%]</th><th>time to random's final, median "
+                   "[95%]</th><th>W=1 final reached sooner with W="
+                   f"{speed.get('workers', '-')}, median [95%]</th></tr>")  # fmt: skip
+        for m in methods:
+            row = [cell(m, m == default)]
+            for f in fracs:
+                rank = s["rank"][m][f]
+                text = "-" if rank is None else f"{rank:.2f}{ci(s['rank_ci'][m][f])}"
+                row.append(cell(text, rank is not None and rank == best[f]))
+            gap = (s["rank_gap_to_default"].get(m) or {}).get("1.0")
+            row.append(cell(f"{gap['mean']:+.2f}{ci(gap['ci'])}" if gap else "-"))
+            q = s["regret"][m]["1.0"]
+            row.append(cell(f"{q['median']:.3f} [{q['q25']:.3f}-{q['q75']:.3f}]" if q else "-"))
+            t = s["test_regret"][m]
+            row.append(cell(f"{t['median']:.3f}{ci(s['test_regret_median_ci'][m])}"
+                            if t else "-"))  # fmt: skip
+            t = s["time_to_random_final"][m]
+            row.append(cell(f"{t['median']:.2f}{ci(s['time_to_random_final_median_ci'][m])}"
+                            if t else "- (random not run)"))  # fmt: skip
+            q = speed.get(m) if key != "W=1" else None
+            row.append(cell(f"{q['median']:.2f}{ci(q.get('median_ci'))}" if q else "-"))
+            out.append("<tr>" + "".join(row) + "</tr>")
+        out.append("</table>")
+    out.append("<p>Intervals: 95% percentile bootstrap over tasks (a task's seeds resampled "
+               "with it). Bold: the best average rank at that fraction.</p></div>")  # fmt: skip
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -740,7 +812,7 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
     summary["parallel_speedup"] = parallel_speedup(results, methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "results": results, "args": saved}))
-    curves_page(results, methods, args.out.with_suffix(".html"))
+    curves_page(results, methods, args.out.with_suffix(".html"), summary, args.default)
     n_tasks, n_seeds = len({r["task"] for r in results}), len({r["seed"] for r in results})
     print(
         f"{n_tasks} tasks, {n_seeds} task-seeds, W in {sorted({r['workers'] for r in results})}"
