@@ -29,3 +29,31 @@ def test_merged_runs_keep_whole_seeds_with_every_method() -> None:
     assert len(hpo_lcbench.merge([first, second], ("a",))) == 4
     with pytest.raises(SystemExit, match="different budgets"):
         hpo_lcbench.merge([first, [_result("t1", 1, 1, ["c"], budget=20.0)]], ("a", "c"))
+
+
+def _traced(task: str, seed: int, runs: dict[str, list[tuple[float, float]]]) -> dict:
+    reference = {"best_val": 1.0, "median_val": 0.0, "best_test": 1.0, "median_test": 0.0}
+    return {
+        "task": task, "seed": seed, "seed_index": seed, "workers": 1, "budget": 10.0,
+        "reference": reference,
+        "runs": {m: {"times": [t for t, _ in trace], "values": [v for _, v in trace],
+                     "returned_test": trace[-1][1]} for m, trace in runs.items()},
+    }  # fmt: skip
+
+
+def test_ranks_gaps_and_the_page_match_a_hand_worked_example(tmp_path: Path) -> None:
+    # a: 0.9 at t=1; b: 0.5 at t=1, 0.95 at t=6; c: 0.5 at t=1. Regret = 1 - incumbent.
+    # At 10% (t=1): a 0.1, b 0.5, c 0.5 -> ranks 1, 2.5, 2.5. At 100%: b 1, a 2, c 3.
+    runs = {"a": [(1.0, 0.9)], "b": [(1.0, 0.5), (6.0, 0.95)], "c": [(1.0, 0.5)]}
+    results = [_traced(task, 0, runs) for task in ("t1", "t2")]
+    summary = hpo_lcbench.figures(results, ("a", "b", "c"), default="a")["W=1"]
+    assert [summary["rank"][m]["0.1"] for m in "abc"] == [1.0, 2.5, 2.5]
+    assert [summary["rank"][m]["1.0"] for m in "abc"] == [2.0, 1.0, 3.0]
+    assert summary["rank_gap_to_default"]["b"]["1.0"]["mean"] == -1.0  # b ranks better
+    assert summary["rank_gap_to_default"]["c"]["0.1"]["mean"] == 1.5
+    assert summary["regret"]["b"]["1.0"]["median"] == pytest.approx(0.05)
+    page = tmp_path / "page.html"
+    hpo_lcbench.curves_page(results, ("a", "b", "c"), page, {"W=1": summary}, "a")
+    text = page.read_text()
+    assert "<td><b>1.00 [1.00, 1.00]</b></td>" in text  # a at 10%, b at 100%: bold, best
+    assert "<td>-1.00 [-1.00, -1.00]</td>" in text  # b's paired gap to a at 100%
