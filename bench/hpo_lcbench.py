@@ -868,7 +868,31 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
             r_ci = s["time_to_random_final_median_ci"][m] or (math.nan, math.nan)
             print(f"  {m:20s} {' | '.join(cells)} | test {t_ci[0]:.3f}-{t_ci[1]:.3f} | "
                   f"to random {r_ci[0]:.2f}-{r_ci[1]:.2f}")  # fmt: skip
+    print("\n" + markdown_ranks(summary, methods))
     print(f"\nresults -> {args.out} and {args.out.with_suffix('.html')}")
+
+
+def markdown_ranks(summary: dict[str, Any], methods: tuple[str, ...]) -> str:
+    """Average ranks at each fraction as a Markdown table (method x W), the best bold: the
+    table bench/README.md shows, written by the run rather than copied by hand."""
+    sets = [k for k in summary if k != "parallel_speedup"]
+    fracs = [str(f) for f in FRACTIONS]
+    best = {
+        (k, f): min(v for m in methods if (v := summary[k]["rank"][m][f]) is not None)
+        for k in sets for f in fracs
+    }  # fmt: skip
+    lines = ["| method | " + " | ".join(sets) + " |", "| --- |" + " --- |" * len(sets)]
+    order = sorted(methods, key=lambda m: summary[sets[-1]]["rank"][m][fracs[-1]] or math.inf)
+    for m in order:
+        cells = []
+        for k in sets:
+            ranks = [summary[k]["rank"][m][f] for f in fracs]
+            cells.append(" / ".join(
+                "-" if v is None else (f"**{v:.2f}**" if v == best[(k, f)] else f"{v:.2f}")
+                for v, f in zip(ranks, fracs, strict=True)
+            ))  # fmt: skip
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,9 @@ def test_ranks_gaps_and_the_page_match_a_hand_worked_example(tmp_path: Path) -> 
     text = page.read_text()
     assert "<td><b>1.00 [1.00, 1.00]</b></td>" in text  # a at 10%, b at 100%: bold, best
     assert "<td>-1.00 [-1.00, -1.00]</td>" in text  # b's paired gap to a at 100%
+    table = hpo_lcbench.markdown_ranks({"W=1": summary}, ("a", "b", "c")).splitlines()
+    assert table[2:] == [
+        "| b | 2.50 / 2.50 / 2.50 / **1.00** |",
+        "| a | **1.00** / **1.00** / **1.00** / 2.00 |",
+        "| c | 2.50 / 2.50 / 2.50 / 3.00 |",
+    ]
