@@ -781,27 +781,41 @@ def merge(runs: list[list[dict[str, Any]]], methods: tuple[str, ...]) -> list[di
     kept = {seed for seed, have in by_seed.items() if have == cells}
     print(f"merged: seeds {sorted(kept)} have every task, W and method ({len(methods)} "
           "methods)", file=sys.stderr)  # fmt: skip
+    for m in methods:  # say what a method lacks, when that cost seeds
+        lacking = sorted({(r["task"], r["workers"]) for r in merged.values()
+                          if m not in r["runs"]})  # fmt: skip
+        if lacking:
+            print(f"  {m} lacks {len(lacking)} (task, W) runs, e.g. {lacking[:3]}: seeds without "
+                  "them are left out (ranks are over the same methods everywhere)",
+                  file=sys.stderr)  # fmt: skip
     return [r for r in whole if r["seed_index"] in kept]
 
 
 def _load(path: Path) -> dict[str, Any]:
     """An ``--out`` file, or a run's ``.partial.jsonl`` log (what it finished so far: only
-    seeds every task and W finished count, so that a cut-off run is not a biased sample)."""
+    seeds every task and W finished count, so that a cut-off run is not a biased sample). A log
+    resumed with other ``--methods`` holds several runs: each is cut to its whole seeds, and
+    ``merge`` joins them method by method."""
     if path.suffix != ".jsonl":
         return json.loads(path.read_text())
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    methods = entries[0]["methods"] if entries else []
-    entries = [e for e in entries if e["methods"] == methods]
-    cells = {(e["key"][0], e["key"][2]) for e in entries}
-    by_seed: dict[Any, set[tuple[Any, Any]]] = {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for e in entries:
-        by_seed.setdefault(e["key"][1], set()).add((e["key"][0], e["key"][2]))
-    whole = {seed for seed, have in by_seed.items() if have == cells}
-    # the run's seed (``seed`` in a result is the one derived from it for the task)
-    results = [e["result"] | {"seed_index": e["key"][1]} for e in entries if e["key"][1] in whole]
-    print(f"{path}: {len(whole)} whole seeds of {len(by_seed)} ({len(results)} runs)",
-          file=sys.stderr)  # fmt: skip
-    saved = {"methods": methods, "full_runs": entries[0]["full_runs"]} if entries else None
+        groups.setdefault(tuple(e["methods"]), []).append(e)
+    results = []
+    for methods, group in groups.items():
+        cells = {(e["key"][0], e["key"][2]) for e in group}
+        by_seed: dict[Any, set[tuple[Any, Any]]] = {}
+        for e in group:
+            by_seed.setdefault(e["key"][1], set()).add((e["key"][0], e["key"][2]))
+        whole = {seed for seed, have in by_seed.items() if have == cells}
+        # the run's seed (``seed`` in a result is the one derived from it for the task)
+        results += [e["result"] | {"seed_index": e["key"][1]} for e in group
+                    if e["key"][1] in whole]  # fmt: skip
+        print(f"{path}: {', '.join(methods)}: {len(whole)} whole seeds of {len(by_seed)}",
+              file=sys.stderr)  # fmt: skip
+    listed = list(dict.fromkeys(m for methods in groups for m in methods))
+    saved = {"methods": listed, "full_runs": entries[0]["full_runs"]} if entries else None
     return {"results": results, "args": saved}
 
 

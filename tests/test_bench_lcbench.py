@@ -63,3 +63,26 @@ def test_ranks_gaps_and_the_page_match_a_hand_worked_example(tmp_path: Path) -> 
         "| a | **1.00** / **1.00** / **1.00** / 2.00 |",
         "| c | 2.50 / 2.50 / 2.50 / 3.00 |",
     ]
+
+
+def test_a_log_resumed_with_other_methods_keeps_both_runs(tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "run.partial.jsonl"
+    lines = []
+    for methods, seeds in ((["a", "b"], (1, 2)), (["c"], (1,))):
+        for seed in seeds:
+            for task in ("t1", "t2"):
+                result = _result(task, seed, 1, methods)
+                del result["seed_index"]  # the log's key holds it
+                lines.append({"key": [task, seed, 1], "full_runs": 30, "methods": methods,
+                              "result": result})  # fmt: skip
+    cut = _result("t1", 2, 1, ["c"])  # c on seed 2: one task of two, then cut off
+    del cut["seed_index"]
+    lines.append({"key": ["t1", 2, 1], "full_runs": 30, "methods": ["c"], "result": cut})
+    log.write_text("\n".join(json.dumps(x) for x in lines))
+    loaded = hpo_lcbench._load(log)
+    assert loaded["args"]["methods"] == ["a", "b", "c"]
+    merged = hpo_lcbench.merge([loaded["results"]], ("a", "b", "c"))
+    assert sorted((r["task"], r["seed_index"]) for r in merged) == [("t1", 1), ("t2", 1)]
+    assert len(hpo_lcbench.merge([loaded["results"]], ("a", "b"))) == 4

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from drsearch.config.study import SamplerConfig
 from drsearch.search.samplers import TrialSeededSampler, make_sampler, trial_seed
@@ -52,7 +54,9 @@ def test_tpes_options_reach_the_sampler_and_the_default_is_random() -> None:
         )  # fmt: skip
 
 
-def _trial_at(study: optuna.Study, x: float, curve: dict[int, float], state: str) -> None:
+def _trial_at(
+    study: optuna.Study, x: float, curve: dict[int, float], state: str, constraints: Any = None
+) -> None:
     """A trial of ``x`` with ``curve`` (epoch -> value), pruned, complete or still running."""
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
@@ -61,6 +65,8 @@ def _trial_at(study: optuna.Study, x: float, curve: dict[int, float], state: str
     )
     for epoch, value in curve.items():
         study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
+    if constraints is not None:
+        study._storage.set_trial_system_attr(trial._trial_id, "constraints", constraints)
     if state == "pruned":
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     elif state == "complete":
@@ -146,3 +152,19 @@ def test_fit_on_top_rung_is_refused_in_one_line_without_tpe(
     assert checked.exit_code == 2
     line = next(x for x in checked.output.splitlines() if "sampler.fit_on" in x)
     assert str(path) in line and "set sampler.name: tpe" in line
+
+
+def test_top_rung_counts_an_early_stopped_trial_at_its_last_value_without_constraints() -> None:
+    from drsearch.search.samplers import _AtTopRung
+
+    study = optuna.create_study(direction="maximize")
+    for i in range(2):  # ran all 4 epochs
+        _trial_at(study, 0.1 * i, {1: 0.2, 2: 0.3, 4: (0.4, 0.41)[i]}, "complete")
+    # early stopping after epoch 2; infeasible at its end
+    _trial_at(study, 0.9, {1: 0.5, 2: 0.9}, "complete", constraints=[0.5])
+    _trial_at(study, 0.5, {1: 0.1}, "pruned")
+    seen = _AtTopRung(study, [1, 2], n_startup=3)._get_trials(states=(TrialState.COMPLETE,))
+    # level 4 (the last epoch a complete trial trained) has 3: the stopped one at 0.9
+    assert sorted((t.params["x"], t.value) for t in seen) == [(0.0, 0.4), (0.1, 0.41), (0.9, 0.9)]
+    assert all(t.constraints == {} for t in seen)  # ranked by value, not set below as infeasible
+    assert study.trials[2].system_attrs["constraints"] == [0.5]  # stored as it was

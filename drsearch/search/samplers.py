@@ -69,21 +69,26 @@ class _PausedAsPruned:
 
 
 class _AtTopRung(_PausedAsPruned):
-    """The study as BOHB's model sees it (``sampler.fit_on: top_rung``): every trial that
-    reached a level (a rung epoch, or an epoch a complete trial ended at), at the highest
-    level that at least ``min_points`` trials reached, as a finished trial whose value is its
-    value there (the pruning metric at that epoch); the trials below that level are left out,
-    trials still training below it are kept as they are (for ``constant_liar``). Until some
-    level has ``min_points`` trials (at least ``n_startup_trials`` and one more than the
-    parameters, as BOHB asks), no finished trial is shown and TPE draws at random.
+    """The study as BOHB's model sees it (``sampler.fit_on: top_rung``): every trial at the
+    highest level that at least ``n_startup_trials`` trials, and one more than the
+    parameters (as BOHB asks), reached, as a finished trial whose value is its value there;
+    the trials below that level are left out, trials still training below it are kept as
+    they are (for ``constant_liar``). Levels are ASHA's rung epochs and the last epoch a
+    complete trial trained; a value is the pruning metric at that epoch, and a trial that
+    completed before a level (early stopping) counts there with its last value. Until some
+    level has enough trials, no finished trial is shown and TPE draws at random.
+
+    The values are the pruning metric's alone: constraints (judged at a trial's end, never at
+    a rung) are left out, so that trials paused, pruned and complete at a level are ranked
+    alike; with ``pruner.metric: objective`` the rung values carry the constraints' penalty.
 
     Optuna's own view (``fit_on: outcomes``) ranks a pruned trial below every complete one and
     by how far it got, which under ASHA teaches TPE mostly from trials stopped after one
     epoch; BOHB (Falkner et al., 2018) models the largest budget with enough observations."""
 
-    def __init__(self, study: optuna.Study, levels: Sequence[int], n_startup: int) -> None:
+    def __init__(self, study: optuna.Study, rungs: Sequence[int], n_startup: int) -> None:
         super().__init__(study)
-        self._levels = sorted(set(levels), reverse=True)
+        self._rungs = rungs
         self._n_startup = n_startup
 
     def _get_trials(
@@ -93,17 +98,28 @@ class _AtTopRung(_PausedAsPruned):
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
         every = super()._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)
-        seen = [t for t in every if t.state in _OBSERVED]
+        seen = [t for t in every if t.state in _OBSERVED and t.intermediate_values]
+        reached = max((max(t.intermediate_values) for t in seen), default=0)
+        end = max(
+            (max(t.intermediate_values) for t in seen if t.state == TrialState.COMPLETE),
+            default=0,
+        )
+        levels = sorted({r for r in self._rungs if r <= reached} | ({end} if end else set()))
         need = max(self._n_startup, max((len(t.distributions) for t in seen), default=0) + 1)
         level = next(
-            (e for e in self._levels if sum(e in t.intermediate_values for t in seen) >= need),
+            (e for e in reversed(levels)
+             if sum(_value_at(t, e) is not None for t in seen) >= need),
             None,
-        )
+        )  # fmt: skip
         out = []
         for t in every:
-            if t.state in _OBSERVED and level is not None and level in t.intermediate_values:
+            value = None if level is None or t.state not in _OBSERVED else _value_at(t, level)
+            if value is not None:
                 t = copy.copy(t)
-                t.state, t.values = TrialState.COMPLETE, [t.intermediate_values[level]]
+                t.state, t.values = TrialState.COMPLETE, [value]
+                t.system_attrs = {
+                    k: v for k, v in t.system_attrs.items() if k.split(":")[0] != "constraints"
+                }  # Optuna's list, and its per-name keys (``constraints:NAME``)
             elif t.state != TrialState.RUNNING:
                 continue
             if states is None or t.state in states:
@@ -113,6 +129,17 @@ class _AtTopRung(_PausedAsPruned):
 
 #: Trials whose value at a level is known (a paused trial is PRUNED in the parent view).
 _OBSERVED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _value_at(trial: FrozenTrial, level: int) -> float | None:
+    """The trial's value at epoch ``level``; a complete trial that ended before it (early
+    stopping), its last value."""
+    values = trial.intermediate_values
+    if level in values:
+        return values[level]
+    if trial.state == TrialState.COMPLETE and values and max(values) < level:
+        return values[max(values)]
+    return None
 
 
 class TrialSeededSampler(BaseSampler):
@@ -211,14 +238,10 @@ def make_sampler(config: StudyConfig) -> BaseSampler:
 
     fraction = s.random_fraction if s.name != "random" else 0.0
     if s.fit_on == "top_rung":
-        # the rung epochs ASHA compares trials at, and any later epoch a trial ends at
-        levels = pruner_rungs(config, 10**6)
+        rungs = pruner_rungs(config, 10**6)  # below the epochs any trial reached, in the view
 
         def view(study: optuna.Study) -> _AtTopRung:
-            ended = {max(t.intermediate_values) for t in study._get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True,
-            ) if t.intermediate_values}  # fmt: skip
-            return _AtTopRung(study, [*levels, *ended], s.n_startup_trials)
+            return _AtTopRung(study, rungs, s.n_startup_trials)
 
         return TrialSeededSampler(build, s.seed, fraction, view)
     return TrialSeededSampler(build, s.seed, fraction)
