@@ -428,7 +428,9 @@ def cluster_ci(
     for _ in range(RESAMPLES):
         picked = rng.integers(0, len(groups), len(groups))
         draws.append(float(stat(np.concatenate([groups[i] for i in picked]))))
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    # a value never reached (inf) stays inf rather than turning an interpolation into nan
+    method = "linear" if np.isfinite(draws).all() else "nearest"
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method=method)
     return [float(lo), float(hi)]
 
 
@@ -782,12 +784,9 @@ def merge(runs: list[list[dict[str, Any]]], methods: tuple[str, ...]) -> list[di
     print(f"merged: seeds {sorted(kept)} have every task, W and method ({len(methods)} "
           "methods)", file=sys.stderr)  # fmt: skip
     for m in methods:  # say what a method lacks, when that cost seeds
-        lacking = sorted({(r["task"], r["workers"]) for r in merged.values()
-                          if m not in r["runs"]})  # fmt: skip
+        lacking = sorted({r["seed_index"] for r in merged.values() if m not in r["runs"]})
         if lacking:
-            print(f"  {m} lacks {len(lacking)} (task, W) runs, e.g. {lacking[:3]}: seeds without "
-                  "them are left out (ranks are over the same methods everywhere)",
-                  file=sys.stderr)  # fmt: skip
+            print(f"  {m} has not run every task and W of seeds {lacking}", file=sys.stderr)
     return [r for r in whole if r["seed_index"] in kept]
 
 
