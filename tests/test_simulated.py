@@ -192,3 +192,43 @@ def test_a_time_budget_ends_the_run_before_an_epoch_that_would_pass_it(
     # two workers, 10 s an epoch: epochs end at 10, 20, 30 on each; none at 40
     trained = sum(len(t.intermediate_values) for t in store.study.get_trials())
     assert trained == 6 and result.elapsed == 30.0
+
+
+def test_tpe_fitted_on_the_top_rung_runs_a_promotion_study_alike_in_sqlite_and_memory(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """``sampler.fit_on: top_rung`` through the real runner code (3 workers, promotion ASHA):
+    SQLite and memory decide alike, and by the end TPE is fitted on the last epoch."""
+    from drsearch.search.runners.simulated import memory_store
+    from drsearch.search.samplers import _AtTopRung
+
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n",
+        pruner={"mode": "promotion", "grace_period": 1, "reduction_factor": 2},
+        budget={"n_trials": 20}, objective={"metric": "accuracy", "constraints": []},
+        sampler={"name": "tpe", "seed": 3, "n_startup_trials": 5, "fit_on": "top_rung"},
+    )  # fmt: skip
+    loaded = dataclasses.replace(
+        load_study(path), space={"x": FloatParam(type="float", low=0.0, high=1.0)}
+    )
+    assert loaded.max_epochs == 3
+
+    def smooth(config: dict[str, Any], reporter: Reporter, done: int) -> None:
+        for epoch in range(done + 1, 4):
+            value = (1 - abs(config["x"] - 0.3)) * epoch / 8
+            reporter(epoch, {"epoch": epoch, "val": {"accuracy": value}, "best_epoch": epoch,
+                             "lr": {}, "train": {"loss": 0.0}, "epoch_seconds": 2.0})  # fmt: skip
+
+    runs = []
+    for store in (StudyStore(loaded.config), memory_store(loaded.config)):
+        run_simulated(store, loaded, smooth, lambda p, label: (p, 3), workers=3)
+        trials = sorted(store.study.get_trials(), key=lambda t: t.number)
+        runs.append([(t.params, t.state, t.value) for t in trials])
+    assert runs[0] == runs[1]
+    assert len(runs[0]) == 20
+    complete = [t for t in store.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 5
+    seen = _AtTopRung(store.study, [1, 2], 5)._get_trials(states=(TrialState.COMPLETE,))
+    # at the last epoch (3): the complete trials, by their value there
+    assert sorted(t.number for t in seen) == sorted(t.number for t in complete)
+    assert all(t.value == t.intermediate_values[3] for t in seen)
