@@ -791,29 +791,18 @@ def merge(runs: list[list[dict[str, Any]]], methods: tuple[str, ...]) -> list[di
 
 
 def _load(path: Path) -> dict[str, Any]:
-    """An ``--out`` file, or a run's ``.partial.jsonl`` log (what it finished so far: only
-    seeds every task and W finished count, so that a cut-off run is not a biased sample). A log
-    resumed with other ``--methods`` holds several runs: each is cut to its whole seeds, and
-    ``merge`` joins them method by method."""
+    """An ``--out`` file, or a run's ``.partial.jsonl`` log: every result it holds, with the
+    run's seed (``seed_index``); ``merge`` keeps only whole seeds, so that a cut-off run is
+    not a biased sample. A log resumed with other ``--methods`` holds several runs: ``merge``
+    joins them method by method."""
     if path.suffix != ".jsonl":
         return json.loads(path.read_text())
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for e in entries:
-        groups.setdefault(tuple(e["methods"]), []).append(e)
-    results = []
-    for methods, group in groups.items():
-        cells = {(e["key"][0], e["key"][2]) for e in group}
-        by_seed: dict[Any, set[tuple[Any, Any]]] = {}
-        for e in group:
-            by_seed.setdefault(e["key"][1], set()).add((e["key"][0], e["key"][2]))
-        whole = {seed for seed, have in by_seed.items() if have == cells}
-        # the run's seed (``seed`` in a result is the one derived from it for the task)
-        results += [e["result"] | {"seed_index": e["key"][1]} for e in group
-                    if e["key"][1] in whole]  # fmt: skip
-        print(f"{path}: {', '.join(methods)}: {len(whole)} whole seeds of {len(by_seed)}",
-              file=sys.stderr)  # fmt: skip
-    listed = list(dict.fromkeys(m for methods in groups for m in methods))
+    # the run's seed (``seed`` in a result is the one derived from it for the task)
+    results = [e["result"] | {"seed_index": e["key"][1]} for e in entries]
+    print(f"{path}: {len(results)} runs of seeds {sorted({e['key'][1] for e in entries})}",
+          file=sys.stderr)  # fmt: skip
+    listed = list(dict.fromkeys(m for e in entries for m in e["methods"]))
     saved = {"methods": listed, "full_runs": entries[0]["full_runs"]} if entries else None
     return {"results": results, "args": saved}
 

@@ -7,6 +7,7 @@ second runner. ASHA is Optuna's ``SuccessiveHalvingPruner`` for both executors."
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import random
 import warnings
@@ -237,14 +238,11 @@ def make_sampler(config: StudyConfig) -> BaseSampler:
             )
 
     fraction = s.random_fraction if s.name != "random" else 0.0
-    if s.fit_on == "top_rung":
-        rungs = pruner_rungs(config, 10**6)  # below the epochs any trial reached, in the view
-
-        def view(study: optuna.Study) -> _AtTopRung:
-            return _AtTopRung(study, rungs, s.n_startup_trials)
-
-        return TrialSeededSampler(build, s.seed, fraction, view)
-    return TrialSeededSampler(build, s.seed, fraction)
+    view: Callable[[optuna.Study], Any] = _PausedAsPruned
+    if s.fit_on == "top_rung":  # the rungs below the epochs any trial reached, in the view
+        rungs = pruner_rungs(config, 10**6)
+        view = functools.partial(_AtTopRung, rungs=rungs, n_startup=s.n_startup_trials)
+    return TrialSeededSampler(build, s.seed, fraction, view)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
