@@ -359,14 +359,19 @@ def run_seed(task: str, seed: int) -> int:
     return zlib.crc32(f"{task}:{seed}".encode()) & 0x7FFFFFFF
 
 
-def one(task: str, seed: int, workers: int, full_runs: float, methods: tuple[str, ...]) -> dict:
+def one(
+    task: str, seed: int, workers: int, full_runs: float, methods: tuple[str, ...],
+    ref: dict[str, float] | None = None,
+) -> dict:  # fmt: skip
+    """Every method on (task, seed, W); ``ref``: the task's ``reference`` when the caller has it
+    (it depends on the task alone and costs a third of a job: computed once per task)."""
     import logging
     import warnings
 
     logging.getLogger("syne_tune").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     curves = Curves(task)
-    ref = task_reference(task)
+    ref = task_reference(task) if ref is None else ref
     budget = full_runs * ref["full_seconds"] / workers
     seed = run_seed(task, seed)
     runs: dict[str, Any] = {}
@@ -737,7 +742,9 @@ def main() -> None:
     results = [done[job] for job in jobs if job in done]
     todo = [job for job in jobs if job not in done]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool, log.open("a") as out:
-        futures = {pool.submit(one, t, s, w, args.full_runs, methods): (t, s, w)
+        needed = list(dict.fromkeys(t for t, _, _ in todo))
+        refs = dict(zip(needed, pool.map(task_reference, needed), strict=True))
+        futures = {pool.submit(one, t, s, w, args.full_runs, methods, refs[t]): (t, s, w)
                    for t, s, w in todo}  # fmt: skip
         for future in as_completed(futures):
             results.append(future.result())
