@@ -1,4 +1,5 @@
-"""One error family: the CLI prints these as one line, ``Error: ...``, and exits with code 2."""
+"""One error family: the CLI prints these as one line, ``Error: ...``, and exits with code 2
+(``NoWinner``: code 3, an outcome rather than bad input)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ class DrsearchError(Exception):
 
 class ConfigError(DrsearchError):
     """A recipe or study file that does not validate."""
+
+
+class NoWinner(ConfigError):  # noqa: N818 - an outcome, named as the CLI says it
+    """The study's finalist stage named no winner (no finalist held up on confirmation) and
+    the command asked for the study's best. The CLI exits with code 3, so a script (or ``make
+    demo``) tells this honest outcome from a mistake in its input (code 2)."""
 
 
 class DataError(DrsearchError):

@@ -243,6 +243,17 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
         "drsearch:test_evaluations"
     ]
     assert [e["trials"] for e in log] == [[crowned], [other]]
+    # a finalist stage that named no winner: the commands that take the study's best say so in
+    # one line and exit 3 (an outcome, not bad input: `make demo` goes on), nothing written
+    parent = optuna.load_study(study_name="fin", storage=storage)
+    parent.set_user_attr("drsearch:finalists", record | {"crowned": None})
+    for command in (["evaluate", "fin.yaml"], ["export", "fin.yaml", "-o", "none.yaml"]):
+        refused = runner.invoke(cli, command)
+        assert refused.exit_code == 3, refused.output
+        assert refused.output.count("\n") == 1 and "names no winner" in refused.output
+        assert "no finalist meets the constraints on its confirmation" in refused.output
+    assert not Path("none.yaml").exists()
+    assert runner.invoke(cli, ["evaluate", "fin.yaml", "--trial", "no"]).exit_code == 2
 
 
 def test_an_interrupted_confirmation_run_is_queued_again_never_resampled(

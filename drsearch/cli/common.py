@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from drsearch.errors import DrsearchError, StudyInterrupted
+from drsearch.errors import DrsearchError, NoWinner, StudyInterrupted
 
 
 class UserError(click.ClickException):
@@ -16,13 +16,24 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class NoWinnerExit(UserError):
+    """The study names no winner: one line, exit code 3 (an outcome, not bad input)."""
+
+    exit_code = 3
+
+
 class _Group(click.Group):
     """Turns every ``DrsearchError`` into a one-line error instead of a traceback (unless
-    ``--debug`` or ``DRSEARCH_DEBUG=1``), and an interrupted study into exit code 130."""
+    ``--debug`` or ``DRSEARCH_DEBUG=1``; ``NoWinner``: exit code 3), and an interrupted study
+    into exit code 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except NoWinner as exc:
+            if ctx.meta.get("drsearch.debug"):
+                raise
+            raise NoWinnerExit(str(exc)) from None
         except DrsearchError as exc:
             if ctx.meta.get("drsearch.debug"):
                 raise

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from drsearch.config.loading import load_recipe, recipe_to_yaml, with_relative_paths
 from drsearch.config.recipe import Pinned, Recipe
 from drsearch.config.study import LoadedStudy
-from drsearch.errors import ConfigError
+from drsearch.errors import ConfigError, NoWinner
 from drsearch.io import write_text_atomic
 from drsearch.search.database import masked_url, open_existing
 
@@ -66,7 +66,7 @@ def select_trial(
                     print(f"Warning: {best.note}", file=sys.stderr)
                 return best.trial
             # the finalist stage named no winner: no other trial stands in for one
-            raise ConfigError(
+            raise NoWinner(
                 f"{loaded.path}: study {cfg.name!r} names no winner: {best.note}; see the "
                 "finalists with drsearch best, or pick a trial with --trial N (--trial "
                 "search-best: the search's own)"
