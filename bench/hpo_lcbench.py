@@ -7,16 +7,18 @@ Every method gets the same budget of simulated time on each task: ``--full-runs`
 times the median time a random configuration takes to train its 52 epochs there, divided by
 the W workers. Each epoch costs the surrogate's own seconds (its ``time`` output). Methods:
 
-- ``drsearch`` (its defaults: random sampler, promotion ASHA grace 1, eta 2),
-  ``drsearch-stopping`` (stopping ASHA, eta 2), ``drsearch-promotion`` (promotion ASHA,
-  eta 3: the default between two changes of issue 24), ``drsearch-tpe`` (TPE with constant
-  liar, multivariate, under stopping ASHA eta 3: the default before issue 24) and ``random``
-  (drsearch's random sampler, no pruning: full-budget random search). All run through
+- ``drsearch`` (its defaults: TPE fitted on the top rung, ``sampler.fit_on: top_rung``, as
+  BOHB fits its model, under promotion ASHA grace 1, eta 2), ``drsearch-random`` (random
+  sampler under the same ASHA: the default during issue 24 until the 10-seed run),
+  ``drsearch-stopping`` (random sampler, stopping ASHA, eta 2), ``drsearch-promotion``
+  (random, promotion ASHA, eta 3: the default between two changes of issue 24),
+  ``drsearch-tpe`` (TPE on Optuna's view with constant liar, multivariate, under stopping
+  ASHA eta 3: the default before issue 24) and ``random`` (drsearch's random sampler, no
+  pruning: full-budget random search). All run through
   drsearch's real runner code on the simulated executor
   (``drsearch.search.runners.simulated``), the study in memory. ``drsearch-tpe-nopruning``
-  (TPE, no ASHA), ``drsearch-tpe-top`` (BOHB's model under the default pruner: TPE fitted on
-  every trial's value at the highest rung enough trials reached, ``sampler.fit_on:
-  top_rung``) and ``drsearch-bohb`` (the same with a third of the trials drawn at random, as
+  (TPE, no ASHA), ``drsearch-tpe-top`` (the default spelled out: its name in the runs that
+  chose it) and ``drsearch-bohb`` (the same with a third of the trials drawn at random, as
   BOHB does) on request; any drsearch method takes study keys, e.g.
   ``"drsearch[sampler.name=tpe,sampler.random_fraction=0.3]"``.
 - ``optuna-hyperband`` and ``optuna-sha``: plain Optuna (TPE defaults, its HyperbandPruner or
@@ -61,14 +63,14 @@ from lcbench import EPOCHS, SPACE, LCBench, random_config, tasks  # noqa: E402
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 METHODS = (
-    "drsearch", "drsearch-stopping", "random", "drsearch-tpe", "optuna-hyperband",
-    "optuna-sha", "synetune-asha", "synetune-bohb",
+    "drsearch", "drsearch-random", "drsearch-stopping", "random", "drsearch-tpe",
+    "optuna-hyperband", "optuna-sha", "synetune-asha", "synetune-bohb",
 )  # fmt: skip
-#: Run through drsearch's own runner code; ``drsearch-tpe`` is the default with TPE (the
-#: default before issue 24), ``drsearch-tpe-nopruning`` TPE without ASHA.
+#: Run through drsearch's own runner code; ``drsearch-tpe`` is TPE on Optuna's view under
+#: stopping ASHA (the default before issue 24), ``drsearch-tpe-nopruning`` TPE without ASHA.
 DRSEARCH_METHODS = (
-    "drsearch", "drsearch-stopping", "drsearch-promotion", "random", "drsearch-tpe",
-    "drsearch-tpe-nopruning", "drsearch-tpe-top", "drsearch-bohb",
+    "drsearch", "drsearch-random", "drsearch-stopping", "drsearch-promotion", "random",
+    "drsearch-tpe", "drsearch-tpe-nopruning", "drsearch-tpe-top", "drsearch-bohb",
 )  # fmt: skip
 QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
 METRIC = "val_balanced_accuracy"
@@ -129,6 +131,7 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
     method, overrides = split_method(method)
     pruner: dict[str, Any] = {"metric": "balanced_accuracy"}
     sampler: dict[str, Any] = {"seed": seed}  # drsearch's default sampler
+    # every method but the default names its sampler: a later default does not change it
     if method == "drsearch-promotion":  # the default of the first change (eta 3)
         pruner |= {"mode": "promotion", "reduction_factor": 3}
     if method in ("drsearch-stopping", "drsearch-tpe", "drsearch-tpe-nopruning"):
@@ -137,10 +140,10 @@ def _drsearch_study(folder: Path, method: str, seed: int) -> Any:
         pruner["reduction_factor"] = 3
     if method in ("random", "drsearch-tpe-nopruning"):
         pruner["enabled"] = False
-    if method == "random":
+    if method in ("random", "drsearch-random", "drsearch-stopping", "drsearch-promotion"):
         sampler["name"] = "random"
     if method in ("drsearch-tpe", "drsearch-tpe-nopruning"):
-        sampler["name"] = "tpe"
+        sampler |= {"name": "tpe", "fit_on": "outcomes"}
     if method in ("drsearch-bohb", "drsearch-tpe-top"):  # BOHB's model, the default pruner
         sampler |= {"name": "tpe", "fit_on": "top_rung"}
     if method == "drsearch-bohb":  # and BOHB's share of random trials
@@ -705,9 +708,14 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, nargs="+", default=None,
                         help="recompute the figures and page of earlier --out files (several: "
                         "their runs together, e.g. more seeds; written to --out)")  # fmt: skip
+    parser.add_argument("--rename", nargs="+", default=[], metavar="OLD=NEW",
+                        help="with --summarize: methods of the files under today's names, e.g. "
+                        "after a default changed (drsearch=drsearch-random "
+                        "drsearch-tpe-top=drsearch)")  # fmt: skip
     args = parser.parse_args()
     if args.summarize is not None:
-        files = [_load(path) for path in args.summarize]
+        names = dict(pair.split("=", 1) for pair in args.rename)
+        files = [renamed(_load(path), names) for path in args.summarize]
         saved = files[0]["args"] or vars(args) | {"out": str(args.out), "summarize": None}
         if args.methods != parser.get_default("methods"):
             methods = tuple(args.methods)
@@ -795,6 +803,20 @@ def merge(runs: list[list[dict[str, Any]]], methods: tuple[str, ...]) -> list[di
         if lacking:
             print(f"  {m} has not run every task and W of seeds {lacking}", file=sys.stderr)
     return [r for r in whole if r["seed_index"] in kept]
+
+
+def renamed(loaded: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A loaded file with its methods under new names (all at once: ``a=b b=a`` swaps). Only
+    sound where the method under its new name reproduces the run: each is a function of
+    (task, seed, W) and of what its name configures."""
+    if not names:
+        return loaded
+    results = [r | {"runs": {names.get(m, m): run for m, run in r["runs"].items()}}
+               for r in loaded["results"]]  # fmt: skip
+    args = loaded["args"]
+    if args:
+        args = args | {"methods": [names.get(m, m) for m in args["methods"]]}
+    return {"results": results, "args": args}
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -86,3 +86,10 @@ def test_a_log_resumed_with_other_methods_keeps_both_runs(tmp_path: Path) -> Non
     merged = hpo_lcbench.merge([loaded["results"]], ("a", "b", "c"))
     assert sorted((r["task"], r["seed_index"]) for r in merged) == [("t1", 1), ("t2", 1)]
     assert len(hpo_lcbench.merge([loaded["results"]], ("a", "b"))) == 4
+    # a default that changed: the runs under today's names, a swap done at once
+    swapped = hpo_lcbench.renamed(loaded, {"a": "b", "b": "a", "c": "d"})
+    assert swapped["args"]["methods"] == ["b", "a", "d"]
+    first = next(r for r in swapped["results"] if r["runs"].keys() == {"a", "b"})
+    source = next(r for r in loaded["results"] if r["runs"].keys() == {"a", "b"})
+    assert first["runs"]["b"] is source["runs"]["a"] and first["runs"]["a"] is source["runs"]["b"]
+    assert hpo_lcbench.renamed(loaded, {}) is loaded

@@ -197,3 +197,43 @@ def test_a_pruned_trials_note_explains_the_value_the_dashboard_shows() -> None:
     assert "| 3 severe npdr | 0.950 |" in note and "| backbone | 0.0001 |" in note
     assert "| GPU hours (cost) | 0.500 (1.00 USD) |" in note
     assert "| trial wall time | 30:00 |" in note
+
+
+def test_ranked_is_the_objective_at_the_best_epoch_so_far_and_the_store_keeps_it() -> None:
+    """What BOHB's model (``fit_on: top_rung``) learns from: the study's objective had the
+    trial stopped after an epoch (at its best epoch up to then), penalty included, stored
+    beside the pruning value only where the two differ."""
+    from drsearch.config.study import StudyConfig
+    from drsearch.search.runners.simulated import memory_store
+    from drsearch.search.trial import RANKED_ATTR
+
+    obj = ObjectiveConfig(constraints=[Constraint(metric="referred_pdr", min=0.9)])
+    t = TrialTracker(obj, max_epochs=4, run_dir=Path("/runs/t"))
+    missed = [row[:] for row in GOOD_CM]
+    missed[4] = [30, 0, 0, 0, 10]  # PDR: 10/40 referred, far below 0.9
+    bad = EpochReport(1, 0.9, 1, metrics(0.9, 0.9, 0.25, 0.9, missed), {}, 1.0, 1.0)
+    good = EpochReport(2, 0.8, 2, metrics(0.8, 0.9, 1.0, 0.9), {}, 1.0, 1.0)
+    still = EpochReport(3, 0.7, 2, metrics(0.7, 0.9, 1.0, 0.9), {}, 1.0, 1.0)  # best: epoch 2
+    for r in (bad, good, still):
+        t.on_epoch(r)
+    assert t.intermediate == {1: 0.9, 2: 0.9, 3: 0.9}  # the pruning value: best so far
+    assert t.ranked(1) == pytest.approx(score(obj, bad.metrics).value) and t.ranked(1) < 0.5
+    assert t.ranked(2) == t.ranked(3) == pytest.approx(0.8)  # feasible: its accuracy
+    assert t.ranked(4) is None
+    out = t.outcome(TrialEnd("finished"))
+    assert out.value == t.ranked(3)  # the final value by the same rule
+
+    config = StudyConfig.model_validate(
+        {"name": "r", "recipe": "r.yaml", "search_space": "s.yaml", "objective": obj.model_dump()}
+    )
+    store = memory_store(config)
+    trial_id = store.study.ask()._trial_id
+    for epoch in (1, 2, 3):
+        store.record_epoch(trial_id, epoch, t.intermediate[epoch], t.ranked(epoch))
+    frozen = store.storage.get_trial(trial_id)
+    assert frozen.intermediate_values == {1: 0.9, 2: 0.9, 3: 0.9}
+    assert frozen.system_attrs == {
+        f"{RANKED_ATTR}{e}": pytest.approx(t.ranked(e)) for e in (1, 2, 3)
+    }
+    store.record_epoch(trial_id, 4, 0.5, 0.5)  # equal: nothing more stored
+    assert f"{RANKED_ATTR}4" not in store.storage.get_trial(trial_id).system_attrs

@@ -326,7 +326,9 @@ def test_the_sampler_sees_a_paused_trial_as_pruned_at_its_rung(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(optuna.samplers.TPESampler, "_sample", spy)
-    config = SimpleNamespace(sampler=SamplerConfig(name="tpe", n_startup_trials=2, seed=0))
+    config = SimpleNamespace(
+        sampler=SamplerConfig(name="tpe", fit_on="outcomes", n_startup_trials=2, seed=0)
+    )
     study.sampler = make_sampler(config)  # type: ignore[arg-type]
     study.ask().suggest_float("x", 0, 1)
     assert used

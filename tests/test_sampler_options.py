@@ -8,15 +8,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from drsearch.config.study import SamplerConfig
+from drsearch.config.study import PrunerConfig, SamplerConfig
 from drsearch.search.samplers import TrialSeededSampler, make_sampler, trial_seed
 
 
 def test_a_random_fraction_draws_that_share_of_trials_at_random_fixed_by_each_trials_seed() -> None:
     config = SimpleNamespace(
-        sampler=SamplerConfig(name="tpe", seed=7, n_startup_trials=0, random_fraction=0.3)
+        sampler=SamplerConfig(name="tpe", seed=7, n_startup_trials=0, random_fraction=0.3),
+        pruner=PrunerConfig(),
     )
     sampler = make_sampler(config)  # type: ignore[arg-type]
     assert isinstance(sampler, TrialSeededSampler)
@@ -32,18 +34,24 @@ def test_a_random_fraction_draws_that_share_of_trials_at_random_fixed_by_each_tr
     assert 0.24 < share < 0.36  # binomial(400, 0.3): 0.3 +- 3 standard deviations
     assert set(kinds) == {"RandomSampler", "TPESampler"}
     # a random sampler is never mixed in by default
-    plain = make_sampler(SimpleNamespace(sampler=SamplerConfig(name="tpe", seed=7)))  # type: ignore[arg-type]
+    tpe = SimpleNamespace(sampler=SamplerConfig(name="tpe", seed=7), pruner=PrunerConfig())
+    plain = make_sampler(tpe)  # type: ignore[arg-type]
     for number in range(50):
         plain.before_trial(study, SimpleNamespace(number=number))  # type: ignore[arg-type]
         assert type(plain._inner).__name__ == "TPESampler"
 
 
-def test_tpes_options_reach_the_sampler_and_the_default_is_random() -> None:
-    assert SamplerConfig().name == "random"  # bench/hpo_lcbench.py's evidence (issue 24)
+def test_tpes_options_reach_the_sampler_and_the_default_is_tpe_on_the_top_rung() -> None:
+    # bench/hpo_lcbench.py's evidence (issue 24); fit_on unset follows the sampler
+    assert (SamplerConfig().name, SamplerConfig().fit_on) == ("tpe", "top_rung")
+    assert SamplerConfig(name="tpe").fit_on == "top_rung"
+    assert SamplerConfig(name="tpe", fit_on="outcomes").fit_on == "outcomes"
+    assert SamplerConfig(name="random").fit_on == SamplerConfig(name="gp").fit_on == "outcomes"
     study = optuna.create_study(direction="maximize")
     for multivariate, liar in ((True, True), (False, False)):
         config = SimpleNamespace(
-            sampler=SamplerConfig(name="tpe", multivariate=multivariate, constant_liar=liar)
+            sampler=SamplerConfig(name="tpe", multivariate=multivariate, constant_liar=liar),
+            pruner=PrunerConfig(),
         )
         sampler = make_sampler(config)  # type: ignore[arg-type]
         sampler.before_trial(study, SimpleNamespace(number=0))  # type: ignore[arg-type]
@@ -55,10 +63,16 @@ def test_tpes_options_reach_the_sampler_and_the_default_is_random() -> None:
 
 
 def _trial_at(
-    study: optuna.Study, x: float, curve: dict[int, float], state: str, constraints: Any = None
-) -> None:
-    """A trial of ``x`` with ``curve`` (epoch -> value), pruned, complete or still running."""
+    study: optuna.Study, x: float, curve: dict[int, float], state: str, constraints: Any = None,
+    ranked: dict[int, float] | None = None,
+) -> None:  # fmt: skip
+    """A trial of ``x`` with ``curve`` (epoch -> value), pruned, complete or still running;
+    ``ranked``: the study's objective at some epochs, where it differs from the curve."""
+    from drsearch.search.trial import RANKED_ATTR
+
     trial = study.ask()
+    for epoch, value in (ranked or {}).items():
+        study._storage.set_trial_system_attr(trial._trial_id, f"{RANKED_ATTR}{epoch}", value)
     trial.suggest_float("x", 0, 1)
     study._storage.set_trial_param(
         trial._trial_id, "x", x, optuna.distributions.FloatDistribution(0, 1)
@@ -168,3 +182,82 @@ def test_top_rung_counts_an_early_stopped_trial_at_its_last_value_without_constr
     assert sorted((t.params["x"], t.value) for t in seen) == [(0.0, 0.4), (0.1, 0.41), (0.9, 0.9)]
     assert all(t.constraints == {} for t in seen)  # ranked by value, not set below as infeasible
     assert study.trials[2].system_attrs["constraints"] == [0.5]  # stored as it was
+
+
+def test_top_rung_fits_what_the_study_ranks_not_the_pruning_metric() -> None:
+    """A DR study prunes on accuracy but ranks on accuracy minus the constraints' penalty:
+    a trial accurate at rung 2 that misses PDR ranks low there, in the model too."""
+    from drsearch.search.samplers import _AtTopRung
+
+    study = optuna.create_study(direction="maximize")
+    _trial_at(study, 0.1, {1: 0.5, 2: 0.9}, "pruned", ranked={2: 0.2})  # accurate, infeasible
+    _trial_at(study, 0.2, {1: 0.5, 2: 0.8}, "pruned")  # feasible: the same
+    _trial_at(study, 0.3, {1: 0.5, 2: 0.7, 4: 0.8}, "complete", ranked={4: 0.75})
+    _trial_at(study, 0.4, {1: 0.6, 2: 0.7, 3: 0.7}, "complete", ranked={3: 0.1})  # stopped at 3
+    seen = _AtTopRung(study, [1, 2], n_startup=2)._get_trials(states=(TrialState.COMPLETE,))
+    # level 4 (the last epoch a complete trial trained) has 2: the early-stopped one at its last
+    assert sorted((t.params["x"], t.value) for t in seen) == [(0.3, 0.75), (0.4, 0.1)]
+    seen = _AtTopRung(study, [1, 2], n_startup=4)._get_trials(states=(TrialState.COMPLETE,))
+    assert sorted((t.params["x"], t.value) for t in seen) == [
+        (0.1, 0.2), (0.2, 0.8), (0.3, 0.7), (0.4, 0.7),
+    ]  # fmt: skip
+
+
+def test_the_methods_paragraph_names_the_sampler_and_what_it_is_fitted_on() -> None:
+    from drsearch.inspect.methods import _search
+
+    study = {
+        "counts": {"complete": 1, "pruned": 2, "failed": 0}, "space": ["optim.lr"],
+        "pruner": {"enabled": True, "mode": "promotion", "metric": "accuracy",
+                   "grace_period": 1, "reduction_factor": 2},
+        "sampler": "tpe", "sampler_fit_on": "top_rung", "sampler_seed": 0, "n_trials": 3,
+        "max_epochs": 8,
+    }  # fmt: skip
+    assert (
+        "searched with Optuna (TPE sampler fitted, as in BOHB, on every configuration's value "
+        "at the highest pruning rung that enough configurations reached; seed 0) over 1 "
+        "parameters" in _search(study)
+    )
+    plain = study | {"sampler": "random", "sampler_fit_on": "outcomes"}
+    assert "(random sampler; seed 0)" in _search(plain)
+    recorded_before = {k: v for k, v in study.items() if k != "sampler_fit_on"}
+    assert "(TPE sampler; seed 0)" in _search(recorded_before)
+
+
+def test_a_dr_study_with_the_default_sampler_stores_what_it_ranks_at_every_epoch(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """A real (tiny) DR study on the default sampler, TPE fitted on the top rung, under
+    promotion ASHA with a severe-grade constraint: wherever the objective differs from the
+    pruning value it is stored per epoch, and a complete trial's stored objective at its
+    last epoch is its value (one rule for both)."""
+    from click.testing import CliRunner
+
+    from drsearch.cli import cli
+    from drsearch.search.trial import RANKED_ATTR
+    from tests.conftest import write_tiny_study
+    from tests.test_study_robustness import study_trials
+
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n",
+        sampler={"seed": 0, "n_startup_trials": 2}, budget={"n_trials": 5},
+        pruner={"mode": "promotion", "grace_period": 1, "reduction_factor": 2},
+        recipe_overrides={"train.epochs": 3},
+    )  # fmt: skip
+    result = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    trials = study_trials(path)
+    assert len(trials) == 5
+    stored = 0
+    for t in trials:
+        for epoch, value in t.intermediate_values.items():
+            ranked = t.system_attrs.get(f"{RANKED_ATTR}{epoch}")
+            stored += ranked is not None
+            assert ranked is None or ranked != value
+        if t.state == TrialState.COMPLETE:
+            last = max(t.intermediate_values)
+            assert t.system_attrs.get(f"{RANKED_ATTR}{last}", t.intermediate_values[last]) == (
+                pytest.approx(t.value)
+            )
+    # the tiny models miss the PDR constraint (or the trivial model) somewhere: penalties
+    assert stored > 0

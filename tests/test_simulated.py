@@ -158,7 +158,7 @@ def test_a_study_in_memory_decides_as_one_in_sqlite(tmp_path: Path, tiny_dataset
     path = write_tiny_study(
         tmp_path, tiny_dataset, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n",
         pruner={"grace_period": 1, "reduction_factor": 2}, budget={"n_trials": 12},
-        sampler={"name": "tpe", "seed": 3, "n_startup_trials": 4},
+        sampler={"name": "tpe", "fit_on": "outcomes", "seed": 3, "n_startup_trials": 4},
         objective={"metric": "accuracy", "constraints": []},
     )  # fmt: skip
     loaded = dataclasses.replace(

@@ -103,8 +103,15 @@ def _search(study: dict[str, Any]) -> str:
         if pruner.get("enabled")
         else "no pruning"
     )
+    names = {"tpe": "TPE", "gp": "Gaussian-process", "cmaes": "CMA-ES"}
+    sampler = f"{names.get(study['sampler'], study['sampler'])} sampler"
+    if study.get("sampler_fit_on") == "top_rung":  # recorded before it: no key
+        sampler += (
+            " fitted, as in BOHB, on every configuration's value at the highest pruning rung "
+            "that enough configurations reached"
+        )
     return (
-        f"Hyperparameters were searched with Optuna ({study['sampler']} sampler, seed "
+        f"Hyperparameters were searched with Optuna ({sampler}; seed "
         f"{study['sampler_seed']}) over {len(study['space'])} parameters ({space}), with a "
         f"budget of {study['n_trials']} configurations ({counts['complete']} trained to the end, "
         f"{counts['pruned']} stopped early, {counts['failed']} failed) and {pruning}; each "

@@ -155,6 +155,7 @@ def study_facts(loaded: LoadedStudy, study: Any) -> dict[str, Any]:
         "counts": {"complete": counts.complete, "pruned": counts.pruned, "failed": counts.failed},
         "pruner": cfg.pruner.model_dump(mode="json"),
         "sampler": cfg.sampler.name,
+        "sampler_fit_on": cfg.sampler.fit_on,
         "sampler_seed": cfg.sampler.seed,
         "max_epochs": loaded.max_epochs,
         "objective": cfg.objective.model_dump(mode="json"),

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import StudyConfig, pruner_rungs
 from drsearch.search.scheduler import PAUSED_ATTR
+from drsearch.search.trial import RANKED_ATTR
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -75,13 +76,15 @@ class _AtTopRung(_PausedAsPruned):
     parameters (as BOHB asks), reached, as a finished trial whose value is its value there;
     the trials below that level are left out, trials still training below it are kept as
     they are (for ``constant_liar``). Levels are ASHA's rung epochs and the last epoch a
-    complete trial trained; a value is the pruning metric at that epoch, and a trial that
-    completed before a level (early stopping) counts there with its last value. Until some
-    level has enough trials, no finished trial is shown and TPE draws at random.
+    complete trial trained; a trial that completed before a level (early stopping) counts there
+    with its last value. Until some level has enough trials, no finished trial is shown and
+    TPE draws at random.
 
-    The values are the pruning metric's alone: constraints (judged at a trial's end, never at
-    a rung) are left out, so that trials paused, pruned and complete at a level are ranked
-    alike; with ``pruner.metric: objective`` the rung values carry the constraints' penalty.
+    A value is what the study ranks: its objective (primary minus the constraints' penalty)
+    at the trial's best epoch up to that level, as its final value would be had it stopped
+    there, whatever the pruning metric (``RANKED_ATTR``). So a DR study's model learns where
+    the severe-grade constraints hold, not only where accuracy is high. Optuna's constraint
+    lists are left out of the view: the penalty is in the values already.
 
     Optuna's own view (``fit_on: outcomes``) ranks a pruned trial below every complete one and
     by how far it got, which under ASHA teaches TPE mostly from trials stopped after one
@@ -133,14 +136,15 @@ _OBSERVED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def _value_at(trial: FrozenTrial, level: int) -> float | None:
-    """The trial's value at epoch ``level``; a complete trial that ended before it (early
-    stopping), its last value."""
+    """The trial's value at epoch ``level``: the study's objective had it stopped there
+    (``RANKED_ATTR``; where none is stored, it equals the pruning value); a complete trial
+    that ended before it (early stopping), its last value."""
     values = trial.intermediate_values
-    if level in values:
-        return values[level]
-    if trial.state == TrialState.COMPLETE and values and max(values) < level:
-        return values[max(values)]
-    return None
+    if level not in values:
+        if trial.state != TrialState.COMPLETE or not values or max(values) > level:
+            return None
+        level = max(values)
+    return trial.system_attrs.get(f"{RANKED_ATTR}{level}", values[level])
 
 
 class TrialSeededSampler(BaseSampler):

@@ -12,6 +12,7 @@ advisory lock in PostgreSQL), so any number of runners together start exactly th
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from drsearch.search.liveness import (
 )
 from drsearch.search.samplers import make_pruner, make_sampler
 from drsearch.search.scheduler import PAUSED_ATTR, paused_at
-from drsearch.search.trial import Outcome
+from drsearch.search.trial import RANKED_ATTR, Outcome
 
 BUDGET_ATTR = "drsearch:n_trials"
 
@@ -240,10 +241,16 @@ class StudyStore:
     def stop_heartbeat(self) -> None:
         self._heart.stop()
 
-    def record_epoch(self, trial_id: int, step: int, value: float) -> None:
+    def record_epoch(
+        self, trial_id: int, step: int, value: float, ranked: float | None = None
+    ) -> None:
+        """The pruning value after epoch ``step`` (Optuna's intermediate value) and, where it
+        differs, the objective the trial would have stopping there (``RANKED_ATTR``)."""
         if self.is_finished(trial_id):
             return
         self.storage.set_trial_intermediate_value(trial_id, step, value)
+        if ranked is not None and math.isfinite(ranked) and ranked != value:
+            self.storage.set_trial_system_attr(trial_id, f"{RANKED_ATTR}{step}", ranked)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         if self.is_finished(trial_id):

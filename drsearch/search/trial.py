@@ -63,6 +63,12 @@ def from_message(result: dict[str, Any] | None) -> Message | None:
     return EpochReport(**data) if result.get("kind") == "epoch" else TrialEnd(**data)
 
 
+#: A trial system attribute per epoch (``drsearch:ranked:<epoch>``): the study's objective had
+#: the trial stopped there (``TrialTracker.ranked``), stored where it differs from the pruning
+#: value; ``fit_on: top_rung`` fits TPE on it (``drsearch.search.samplers``).
+RANKED_ATTR = "drsearch:ranked:"
+
+
 class End(str, Enum):
     """How a trial ended (the names of Optuna's finished states; a ``str``, so it is stored,
     compared and shown as its name)."""
@@ -137,6 +143,14 @@ class TrialTracker:
             best = max(best, report.value)
             out[epoch] = best
         return out
+
+    def ranked(self, epoch: int) -> float | None:
+        """What the trial would be worth had it stopped after ``epoch``: the study's objective
+        (primary minus the constraints' penalty) at its best epoch up to then, by the rule of
+        its final value (``outcome``); ``None`` when a report it needs is missing."""
+        report = self.curve.get(epoch)
+        best = self.curve.get(report.best_epoch) if report is not None else None
+        return score(self.objective, best.metrics).value if best is not None else None
 
     @property
     def last(self) -> EpochReport | None:

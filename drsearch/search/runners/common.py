@@ -219,9 +219,11 @@ def after_epoch(
 def record_epoch(
     store: StudyStore, ctx: TrialContext, report: EpochReport, progress: StudyProgress
 ) -> None:
-    """Remember an epoch in the trial's curve and the study (each epoch once)."""
+    """Remember an epoch in the trial's curve and the study (each epoch once): the pruning
+    value, and what the trial is worth there by the study's objective (BOHB's model fits it)."""
     if ctx.tracker.on_epoch(report):
-        store.record_epoch(ctx.trial_id, report.epoch, ctx.tracker.intermediate[report.epoch])
+        value = ctx.tracker.intermediate[report.epoch]
+        store.record_epoch(ctx.trial_id, report.epoch, value, ctx.tracker.ranked(report.epoch))
         progress.trial_epoch(ctx.number, report.epoch, report.value)
 
 
