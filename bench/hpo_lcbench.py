@@ -544,7 +544,9 @@ def first_reach(run: dict[str, Any], target: float) -> float | None:
 def parallel_speedup(results: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
     """Per method, over the task-seeds run at W = 1 and at the largest W: how many times
     sooner (simulated time) the W-worker run reaches the value the 1-worker run ended with
-    (0 where it never does within its budget, which is the 1-worker budget / W)."""
+    (0 where it never does within its budget, which is the 1-worker budget / W); the share
+    never reached; and the W-worker run's final regret minus the 1-worker run's (the same
+    compute in 1/W of the time: 0 is as good, > 0 worse), median with its interval."""
     sets = sorted({r["workers"] for r in results})
     if len(sets) < 2 or sets[0] != 1:
         return {}
@@ -552,7 +554,7 @@ def parallel_speedup(results: list[dict[str, Any]], methods: tuple[str, ...]) ->
     by_key = {(r["task"], r["seed"], r["workers"]): r for r in results}
     out: dict[str, Any] = {"workers": many}
     for m in methods:
-        ratios, where = [], []
+        ratios, where, gaps = [], [], []
         for (task, seed, w), one_worker in by_key.items():
             other = by_key.get((task, seed, many))
             if w != 1 or other is None or m not in one_worker["runs"] or m not in other["runs"]:
@@ -563,9 +565,15 @@ def parallel_speedup(results: list[dict[str, Any]], methods: tuple[str, ...]) ->
             if t1 is not None:
                 ratios.append(0.0 if tw is None else t1 / max(tw, 1e-9))
                 where.append(task)
+                best = max(scale(one_worker)[0], scale(other)[0])  # one scale for both
+                span = max(best - one_worker["reference"]["median_val"], 1e-9)
+                gaps.append((final - max(other["runs"][m]["values"], default=-math.inf)) / span)
         out[m] = _summary(ratios)
         if out[m] is not None:
             out[m]["median_ci"] = cluster_ci(ratios, where, _median)
+            out[m]["never"] = ratios.count(0.0) / len(ratios)
+            out[m]["final_regret_gap"] = _median(np.array(gaps))
+            out[m]["final_regret_gap_ci"] = cluster_ci(gaps, where, _median)
     return out
 
 
@@ -880,8 +888,14 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
             q = speed.get(m)
             if q:
                 lo, hi = q.get("median_ci") or (math.nan, math.nan)
-                print(f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}], median's "
-                      f"95% interval {lo:.2f}-{hi:.2f}")  # fmt: skip
+                line = (f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}], median's "
+                        f"95% interval {lo:.2f}-{hi:.2f}")  # fmt: skip
+                if "never" in q:  # files written before these figures lack them
+                    glo, ghi = q["final_regret_gap_ci"]
+                    line += (f"; never {q['never']:.0%}; final regret W={speed['workers']} "
+                             f"minus W=1 {q['final_regret_gap']:+.3f} ({glo:+.3f} to "
+                             f"{ghi:+.3f})")  # fmt: skip
+                print(line)
     for key, s in summary.items():
         if key == "parallel_speedup":
             continue
