@@ -93,3 +93,18 @@ def test_a_log_resumed_with_other_methods_keeps_both_runs(tmp_path: Path) -> Non
     source = next(r for r in loaded["results"] if r["runs"].keys() == {"a", "b"})
     assert first["runs"]["b"] is source["runs"]["a"] and first["runs"]["a"] is source["runs"]["b"]
     assert hpo_lcbench.renamed(loaded, {}) is loaded
+
+
+def test_the_parallel_speed_up_by_hand() -> None:
+    """W=1 ends at 0.8 (reached at t=8); W=4 reaches 0.8 at t=2 (4x) on t1, ends at 0.7 on t2
+    (never: 0, and its final regret 0.1 worse). Regret scale: best 1.0, median 0.0."""
+    one = {"t1": [(8.0, 0.8)], "t2": [(8.0, 0.8)]}
+    four = {"t1": [(2.0, 0.8)], "t2": [(1.0, 0.7)]}
+    results = [_traced(t, 0, {"a": one[t]}) for t in one]
+    results += [_traced(t, 0, {"a": four[t]}) | {"workers": 4} for t in four]
+    speed = hpo_lcbench.parallel_speedup(results, ("a",))
+    assert speed["workers"] == 4
+    assert sorted([speed["a"]["q25"], speed["a"]["q75"]]) == [0.0, 4.0]
+    assert speed["a"]["never"] == 0.5
+    assert speed["a"]["final_regret_gap"] in (pytest.approx(0.0), pytest.approx(0.1))
+    assert speed["a"]["final_regret_gap_ci"][1] == pytest.approx(0.1)
