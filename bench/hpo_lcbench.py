@@ -72,6 +72,9 @@ DRSEARCH_METHODS = (
     "drsearch", "drsearch-random", "drsearch-stopping", "drsearch-promotion", "random",
     "drsearch-tpe", "drsearch-tpe-nopruning", "drsearch-tpe-top", "drsearch-bohb",
 )  # fmt: skip
+#: What the methods' names mean, in a log: a resumed run reuses only entries of the same
+#: meaning (2: ``drsearch`` is TPE on the top rung; entries without it, random under ASHA).
+NAMES = 2
 QUICK_TASKS = ("3945", "7593", "34539", "126025", "167168", "189909")
 METRIC = "val_balanced_accuracy"
 
@@ -721,8 +724,15 @@ def main() -> None:
                         "after a default changed (drsearch=drsearch-random "
                         "drsearch-tpe-top=drsearch)")  # fmt: skip
     args = parser.parse_args()
+    if args.rename and args.summarize is None:
+        parser.error("--rename: with --summarize (it renames the methods of the files read)")
+    if any(pair.count("=") != 1 or pair.startswith("=") or pair.endswith("=")
+           for pair in args.rename):  # fmt: skip
+        parser.error(f"--rename: expected OLD=NEW pairs, got {' '.join(args.rename)}")
     if args.summarize is not None:
         names = dict(pair.split("=", 1) for pair in args.rename)
+        if len(set(names.values())) < len(names):
+            parser.error("--rename: two methods renamed to one name")
         files = [renamed(_load(path), names) for path in args.summarize]
         saved = files[0]["args"] or vars(args) | {"out": str(args.out), "summarize": None}
         if args.methods != parser.get_default("methods"):
@@ -753,7 +763,9 @@ def main() -> None:
     if log.exists():
         for line in log.read_text().splitlines():
             entry = json.loads(line)
-            if entry["full_runs"] == args.full_runs and entry["methods"] == list(methods):
+            if (entry["full_runs"], entry["methods"], entry.get("names")) == (
+                args.full_runs, list(methods), NAMES,
+            ):  # fmt: skip
                 done[tuple(entry["key"])] = entry["result"]
     results = [done[job] for job in jobs if job in done]
     todo = [job for job in jobs if job not in done]
@@ -764,7 +776,7 @@ def main() -> None:
                    for t, s, w in todo}  # fmt: skip
         for future in as_completed(futures):
             results.append(future.result())
-            entry = {"key": list(futures[future]), "full_runs": args.full_runs,
+            entry = {"key": list(futures[future]), "full_runs": args.full_runs, "names": NAMES,
                      "methods": list(methods), "result": results[-1]}  # fmt: skip
             out.write(json.dumps(entry) + "\n")
             out.flush()
@@ -819,6 +831,10 @@ def renamed(loaded: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     (task, seed, W) and of what its name configures."""
     if not names:
         return loaded
+    kept = {m for r in loaded["results"] for m in r["runs"]} - set(names)
+    if kept & set(names.values()):
+        raise SystemExit(f"--rename: {', '.join(sorted(kept & set(names.values())))} is "
+                         "already a method of the file; rename it too")  # fmt: skip
     results = [r | {"runs": {names.get(m, m): run for m, run in r["runs"].items()}}
                for r in loaded["results"]]  # fmt: skip
     args = loaded["args"]

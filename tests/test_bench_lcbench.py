@@ -93,6 +93,8 @@ def test_a_log_resumed_with_other_methods_keeps_both_runs(tmp_path: Path) -> Non
     source = next(r for r in loaded["results"] if r["runs"].keys() == {"a", "b"})
     assert first["runs"]["b"] is source["runs"]["a"] and first["runs"]["a"] is source["runs"]["b"]
     assert hpo_lcbench.renamed(loaded, {}) is loaded
+    with pytest.raises(SystemExit, match="b is already a method of the file"):
+        hpo_lcbench.renamed(loaded, {"a": "b"})  # b's runs would be lost
 
 
 def test_the_parallel_speed_up_by_hand() -> None:

@@ -14,6 +14,7 @@ from drsearch.search import liveness
 from drsearch.search.liveness import HEARTBEAT_ATTR, RUNNER_ATTR, RunnerId, db_now
 from drsearch.search.scheduler import PAUSED_ATTR, RungScheduler
 from drsearch.search.store import RECOVERED, StudyStore
+from drsearch.search.trial import RANKED_ATTR
 from tests.test_storage import claim, outcome, store
 
 
@@ -132,7 +133,7 @@ def test_an_interrupted_promoted_trial_returns_to_its_rung(tmp_path: Path) -> No
 def test_a_result_that_arrives_after_its_trial_was_reaped_is_kept(tmp_path: Path) -> None:
     s = store(tmp_path)
     trial = claim(s)
-    s.record_epoch(trial._trial_id, 1, 0.6)
+    s.record_epoch(trial._trial_id, 1, 0.6, 0.4)  # 0.4: its objective there (a penalty)
     s.storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
     s.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # reaped meanwhile
     done = s.finish(trial._trial_id, outcome(0.8, True), {1: 0.6, 2: 0.8})
@@ -142,6 +143,7 @@ def test_a_result_that_arrives_after_its_trial_was_reaped_is_kept(tmp_path: Path
     assert new.state == TrialState.COMPLETE and new.value == 0.8
     assert new.params == trials[trial.number].params and new.intermediate_values == {1: 0.6, 2: 0.8}
     assert new.user_attrs["recovered_from"] == trial.number
+    assert new.system_attrs[f"{RANKED_ATTR}1"] == 0.4  # what BOHB's model fits, kept too
     assert "fail_reason" not in new.user_attrs
     again = s.finish(trial._trial_id, outcome(0.8, True), {})  # told twice: stored once
     assert (again.how, again.number) == ("already finished", done.number)

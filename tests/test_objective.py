@@ -235,5 +235,6 @@ def test_ranked_is_the_objective_at_the_best_epoch_so_far_and_the_store_keeps_it
     assert frozen.system_attrs == {
         f"{RANKED_ATTR}{e}": pytest.approx(t.ranked(e)) for e in (1, 2, 3)
     }
-    store.record_epoch(trial_id, 4, 0.5, 0.5)  # equal: nothing more stored
-    assert f"{RANKED_ATTR}4" not in store.storage.get_trial(trial_id).system_attrs
+    store.record_epoch(trial_id, 4, 0.5, None)  # a report missing: the pruning value alone
+    frozen = store.storage.get_trial(trial_id)
+    assert frozen.intermediate_values[4] == 0.5 and f"{RANKED_ATTR}4" not in frozen.system_attrs

@@ -186,14 +186,17 @@ def test_top_rung_counts_an_early_stopped_trial_at_its_last_value_without_constr
 
 def test_top_rung_fits_what_the_study_ranks_not_the_pruning_metric() -> None:
     """A DR study prunes on accuracy but ranks on accuracy minus the constraints' penalty:
-    a trial accurate at rung 2 that misses PDR ranks low there, in the model too."""
+    a trial accurate at rung 2 that misses PDR ranks low there, in the model too. A trial
+    recorded without the objective (a continued study) puts every trial on the pruning
+    value: one scale."""
     from drsearch.search.samplers import _AtTopRung
 
     study = optuna.create_study(direction="maximize")
-    _trial_at(study, 0.1, {1: 0.5, 2: 0.9}, "pruned", ranked={2: 0.2})  # accurate, infeasible
-    _trial_at(study, 0.2, {1: 0.5, 2: 0.8}, "pruned")  # feasible: the same
-    _trial_at(study, 0.3, {1: 0.5, 2: 0.7, 4: 0.8}, "complete", ranked={4: 0.75})
-    _trial_at(study, 0.4, {1: 0.6, 2: 0.7, 3: 0.7}, "complete", ranked={3: 0.1})  # stopped at 3
+    _trial_at(study, 0.1, {1: 0.5, 2: 0.9}, "pruned", ranked={1: 0.1, 2: 0.2})  # infeasible
+    _trial_at(study, 0.2, {1: 0.5, 2: 0.8}, "pruned", ranked={1: 0.5, 2: 0.8})  # feasible
+    _trial_at(study, 0.3, {1: 0.5, 2: 0.7, 4: 0.8}, "complete", ranked={2: 0.7, 4: 0.75})
+    # early stopping after epoch 3, infeasible there
+    _trial_at(study, 0.4, {1: 0.6, 2: 0.7, 3: 0.7}, "complete", ranked={2: 0.7, 3: 0.1})
     seen = _AtTopRung(study, [1, 2], n_startup=2)._get_trials(states=(TrialState.COMPLETE,))
     # level 4 (the last epoch a complete trial trained) has 2: the early-stopped one at its last
     assert sorted((t.params["x"], t.value) for t in seen) == [(0.3, 0.75), (0.4, 0.1)]
@@ -201,36 +204,40 @@ def test_top_rung_fits_what_the_study_ranks_not_the_pruning_metric() -> None:
     assert sorted((t.params["x"], t.value) for t in seen) == [
         (0.1, 0.2), (0.2, 0.8), (0.3, 0.7), (0.4, 0.7),
     ]  # fmt: skip
+    _trial_at(study, 0.5, {1: 0.4, 2: 0.6}, "pruned")  # recorded before the objective was
+    seen = _AtTopRung(study, [1, 2], n_startup=4)._get_trials(states=(TrialState.COMPLETE,))
+    assert sorted((t.params["x"], t.value) for t in seen) == [
+        (0.1, 0.9), (0.2, 0.8), (0.3, 0.7), (0.4, 0.7), (0.5, 0.6),
+    ]  # fmt: skip
 
 
-def test_the_methods_paragraph_names_the_sampler_and_what_it_is_fitted_on() -> None:
+def test_the_methods_paragraph_names_the_samplers_the_trials_drew_from() -> None:
     from drsearch.inspect.methods import _search
 
     study = {
         "counts": {"complete": 1, "pruned": 2, "failed": 0}, "space": ["optim.lr"],
         "pruner": {"enabled": True, "mode": "promotion", "metric": "accuracy",
                    "grace_period": 1, "reduction_factor": 2},
-        "sampler": "tpe", "sampler_fit_on": "top_rung", "sampler_seed": 0, "n_trials": 3,
-        "max_epochs": 8,
+        "sampler": "TPE (fitted on the top rung, as BOHB)", "sampler_seed": 0, "n_trials": 3,
+        "max_epochs": 8, "samplers": ["random", "TPE (fitted on the top rung, as BOHB)"],
     }  # fmt: skip
     assert (
-        "searched with Optuna (TPE sampler fitted, as in BOHB, on every configuration's value "
-        "at the highest pruning rung that enough configurations reached; seed 0) over 1 "
-        "parameters" in _search(study)
+        "searched with Optuna (random sampler, then TPE (fitted on the top rung, as BOHB) "
+        "sampler; seed 0) over 1 parameters" in _search(study)
     )
-    plain = study | {"sampler": "random", "sampler_fit_on": "outcomes"}
-    assert "(random sampler; seed 0)" in _search(plain)
-    recorded_before = {k: v for k, v in study.items() if k != "sampler_fit_on"}
-    assert "(TPE sampler; seed 0)" in _search(recorded_before)
+    unrecorded = _search(study | {"samplers": None})
+    assert "(its file names the TPE (fitted on the top rung, as BOHB) sampler; the study " in (
+        unrecorded
+    )
 
 
 def test_a_dr_study_with_the_default_sampler_stores_what_it_ranks_at_every_epoch(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
     """A real (tiny) DR study on the default sampler, TPE fitted on the top rung, under
-    promotion ASHA with a severe-grade constraint: wherever the objective differs from the
-    pruning value it is stored per epoch, and a complete trial's stored objective at its
-    last epoch is its value (one rule for both)."""
+    promotion ASHA with a severe-grade constraint: the objective is stored with every epoch
+    (penalties make it differ from the pruning value), and a complete trial's stored
+    objective at its last epoch is its value (one rule for both)."""
     from click.testing import CliRunner
 
     from drsearch.cli import cli
@@ -248,16 +255,38 @@ def test_a_dr_study_with_the_default_sampler_stores_what_it_ranks_at_every_epoch
     assert result.exit_code == 0, result.output
     trials = study_trials(path)
     assert len(trials) == 5
-    stored = 0
+    differ = 0
     for t in trials:
         for epoch, value in t.intermediate_values.items():
-            ranked = t.system_attrs.get(f"{RANKED_ATTR}{epoch}")
-            stored += ranked is not None
-            assert ranked is None or ranked != value
+            differ += t.system_attrs[f"{RANKED_ATTR}{epoch}"] != value
         if t.state == TrialState.COMPLETE:
             last = max(t.intermediate_values)
-            assert t.system_attrs.get(f"{RANKED_ATTR}{last}", t.intermediate_values[last]) == (
-                pytest.approx(t.value)
-            )
+            assert t.system_attrs[f"{RANKED_ATTR}{last}"] == pytest.approx(t.value)
     # the tiny models miss the PDR constraint (or the trivial model) somewhere: penalties
-    assert stored > 0
+    assert differ > 0
+
+
+def test_a_study_records_the_samplers_its_trials_drew_from_and_says_when_one_changes() -> None:
+    from drsearch.config.study import StudyConfig
+    from drsearch.search.runners.simulated import memory_store
+    from drsearch.search.store import SAMPLERS_ATTR, StudyStore
+
+    base = {"name": "s", "recipe": "r.yaml", "search_space": "s.yaml"}
+    store = memory_store(StudyConfig.model_validate(base))
+    assert store.note_sampler() is None  # a new study: nothing to say
+    assert store.note_sampler() is None  # the same sampler again
+    attrs = lambda: store.storage.get_study_system_attrs(store.study._study_id)  # noqa: E731
+    assert attrs()[SAMPLERS_ATTR] == ["TPE (fitted on the top rung, as BOHB)"]
+    other = StudyStore.__new__(StudyStore)  # the same study, its file now naming random
+    other.__dict__ |= store.__dict__ | {
+        "config": StudyConfig.model_validate(base | {"sampler": {"name": "random"}})
+    }
+    said = other.note_sampler()
+    assert said == (
+        "the next trials draw from the random sampler; the earlier ones from TPE (fitted on "
+        "the top rung, as BOHB)"
+    )
+    assert attrs()[SAMPLERS_ATTR] == ["TPE (fitted on the top rung, as BOHB)", "random"]
+    old = memory_store(StudyConfig.model_validate(base))  # begun before samplers were recorded
+    old.study.ask()
+    assert "earlier trials' sampler is not recorded" in (old.note_sampler() or "")

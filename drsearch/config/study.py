@@ -97,6 +97,15 @@ class SamplerConfig(Section):
             data = data | {"fit_on": "top_rung" if name == "tpe" else "outcomes"}
         return data
 
+    def label(self) -> str:
+        """The sampler as a methods section names it, e.g. ``TPE (fitted on the top rung, as
+        BOHB)``."""
+        label = {"tpe": "TPE", "gp": "Gaussian-process", "cmaes": "CMA-ES"}.get(self.name)
+        if self.name == "tpe":
+            on = "the top rung, as BOHB" if self.fit_on == "top_rung" else "outcomes"
+            return f"{label} (fitted on {on})"
+        return label or self.name
+
     @model_validator(mode="after")
     def _fit_on_needs_tpe(self) -> SamplerConfig:
         if self.fit_on != "outcomes" and self.name != "tpe":

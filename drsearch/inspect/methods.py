@@ -103,12 +103,12 @@ def _search(study: dict[str, Any]) -> str:
         if pruner.get("enabled")
         else "no pruning"
     )
-    names = {"tpe": "TPE", "gp": "Gaussian-process", "cmaes": "CMA-ES"}
-    sampler = f"{names.get(study['sampler'], study['sampler'])} sampler"
-    if study.get("sampler_fit_on") == "top_rung":  # recorded before it: no key
-        sampler += (
-            " fitted, as in BOHB, on every configuration's value at the highest pruning rung "
-            "that enough configurations reached"
+    if study.get("samplers"):  # the samplers its trials drew from, in order
+        sampler = ", then ".join(f"{name} sampler" for name in study["samplers"])
+    else:
+        sampler = (
+            f"its file names the {study['sampler']} sampler; the study holds no record of "
+            "the sampler its trials drew from"
         )
     return (
         f"Hyperparameters were searched with Optuna ({sampler}; seed "

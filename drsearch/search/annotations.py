@@ -252,7 +252,7 @@ def study_note(loaded: LoadedStudy) -> str:
         "error of shortfall.\n\n"
         f"**Pruner**: ASHA ({cfg.pruner.mode}) on {cfg.pruner.metric}, "
         f"grace {cfg.pruner.grace_period}, "
-        f"reduction {cfg.pruner.reduction_factor}; **sampler** {cfg.sampler.name} "
+        f"reduction {cfg.pruner.reduction_factor}; **sampler** {cfg.sampler.label()} "
         f"(seed {cfg.sampler.seed}); **budget** {cfg.budget.n_trials} trials.\n\n"
         f"**Search space**:\n{space}\n"
     )

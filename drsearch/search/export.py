@@ -137,7 +137,7 @@ def study_facts(loaded: LoadedStudy, study: Any) -> dict[str, Any]:
     """What a methods paragraph states about a study (``inspect.methods``): its split, search
     space, budget and what was tried, pruner, sampler, objective and finalist stage."""
     from drsearch.search.selection import FINALISTS_ATTR
-    from drsearch.search.store import BUDGET_ATTR, count_trials
+    from drsearch.search.store import BUDGET_ATTR, SAMPLERS_ATTR, count_trials
 
     cfg, d = loaded.config, loaded.recipe.data
     counts = count_trials(study.get_trials(deepcopy=False))
@@ -154,8 +154,9 @@ def study_facts(loaded: LoadedStudy, study: Any) -> dict[str, Any]:
         ),
         "counts": {"complete": counts.complete, "pruned": counts.pruned, "failed": counts.failed},
         "pruner": cfg.pruner.model_dump(mode="json"),
-        "sampler": cfg.sampler.name,
-        "sampler_fit_on": cfg.sampler.fit_on,
+        "sampler": cfg.sampler.label(),  # as the study file names it now
+        # the samplers its trials drew from, in order (None: not recorded, an older study)
+        "samplers": study._storage.get_study_system_attrs(study._study_id).get(SAMPLERS_ATTR),
         "sampler_seed": cfg.sampler.seed,
         "max_epochs": loaded.max_epochs,
         "objective": cfg.objective.model_dump(mode="json"),

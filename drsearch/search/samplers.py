@@ -83,8 +83,10 @@ class _AtTopRung(_PausedAsPruned):
     A value is what the study ranks: its objective (primary minus the constraints' penalty)
     at the trial's best epoch up to that level, as its final value would be had it stopped
     there, whatever the pruning metric (``RANKED_ATTR``). So a DR study's model learns where
-    the severe-grade constraints hold, not only where accuracy is high. Optuna's constraint
-    lists are left out of the view: the penalty is in the values already.
+    the severe-grade constraints hold, not only where accuracy is high. Where a trial at the
+    level lacks it (recorded before it was stored), every trial counts by its pruning value
+    instead: one scale. Optuna's constraint lists are left out of the view: the penalty is in
+    the values already.
 
     Optuna's own view (``fit_on: outcomes``) ranks a pruned trial below every complete one and
     by how far it got, which under ASHA teaches TPE mostly from trials stopped after one
@@ -115,9 +117,16 @@ class _AtTopRung(_PausedAsPruned):
              if sum(_value_at(t, e) is not None for t in seen) >= need),
             None,
         )  # fmt: skip
+        # one scale for all: the pruning values wherever a trial lacks the objective (trials
+        # recorded before it was stored, in a continued study)
+        ranked = level is not None and all(
+            _value_at(t, level, True) is not None for t in seen if _value_at(t, level) is not None
+        )
         out = []
         for t in every:
-            value = None if level is None or t.state not in _OBSERVED else _value_at(t, level)
+            value = (
+                None if level is None or t.state not in _OBSERVED else _value_at(t, level, ranked)
+            )
             if value is not None:
                 t = copy.copy(t)
                 t.state, t.values = TrialState.COMPLETE, [value]
@@ -135,16 +144,16 @@ class _AtTopRung(_PausedAsPruned):
 _OBSERVED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def _value_at(trial: FrozenTrial, level: int) -> float | None:
-    """The trial's value at epoch ``level``: the study's objective had it stopped there
-    (``RANKED_ATTR``; where none is stored, it equals the pruning value); a complete trial
-    that ended before it (early stopping), its last value."""
+def _value_at(trial: FrozenTrial, level: int, ranked: bool = False) -> float | None:
+    """The trial's pruning value at epoch ``level`` or, with ``ranked``, the study's objective
+    had it stopped there (``RANKED_ATTR``; ``None`` where not stored); a complete trial that
+    ended before it (early stopping), its last one."""
     values = trial.intermediate_values
     if level not in values:
         if trial.state != TrialState.COMPLETE or not values or max(values) > level:
             return None
         level = max(values)
-    return trial.system_attrs.get(f"{RANKED_ATTR}{level}", values[level])
+    return trial.system_attrs.get(f"{RANKED_ATTR}{level}") if ranked else values[level]
 
 
 class TrialSeededSampler(BaseSampler):

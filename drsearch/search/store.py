@@ -41,6 +41,8 @@ BUDGET_ATTR = "drsearch:n_trials"
 
 
 UUID_ATTR = "drsearch:uuid"
+#: The samplers a study's trials drew from, in order (``StudyStore.note_sampler``).
+SAMPLERS_ATTR = "drsearch:samplers"
 
 
 #: User attribute of a re-run trial (``--retry-failed``): the number of the failed trial it
@@ -204,6 +206,27 @@ class StudyStore:
         """The study's budget from now on, for every runner of it."""
         self.storage.set_study_system_attr(self.study._study_id, BUDGET_ATTR, n_trials)
 
+    # -- the samplers it ran under ---------------------------------------------------------
+    def note_sampler(self) -> str | None:
+        """Add this run's sampler to the study's record of the samplers its trials drew from
+        (``SAMPLERS_ATTR``, in order; the methods paragraph names them); a warning when it is
+        not the one the earlier trials drew from (a sampler changed, or a default: the
+        sampler is not part of the study's definition). Under the study lock."""
+        mine = self.config.sampler.label()
+        attrs = self.storage.get_study_system_attrs(self.study._study_id)
+        used = list(attrs.get(SAMPLERS_ATTR, []))
+        if used and used[-1] == mine:
+            return None
+        self.storage.set_study_system_attr(self.study._study_id, SAMPLERS_ATTR, [*used, mine])
+        if used:
+            return f"the next trials draw from the {mine} sampler; the earlier ones from {used[-1]}"
+        if self.study.get_trials(deepcopy=False):
+            return (
+                f"the next trials draw from the {mine} sampler; the earlier trials' sampler is "
+                "not recorded (a study begun before samplers were; the default was random)"
+            )
+        return None
+
     # -- the trials this runner holds -------------------------------------------------------
     def hold(self, trial_id: int, promoted_from: int | None = None) -> None:
         """This runner now runs the trial (claimed, or promoted from the rung
@@ -244,13 +267,14 @@ class StudyStore:
     def record_epoch(
         self, trial_id: int, step: int, value: float, ranked: float | None = None
     ) -> None:
-        """The pruning value after epoch ``step`` (Optuna's intermediate value) and, where it
-        differs, the objective the trial would have stopping there (``RANKED_ATTR``)."""
+        """The pruning value after epoch ``step`` (Optuna's intermediate value) and the
+        objective the trial would have stopping there (``RANKED_ATTR``), written first so that
+        a sampler never sees the epoch without it."""
         if self.is_finished(trial_id):
             return
-        self.storage.set_trial_intermediate_value(trial_id, step, value)
-        if ranked is not None and math.isfinite(ranked) and ranked != value:
+        if ranked is not None and math.isfinite(ranked):
             self.storage.set_trial_system_attr(trial_id, f"{RANKED_ATTR}{step}", ranked)
+        self.storage.set_trial_intermediate_value(trial_id, step, value)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         if self.is_finished(trial_id):
@@ -309,6 +333,7 @@ class StudyStore:
                 system_attrs={
                     RUNNER_ATTR: str(self.runner),
                     **_constraint_attrs(outcome),
+                    **{k: v for k, v in old.system_attrs.items() if k.startswith(RANKED_ATTR)},
                 },
                 intermediate_values={**old.intermediate_values, **intermediate},
             )

@@ -317,7 +317,8 @@ class StudyTracking:
             "study": cfg.name, "objective.metric": cfg.objective.metric,
             "objective.constraints": json.dumps(
                 [[c.metric, c.min] for c in cfg.objective.constraints]),
-            "sampler": cfg.sampler.name, "pruner": json.dumps(cfg.pruner.model_dump(mode="json")),
+            "sampler": cfg.sampler.label(),
+            "pruner": json.dumps(cfg.pruner.model_dump(mode="json")),
             "search_space": json.dumps(sorted(loaded.space)),
         }  # fmt: skip
         self._each(lambda b: b.study_run(study_uuid, cfg.name, params))

@@ -64,8 +64,8 @@ def from_message(result: dict[str, Any] | None) -> Message | None:
 
 
 #: A trial system attribute per epoch (``drsearch:ranked:<epoch>``): the study's objective had
-#: the trial stopped there (``TrialTracker.ranked``), stored where it differs from the pruning
-#: value; ``fit_on: top_rung`` fits TPE on it (``drsearch.search.samplers``).
+#: the trial stopped there (``TrialTracker.ranked``); ``fit_on: top_rung`` fits TPE on it
+#: (``drsearch.search.samplers``). Trials recorded before it lack it.
 RANKED_ATTR = "drsearch:ranked:"
 
 

@@ -240,6 +240,10 @@ def _open(
                 raise
         if accepted and progress is not None:
             progress.warn(f"continuing under a changed definition: {'; '.join(accepted[:4])}")
+        with store.lock.hold():
+            changed = store.note_sampler()
+        if changed and progress is not None:
+            progress.warn(changed)
     owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
     owned_dir(study_runs(loaded, store), cfg.study_dir, "run folders of one study")
     _describe(store.study, loaded)
