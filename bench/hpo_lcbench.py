@@ -904,14 +904,11 @@ def report(results: list[dict[str, Any]], methods: tuple[str, ...], args: argpar
             q = speed.get(m)
             if q:
                 lo, hi = q.get("median_ci") or (math.nan, math.nan)
-                line = (f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}], median's "
-                        f"95% interval {lo:.2f}-{hi:.2f}")  # fmt: skip
-                if "never" in q:  # files written before these figures lack them
-                    glo, ghi = q["final_regret_gap_ci"]
-                    line += (f"; never {q['never']:.0%}; final regret W={speed['workers']} "
-                             f"minus W=1 {q['final_regret_gap']:+.3f} ({glo:+.3f} to "
-                             f"{ghi:+.3f})")  # fmt: skip
-                print(line)
+                glo, ghi = q["final_regret_gap_ci"]
+                print(f"  {m:20s} {q['median']:.2f} [{q['q25']:.2f}-{q['q75']:.2f}], median's "
+                      f"95% interval {lo:.2f}-{hi:.2f}; never {q['never']:.0%}; final regret "
+                      f"W={speed['workers']} minus W=1 {q['final_regret_gap']:+.3f} "
+                      f"({glo:+.3f} to {ghi:+.3f})")  # fmt: skip
     for key, s in summary.items():
         if key == "parallel_speedup":
             continue

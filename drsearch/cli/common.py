@@ -30,14 +30,10 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NoWinner as exc:
-            if ctx.meta.get("drsearch.debug"):
-                raise
-            raise NoWinnerExit(str(exc)) from None
         except DrsearchError as exc:
             if ctx.meta.get("drsearch.debug"):
                 raise
-            raise UserError(str(exc)) from None
+            raise (NoWinnerExit if isinstance(exc, NoWinner) else UserError)(str(exc)) from None
         except StudyInterrupted as exc:
             click.echo(str(exc), err=True)
             ctx.exit(130)

@@ -119,9 +119,8 @@ class _AtTopRung(_PausedAsPruned):
         )  # fmt: skip
         # one scale for all: the pruning values wherever a trial lacks the objective (trials
         # recorded before it was stored, in a continued study)
-        ranked = level is not None and all(
-            _value_at(t, level, True) is not None for t in seen if _value_at(t, level) is not None
-        )
+        at_level = [] if level is None else [t for t in seen if _value_at(t, level) is not None]
+        ranked = level is not None and all(_value_at(t, level, True) is not None for t in at_level)
         out = []
         for t in every:
             value = (

@@ -238,10 +238,9 @@ def _open(
             except BaseException:
                 store.close()
                 raise
+            changed = store.note_sampler()
         if accepted and progress is not None:
             progress.warn(f"continuing under a changed definition: {'; '.join(accepted[:4])}")
-        with store.lock.hold():
-            changed = store.note_sampler()
         if changed and progress is not None:
             progress.warn(changed)
     owned_dir(cfg.study_dir, cfg.run_root, "study run folders")
