@@ -225,8 +225,6 @@ def test_the_methods_paragraph_names_the_samplers_the_trials_drew_from() -> None
         "searched with Optuna (random sampler, then TPE (fitted on the top rung, as BOHB) "
         "sampler; seed 0) over 1 parameters" in _search(study)
     )
-    older = _search(study | {"samplers": ["unrecorded", "random"]})
-    assert "(a sampler not recorded with the study, then random sampler; seed 0)" in older
     unrecorded = _search(study | {"samplers": None})
     assert "(its file names the TPE (fitted on the top rung, as BOHB) sampler; the study " in (
         unrecorded
@@ -275,29 +273,20 @@ def test_a_study_records_the_samplers_its_trials_drew_from_and_says_when_one_cha
 
     base = {"name": "s", "recipe": "r.yaml", "search_space": "s.yaml"}
     store = memory_store(StudyConfig.model_validate(base))
+    assert store.note_sampler() is None  # a new study: nothing to say
+    assert store.note_sampler() is None  # the same sampler again
     attrs = lambda: store.storage.get_study_system_attrs(store.study._study_id)  # noqa: E731
-    assert store.sampler_change() is None  # a new study: nothing to say
-    assert SAMPLERS_ATTR not in attrs()  # recorded once a trial draws from it
-    store.claim(), store.claim()
     assert attrs()[SAMPLERS_ATTR] == ["TPE (fitted on the top rung, as BOHB)"]
-    assert store.sampler_change() is None  # the same sampler again
     other = StudyStore.__new__(StudyStore)  # the same study, its file now naming random
     other.__dict__ |= store.__dict__ | {
-        "config": StudyConfig.model_validate(base | {"sampler": {"name": "random"}}),
-        "_sampler_noted": False,
+        "config": StudyConfig.model_validate(base | {"sampler": {"name": "random"}})
     }
-    said = other.sampler_change()
+    said = other.note_sampler()
     assert said == (
         "the next trials draw from the random sampler; the earlier ones from TPE (fitted on "
         "the top rung, as BOHB)"
     )
-    assert len(attrs()[SAMPLERS_ATTR]) == 1  # a run that draws nothing records nothing
-    other.claim()
     assert attrs()[SAMPLERS_ATTR] == ["TPE (fitted on the top rung, as BOHB)", "random"]
     old = memory_store(StudyConfig.model_validate(base))  # begun before samplers were recorded
     old.study.ask()
-    assert "earlier trials' sampler is not recorded" in (old.sampler_change() or "")
-    old.claim()
-    assert old.storage.get_study_system_attrs(old.study._study_id)[SAMPLERS_ATTR] == [
-        "unrecorded", "TPE (fitted on the top rung, as BOHB)",
-    ]  # fmt: skip
+    assert "earlier trials' sampler is not recorded" in (old.note_sampler() or "")

@@ -104,10 +104,7 @@ def _search(study: dict[str, Any]) -> str:
         else "no pruning"
     )
     if study.get("samplers"):  # the samplers its trials drew from, in order
-        sampler = ", then ".join(
-            "a sampler not recorded with the study" if name == "unrecorded" else f"{name} sampler"
-            for name in study["samplers"]
-        )
+        sampler = ", then ".join(f"{name} sampler" for name in study["samplers"])
     else:
         sampler = (
             f"its file names the {study['sampler']} sampler; the study holds no record of "

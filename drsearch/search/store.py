@@ -41,10 +41,8 @@ BUDGET_ATTR = "drsearch:n_trials"
 
 
 UUID_ATTR = "drsearch:uuid"
-#: The samplers a study's trials drew from, in order (``StudyStore._note_sampler``);
-#: ``UNRECORDED`` stands for trials drawn before samplers were recorded.
+#: The samplers a study's trials drew from, in order (``StudyStore.note_sampler``).
 SAMPLERS_ATTR = "drsearch:samplers"
-UNRECORDED = "unrecorded"
 
 
 #: User attribute of a re-run trial (``--retry-failed``): the number of the failed trial it
@@ -177,7 +175,6 @@ class StudyStore:
             )
             self.uuid = self._identity()
         self.runner = open_runner()
-        self._sampler_noted = False  # this runner's sampler is in the study's record
         self.artifacts: Any = None  # an Optuna artifact store, when the runner sets one
         #: called with each trial and its outcome just before it is told (every ended trial,
         #: pruned-at-a-rung ones included): the dashboard note and artifacts; returns a
@@ -210,37 +207,25 @@ class StudyStore:
         self.storage.set_study_system_attr(self.study._study_id, BUDGET_ATTR, n_trials)
 
     # -- the samplers it ran under ---------------------------------------------------------
-    def _samplers_used(self) -> list[str]:
+    def note_sampler(self) -> str | None:
+        """Add this run's sampler to the study's record of the samplers its trials drew from
+        (``SAMPLERS_ATTR``, in order; the methods paragraph names them); a warning when it is
+        not the one the earlier trials drew from (a sampler changed, or a default: the
+        sampler is not part of the study's definition). Under the study lock."""
+        mine = self.config.sampler.label()
         attrs = self.storage.get_study_system_attrs(self.study._study_id)
-        return list(attrs.get(SAMPLERS_ATTR, []))
-
-    def sampler_change(self) -> str | None:
-        """A warning when this run's sampler is not the one the study's earlier trials drew
-        from (a sampler changed, or a default: the sampler is not part of the study's
-        definition)."""
-        mine, used = self.config.sampler.label(), self._samplers_used()
-        if used and used[-1] != mine:
-            earlier = "not recorded" if used[-1] == UNRECORDED else used[-1]
-            return f"the next trials draw from the {mine} sampler; the earlier ones from {earlier}"
-        if not used and self.study.get_trials(deepcopy=False):
+        used = list(attrs.get(SAMPLERS_ATTR, []))
+        if used and used[-1] == mine:
+            return None
+        self.storage.set_study_system_attr(self.study._study_id, SAMPLERS_ATTR, [*used, mine])
+        if used:
+            return f"the next trials draw from the {mine} sampler; the earlier ones from {used[-1]}"
+        if self.study.get_trials(deepcopy=False):
             return (
                 f"the next trials draw from the {mine} sampler; the earlier trials' sampler is "
                 "not recorded (a study begun before samplers were; the default was random)"
             )
         return None
-
-    def _note_sampler(self) -> None:
-        """Once this runner starts a trial: its sampler joins the study's record of the
-        samplers its trials drew from (``SAMPLERS_ATTR``, in order; earlier trials without a
-        record as ``UNRECORDED``). Under the study lock."""
-        if self._sampler_noted:
-            return
-        self._sampler_noted = True
-        mine, used = self.config.sampler.label(), self._samplers_used()
-        if not used and len(self.study.get_trials(deepcopy=False)) > 1:  # more than this one
-            used = [UNRECORDED]
-        if not used or used[-1] != mine:
-            self.storage.set_study_system_attr(self.study._study_id, SAMPLERS_ATTR, [*used, mine])
 
     # -- the trials this runner holds -------------------------------------------------------
     def hold(self, trial_id: int, promoted_from: int | None = None) -> None:
@@ -266,7 +251,6 @@ class StudyStore:
                 return None
             trial = self.study.ask()
             self.hold(trial._trial_id)
-            self._note_sampler()
         return trial
 
     # -- trials --------------------------------------------------------------------------

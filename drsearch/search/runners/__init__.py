@@ -238,7 +238,7 @@ def _open(
             except BaseException:
                 store.close()
                 raise
-            changed = store.sampler_change()
+            changed = store.note_sampler()
         if accepted and progress is not None:
             progress.warn(f"continuing under a changed definition: {'; '.join(accepted[:4])}")
         if changed and progress is not None:
