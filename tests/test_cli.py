@@ -308,6 +308,10 @@ def test_study_commands_a_newcomer_meets(
 def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
+    """A terminal's Ctrl-C, sent at an exact moment (after trial 0's second epoch is
+    recorded, by the fault hook: no polling of a database the run is still creating): exit
+    130, no traceback, the trial marked interrupted, and the continue command repeats the
+    options that name the study's folder."""
     import optuna
 
     from drsearch.config.study import load_study
@@ -318,40 +322,31 @@ def test_ctrl_c_says_what_was_interrupted_and_how_to_continue(
         tmp_path,
         tiny_dataset,
         "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n",
-        budget={"n_trials": 50},  # never all done before the signal arrives
+        budget={"n_trials": 3},
         pruner={"enabled": False},
-        recipe_overrides={"train.epochs": 8},
+        recipe_overrides={"train.epochs": 4},
     )
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         # from the study's folder, naming its run root relatively (the same folder)
         [sys.executable, "-m", "drsearch.cli", "run", path.name, "--quiet", "--run-root", "runs"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         cwd=tmp_path,
-        # a terminal's Ctrl-C: SIGINT handled, even when this test runs as a background job
-        # (whose children inherit SIGINT ignored, and Python then never raises on it)
+        timeout=600,
+        env={**os.environ, "DRSEARCH_FAULT": "after_record:2:INT"},
+        # SIGINT handled, even when this test runs as a background job (whose children
+        # inherit SIGINT ignored, and Python then never raises on it)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    url = load_study(path).config.storage_url()
-    deadline, running = time.time() + 240, []
-    while time.time() < deadline and proc.poll() is None and not running:
-        time.sleep(0.1)
-        try:
-            trials = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        running = [t.number for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
-    assert running, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = proc.stderr
     assert proc.returncode == 130, err[-2000:]
-    assert f"Interrupted: study tiny: trial(s) {running[0]} marked interrupted" in err
-    # the commands to continue repeat the options that name the study's folder
-    assert f"`drsearch run {path.name} --run-root runs --retry-failed`" in err
+    assert "Interrupted: study tiny. Continue with `drsearch run tiny.yaml --run-root runs`" in err
+    assert "trial(s) 0 resume from their last checkpoint" in err
     assert "Traceback" not in err
-    trial = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials[running[0]]
+    url = load_study(path).config.storage_url()
+    trial = optuna.load_study(study_name="tiny", storage=make_storage(url)).trials[0]
     assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+    assert sorted(trial.intermediate_values) == [1]  # epoch 2: in its checkpoint, unreported
 
 
 def test_the_trials_table_shows_notes_in_brackets_as_text() -> None:

@@ -329,7 +329,7 @@ def test_the_sampler_sees_a_paused_trial_as_pruned_at_its_rung(
 
     monkeypatch.setattr(optuna.samplers.TPESampler, "_sample", spy)
     config = SimpleNamespace(
-        sampler=SamplerConfig(name="tpe", fit_on="outcomes", n_startup_trials=2, seed=0)
+        name="s", sampler=SamplerConfig(name="tpe", fit_on="outcomes", n_startup_trials=2, seed=0)
     )
     study.sampler = make_sampler(config)  # type: ignore[arg-type]
     study.ask().suggest_float("x", 0, 1)

@@ -17,6 +17,7 @@ from drsearch.search.samplers import TrialSeededSampler, make_sampler, trial_see
 
 def test_a_random_fraction_draws_that_share_of_trials_at_random_fixed_by_each_trials_seed() -> None:
     config = SimpleNamespace(
+        name="s",
         sampler=SamplerConfig(name="tpe", seed=7, n_startup_trials=0, random_fraction=0.3),
         pruner=PrunerConfig(),
     )
@@ -28,13 +29,15 @@ def test_a_random_fraction_draws_that_share_of_trials_at_random_fixed_by_each_tr
         trial = SimpleNamespace(number=number)
         sampler.before_trial(study, trial)  # type: ignore[arg-type]
         kinds.append(type(sampler._inner).__name__)
-        expected = random.Random(trial_seed(7, number)).random() < 0.3
+        expected = random.Random(trial_seed(7, number, "s")).random() < 0.3
         assert (kinds[-1] == "RandomSampler") == expected
     share = kinds.count("RandomSampler") / len(kinds)
     assert 0.24 < share < 0.36  # binomial(400, 0.3): 0.3 +- 3 standard deviations
     assert set(kinds) == {"RandomSampler", "TPESampler"}
     # a random sampler is never mixed in by default
-    tpe = SimpleNamespace(sampler=SamplerConfig(name="tpe", seed=7), pruner=PrunerConfig())
+    tpe = SimpleNamespace(
+        name="s", sampler=SamplerConfig(name="tpe", seed=7), pruner=PrunerConfig()
+    )
     plain = make_sampler(tpe)  # type: ignore[arg-type]
     for number in range(50):
         plain.before_trial(study, SimpleNamespace(number=number))  # type: ignore[arg-type]
@@ -50,6 +53,7 @@ def test_tpes_options_reach_the_sampler_and_the_default_is_tpe_on_the_top_rung()
     study = optuna.create_study(direction="maximize")
     for multivariate, liar in ((True, True), (False, False)):
         config = SimpleNamespace(
+            name="s",
             sampler=SamplerConfig(name="tpe", multivariate=multivariate, constant_liar=liar),
             pruner=PrunerConfig(),
         )
@@ -136,6 +140,7 @@ def test_top_rung_tpe_proposes_where_the_top_rung_is_good_not_where_rung_one_is(
         x = rng.random()
         _trial_at(study, x, {1: 1 - abs(x - 0.1), 2: 0.5, 4: 1 - abs(x - 0.8)}, "pruned")
     config = SimpleNamespace(
+        name="s",
         sampler=SamplerConfig(name="tpe", seed=0, n_startup_trials=5, fit_on="top_rung"),
         pruner=PrunerConfig(grace_period=1, reduction_factor=2),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -362,3 +363,90 @@ def test_one_best_trial_rule_everywhere_and_a_zero_value_is_a_value() -> None:
     assert closest_infeasible(none).number == 1 == closest(ranked_trials(none.trials)).number
     row, feasible = _best(none, [_row(t) for t in none.trials], None)
     assert (row.number, feasible) == (1, False)  # the report shows it as infeasible
+
+
+def _parent_with_trials(tmp_path: Path, tiny_dataset: Path, **study: Any) -> Any:
+    """A tiny study file whose study holds two complete trials (trial 1 the better)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    loaded = load_study(write_tiny_study(tmp_path, tiny_dataset, space, **study))
+    loaded.config.run_root.mkdir(parents=True)
+    parent = optuna.create_study(
+        study_name="tiny", storage=loaded.config.storage_url(), direction="maximize"
+    )
+    for number, value in enumerate((0.5, 0.7)):
+        parent.add_trial(
+            optuna.trial.create_trial(
+                params={"optim.lr": 0.002 + number / 1000},
+                distributions={"optim.lr": FloatDistribution(1e-3, 1e-2, log=True)},
+                value=value,
+                user_attrs={"feasible": True, "best_epoch": 1, "objective_primary": value},
+            )
+        )
+    return loaded
+
+
+def test_a_killed_runners_confirmation_run_is_taken_over_never_sampled(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """Two runners share a finalist stage; one is killed holding a run. The survivor takes
+    that run over with its own finalist and fold (re-queued, ``retry_of`` naming it), and a
+    runner that finds the queue empty starts nothing: no sampled confirmation trial, ever."""
+    from drsearch.search.runners import _open  # as run_study opens a study's store
+    from drsearch.search.selection import confirmation_study, plan_of
+    from drsearch.search.trial import Outcome
+
+    loaded = _parent_with_trials(tmp_path, tiny_dataset, finalists={"top_k": 1, "folds": 2})
+    companion = confirmation_study(loaded, plan_of(loaded))
+    a, b = _open(companion), _open(companion)
+    lost, kept = a.claim(), b.claim()
+    assert lost is not None and kept is not None
+    a.close()  # runner a is gone (its process would be dead; here its runner is closed)
+    done = Outcome("COMPLETE", 0.6, {"feasible": True})
+    b.finish(kept._trial_id, done, {})
+    again = b.claim()
+    assert again is not None
+    frozen = b.study.trials
+    assert frozen[lost.number].state.name == "FAIL"
+    assert frozen[lost.number].user_attrs["fail_reason"] == "interrupted"
+    taken = frozen[again.number]
+    assert taken.user_attrs["retry_of"] == lost.number
+    for key in ("confirm_of", "fold", "select_epoch"):
+        assert taken.user_attrs[key] == frozen[lost.number].user_attrs[key]
+    assert taken.system_attrs["fixed_params"] == frozen[lost.number].system_attrs["fixed_params"]
+    b.finish(again._trial_id, done, {})
+    assert b.claim() is None  # the plan is done: nothing sampled in its place
+    runs = b.study.trials
+    assert len(runs) == 3 and all("confirm_of" in t.user_attrs for t in runs)
+    assert sorted(t.user_attrs["fold"] for t in runs if t.state.name == "COMPLETE") == [0, 1]
+    # a finalist stage's store whose queue is empty never samples, whatever its budget says
+    c = _open(companion)
+    c.set_budget(10)
+    assert c.claim() is None and len(c.study.trials) == 3
+    b.close()
+    c.close()
+
+
+@pytest.mark.e2e
+def test_a_finalist_stage_of_a_one_epoch_recipe(tmp_path: Path, tiny_dataset: Path) -> None:
+    """A recipe of one epoch: its finalists are retrained at epoch 1 (``select_epoch``'s range
+    is 1..1), and the stage completes."""
+    from drsearch.cli import cli
+
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, space,
+        recipe_overrides={"train.epochs": 1, "schedule.warmup_epochs": 0},
+        finalists={"top_k": 1, "seeds": 2}, pruner={"enabled": False},
+    )  # fmt: skip
+    result = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    import optuna
+
+    storage = load_study(path).config.storage_url()
+    runs = optuna.load_study(study_name="tiny-confirm", storage=storage).trials
+    assert [t.state.name for t in runs] == ["COMPLETE", "COMPLETE"]
+    assert {t.params["train.select_epoch"] for t in runs} == {1}
+    assert "finalist stage (top 1 x 2 seeds)" in result.output

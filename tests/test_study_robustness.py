@@ -301,8 +301,9 @@ def test_runner_killed_then_continued_and_retried(
     tmp_path: Path, tiny_dataset: Path, how: str
 ) -> None:
     """kill -9 of the runner at a random moment (both executors), or exactly between an
-    epoch's checkpoint and its log line; then `run --retry-failed` re-runs the interrupted
-    trial from its checkpoint, to the curve of a run never interrupted."""
+    epoch's checkpoint and its log line; then a plain `run` (no --retry-failed) re-runs the
+    interrupted trial's configuration from its checkpoint, to the curve of a run never
+    interrupted, instead of drawing a new one in its place."""
     path = write_tiny_study(
         tmp_path,
         tiny_dataset,
@@ -321,10 +322,12 @@ def test_runner_killed_then_continued_and_retried(
     else:
         killed = _kill_runner_mid_trial(path, tmp_path / "runner.log")
     time.sleep(1.0)  # Ray's own processes follow their driver
-    again = drsearch("run", str(path), "--quiet", "--retry-failed")
+    again = drsearch("run", str(path), "--quiet")
     assert again.returncode == 0, again.stdout + again.stderr[-2000:]
     assert f"marked interrupted: trials {killed}" in again.stdout
-    assert f"queued again (--retry-failed): trials {killed}" in again.stdout
+    assert f"interrupted earlier, queued again with their parameters: trials {killed}" in (
+        again.stdout
+    )
     trials = study_trials(path)
     assert_settled(trials, 2)
     assert trials[killed].user_attrs["fail_reason"] == "interrupted"
@@ -549,3 +552,82 @@ def test_fixing_a_broken_recipe_then_retrying_the_failed_trials(
     assert [t.state for t in reruns] == [TrialState.COMPLETE] * 2
     assert {t.user_attrs["retry_of"] for t in reruns} == {0, 1}
     assert [t.params for t in reruns] == [trials[0].params, trials[1].params]
+
+
+def test_ctrl_c_then_the_printed_command_runs_the_cut_configuration_again(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """Ctrl-C (SIGINT at an exact moment: after epoch 2's record) during trial 0: the message
+    says it resumes from its checkpoint; the continue command it prints, run exactly as
+    printed from the same directory, re-runs that configuration (``retry_of``) from its
+    checkpoint instead of drawing a new one in its place, and the budget is exact."""
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, LR_SPACE, budget={"n_trials": 2}, pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 3},
+    )  # fmt: skip
+    cut = subprocess.run(
+        [sys.executable, "-m", "drsearch.cli", "run", path.name, "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "DRSEARCH_FAULT": "after_record:2:INT"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job's
+    )  # fmt: skip
+    assert cut.returncode == 130, cut.stdout + cut.stderr[-2000:]
+    assert "trial(s) 0 resume from their last checkpoint" in cut.stderr, cut.stderr
+    printed = re.search(r"Continue with `([^`]+)`", cut.stderr)
+    assert printed is not None, cut.stderr
+    command = printed.group(1).split()
+    assert command[:2] == ["drsearch", "run"]
+    again = subprocess.run(
+        [sys.executable, "-m", "drsearch.cli", *command[1:]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert "interrupted earlier, queued again with their parameters: trials 0" in again.stdout
+    trials = study_trials(path)
+    assert_settled(trials, 2)
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    (rerun,) = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert rerun.params == trials[0].params and rerun.state == TrialState.COMPLETE
+    assert rerun.user_attrs["resumed_from_trial"] == 0
+    assert sorted(rerun.intermediate_values) == [1, 2, 3]
+    assert len(trials) == 3  # the cut trial, its re-run, and one new draw for the budget
+
+
+def test_a_configuration_interrupted_three_times_is_left_to_retry_failed(
+    tmp_path: Path,
+) -> None:
+    """A configuration that takes its runner down each time (out of memory, say) is queued
+    again twice, then left: no circle; the Ctrl-C message says which trials start afresh."""
+    from drsearch.config.study import StudyConfig
+    from drsearch.search.runners import _interrupted_message
+    from drsearch.search.store import Requeued, StudyStore
+
+    cfg = StudyConfig(name="s", recipe=Path("r.yaml"), search_space=Path("x.yaml"),
+                      run_root=tmp_path)  # fmt: skip
+    s = StudyStore(cfg)
+    s.set_budget(5)
+    first = s.claim()
+    assert first is not None
+    x = first.suggest_float("x", 0.0, 1.0)
+    s.interrupt_own()
+    cut = first.number
+    for _ in range(2):  # queued again, taken by the next claim, interrupted again
+        with s.lock.hold():
+            assert s.requeue_locked().queued == [cut]
+        trial = s.claim()
+        assert trial is not None and trial.user_attrs["retry_of"] == cut
+        assert s.study.trials[trial.number].system_attrs["fixed_params"] == {"x": x}
+        s.interrupt_own()
+        cut = trial.number
+    with s.lock.hold():  # its third interruption in a row: left
+        assert s.requeue_locked() == Requeued(queued=[], given_up=[cut])
+    assert not s.study.get_trials(states=(TrialState.WAITING,))
+    message = _interrupted_message(SimpleNamespace(config=cfg), s, [cut], "drsearch run s.yaml")
+    assert "interrupted 3 times in a row" in message and "--retry-failed" in message
+    fresh = s.claim()  # a new draw instead
+    assert fresh is not None and "retry_of" not in fresh.user_attrs
+    # a trial cut before any epoch finished starts afresh, and the message says so
+    fresh = s.study.trials[0]
+    message = _interrupted_message(SimpleNamespace(config=cfg), s, [0], "drsearch run s.yaml")
+    assert "trial(s) 0 start again (no epoch had finished)" in message, fresh
+    s.close()

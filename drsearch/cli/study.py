@@ -52,8 +52,9 @@ from drsearch.fmt import short
 @click.option(
     "--retry-failed",
     is_flag=True,
-    help="Run failed and interrupted trials again with the same parameters, continuing from "
-    "their checkpoints when the recipe is unchanged.",
+    help="Run failed trials again with the same parameters, continuing from their checkpoints "
+    "when the recipe is unchanged (interrupted trials run again without it, unless "
+    "interrupted 3 times in a row).",
 )
 @click.option(
     "--accept-changes",
@@ -249,6 +250,18 @@ def _print_summary(s: Any) -> None:
     )
     if s.reaped:
         click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")
+    if s.requeued:
+        click.echo(
+            f"interrupted earlier, queued again with their parameters: trials "
+            f"{', '.join(map(str, s.requeued))} (from their checkpoints where an epoch finished)"
+        )
+    if s.given_up:
+        from drsearch.search.store import MAX_INTERRUPTIONS
+
+        click.echo(
+            f"interrupted {MAX_INTERRUPTIONS} times in a row, not queued again: trials "
+            f"{', '.join(map(str, s.given_up))} (--retry-failed runs them)"
+        )
     if s.retried:
         click.echo(f"queued again (--retry-failed): trials {', '.join(map(str, s.retried))}")
     if s.waiting:

@@ -1,17 +1,21 @@
 """Samplers and the pruner of a study.
 
-A seeded sampler is rebuilt before every trial with a seed derived from the study seed and
-the trial number (``TrialSeededSampler``): reproducible, and never repeated by a restart or a
-second runner. ASHA is Optuna's ``SuccessiveHalvingPruner`` for both executors."""
+A seeded sampler is rebuilt before every trial with a seed derived from the study's name, the
+study seed and the trial number (``TrialSeededSampler``): reproducible, never repeated by a
+restart or a second runner, and not shared with another study (a study warm-started from one
+with the same seed would otherwise draw that study's configurations again). Stopping ASHA is
+Optuna's ``SuccessiveHalvingPruner`` (``make_pruner``); promotion ASHA is drsearch's own rung
+scheduler (``scheduler.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -24,9 +28,11 @@ from drsearch.search.scheduler import PAUSED_ATTR
 from drsearch.search.trial import RANKED_ATTR
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """The sampler seed of trial ``number``: fixed by the study seed and the trial alone."""
-    digest = hashlib.sha256(f"drsearch-sampler:{seed}:{number}".encode()).digest()
+def trial_seed(seed: int, number: int, study: str = "", attempt: int = 0) -> int:
+    """The sampler seed of trial ``number`` of the study named ``study``: fixed by the study,
+    its seed and the trial alone; ``attempt`` > 0 for a redraw (``draws.draw``)."""
+    text = f"drsearch-sampler:{study}:{seed}:{number}" + (f":{attempt}" if attempt else "")
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
@@ -172,16 +178,31 @@ class TrialSeededSampler(BaseSampler):
         seed: int | None,
         random_fraction: float = 0.0,
         view: Callable[[optuna.Study], Any] = _PausedAsPruned,
+        study: str = "",
     ) -> None:
         self._factory = factory
         self._seed = seed
         self._random_fraction = random_fraction
         self._view = view
-        self._inner = factory(None if seed is None else trial_seed(seed, -1))
+        self._study = study
+        self._inner = factory(None if seed is None else trial_seed(seed, -1, study))
+        #: the configuration the next suggestions answer with (``force``)
+        self._forced: dict[str, Any] | None = None
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        seed = None if self._seed is None else trial_seed(self._seed, trial.number)
-        if seed is not None or self._random_fraction > 0:
+        self._prepare(study, trial, 0)
+
+    def redraw(self, study: optuna.Study, trial: FrozenTrial, attempt: int) -> None:
+        """Start draw ``attempt`` (> 0) of the trial: its own seed for that attempt."""
+        self._prepare(study, trial, attempt)
+
+    def _prepare(self, study: optuna.Study, trial: FrozenTrial, attempt: int) -> None:
+        seed = (
+            None
+            if self._seed is None
+            else trial_seed(self._seed, trial.number, self._study, attempt)
+        )
+        if seed is not None or self._random_fraction > 0 or attempt:
             self._inner = self._factory(seed)
         if self._random_fraction > 0:
             # the same trial always makes the same choice (its seed), an unseeded study a
@@ -191,14 +212,28 @@ class TrialSeededSampler(BaseSampler):
                 self._inner = optuna.samplers.RandomSampler(seed=seed)
         self._inner.before_trial(study, trial)
 
+    @contextlib.contextmanager
+    def force(self, params: dict[str, Any]) -> Iterator[None]:
+        """Answer every suggestion with ``params`` (a configuration drawn beforehand,
+        ``draws.draw``) until the block ends."""
+        self._forced = params
+        try:
+            yield
+        finally:
+            self._forced = None
+
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
+        if self._forced is not None:
+            return {}  # every parameter is answered on its own, from the drawn configuration
         return self._inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        if self._forced is not None:
+            return {k: self._forced[k] for k in search_space if k in self._forced}
         return self._inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(
@@ -208,6 +243,8 @@ class TrialSeededSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
+        if self._forced is not None and param_name in self._forced:
+            return self._forced[param_name]
         view = self._view(study)
         return self._inner.sample_independent(view, trial, param_name, param_distribution)
 
@@ -254,7 +291,7 @@ def make_sampler(config: StudyConfig) -> BaseSampler:
     if s.fit_on == "top_rung":  # the rungs below the epochs any trial reached, in the view
         rungs = pruner_rungs(config, 10**6)
         view = functools.partial(_AtTopRung, rungs=rungs, n_startup=s.n_startup_trials)
-    return TrialSeededSampler(build, s.seed, fraction, view)
+    return TrialSeededSampler(build, s.seed, fraction, view, config.name)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

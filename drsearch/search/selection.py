@@ -180,7 +180,7 @@ def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = Fal
     replaces it: ``retry_of``). The budget is what counts plus what waits, so a claim always
     takes a queued run and nothing is sampled."""
     from drsearch.search.database import open_existing
-    from drsearch.search.store import INTERRUPTED, RETRY_OF, StudyStore, count_trials
+    from drsearch.search.store import RETRY_OF, StudyStore, count_trials, retried_numbers
 
     parent = open_existing(loaded.config, loaded.path)
     chosen = finalist_trials(parent, plan.top_k)
@@ -189,37 +189,44 @@ def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = Fal
             f"{loaded.path}: study {loaded.config.name!r} has no complete trial to confirm yet"
         )
     config = companion_config(loaded.config)
-    store = StudyStore(config)
+    store = StudyStore(config, queue_only=True)
     wanted = [(t, run) for t in chosen for run in _runs_wanted(plan, loaded, t)]
-    store.reap_interrupted()  # runs of runners that are gone are interrupted, not running
-    with store.lock.hold():
-        trials = store.study.get_trials(deepcopy=False)
-        replaced = {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
-        stands: dict[tuple[Any, ...], FrozenTrial] = {}  # the run that stands for each key
-        for t in trials:
-            interrupted = t.user_attrs.get("fail_reason") == INTERRUPTED
-            failed = t.state == TrialState.FAIL and (retry_failed or interrupted)
-            if not failed and t.number not in replaced:
-                stands.setdefault(_run_key(t), t)
-        for trial, run in wanted:
-            if _key(run) in stands:
-                continue
-            params = dict(trial.params) | {"train.select_epoch": run["select_epoch"]}
-            params |= {"data.cv_fold": run["fold"]} if plan.mode == "folds" else {}
-            params |= {"train.seed": run["seed"]} if plan.mode == "seeds" else {}
-            attrs = {k: v for k, v in run.items() if v is not None}
-            before = [t for t in trials if _run_key(t) == _key(run)]
-            if before and before[-1].user_attrs.get("fail_reason") != INTERRUPTED:
-                attrs[RETRY_OF] = before[-1].number  # the failed run no longer counts
-            store.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-            stands[_key(run)] = trial
-        trials = store.study.get_trials(deepcopy=False)
-        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-        budget = count_trials(trials).claimed + waiting
+    try:
+        with store.lock.hold():
+            store.reap_locked()  # runs of runners that are gone are interrupted, not running
+            store.requeue_locked()  # and queued again with their own finalist and fold/seed
+            trials = store.study.get_trials(deepcopy=False)
+            replaced = retried_numbers(trials)
+            stands: dict[tuple[Any, ...], FrozenTrial] = {}  # the run that stands for each key
+            for t in trials:
+                # a failed run stands (recorded with its reason) unless it is retried; so does
+                # one interrupted too often in a row (requeue_locked leaves it)
+                failed = t.state == TrialState.FAIL and retry_failed
+                if not failed and t.number not in replaced:
+                    stands.setdefault(_run_key(t), t)
+            for trial, run in wanted:
+                if _key(run) in stands:
+                    continue
+                params = dict(trial.params) | {"train.select_epoch": run["select_epoch"]}
+                params |= {"data.cv_fold": run["fold"]} if plan.mode == "folds" else {}
+                params |= {"train.seed": run["seed"]} if plan.mode == "seeds" else {}
+                attrs = {k: v for k, v in run.items() if v is not None}
+                before = [t for t in trials if _run_key(t) == _key(run)]
+                if before:
+                    attrs[RETRY_OF] = before[-1].number  # the failed run no longer counts
+                store.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+                stands[_key(run)] = trial
+            trials = store.study.get_trials(deepcopy=False)
+            waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+            budget = count_trials(trials).claimed + waiting
+    finally:
+        store.close()
     # fixed distributions (a choice list that grows with new finalists or seeds would change
-    # a distribution Optuna already recorded): every queued value lies inside them
+    # a distribution Optuna already recorded): every queued value lies inside them; a recipe
+    # of one epoch has one (Optuna takes low == high, the space files' own check does not)
     space = dict(loaded.space)
-    space["train.select_epoch"] = IntParam(type="int", low=1, high=loaded.recipe.train.epochs)
+    epochs = loaded.recipe.train.epochs
+    space["train.select_epoch"] = IntParam.model_construct(type="int", low=1, high=epochs)
     if plan.mode == "folds":
         space["data.cv_fold"] = IntParam(type="int", low=0, high=plan.n - 1)
     else:

@@ -16,7 +16,7 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -51,6 +51,15 @@ RETRY_OF = "retry_of"
 
 
 INTERRUPTED = "interrupted"
+
+#: How often one configuration is queued again after an interruption (a killed runner, Ctrl-C)
+#: before it is left to ``--retry-failed``: a configuration that takes its runner down with it
+#: (out of memory, say) must not go round in circles.
+MAX_INTERRUPTIONS = 3
+
+#: The user attributes that say what a queued trial is (a finalist's fold or seed, where a
+#: configuration came from); a configuration queued again after an interruption keeps them.
+QUEUE_ATTRS = ("confirm_of", "fold", "seed", "select_epoch", "queued_from")
 
 
 STORED, ALREADY, RECOVERED = "stored", "already finished", "recovered"
@@ -118,6 +127,31 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
     return {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
 
 
+@dataclass
+class Requeued:
+    """What ``StudyStore.requeue_locked`` did: the interrupted trials whose configurations it
+    queued again, and those it left (interrupted ``MAX_INTERRUPTIONS`` times in a row)."""
+
+    queued: list[int] = field(default_factory=list)
+    given_up: list[int] = field(default_factory=list)
+
+
+def _interrupted(t: FrozenTrial) -> bool:
+    return t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED
+
+
+def interruptions(t: FrozenTrial, by_number: dict[int, FrozenTrial]) -> int:
+    """How many times in a row ``t``'s configuration was interrupted (``t`` and the trials it
+    re-runs, back to one that was not)."""
+    n, seen = 0, set()
+    while t is not None and _interrupted(t) and t.number not in seen:
+        n += 1
+        seen.add(t.number)
+        parent = t.user_attrs.get(RETRY_OF)
+        t = by_number.get(int(parent)) if parent is not None else None
+    return n
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best feasible trial; when none is feasible, the best complete one (the earliest
     of equals); ``None`` before any trial is complete."""
@@ -158,9 +192,13 @@ def count_trials(trials: Sequence[FrozenTrial]) -> Counts:
 class StudyStore:
     """One Optuna study and the writes drsearch makes to it."""
 
-    def __init__(self, config: StudyConfig, storage: RDBStorage | None = None) -> None:
+    def __init__(
+        self, config: StudyConfig, storage: RDBStorage | None = None, queue_only: bool = False
+    ) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.config = config
+        #: a study whose trials are all queued by a plan (a finalist stage): never sampled
+        self.queue_only = queue_only
         url = config.storage_url()
         self.lock = StudyLock(url, config.name)
         with self.lock.hold():  # concurrent runners would race creating schema and study
@@ -244,10 +282,18 @@ class StudyStore:
 
     def claim(self) -> optuna.Trial | None:
         """Start a trial if the study's budget has room, atomically across runners; ``None``
-        when it is spent. Trials of runners that are gone are marked interrupted first."""
+        when it is spent. Trials of runners that are gone are marked interrupted first, and
+        every interrupted configuration is queued again (``requeue_locked``): a queued trial
+        is taken before anything is sampled. A queue-only study (a finalist stage: its plan is
+        the only source of its trials) never samples: ``None`` when its queue is empty."""
         with self.lock.hold():
             self.reap_locked()
+            self.requeue_locked()
             if self.budget_claimed():
+                return None
+            if self.queue_only and not self.study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING,)
+            ):
                 return None
             trial = self.study.ask()
             self.hold(trial._trial_id)
@@ -345,6 +391,32 @@ class StudyStore:
         return self.storage.get_trial(trial_id).state.is_finished()
 
     # -- re-running failed trials ----------------------------------------------------------
+    def requeue_locked(self) -> Requeued:
+        """Queue every interrupted trial's configuration again (Ctrl-C, a runner killed or
+        lost), once, with the user attributes that say what it is (a finalist's fold or seed)
+        and ``retry_of`` naming it: its re-run resumes from its checkpoint where an epoch
+        finished under the same recipe, else starts afresh; the interrupted trial never
+        counted. A trial with no parameters yet (interrupted before it drew them) is replaced
+        by a new draw instead; a configuration interrupted ``MAX_INTERRUPTIONS`` times in a row
+        is left to ``--retry-failed``. For a caller that holds the study lock."""
+        trials = self.study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in trials}
+        replaced = retried_numbers(trials)
+        done = Requeued()
+        for t in trials:
+            if not _interrupted(t) or t.number in replaced:
+                continue
+            params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+            if not params:
+                continue
+            if interruptions(t, by_number) >= MAX_INTERRUPTIONS:
+                done.given_up.append(t.number)
+                continue
+            attrs = {k: t.user_attrs[k] for k in QUEUE_ATTRS if k in t.user_attrs}
+            self.study.enqueue_trial(params, user_attrs=attrs | {RETRY_OF: t.number})
+            done.queued.append(t.number)
+        return done
+
     def enqueue_retries(self) -> list[tuple[int, int]]:
         """Queue every failed or interrupted trial again with its parameters; the old trial
         stops counting. Returns ``(old number, queue position)`` pairs."""

@@ -48,6 +48,10 @@ class StudySummary:
     closest: FrozenTrial | None  # none feasible: the complete trial of highest value
     first_failure: str | None
     retried: list[int] = field(default_factory=list)  # failed trials queued again
+    #: interrupted trials whose configurations this run queued again, and those it left
+    #: (interrupted ``MAX_INTERRUPTIONS`` times in a row: ``--retry-failed`` queues them)
+    requeued: list[int] = field(default_factory=list)
+    given_up: list[int] = field(default_factory=list)
     duplicates: list[list[int]] = field(default_factory=list)  # trials with equal parameters
     runs_dir: Path | None = None
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
@@ -104,7 +108,9 @@ def run_study(
         raise
     for line in queued.warnings:  # a configuration refused or a key dropped
         progress.warn(line)
-    reaped = store.reap_interrupted()
+    with store.lock.hold():
+        reaped = store.reap_locked()
+        requeued = store.requeue_locked()  # interrupted configurations run again
     # trials already there (a queued one, WAITING, is this run's once this runner claims it)
     before = {
         t.number for t in store.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING
@@ -131,7 +137,7 @@ def run_study(
         except KeyboardInterrupt:
             stopped = store.interrupt_own()
             again = rerun or f"drsearch run {loaded.path}"
-            raise StudyInterrupted(_interrupted_message(loaded, stopped, again)) from None
+            raise StudyInterrupted(_interrupted_message(loaded, store, stopped, again)) from None
         except BaseException as exc:
             # any other way out (a database error, a Tune error): this runner's trials are let
             # go now, never left RUNNING under a process that lives on
@@ -165,6 +171,8 @@ def run_study(
         closest=closest_infeasible(store.study),
         first_failure=_first_failure(trials),
         retried=retried,
+        requeued=requeued.queued,
+        given_up=requeued.given_up,
         duplicates=duplicate_params(trials),
         runs_dir=study_runs(loaded, store),
         waiting=[t.number for t in trials if t.state == TrialState.WAITING],
@@ -196,17 +204,48 @@ def duplicate_params(trials: list[FrozenTrial]) -> list[list[int]]:
     return [numbers for numbers in groups.values() if len(numbers) > 1]
 
 
-def _interrupted_message(loaded: LoadedStudy, stopped: list[int], again: str) -> str:
-    which = (
-        f"trial(s) {', '.join(map(str, stopped))} marked interrupted"
-        if stopped
-        else ("no trial was running")
-    )
-    return (
-        f"Interrupted: study {loaded.config.name}: {which} (they do not count toward the "
-        f"budget). Continue with `{again}` (new trials take their place) or "
-        f"`{again} --retry-failed` (they resume from their checkpoints)"
-    )
+def _interrupted_message(
+    loaded: LoadedStudy, store: StudyStore, stopped: list[int], again: str
+) -> str:
+    """What Ctrl-C did to each of this runner's trials and what the continue command will do
+    with them: an interrupted configuration runs again (``requeue_locked``), from its
+    checkpoint when an epoch had finished, else afresh; a promoted trial went back to its
+    rung."""
+    from drsearch.search.store import MAX_INTERRUPTIONS, interruptions
+
+    trials = {t.number: t for t in store.study.get_trials(deepcopy=False)}
+    resumed, fresh, paused, left = [], [], [], []
+    for number in stopped:
+        t = trials[number]
+        if paused_at(t) is not None:
+            paused.append(f"{number} (back at its rung, epoch {paused_at(t)})")
+        elif interruptions(t, trials) >= MAX_INTERRUPTIONS:
+            left.append(str(number))
+        elif (trial_dir(loaded, store, number) / "checkpoints" / "last.pt").is_file():
+            resumed.append(str(number))
+        else:
+            fresh.append(str(number))
+    parts = []
+    if resumed:
+        parts.append(f"trial(s) {', '.join(resumed)} resume from their last checkpoint")
+    if fresh:
+        parts.append(f"trial(s) {', '.join(fresh)} start again (no epoch had finished)")
+    if paused:
+        parts.append(f"trial(s) {', '.join(paused)} wait for a promotion as before")
+    said = f"Interrupted: study {loaded.config.name}. Continue with `{again}`"
+    if not stopped:
+        said += " (no trial was running)"
+    elif parts:
+        said += (
+            ": " + "; ".join(parts) + ", each with its own parameters (an interrupted trial "
+            "never counts toward the budget)"
+        )
+    if left:
+        said += (
+            f". Trial(s) {', '.join(left)} were interrupted {MAX_INTERRUPTIONS} times in a row "
+            "and will not run again unless you add --retry-failed"
+        )
+    return said
 
 
 def _user_attrs(store: StudyStore, number: int) -> dict[str, Any]:
@@ -224,7 +263,7 @@ def _open(
     from drsearch.search.definition import check_definition
 
     cfg = loaded.config
-    store = StudyStore(cfg)
+    store = StudyStore(cfg, queue_only=loaded.companion)
     if not loaded.companion:  # a confirmation study's runs are defined by its finalists
         with store.lock.hold():
             ranked = any(

@@ -13,9 +13,10 @@ from typing import Any, Protocol
 
 import optuna
 
-from drsearch.config.space import sample, trial_recipe
+from drsearch.config.space import trial_recipe
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
+from drsearch.search.draws import draw
 from drsearch.search.scheduler import Decision, RungScheduler
 from drsearch.search.store import RECOVERED, RETRY_OF, STORED, StudyStore
 from drsearch.search.trial import EpochReport, Outcome, TrialEnd, TrialTracker
@@ -115,6 +116,7 @@ def start_trial(
     rungs = RungScheduler(store, loaded.max_epochs)
     promoted = rungs.promote() if rungs.promotes else None
     trial = optuna.Trial(store.study, promoted._trial_id) if promoted else store.claim()
+    draws = 1
     if trial is None:
         if rungs.promotes:
             pruned = rungs.prune_paused()
@@ -128,8 +130,8 @@ def start_trial(
     try:
         if promoted is not None:  # its parameters as drawn, in file order
             params = {k: promoted.params[k] for k in loaded.space if k in promoted.params}
-        else:
-            params = sample(trial, loaded.space, loaded.recipe)
+        else:  # never a configuration another trial of the study holds (draws.py)
+            params, draws = draw(trial, loaded.space, loaded.recipe)
         progress.trial_started(trial.number, params)
         if configure is not None:
             config, epochs = configure(params, f"trial {trial.number}")
@@ -144,8 +146,10 @@ def start_trial(
         store.finish(trial._trial_id, outcome, {})
         progress.trial_finished(trial.number, outcome)
         return NoTrial.NOT_STARTED
+    redrawn = {"draws": draws} if promoted is None and draws > 1 else {}
     if configure is not None:  # another trainable: no recipe, no checkpoint to take over
         ctx = TrialContext(trial, params, config, run_dir, tracker, epochs, resume=bool(promoted))
+        ctx.extra_attrs |= redrawn
         if promoted is not None:
             ctx.extra_attrs["promotions"] = int(promoted.user_attrs.get("promotions", 0)) + 1
         return ctx
@@ -161,6 +165,7 @@ def start_trial(
             update={"data": recipe.data.model_copy(update={"cache": "disk"})}
         )
     ctx = TrialContext(trial, params, recipe, run_dir, tracker, recipe.train.epochs)
+    ctx.extra_attrs |= redrawn
     if promoted is not None:
         # its checkpoint is the truth: the trainer replays the epochs done, then goes on;
         # its wall time so far counts toward the trial's
