@@ -206,7 +206,10 @@ def check_parent_data(
     data: refused in one line when the data listed now are not those the parent stored (its
     finalists were chosen on other images); ``drsearch run --accept-changes`` on the parent
     records the change first. A parent stored without its data is not refused."""
-    stored = storage.get_study_system_attrs(storage.get_study_id_from_name(parent))
+    try:
+        stored = storage.get_study_system_attrs(storage.get_study_id_from_name(parent))
+    except KeyError:  # no such study (the caller found it first): nothing to compare
+        return
     old = (stored.get(DEFINITION_ATTR) or {}).get(DATA_KEY)
     if not (data and old):
         return
