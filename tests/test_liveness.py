@@ -32,8 +32,10 @@ def test_a_runner_of_another_boot_pid_namespace_or_host_is_judged_rightly(
     me = s.runner
     now = db_now(s.storage)
     rebooted, container, container_silent, unreadable, elsewhere = (claim(s) for _ in range(5))
-    # the same host before a reboot: dead at once, whatever its heartbeat says
-    _owned_by(s, rebooted, RunnerId(me.host, me.pid, me.started, "0" * 12, me.pidns, "x"), now)
+    # the same host name and another boot id, silent for ten minutes: an earlier boot of
+    # this machine (dead), even with this process's PID and start time
+    rebooted_id = RunnerId(me.host, me.pid, me.started, "0" * 12, me.pidns, "x")
+    _owned_by(s, rebooted, rebooted_id, now - 600)
     # a container with the same hostname and another PID namespace: its PID means nothing
     # here, so its heartbeat decides
     other_ns = RunnerId(me.host, 1, 0.0, me.boot, "4026531836x", "y")
@@ -58,6 +60,64 @@ def test_a_runner_of_another_boot_pid_namespace_or_host_is_judged_rightly(
     states = {t.number: t.state for t in again.study.get_trials()}
     assert states[container.number] == states[unreadable.number] == TrialState.RUNNING
     assert states[elsewhere.number] == TrialState.RUNNING
+
+
+def test_the_same_host_name_with_another_boot_id_is_judged_by_its_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """A cloned VM or container keeps the host name and has another boot id, as an earlier
+    boot of this machine has: only the heartbeat tells a live clone from a dead process."""
+    s = store(tmp_path)
+    me = s.runner
+    now = db_now(s.storage)
+    clone, clone_silent, never_beat = (claim(s) for _ in range(3))
+    for trial, token, beat in ((clone, "c", now - 5), (clone_silent, "d", now - 3600),
+                               (never_beat, "e", None)):  # fmt: skip
+        # the same host name, PID namespace, even PID and start time: only the boot differs
+        _owned_by(s, trial, RunnerId(me.host, me.pid, me.started, "f" * 12, me.pidns, token), beat)
+    again = store(tmp_path)
+    assert liveness.runner_alive(str(RunnerId(me.host, 1, 0.0, "f" * 12, "", "c")), me, 5.0)
+    assert again.reap_interrupted() == [clone_silent.number, never_beat.number]
+    states = {t.number: t.state for t in again.study.get_trials()}
+    assert states[clone.number] == TrialState.RUNNING  # a 5-second-old beat: it runs
+
+
+def test_a_zombie_runner_is_dead_though_its_start_time_answers(tmp_path: Path) -> None:
+    """A runner killed but not yet reaped by its parent: its process entry (and start time)
+    remains, its trials are interrupted, whatever heartbeat they carry."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    s = store(tmp_path)
+    me = s.runner
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # wait for it to exit, leaving it unreaped (a zombie): no poll, no sleep
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        zombie = psutil.Process(child.pid)
+        assert zombie.status() == psutil.STATUS_ZOMBIE
+        owner = RunnerId(me.host, child.pid, zombie.create_time(), me.boot, me.pidns, "zz")
+        assert not liveness.runner_alive(str(owner), me, heartbeat_age=1.0)
+        trial = claim(s)
+        _owned_by(s, trial, owner, db_now(s.storage))  # a fresh beat: the process decides
+        assert store(tmp_path).reap_interrupted() == [trial.number]
+        frozen = s.storage.get_trial(trial._trial_id)
+        assert frozen.state == TrialState.FAIL
+        assert frozen.user_attrs["fail_reason"] == "interrupted"
+    finally:
+        child.wait()  # reaped now
+
+
+def test_a_trial_beats_as_soon_as_it_is_claimed(tmp_path: Path) -> None:
+    """No window without a heartbeat: a runner on another machine that dies right after its
+    claim leaves a beat that goes stale, never a trial that waits forever."""
+    s = store(tmp_path)
+    trial = claim(s)
+    attrs = s.storage.get_trial(trial._trial_id).system_attrs
+    assert attrs[RUNNER_ATTR] == str(s.runner) and HEARTBEAT_ATTR in attrs
 
 
 def test_the_heartbeat_is_written_on_the_databases_clock(tmp_path: Path) -> None:

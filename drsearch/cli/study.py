@@ -59,8 +59,8 @@ from drsearch.fmt import short
 @click.option(
     "--accept-changes",
     is_flag=True,
-    help="Continue a study whose objective, search space, recipe or pruner changed since it "
-    "was created (refused otherwise); the change is recorded in the study.",
+    help="Continue a study whose objective, search space, recipe, pruner or data changed since "
+    "it was created (refused otherwise); the change is recorded in the study.",
 )
 @click.option(
     "--warm-start",

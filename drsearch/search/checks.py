@@ -6,27 +6,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 
 
 def check_inputs(
-    loaded: LoadedStudy, generate: bool = True, evidence: list[str] | None = None
+    loaded: LoadedStudy,
+    generate: bool = True,
+    evidence: list[str] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> list[str]:
     """Before any trial: the data and weights the recipe names exist, and a synthetic set is
     generated (once for the whole study, not once per trial; not at all without
     ``generate``); the validation split can measure and certify what the study asks.
     Raises one error naming every problem (``input_problems``); returns warnings to show;
-    ``evidence`` receives one line per constraint: its images."""
-    problems, warnings = input_problems(loaded, generate, evidence)
+    ``evidence`` receives one line per constraint: its images; ``data`` the fingerprint of
+    the data as listed for the split (``listed_fingerprint``), which the study stores."""
+    problems, warnings = input_problems(loaded, generate, evidence, data)
     if problems:
         raise problems_error(problems)
     return warnings
 
 
 def input_problems(
-    loaded: LoadedStudy, generate: bool = True, evidence: list[str] | None = None
+    loaded: LoadedStudy,
+    generate: bool = True,
+    evidence: list[str] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Every problem ``check_inputs`` finds, not only the first, and its warnings."""
     problems: list[str] = []
@@ -46,7 +54,7 @@ def input_problems(
     data_found = attempt(lambda: check_data_exists(loaded, generate))
     attempt(lambda: check_placement(loaded))
     if data_found:  # its split's images are counted only once the data is there
-        attempt(lambda: check_metrics_computable(loaded, evidence, generate))
+        attempt(lambda: check_metrics_computable(loaded, evidence, generate, data))
     return problems, warnings
 
 
@@ -176,16 +184,21 @@ def check_run_root(loaded: LoadedStudy) -> None:
 
 
 def check_metrics_computable(
-    loaded: LoadedStudy, evidence: list[str] | None = None, generate: bool = True
+    loaded: LoadedStudy,
+    evidence: list[str] | None = None,
+    generate: bool = True,
+    data_fingerprint: dict[str, Any] | None = None,
 ) -> list[str]:
     """Count the validation images behind the objective and each constraint (as the base
-    recipe splits the data, before any unreadable image is dropped). Refuse a study whose
+    recipe splits the data, before any unreadable image is dropped); ``data_fingerprint``
+    receives the fingerprint of that listing (the data are listed once). Refuse a study whose
     split lacks the grades a metric needs, or (``constraints_on: lower_bound``) has too few
     to certify a minimum at the study's confidence even with none missed; under ``point``,
     say so as a warning (a point estimate on few images is a range). Returns the warnings."""
     import numpy as np
 
     from drsearch.clinical import DENOMINATOR_GRADES
+    from drsearch.data.fingerprint import listed_fingerprint
     from drsearch.data.records import Skipped
     from drsearch.data.sources import load_records
     from drsearch.data.split import data_split
@@ -204,6 +217,8 @@ def check_metrics_computable(
             return []  # `check` does not generate the synthetic set; `run` does, then counts
         # found before any trial is claimed, instead of by every trial (each counted FAIL)
         raise ConfigError(f"{loaded.path}: data: {exc}") from None
+    if data_fingerprint is not None:
+        data_fingerprint.update(listed_fingerprint(records, sides))
     if not wanted and objective.metric != "referable_auc":
         return []
     counts = np.bincount([records[i].label for i in sides.val], minlength=5)

@@ -291,9 +291,7 @@ def drift(recipe: Recipe) -> list[str]:
     """How the installed versions and the data differ from what the recipe pins."""
     if recipe.pinned is None:
         return []
-    import numpy as np
-
-    from drsearch.data.fingerprint import data_fingerprint
+    from drsearch.data.fingerprint import listed_fingerprint
     from drsearch.data.records import Skipped
     from drsearch.data.sources import load_records
     from drsearch.data.split import data_split
@@ -307,14 +305,7 @@ def drift(recipe: Recipe) -> list[str]:
             found.append(f"{name} {now.get(name)} is installed, the recipe pins {pinned}")
     d = recipe.data
     loaded = load_records(d, Skipped())
-    sides = data_split(loaded, d)
-    kept = np.union1d(sides.train, sides.val)  # sorted: the run's records, test left out
-    current = data_fingerprint(
-        [loaded[i] for i in kept],
-        np.searchsorted(kept, sides.train),
-        np.searchsorted(kept, sides.val),
-        [loaded[i].id for i in sides.test],
-    )
+    current = listed_fingerprint(loaded, data_split(loaded, d))
     for key, what in (
         ("images_sha256", "image list (ids, labels, file sizes)"),
         ("split_sha256", "validation split"),

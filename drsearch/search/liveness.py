@@ -1,12 +1,24 @@
 """Which runner owns a RUNNING trial, and whether that runner still runs.
 
 A runner is named by its host, boot, PID namespace, PID, process start time and a token of
-its own (``RunnerId``): a reused PID, a process of an earlier boot, a container with the
-same hostname but another PID namespace, and a second runner in the same process are each
-another runner. On the same machine (host, boot and PID namespace equal) the process itself
-is asked; elsewhere, or where the process cannot be read, the trial's heartbeat decides,
-written and compared on the database's clock (as Optuna's RDB heartbeat does), so the
-clocks of the runners' hosts never matter.
+its own (``RunnerId``); each RUNNING trial also carries a heartbeat, written by its runner at
+once when it takes the trial and every ``HEARTBEAT_EVERY_S`` after, on the database's clock
+(as Optuna's RDB heartbeat does), so the clocks of the runners' hosts never matter. What
+decides, by the evidence the stored id carries:
+
+- this runner: alive; another runner of this process: alive while it is open (its token);
+- the same machine (host, boot id and PID namespace equal: the process can be asked): alive
+  while a process with that PID and start time exists and has not exited (a zombie, killed
+  but not yet reaped by its parent, is dead; so is a reused PID); one that exists but cannot
+  be read is not proof of death, and its heartbeat decides;
+- the same host name with another boot id: an earlier boot of this machine, or another
+  machine of the same name (a cloned VM, a container): only the heartbeat can tell them
+  apart, so it decides (an earlier boot's heartbeat has stopped; a clone's still beats);
+- another PID namespace (a container on this kernel), another host, or an id that names no
+  runner: the heartbeat decides.
+
+The heartbeat decides as: alive while the last beat is younger than ``STALE_AFTER_S``; a
+trial that never beat (its runner died between claiming and its first beat) is dead.
 
 Optuna's own ``fail_stale_trials`` is not used: promotion ASHA leaves paused trials RUNNING
 with no runner, and it would fail them.
@@ -83,12 +95,17 @@ def pid_namespace() -> str:
 
 
 def process_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch); ``None`` if there is none.
+    """When process ``pid`` started (seconds since the epoch); ``None`` if there is none, or
+    it has exited and only waits to be reaped (a zombie: its start time still answers).
     Raises ``PermissionError`` when it exists but cannot be read (not proof of death)."""
     import psutil
 
     try:
-        return float(psutil.Process(pid).create_time())
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return None
+            return float(process.create_time())
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied:
@@ -120,18 +137,17 @@ def runner_alive(owner: str, me: RunnerId, heartbeat_age: float | None) -> bool:
     if owner == str(me):
         return True
     other = RunnerId.parse(owner)
-    if other is not None:
-        if other.host == me.host and other.boot and me.boot and other.boot != me.boot:
-            return False  # a process of an earlier boot of this machine
-        if me.same_machine(other):
-            if other.pid == me.pid and abs(other.started - me.started) < 1.0:
-                return not other.token or other.token in _OPEN  # this process: is it open?
-            try:
-                started = process_start(other.pid)
-            except PermissionError:
-                started = None  # exists, unreadable: the heartbeat decides
-            else:
-                return started is not None and abs(started - other.started) < 1.0
+    # the same host name with another boot id (an earlier boot of this machine, or a cloned
+    # machine) is not the same machine: its heartbeat decides, below
+    if other is not None and me.same_machine(other):
+        if other.pid == me.pid and abs(other.started - me.started) < 1.0:
+            return not other.token or other.token in _OPEN  # this process: is it open?
+        try:
+            started = process_start(other.pid)
+        except PermissionError:
+            pass  # exists, unreadable: the heartbeat decides
+        else:
+            return started is not None and abs(started - other.started) < 1.0
     return heartbeat_age is not None and heartbeat_age < STALE_AFTER_S
 
 

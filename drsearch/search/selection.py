@@ -141,6 +141,11 @@ def confirm_name(name: str) -> str:
     return f"{name}-confirm"
 
 
+def parent_name(name: str) -> str:
+    """The study a confirmation study (``confirm_name``) confirms."""
+    return name.removesuffix("-confirm")
+
+
 def companion_config(cfg: StudyConfig) -> StudyConfig:
     """The confirmation study's config: its name, in the parent's storage (also when that is
     the default SQLite file, which is named after the study), never pruned."""

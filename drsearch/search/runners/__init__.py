@@ -79,17 +79,18 @@ def run_study(
     parameters (continuing from their checkpoints where the recipe is unchanged).
     ``rerun`` is the command that continues this study (the CLI's own, with its options), for
     the message on Ctrl-C. A study continued under another definition (objective, space,
-    recipe, pruner) is refused unless ``accept_changes``.
+    recipe, pruner, data) is refused unless ``accept_changes``.
     """
     started = time.time()
     progress = progress or SilentProgress()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = loaded.config
-    for warning in check_inputs(loaded):
+    data: dict[str, Any] = {}  # the data's fingerprint, as the checks list them
+    for warning in check_inputs(loaded, data=data):
         if not loaded.companion:  # the study it confirms has said them
             progress.warn(warning)
-    store = _open(loaded, accept_changes, progress)
+    store = _open(loaded, accept_changes, progress, data or None)
     from drsearch.search.tracking import TrackedProgress, open_tracking
 
     with store.lock.hold():  # runners starting together find or create one set of runs
@@ -255,16 +256,26 @@ def _user_attrs(store: StudyStore, number: int) -> dict[str, Any]:
 
 
 def _open(
-    loaded: LoadedStudy, accept_changes: bool = False, progress: StudyProgress | None = None
+    loaded: LoadedStudy,
+    accept_changes: bool = False,
+    progress: StudyProgress | None = None,
+    data: dict[str, Any] | None = None,
 ) -> StudyStore:
-    """The study's store (refused when the study was created with another definition), its
-    folders (inside the run root, marked as drsearch's), its definition and dashboard note,
-    its artifact store and its budget."""
-    from drsearch.search.definition import check_definition
+    """The study's store (refused when the study was created with another definition or on
+    other data: ``data``, their fingerprint now), its folders (inside the run root, marked as
+    drsearch's), its definition and dashboard note, its artifact store and its budget."""
+    from drsearch.search.definition import check_definition, check_parent_data
+    from drsearch.search.selection import parent_name
 
     cfg = loaded.config
     store = StudyStore(cfg, queue_only=loaded.companion)
-    if not loaded.companion:  # a confirmation study's runs are defined by its finalists
+    if loaded.companion:  # its runs are defined by its parent's finalists, on its data
+        try:
+            check_parent_data(store.storage, parent_name(cfg.name), loaded, data)
+        except BaseException:
+            store.close()
+            raise
+    else:
         with store.lock.hold():
             ranked = any(
                 t.state in (TrialState.COMPLETE, TrialState.PRUNED) or paused_at(t) is not None
@@ -272,7 +283,7 @@ def _open(
             )
             try:
                 accepted = check_definition(
-                    store.storage, store.study._study_id, loaded, accept_changes, ranked
+                    store.storage, store.study._study_id, loaded, accept_changes, ranked, data
                 )
             except BaseException:
                 store.close()
