@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -115,6 +116,28 @@ def write_tiny_study(
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def peek_trials(db: Path) -> list[tuple[int, str, int]]:
+    """``(number, state, epochs reported)`` of every trial in a SQLite study file that a
+    runner may still be creating, read-only: never creates the file, the schema or a lock,
+    so a test that watches a running study cannot race the runner creating it (opening it
+    with Optuna would create the tables: "table trials already exists" in the runner). Empty
+    while there is nothing to read yet."""
+    import sqlite3
+
+    if not db.is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            rows = conn.execute(
+                "SELECT t.number, t.state, COUNT(v.trial_intermediate_value_id) FROM trials t "
+                "LEFT JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                "GROUP BY t.trial_id ORDER BY t.number"
+            ).fetchall()
+    except sqlite3.Error:  # tables not created yet, or locked for a moment
+        return []
+    return [(int(n), str(state), int(k)) for n, state, k in rows]
 
 
 @pytest.fixture(scope="session")

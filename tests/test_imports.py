@@ -1,8 +1,8 @@
 """The house rules of imports (as click's tests/test_imports.py checks its own import set).
 
 - Imports flow downward: ``cli -> {search, inspect} -> train -> data -> config -> clinical,
-  errors, fmt, io``; ``train`` never imports the search layer, ``search`` and ``inspect``
-  never each other.
+  errors, fmt, io, ranking, states``; ``train`` never imports the search layer, ``search``
+  and ``inspect`` never each other.
 - No import circle between modules.
 - Commands that need only a schedule, a table or the study records (``--help``, ``lr``,
   ``report``, ``dashboard``) do not pay for torch, timm or albumentations.
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "drsearch"
-BASE = {"root", "clinical", "errors", "fmt", "io", "ranking"}
+BASE = {"root", "clinical", "errors", "fmt", "io", "ranking", "states"}
 ALLOWED = {
     "root": BASE,
     "clinical": BASE,
@@ -25,6 +25,7 @@ ALLOWED = {
     "fmt": BASE,
     "io": BASE,
     "ranking": BASE,
+    "states": BASE,
     "config": BASE,
     "data": BASE | {"config"},
     "train": BASE | {"config", "data"},

@@ -337,7 +337,8 @@ def test_one_best_trial_rule_everywhere_and_a_zero_value_is_a_value() -> None:
     from drsearch.inspect.trials import best_trial
     from drsearch.ranking import closest, ranked_trials
     from drsearch.ranking import search_best as rule
-    from drsearch.search.selection import closest_infeasible, search_best_trial, study_best
+    from drsearch.search.selection import closest_infeasible, search_best_trial
+    from drsearch.search.verdict import study_best
 
     def study_of(values: list[tuple[float, bool]]) -> optuna.Study:
         study = optuna.create_study(direction="maximize")
@@ -430,10 +431,14 @@ def test_a_killed_runners_confirmation_run_is_taken_over_never_sampled(
 
 
 @pytest.mark.e2e
-def test_a_finalist_stage_of_a_one_epoch_recipe(tmp_path: Path, tiny_dataset: Path) -> None:
+def test_a_finalist_stage_of_a_one_epoch_recipe(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A recipe of one epoch: its finalists are retrained at epoch 1 (``select_epoch``'s range
     is 1..1), and the stage completes."""
     from drsearch.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # its record goes to reports/ under the current directory
 
     space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
     path = write_tiny_study(

@@ -33,7 +33,7 @@ from drsearch.search.database import make_storage
 from drsearch.search.objective import score
 from drsearch.search.runners import run_study
 from drsearch.train import fit
-from tests.conftest import tiny_recipe_dict, write_tiny_study
+from tests.conftest import peek_trials, tiny_recipe_dict, write_tiny_study
 
 pytestmark = pytest.mark.e2e
 
@@ -263,20 +263,16 @@ def _kill_runner_mid_trial(path: Path, log: Path) -> int:
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
-    url = load_study(path).config.storage_url()
-    deadline, study = time.time() + 240, None
+    db = load_study(path).config.run_root / "tiny.db"
+    deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-        try:
-            study = study or optuna.load_study(study_name="tiny", storage=make_storage(url))
-            current = study.get_trials(deepcopy=False)
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            continue
-        running = [t for t in current if t.state == TrialState.RUNNING and t.intermediate_values]
-        if running and any(t.state == TrialState.COMPLETE for t in current):
+        current = peek_trials(db)  # read-only: never races the runner creating the study
+        running = [n for n, state, epochs in current if state == "RUNNING" and epochs]
+        if running and any(state == "COMPLETE" for _, state, _ in current):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            return running[0].number
+            return running[0]
     raise AssertionError(f"never caught a trial mid-run; runner said: {log.read_text()[-2000:]}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,32 @@ def _open_study(
 
         loaded = smoke_study(loaded, use_gpu=use_gpu)
     return loaded
+
+
+def _study_flags(
+    smoke: bool, run_root: Path | None, storage: str | None = None, study_name: str | None = None
+) -> str:
+    """The command-line options that name this study, to repeat in a suggested command."""
+    named = (("--run-root", run_root), ("--storage", storage), ("--study-name", study_name))
+    return (" --smoke" if smoke else "") + "".join(
+        f" {flag} {shlex.quote(str(value))}" for flag, value in named if value
+    )
+
+
+def print_no_winner(study: Any, command: str) -> Any:
+    """Say why the study names no winner (``search.verdict.no_winner``): what came closest
+    and the next steps that make sense; the verdict (``None`` when it names one)."""
+    from drsearch.search.verdict import no_winner
+
+    verdict = no_winner(study, command)
+    if verdict is None:
+        return None
+    click.echo(f"no winner: {verdict.why}")
+    if verdict.closest:
+        click.echo(f"  closest: {verdict.closest}")
+    if verdict.next_steps:
+        click.echo("what to try:")
+        width = max(len(what) for what, _ in verdict.next_steps)
+        for what, why in verdict.next_steps:
+            click.echo(f"  {what:<{width}}  # {why}")
+    return verdict

@@ -60,7 +60,7 @@ def confirm(
     overrides = {"executor": executor, "resources.max_concurrent": max_concurrent}
     loaded = _open_study(study, storage, run_root, smoke, overrides)
     plan = plan_of(loaded, top_k, seeds, folds)
-    from drsearch.cli.study import _study_flags
+    from drsearch.cli.common import _study_flags
     from drsearch.search.database import masked_url
 
     again = (

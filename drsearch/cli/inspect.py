@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from drsearch.cli.common import UserError, _open_study, _smoke_options, _storage_opt, cli
+from drsearch.cli.common import (
+    UserError,
+    _open_study,
+    _smoke_options,
+    _storage_opt,
+    _study_flags,
+    cli,
+    print_no_winner,
+)
 from drsearch.fmt import num, short
 
 
@@ -27,7 +35,8 @@ def report(
     from drsearch.inspect.report.plots import write_report
     from drsearch.inspect.report.records import build_records
     from drsearch.search.database import open_existing
-    from drsearch.search.selection import FINALISTS_ATTR, study_best
+    from drsearch.search.selection import FINALISTS_ATTR
+    from drsearch.search.verdict import study_best
 
     loaded = _open_study(study, storage, run_root, smoke)
     cfg = loaded.config
@@ -200,7 +209,8 @@ def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
     the best feasible trial): value, medical-grade figures, parameters, where it is."""
     from drsearch.inspect.trials import trial_line
     from drsearch.search.database import open_existing
-    from drsearch.search.selection import FINALISTS_ATTR, study_best
+    from drsearch.search.selection import FINALISTS_ATTR
+    from drsearch.search.verdict import study_best
 
     cfg = _open_study(study, storage, run_root, smoke).config
     opened = open_existing(cfg, study)
@@ -214,11 +224,10 @@ def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
         print_finalists(record)
     trial = chosen.trial
     if trial is None:
-        raise UserError(
-            f"{study}: study {cfg.name!r} has no "
-            + ("feasible confirmed finalist" if record else "feasible complete trial yet")
-            + f"; see `drsearch trials {study}` for what the trials reached"
-        )
+        verdict = print_no_winner(opened, f"{study}{_study_flags(smoke, run_root)}")
+        from drsearch.errors import NoWinner
+
+        raise NoWinner(f"{study}: study {cfg.name!r} names no winner: {verdict.why}")
     r = trial_line(trial)
     what = "crowned finalist" if chosen.source == "finalists" else "best feasible trial"
     click.echo(f"{what} of {cfg.name}: trial {r.number}, search value {num(r.value, 4)}")

@@ -15,7 +15,9 @@ from drsearch.cli.common import (
     _set_opt,
     _smoke_options,
     _storage_opt,
+    _study_flags,
     cli,
+    print_no_winner,
 )
 from drsearch.fmt import short
 
@@ -126,7 +128,15 @@ def run(
     held_out = bool(loaded.recipe.data.test_fraction) or any(
         s.use == "test" for s in loaded.recipe.data.sources
     )
-    _print_next_steps(study, smoke, run_root, summary, held_out, bool(loaded.config.finalists))
+    from drsearch.search.database import open_existing
+    from drsearch.search.verdict import study_best
+
+    opened = open_existing(loaded.config, loaded.path)
+    winner = study_best(opened).trial is not None
+    finalists = bool(loaded.config.finalists)
+    _print_next_steps(study, smoke, run_root, summary, held_out, finalists, winner)
+    if not winner and summary.counts.counted + summary.counts.paused:
+        print_no_winner(opened, f"{study}{_study_flags(smoke, run_root)}")
     from click.core import ParameterSource
 
     source = click.get_current_context().get_parameter_source("storage")
@@ -248,6 +258,26 @@ def _print_summary(s: Any) -> None:
         + (f", {c.interrupted} interrupted (not counted)" if c.interrupted else "")
         + (f", {c.paused} paused at a rung (the next run goes on with them)" if c.paused else "")
     )
+    d = s.deadline
+    if d is not None and d.reached_at is not None:
+        click.echo(
+            f"time limit: {d.limit_s:g} s from the first trial's start, reached; no trial "
+            f"started after it; the run ended {d.past_limit_s or 0:.0f} s past it"
+            + (
+                f"; trial(s) {', '.join(map(str, d.finished))} (the leader of the highest rung) "
+                "trained to the end"
+                if d.finished
+                else ""
+            )
+            + (f"; the leader was not finished: {d.not_finished}" if d.not_finished else "")
+        )
+    elif d is not None:
+        click.echo(f"time limit: {d.limit_s:g} s from the first trial's start, not reached")
+    if s.paused:
+        click.echo(
+            "paused at a rung (the next run goes on with them): trials "
+            + ", ".join(f"{n} (epoch {e})" for n, e in s.paused)
+        )
     if s.reaped:
         click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")
     if s.requeued:
@@ -289,6 +319,12 @@ def _print_summary(s: Any) -> None:
         click.echo(line)
     for reason, n in s.failures:
         click.echo(f"failed: {n} x {reason}")
+    if s.provisional is not None:
+        trial, epoch = s.provisional
+        click.echo(
+            f"no trial was trained to the end; provisionally best: trial {trial.number} by its "
+            f"value at epoch {epoch} (not a winner)"
+        )
     shown = s.best or s.closest
     if shown is not None:
         params = ", ".join(f"{k}={short(v)}" for k, v in shown.params.items())
@@ -303,16 +339,6 @@ def _print_summary(s: Any) -> None:
                 click.echo(f"  not feasible: {reason}")
 
 
-def _study_flags(
-    smoke: bool, run_root: Path | None, storage: str | None = None, study_name: str | None = None
-) -> str:
-    """The command-line options that name this study, to repeat in a suggested command."""
-    named = (("--run-root", run_root), ("--storage", storage), ("--study-name", study_name))
-    return (" --smoke" if smoke else "") + "".join(
-        f" {flag} {shlex.quote(str(value))}" for flag, value in named if value
-    )
-
-
 def _print_next_steps(
     study: Path,
     smoke: bool,
@@ -320,10 +346,12 @@ def _print_next_steps(
     s: Any,
     held_out: bool = False,
     finalists: bool = False,
+    winner: bool = True,
 ) -> None:
     """Where to look next: the commands that open this study's results (with the same
-    ``--smoke`` and ``--run-root``)."""
-    if s.best is None and s.closest is None and not s.counts.counted:
+    ``--smoke`` and ``--run-root``); ``evaluate`` and ``export`` only when the study names a
+    winner (``search.verdict``: else ``print_no_winner`` says what to try)."""
+    if s.best is None and s.closest is None and not s.counts.counted and not s.counts.paused:
         return
     flag = _study_flags(smoke, run_root)
     click.echo("next steps:")
@@ -340,14 +368,14 @@ def _print_next_steps(
                 "retrain the top 3 with fresh seeds: is the winner luck?",
             )
         )
-    if s.best is not None and held_out:
+    if winner and held_out:
         steps.append(
             (
                 f"drsearch evaluate {study}{flag}",
                 "the best trial on the held-out test set, with 95% intervals",
             )
         )
-    if s.best is not None:
+    if winner:
         steps.append(
             (
                 f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml "

@@ -118,7 +118,11 @@ class SamplerConfig(Section):
 
 class BudgetConfig(Section):
     n_trials: int = Field(20, ge=1, le=1_000_000)
-    time_limit_s: float | None = Field(None, gt=0)
+    #: no new trial starts this long after the run's first trial started (search/deadline.py)
+    time_limit_s: float | None = Field(None, gt=0, le=10**9)
+    #: how far past ``time_limit_s`` the leader of the highest rung may train to finish (its
+    #: time estimated from its own epochs); unset: as long as it takes; 0: not at all
+    finish_grace_s: float | None = Field(None, ge=0, le=10**9)
 
 
 class ResourcesConfig(Section):

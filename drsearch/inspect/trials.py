@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from drsearch.states import Status, epochs_done, paused_at, retried_numbers, status
 
 SORTS = ("number", "value", "duration")
 
@@ -33,23 +36,28 @@ class TrialLine:
 _METRICS = ("accuracy", "qwk", "sensitivity_severe_npdr", "sensitivity_pdr", "min_specificity")
 
 
-def trial_line(t: FrozenTrial) -> TrialLine:
+def trial_line(t: FrozenTrial, retried: Collection[int] = ()) -> TrialLine:
+    """One trial as a row; ``retried``: the study's ``states.retried_numbers``."""
     a = t.user_attrs
+    state = status(t, retried)
     if t.state == TrialState.FAIL:
         note = str(a.get("fail_reason") or "")
+        note += " (queued again)" if state == Status.INTERRUPTED and t.number in retried else ""
     elif t.state == TrialState.PRUNED:
         note = f"pruned at epoch {a.get('pruned_at_epoch')}"
+    elif state == Status.PAUSED:
+        note = f"paused at the rung of epoch {paused_at(t)}, waiting for a promotion"
     else:
         note = ""
     if "retry_of" in a:
         note = f"re-run of {a['retry_of']}" + (f"; {note}" if note else "")
     return TrialLine(
         number=t.number,
-        state=t.state.name,
+        state=state.value.upper(),
         value=t.value if t.state == TrialState.COMPLETE else None,
         feasible=a.get("feasible"),
         shortfalls=dict(a.get("constraint_shortfalls") or {}),
-        epochs=a.get("epochs_completed"),
+        epochs=epochs_done(t),
         best_epoch=a.get("best_epoch"),
         seconds=a.get("wall_seconds"),
         params=dict(t.params),
@@ -61,7 +69,9 @@ def trial_line(t: FrozenTrial) -> TrialLine:
 
 def trial_lines(study: optuna.Study, sort: str = "number") -> list[TrialLine]:
     """Every trial of the study; ``value`` sorts best first (trials without one last)."""
-    lines = [trial_line(t) for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    lines = [trial_line(t, retried) for t in trials]
     if sort == "value":
         lines.sort(key=lambda r: (r.value is None, -(r.value or 0.0), r.number))
     elif sort == "duration":

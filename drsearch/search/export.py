@@ -52,7 +52,7 @@ def select_trial(
     ``search-best`` (the search's own best feasible trial, whatever the finalists say) or a
     trial number (COMPLETE or PRUNED unless not ``trained_only``: a failed trial's run folder
     can be diagnosed too)."""
-    from drsearch.search.selection import study_best
+    from drsearch.search.verdict import study_best
 
     cfg = loaded.config
     study = open_existing(cfg, loaded.path)
@@ -79,9 +79,14 @@ def select_trial(
         fallback = closest_infeasible(study)  # none is feasible (or none is complete)
         if infeasible_ok and fallback is not None:
             return fallback
-        raise ConfigError(
-            f"{loaded.path}: study {cfg.name!r} has no feasible complete trial yet; "
-            "pick one with --trial N"
+        from drsearch.search.verdict import no_winner
+
+        verdict = no_winner(study, str(loaded.path))
+        why = verdict.why if verdict is not None else "no feasible complete trial"
+        closest = f" (closest: {verdict.closest})" if verdict and verdict.closest else ""
+        raise NoWinner(
+            f"{loaded.path}: study {cfg.name!r} names no winner: {why}{closest}; see "
+            f"drsearch best {loaded.path} for what to try, or pick a trial with --trial N"
         )
     if not study.trials:
         raise ConfigError(f"{loaded.path}: study {cfg.name!r} has no trial yet; run it first")

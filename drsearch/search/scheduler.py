@@ -25,7 +25,7 @@ interrupted. Every write happens under the study's lock.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Literal
 
@@ -33,18 +33,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import PrunerConfig
 from drsearch.search.trial import Outcome
+from drsearch.states import FINISHING_ATTR, PAUSED_ATTR, PAUSED_OUTCOME_ATTR, paused_at
 
 if TYPE_CHECKING:
     from drsearch.search.store import StudyStore
 
 #: What happens to a trial after an epoch.
 Decision = Literal["continue", "stop", "prune", "pause"]
-
-#: System attribute of a paused trial: the rung epoch it paused at (``None`` once promoted).
-PAUSED_ATTR = "drsearch:paused_at"
-
-#: System attribute of a paused trial: how it would end if never promoted (an ``Outcome``).
-PAUSED_OUTCOME_ATTR = "drsearch:paused_outcome"
 
 
 def promotes(pruner: PrunerConfig) -> bool:
@@ -59,13 +54,6 @@ def rungs(pruner: PrunerConfig, max_epochs: int) -> list[int]:
         out.append(epoch)
         epoch *= pruner.reduction_factor
     return out
-
-
-def paused_at(trial: FrozenTrial) -> int | None:
-    if trial.state != TrialState.RUNNING:
-        return None
-    epoch = trial.system_attrs.get(PAUSED_ATTR)
-    return None if epoch is None else int(epoch)
 
 
 def rung_members(trials: Sequence[FrozenTrial], epoch: int) -> list[tuple[float, int]]:
@@ -129,10 +117,6 @@ def end_leader(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
         return None
     here = [t for e, t in paused if e == top]
     return min(here, key=lambda t: (-t.intermediate_values.get(top, float("-inf")), t.number))
-
-
-#: System attribute of a trial promoted by ``end_leader``: it trains to the end, never pausing.
-FINISHING_ATTR = "drsearch:finishing"
 
 
 class RungScheduler:
@@ -202,6 +186,26 @@ class RungScheduler:
             if finishing:
                 s.storage.set_trial_system_attr(chosen._trial_id, FINISHING_ATTR, True)
         return chosen
+
+    def finish_leader(self, fits: Callable[[FrozenTrial], bool]) -> FrozenTrial | None:
+        """At the time limit (``deadline.Deadline``): when no trial of the study runs, take the
+        ``end_leader`` to train to the end, if ``fits`` it (its time to finish within the
+        grace); ``None`` when a trial still runs, when no leader needs finishing (a trial
+        completed past the highest paused rung, or nothing is paused) or when it does not fit.
+        Atomically across runners, as ``promote``."""
+        s = self.store
+        with s.lock.hold():
+            s.reap_locked()
+            trials = s.study.get_trials(deepcopy=False)
+            if _running(trials):
+                return None
+            leader = end_leader(trials)
+            if leader is None or not fits(leader):
+                return None
+            s.hold(leader._trial_id, promoted_from=paused_at(leader))
+            s.storage.set_trial_system_attr(leader._trial_id, PAUSED_ATTR, None)
+            s.storage.set_trial_system_attr(leader._trial_id, FINISHING_ATTR, True)
+        return leader
 
     def prune_paused(self, wait: bool = True) -> list[tuple[int, Outcome]] | None:
         """When nothing runs (no trial is left to grow a rung), prune every paused trial with

@@ -36,6 +36,14 @@ from drsearch.search.liveness import (
 from drsearch.search.samplers import make_pruner, make_sampler
 from drsearch.search.scheduler import PAUSED_ATTR, paused_at
 from drsearch.search.trial import RANKED_ATTR, Outcome
+from drsearch.states import (
+    INTERRUPTED,
+    RETRY_OF,
+    Status,
+    is_interrupted,
+    retried_numbers,
+    status,
+)
 
 BUDGET_ATTR = "drsearch:n_trials"
 
@@ -44,13 +52,6 @@ UUID_ATTR = "drsearch:uuid"
 #: The samplers a study's trials drew from, in order (``StudyStore.note_sampler``).
 SAMPLERS_ATTR = "drsearch:samplers"
 
-
-#: User attribute of a re-run trial (``--retry-failed``): the number of the failed trial it
-#: repeats. The failed trial then no longer counts toward the budget; its re-run does.
-RETRY_OF = "retry_of"
-
-
-INTERRUPTED = "interrupted"
 
 #: How often one configuration is queued again after an interruption (a killed runner, Ctrl-C)
 #: before it is left to ``--retry-failed``: a configuration that takes its runner down with it
@@ -122,11 +123,6 @@ class Counts:
         return self.counted + self.running + self.paused
 
 
-def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Failed trials that a re-run (queued or started) replaces."""
-    return {int(t.user_attrs[RETRY_OF]) for t in trials if RETRY_OF in t.user_attrs}
-
-
 @dataclass
 class Requeued:
     """What ``StudyStore.requeue_locked`` did: the interrupted trials whose configurations it
@@ -136,15 +132,11 @@ class Requeued:
     given_up: list[int] = field(default_factory=list)
 
 
-def _interrupted(t: FrozenTrial) -> bool:
-    return t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED
-
-
 def interruptions(t: FrozenTrial, by_number: dict[int, FrozenTrial]) -> int:
     """How many times in a row ``t``'s configuration was interrupted (``t`` and the trials it
     re-runs, back to one that was not)."""
     n, seen = 0, set()
-    while t is not None and _interrupted(t) and t.number not in seen:
+    while t is not None and is_interrupted(t) and t.number not in seen:
         n += 1
         seen.add(t.number)
         parent = t.user_attrs.get(RETRY_OF)
@@ -167,25 +159,16 @@ def _value(t: FrozenTrial) -> float:
 
 
 def count_trials(trials: Sequence[FrozenTrial]) -> Counts:
-    tally: Counter[str] = Counter()
     retried = retried_numbers(trials)
-    for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED:
-            tally["interrupted"] += 1
-        elif t.state == TrialState.FAIL and t.number in retried:
-            tally["retried"] += 1
-        elif paused_at(t) is not None:
-            tally["paused"] += 1
-        else:
-            tally[t.state.name] += 1
+    tally = Counter(status(t, retried) for t in trials)
     return Counts(
-        tally["COMPLETE"],
-        tally["PRUNED"],
-        tally["FAIL"],
-        tally["interrupted"],
-        tally["RUNNING"],
-        tally["retried"],
-        tally["paused"],
+        tally[Status.COMPLETE],
+        tally[Status.PRUNED],
+        tally[Status.FAILED],
+        tally[Status.INTERRUPTED],
+        tally[Status.RUNNING],
+        tally[Status.RETRIED],
+        tally[Status.PAUSED],
     )
 
 
@@ -404,7 +387,7 @@ class StudyStore:
         replaced = retried_numbers(trials)
         done = Requeued()
         for t in trials:
-            if not _interrupted(t) or t.number in replaced:
+            if not is_interrupted(t) or t.number in replaced:
                 continue
             params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
             if not params:

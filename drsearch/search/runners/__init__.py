@@ -20,6 +20,7 @@ from drsearch.io import owned_dir
 from drsearch.search.annotations import annotate_study, artifact_store, note_and_artifacts
 from drsearch.search.checks import check_inputs
 from drsearch.search.database import masked_url
+from drsearch.search.deadline import Deadline
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs, trial_dir
 from drsearch.search.scheduler import RungScheduler, paused_at, promotes
 from drsearch.search.selection import closest_infeasible, search_best_trial
@@ -30,6 +31,7 @@ from drsearch.search.store import (
     Counts,
     StudyStore,
 )
+from drsearch.search.verdict import provisional_best
 
 
 @dataclass
@@ -52,6 +54,12 @@ class StudySummary:
     #: (interrupted ``MAX_INTERRUPTIONS`` times in a row: ``--retry-failed`` queues them)
     requeued: list[int] = field(default_factory=list)
     given_up: list[int] = field(default_factory=list)
+    #: the run's time limit and what happened at it (``None``: no limit)
+    deadline: Deadline | None = None
+    #: no trial trained to the end: the best by its value at the highest rung, and that epoch
+    provisional: tuple[FrozenTrial, int] | None = None
+    #: trials paused at a rung when the run ended: (number, rung epoch)
+    paused: list[tuple[int, int]] = field(default_factory=list)
     duplicates: list[list[int]] = field(default_factory=list)  # trials with equal parameters
     runs_dir: Path | None = None
     waiting: list[int] = field(default_factory=list)  # queued trials the budget left unstarted
@@ -117,7 +125,11 @@ def run_study(
         t.number for t in store.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING
     }
     retried = [old for old, _ in store.enqueue_retries()] if retry_failed else []
-    deadline = started + cfg.budget.time_limit_s if cfg.budget.time_limit_s else None
+    deadline = (
+        None
+        if cfg.budget.time_limit_s is None
+        else Deadline(cfg.budget.time_limit_s, cfg.budget.finish_grace_s, loaded.max_epochs)
+    )
     if store.counts().paused and not promotes(cfg.pruner):
         # paused by promotion ASHA in an earlier run; this study file no longer resumes them
         for number, _ in RungScheduler(store, loaded.max_epochs).prune_paused(wait=False) or []:
@@ -146,6 +158,8 @@ def run_study(
                 store.interrupt_own(f"the runner stopped on {type(exc).__name__}: {exc}"[:300])
             raise
         finally:
+            if deadline is not None:
+                deadline.ended = time.time()
             if tracking is not None:  # runs of trials that ended without this runner's hooks
                 tracking.sync(store.study.get_trials(deepcopy=False))
             store.close()
@@ -174,6 +188,9 @@ def run_study(
         retried=retried,
         requeued=requeued.queued,
         given_up=requeued.given_up,
+        deadline=deadline,
+        provisional=provisional_best(store.study),
+        paused=[(t.number, e) for t in trials if (e := paused_at(t)) is not None],
         duplicates=duplicate_params(trials),
         runs_dir=study_runs(loaded, store),
         waiting=[t.number for t in trials if t.state == TrialState.WAITING],

@@ -16,6 +16,7 @@ import optuna
 from drsearch.config.space import trial_recipe
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
+from drsearch.search.deadline import Deadline
 from drsearch.search.draws import draw
 from drsearch.search.scheduler import Decision, RungScheduler
 from drsearch.search.store import RECOVERED, RETRY_OF, STORED, StudyStore
@@ -105,6 +106,7 @@ def start_trial(
     progress: StudyProgress,
     threads: int | None,
     configure: Configure | None = None,
+    deadline: Deadline | None = None,
 ) -> TrialContext | NoTrial:
     """Claim a trial and build its recipe; ``NoTrial.SPENT`` when the budget is spent,
     ``NoTrial.NOT_STARTED`` when the claimed trial could not start (an impossible
@@ -112,10 +114,19 @@ def start_trial(
 
     With promotion ASHA, a paused trial that now qualifies is promoted first (resumed from its
     checkpoint); with the budget spent, ``NoTrial.WAIT`` while trials still run, and once none
-    does, the trials still paused are pruned and ``NoTrial.SPENT`` is returned."""
+    does, the trials still paused are pruned and ``NoTrial.SPENT`` is returned. Past the
+    run's time limit (``deadline``), nothing starts but the leader of the highest rung, to
+    train to the end (``RungScheduler.finish_leader``); then ``NoTrial.SPENT``."""
     rungs = RungScheduler(store, loaded.max_epochs)
-    promoted = rungs.promote() if rungs.promotes else None
-    trial = optuna.Trial(store.study, promoted._trial_id) if promoted else store.claim()
+    if deadline is not None and deadline.passed():
+        promoted = rungs.finish_leader(deadline.fits) if rungs.promotes else None
+        if promoted is None:
+            return NoTrial.SPENT
+        deadline.finished.append(promoted.number)
+        trial: optuna.Trial | None = optuna.Trial(store.study, promoted._trial_id)
+    else:
+        promoted = rungs.promote() if rungs.promotes else None
+        trial = optuna.Trial(store.study, promoted._trial_id) if promoted else store.claim()
     draws = 1
     if trial is None:
         if rungs.promotes:
@@ -125,6 +136,8 @@ def start_trial(
             for number, outcome in pruned:
                 progress.trial_finished(number, outcome)
         return NoTrial.SPENT
+    if deadline is not None:
+        deadline.trial_started()  # the limit counts from this run's first trial
     run_dir = trial_dir(loaded, store, trial.number)
     tracker = TrialTracker(loaded.config.objective, loaded.max_epochs, run_dir)
     try:

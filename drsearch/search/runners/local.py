@@ -9,6 +9,7 @@ import contextlib
 import time
 
 from drsearch.config.study import LoadedStudy
+from drsearch.search.deadline import Deadline
 from drsearch.search.runners.common import (
     NoTrial,
     StudyProgress,
@@ -26,11 +27,13 @@ def run_local(
     store: StudyStore,
     loaded: LoadedStudy,
     progress: StudyProgress,
-    deadline: float | None,
+    deadline: Deadline | None,
 ) -> None:
-    """Run trials in this process until the study's budget is spent or ``deadline`` passes."""
-    while deadline is None or time.time() < deadline:
-        ctx = start_trial(store, loaded, progress, threads=None)  # one at a time: all cores
+    """Run trials in this process until the study's budget is spent or the time limit is
+    reached (``deadline``: then the leader of the highest rung is finished)."""
+    while True:
+        # one at a time (all cores): nothing of this runner's runs when it asks
+        ctx = start_trial(store, loaded, progress, threads=None, deadline=deadline)
         if ctx is NoTrial.SPENT:
             return
         if ctx is NoTrial.WAIT:  # another runner's trial may still make a paused one promotable

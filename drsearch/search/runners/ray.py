@@ -23,6 +23,7 @@ from typing import Any
 
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
+from drsearch.search.deadline import Deadline
 from drsearch.search.runners.common import (
     NoTrial,
     StudyProgress,
@@ -118,7 +119,7 @@ def _classes() -> tuple[type, type]:
             store: StudyStore,
             loaded: LoadedStudy,
             progress: StudyProgress,
-            deadline: float | None,
+            deadline: Deadline | None,
         ) -> None:
             super().__init__(metric=None, mode=None)
             self.store, self.loaded, self.progress = store, loaded, progress
@@ -129,12 +130,18 @@ def _classes() -> tuple[type, type]:
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
             if time.monotonic() < self.ask_again_at:
                 return None  # waited recently: Tune asks again on a later step
-            while self.deadline is None or time.time() < self.deadline:
+            while True:
+                if self.deadline is not None and self.deadline.passed() and self.active:
+                    # the time limit is reached: nothing new starts; once this runner's trials
+                    # have ended, the leader of the highest rung is finished (start_trial)
+                    self.ask_again_at = time.monotonic() + WAIT_S
+                    return None
                 ctx = start_trial(
                     self.store,
                     self.loaded,
                     self.progress,
                     threads=max(1, int(self.loaded.config.resources.cpus_per_trial)),
+                    deadline=self.deadline,
                 )
                 if ctx is NoTrial.SPENT:
                     break
@@ -268,9 +275,10 @@ def run_ray(
     store: StudyStore,
     loaded: LoadedStudy,
     progress: StudyProgress,
-    deadline: float | None,
+    deadline: Deadline | None,
 ) -> None:
-    """Run trials on Ray Tune until the study's budget is spent or ``deadline`` passes."""
+    """Run trials on Ray Tune until the study's budget is spent or the time limit is reached
+    (``deadline``: then the leader of the highest rung is finished)."""
     from ray import tune
 
     cfg = loaded.config
