@@ -244,6 +244,7 @@ def test_time_limit_stops_starting_new_trials(
 ) -> None:
     """No new trial starts once the limit has passed (a fake clock: each trial 'takes' 10 s,
     so the result does not depend on how fast this machine is)."""
+    import drsearch.search.deadline as deadline
     import drsearch.search.runners as runners
     import drsearch.search.runners.local as local
 
@@ -260,6 +261,7 @@ def test_time_limit_stops_starting_new_trials(
 
     monkeypatch.setattr(runners, "time", Clock)
     monkeypatch.setattr(local, "time", Clock)
+    monkeypatch.setattr(deadline, "time", Clock)  # the limit counts from the first trial
     path = write_tiny_study(
         tmp_path,
         tiny_dataset,
@@ -269,6 +271,7 @@ def test_time_limit_stops_starting_new_trials(
     )
     summary = run_study(load_study(path), TenSecondTrials())
     assert summary.started_trials == 3  # started at 0, 10 and 20 s; none at 30 s
+    assert summary.deadline is not None and summary.deadline.reached_at == 1030.0
     assert summary.counts.counted == 3 and summary.n_trials == 5
 
 

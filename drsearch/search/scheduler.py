@@ -33,7 +33,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from drsearch.config.study import PrunerConfig
 from drsearch.search.trial import Outcome
-from drsearch.states import FINISHING_ATTR, PAUSED_ATTR, PAUSED_OUTCOME_ATTR, paused_at
+from drsearch.states import (
+    FINISHING_ATTR,
+    PAUSED_ATTR,
+    PAUSED_OUTCOME_ATTR,
+    is_interrupted,
+    paused_at,
+)
 
 if TYPE_CHECKING:
     from drsearch.search.store import StudyStore
@@ -58,11 +64,14 @@ def rungs(pruner: PrunerConfig, max_epochs: int) -> list[int]:
 
 def rung_members(trials: Sequence[FrozenTrial], epoch: int) -> list[tuple[float, int]]:
     """``(value at the rung, trial number)`` of every trial that reached the rung epoch, best
-    first (the earlier trial first among equals)."""
+    first (the earlier trial first among equals). An interrupted trial is left out: its
+    configuration runs again and reports the same epochs as its re-run (counted once)."""
     members = [
         (t.intermediate_values[epoch], t.number)
         for t in trials
-        if t.state != TrialState.WAITING and epoch in t.intermediate_values
+        if t.state != TrialState.WAITING
+        and epoch in t.intermediate_values
+        and not is_interrupted(t)
     ]
     return sorted(members, key=lambda m: (-m[0], m[1]))
 
