@@ -1,21 +1,31 @@
-"""Chaos: kill -9 runners at random moments, continue, and check the study's invariants.
+"""Chaos: kill -9 runners at the worst moments, continue, and check the study's invariants.
 
-    python bench/chaos.py [--kills 24] [--seed 0] [--postgres URL]
+    python bench/chaos.py [--kills 32] [--seed 0] [--postgres URL] [--only KIND]
 
 Each round makes a fresh tiny study (synthetic images, resnet10t at 32 px, 3 epochs, a budget
-of 5 trials) in one of the combinations of executor (local, ray), ASHA mode (stopping,
-promotion), runners (1 or 3 started together) and storage (SQLite; PostgreSQL with
-``--postgres`` or ``DRSEARCH_TEST_POSTGRES``), taken in turn. It starts the runners, waits a
-random 2-25 s, kills one of them with SIGKILL (its whole process group: the driver and its
-Ray or training processes), lets the others go on, then continues the study with one more
-runner until the budget is spent. It then checks:
+of 4 trials, a finalist stage of the top 2 on 2 seeds) in one of the combinations of
+executor (local, Ray), runners (1, or 2 started together), the stage the kill lands in (the
+search, or the finalist stage: once a confirmation run is RUNNING), tracking (none, or MLflow
+in a SQLite store beside the study) and storage (SQLite; PostgreSQL with ``--postgres`` or
+``DRSEARCH_TEST_POSTGRES``), ASHA mode alternating (stopping, promotion), taken in turn. One
+runner is killed with SIGKILL (its whole process group); with two runners the killed one is
+left a zombie (not reaped) until its neighbour has finished, as a runner killed under a
+parent that has not yet called wait() is. With tracking, every other round kills inside an
+MLflow client call instead (``DRSEARCH_FAULT=tracking:N``: the Nth call of the runner). Then
+one more runner continues the study until its budget and its finalist stage are done, and
+the script checks:
 
 - the budget is exact: counted trials (complete, pruned, failed for a reason of their own)
   equal ``n_trials``;
-- nothing is RUNNING;
+- nothing is RUNNING (search or confirmation);
 - no finished trial is lost: every trial finished before the continuation is finished after
   it with the same state and value;
-- no configuration ran twice: counted trials have distinct parameters.
+- no configuration ran twice: counted trials have distinct parameters;
+- no unplanned confirmation trial: every confirmation run belongs to a finalist (its
+  ``confirm_of``, seed and epoch), each planned run is complete exactly once, and the stage
+  crowned or declined on all of them (nothing pending);
+- with tracking: every trial of both studies has exactly one MLflow run, whose state tag
+  (``drsearch.state``) is its Optuna state.
 
 Prints one line per round and the number of broken invariants; exits 1 if any.
 """
@@ -27,11 +37,13 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
@@ -39,11 +51,18 @@ import yaml
 from drsearch.data.synth import write_synthetic_dataset
 
 ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
-BUDGET = 5
+BUDGET = 4
+FINALISTS = {"top_k": 2, "seeds": 2}
 
 
 def write_study(
-    folder: Path, data: Path, name: str, executor: str, mode: str, storage: str | None
+    folder: Path,
+    data: Path,
+    name: str,
+    executor: str,
+    mode: str,
+    storage: str | None,
+    tracking: bool,
 ) -> Path:
     recipe = {
         "data": {"kind": "aptos2019", "root": str(data), "image_size": 32, "val_fraction": 0.25},
@@ -56,7 +75,7 @@ def write_study(
     (folder / "space.yaml").write_text(
         "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
     )
-    body = {
+    body: dict[str, Any] = {
         "name": name,
         "recipe": str(folder / "recipe.yaml"),
         "search_space": str(folder / "space.yaml"),
@@ -64,33 +83,74 @@ def write_study(
         "pruner": {"grace_period": 1, "reduction_factor": 2, "mode": mode},
         "sampler": {"name": "random"},
         "budget": {"n_trials": BUDGET},
+        "finalists": FINALISTS,
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
         "executor": executor,
         "run_root": str(folder / "runs"),
     }
     if storage:
         body["storage"] = storage
+    if tracking:
+        body["tracking"] = {"mlflow": {}}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
 
 
-def runner(path: Path, log: Path) -> subprocess.Popen:
+def runner(path: Path, log: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        env=ENV,
+        env=env,
         start_new_session=True,  # its own process group: killed as a whole
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
+def states(storage: str, name: str, db: Path | None) -> list[str]:
+    """The states of a study's trials, read without creating anything (a runner may still be
+    creating the database: an Optuna storage opened now would create the schema beside it)."""
+    query = (
+        "SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = :name"
+    )
+    try:
+        if db is not None:
+            if not db.is_file():
+                return []
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                rows = conn.execute(query.replace(":name", "?"), (name,)).fetchall()
+        else:
+            from sqlalchemy import create_engine, text
+
+            engine = create_engine(storage)
+            with engine.connect() as conn:
+                rows = conn.execute(text(query), {"name": name}).fetchall()
+            engine.dispose()
+        return [str(r[0]) for r in rows]
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+
+
 def snapshot(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except KeyError:  # the study was never created
+        return []
 
 
-def check(before: list, after: list) -> list[str]:
+def wait_for_stage(storage: str, name: str, db: Path | None, procs: list, limit: float) -> bool:
+    """Wait until a confirmation run is RUNNING; False if the runners ended first."""
+    deadline = time.time() + limit
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        if "RUNNING" in states(storage, f"{name}-confirm", db):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def check(before: list, after: list, runs: list) -> list[str]:
     broken = []
     counted = [
         t
@@ -102,6 +162,7 @@ def check(before: list, after: list) -> list[str]:
     if len(counted) != BUDGET:
         broken.append(f"budget: {len(counted)} counted, not {BUDGET}")
     running = [t.number for t in after if t.state.name == "RUNNING"]
+    running += [f"confirm {t.number}" for t in runs if t.state.name == "RUNNING"]
     if running:
         broken.append(f"still RUNNING: {running}")
     by_number = {t.number: t for t in after}
@@ -113,61 +174,142 @@ def check(before: list, after: list) -> list[str]:
     params = [json.dumps(t.params, sort_keys=True) for t in counted]
     if len(set(params)) != len(params):
         broken.append("a configuration ran twice")
+    return broken + check_stage(after, runs)
+
+
+def check_stage(search: list, runs: list) -> list[str]:
+    """Every confirmation run belongs to the plan (a finalist, its seed and epoch), each
+    planned run is complete exactly once, and nothing is left pending."""
+    complete = [t for t in search if t.state.name == "COMPLETE" and t.value is not None]
+    # the plan: the top-k complete trials by value (feasible or not), by drsearch's own rule
+    from drsearch.ranking import by_value, ranked_trials
+
+    chosen = [r.number for r in by_value(ranked_trials(complete))[: FINALISTS["top_k"]]]
+    broken = []
+    stray = [t.number for t in runs if "confirm_of" not in t.user_attrs]
+    if stray:
+        broken.append(f"unplanned confirmation trials (sampled): {stray}")
+    unknown = [t.number for t in runs if t.user_attrs.get("confirm_of") not in (*chosen, None)]
+    if unknown:
+        broken.append(f"confirmation runs of trials that are no finalist: {unknown}")
+    for number in chosen:
+        mine = [t for t in runs if t.user_attrs.get("confirm_of") == number]
+        done = [t.user_attrs.get("seed") for t in mine if t.state.name == "COMPLETE"]
+        if len(done) != FINALISTS["seeds"] or len(set(done)) != len(done):
+            broken.append(f"finalist {number}: complete runs of seeds {sorted(done)}")
+    return broken
+
+
+def check_tracking(folder: Path, name: str, search: list, runs: list) -> list[str]:
+    """Every trial of both studies has one MLflow run whose state tag is its Optuna state."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'runs' / f'{name}-mlflow.db'}")
+    found = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], max_results=10_000
+    )
+    broken = []
+    for study, trials in ((name, search), (f"{name}-confirm", runs)):
+        mine = [r for r in found if r.data.tags.get("drsearch.study_name", study) == study]
+        by_trial: dict[int, list] = {}
+        for r in mine:
+            if "drsearch.trial" in r.data.tags:
+                by_trial.setdefault(int(r.data.tags["drsearch.trial"]), []).append(r)
+        for t in trials:
+            if t.state.name == "WAITING":
+                continue
+            tracked = by_trial.get(t.number, [])
+            if len(tracked) != 1:
+                broken.append(f"{study} trial {t.number}: {len(tracked)} MLflow runs")
+                continue
+            state = tracked[0].data.tags.get("drsearch.state")
+            if state != t.state.name:
+                broken.append(f"{study} trial {t.number}: MLflow {state}, Optuna {t.state.name}")
     return broken
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kills", type=int, default=24)
+    ap.add_argument("--kills", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--postgres", default=os.environ.get("DRSEARCH_TEST_POSTGRES"))
+    ap.add_argument("--only", choices=["search", "finalists"], help="one stage only")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="drsearch-chaos-"))
     data = write_synthetic_dataset(work / "data", n=60, size=40, seed=1, imbalance="balanced")
     combos = [
-        (executor, mode, n, storage)
+        (executor, n, stage, tracking, storage)
         for storage in (["sqlite", "postgres"] if args.postgres else ["sqlite"])
-        for n in (1, 3)
-        for mode in ("stopping", "promotion")
+        for tracking in (False, True)
+        for stage in ([args.only] if args.only else ["search", "finalists"])
+        for n in (1, 2)
         for executor in ("local", "ray")
     ]
     total_broken = 0
     started = time.time()
     for i in range(args.kills):
-        executor, mode, n, kind = combos[i % len(combos)]
+        executor, n, stage, tracking, kind = combos[i % len(combos)]
+        mode = ("stopping", "promotion")[i % 2]
         name = f"chaos{i}"
         folder = work / name
-        url = args.postgres if kind == "postgres" else None
-        path = write_study(folder, data, name, executor, mode, url)
+        url = None
+        if kind == "postgres":  # a schema of its own: every round starts empty
+            url = fresh_schema(args.postgres, name)
+        path = write_study(folder, data, name, executor, mode, url, tracking)
         storage = url or f"sqlite:///{folder / 'runs' / f'{name}.db'}"
-        procs = [runner(path, folder / f"runner{j}.log") for j in range(n)]
-        wait = rng.uniform(2.0, 25.0)
-        time.sleep(wait)
+        db = None if url else folder / "runs" / f"{name}.db"
+        in_client = tracking and (i // len(combos)) % 2 == 0 and stage == "search"
+        env = dict(ENV)
         victim = rng.randrange(n)
-        killed = procs[victim].poll() is None
+        procs = []
+        for j in range(n):
+            mine = dict(env)
+            if in_client and j == victim:  # killed inside its Nth MLflow call
+                mine["DRSEARCH_FAULT"] = f"tracking:{rng.randrange(3, 40)}"
+            procs.append(runner(path, folder / f"runner{j}.log", mine))
+        if in_client:
+            how = "inside an MLflow call"
+            killed = None
+        elif stage == "finalists":
+            reached = wait_for_stage(storage, name, db, procs, 900)
+            time.sleep(rng.uniform(0.0, 3.0))
+            how = "in the finalist stage" if reached else "(the stage ended first)"
+            killed = procs[victim].poll() is None
+        else:
+            wait = rng.uniform(2.0, 25.0)
+            time.sleep(wait)
+            how = f"at {wait:4.1f}s"
+            killed = procs[victim].poll() is None
         if killed:
-            os.killpg(procs[victim].pid, signal.SIGKILL)
-        for p in procs:
-            p.wait(timeout=900)
+            os.killpg(procs[victim].pid, signal.SIGKILL)  # a zombie until waited for
+        for j, p in enumerate(procs):
+            if j != victim:
+                p.wait(timeout=1800)
+        zombie = n > 1 and killed
+        procs[victim].wait(timeout=900)  # reaped only now: its neighbour ran beside a zombie
+        if in_client:
+            killed = procs[victim].returncode == -signal.SIGKILL
         time.sleep(1.0)  # Ray's own processes follow their driver
-        try:
-            before = snapshot(storage, name)
-        except Exception:  # noqa: BLE001 - killed before its database or study was created
-            before = []
+        before = snapshot(storage, name)
         again = subprocess.run(
             [sys.executable, "-m", "drsearch.cli", "run", str(path), "--quiet"],
             capture_output=True, text=True, env=ENV, timeout=1800,
         )  # fmt: skip
         after = snapshot(storage, name)
-        broken = check(before, after)
+        runs = snapshot(storage, f"{name}-confirm")
+        broken = check(before, after, runs)
+        if tracking:
+            broken += check_tracking(folder, name, after, runs)
         if again.returncode != 0:
             broken.append(f"the continuation exited {again.returncode}: {again.stderr[-300:]}")
         total_broken += len(broken)
-        states = {s: sum(t.state.name == s for t in after) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        tally = {s: sum(t.state.name == s for t in after) for s in ("COMPLETE", "PRUNED", "FAIL")}
         print(
-            f"{i:2d} {executor:5s} {mode:9s} runners={n} {kind:8s} kill at {wait:4.1f}s "
-            f"({'killed' if killed else 'had ended'}) -> {states} "
+            f"{i:2d} {executor:5s} {mode:9s} runners={n} {stage:9s} "
+            f"{'mlflow' if tracking else 'untracked':9s} {kind:8s} kill {how} "
+            f"({'killed' + (', a zombie' if zombie else '') if killed else 'had ended'}) -> "
+            f"{tally}, {len(runs)} confirmation runs "
             f"{'OK' if not broken else 'BROKEN: ' + '; '.join(broken)}",
             flush=True,
         )
@@ -176,6 +318,20 @@ def main() -> None:
         f"folders in {work}"
     )
     sys.exit(1 if total_broken else 0)
+
+
+def fresh_schema(base: str, name: str) -> str:
+    """A new PostgreSQL schema for one round, and the URL that uses it."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(base)
+    schema = f"{name}_{os.getpid()}"
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
 
 
 if __name__ == "__main__":

@@ -455,3 +455,40 @@ def test_a_finalist_stage_of_a_one_epoch_recipe(
     assert [t.state.name for t in runs] == ["COMPLETE", "COMPLETE"]
     assert {t.params["train.select_epoch"] for t in runs} == {1}
     assert "finalist stage (top 1 x 2 seeds)" in result.output
+
+
+@pytest.mark.e2e
+def test_a_stage_that_names_no_winner_says_why_and_what_to_try_everywhere(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No finalist can hold up (a minimum no tiny model meets): `run` leaves `evaluate` and
+    `export` out of its next steps and says why and what to try; `best` shows the finalists
+    and the same, and exits 3 (an outcome, as export's and evaluate's), not 2."""
+    from drsearch.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, space, budget={"n_trials": 2}, pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 1, "schedule.warmup_epochs": 0},
+        finalists={"top_k": 1, "seeds": 2},
+        objective={"metric": "accuracy", "constraints_on": "point",
+                   "constraints": [{"metric": "accuracy", "min": 0.999}]},
+    )  # fmt: skip
+    runner = CliRunner()
+    out = runner.invoke(cli, ["run", path.name, "--quiet"])
+    assert out.exit_code == 0, out.output
+    steps = out.output.split("next steps:")[1]
+    assert "drsearch export" not in steps.split("what to try:")[0]
+    assert "drsearch evaluate" not in steps
+    assert "no winner: no finalist meets the constraints on its confirmation" in steps
+    assert "closest: trial" in steps and "accuracy" in steps
+    assert "more validation evidence" in steps
+    assert f"drsearch export {path.name} --trial search-best" not in steps  # none feasible
+    best = runner.invoke(cli, ["best", path.name])
+    assert best.exit_code == 3, best.output
+    assert "Finalists: top 1" in best.output and "what to try:" in best.output
+    assert best.output.strip().splitlines()[-1].startswith("Error: tiny.yaml: study 'tiny' "
+                                                           "names no winner")  # fmt: skip
+    export = runner.invoke(cli, ["export", path.name, "-o", "x.yaml"])
+    assert export.exit_code == 3 and not Path("x.yaml").exists()
