@@ -8,9 +8,9 @@ executor (local, Ray), runners (1, or 2 started together), the stage the kill la
 search, or the finalist stage: once a confirmation run is RUNNING), tracking (none, or MLflow
 in a SQLite store beside the study) and storage (SQLite; PostgreSQL with ``--postgres`` or
 ``DRSEARCH_TEST_POSTGRES``), ASHA mode alternating (stopping, promotion), taken in turn. One
-runner is killed with SIGKILL (its whole process group); with two runners the killed one is
-left a zombie (not reaped) until its neighbour has finished, as a runner killed under a
-parent that has not yet called wait() is. With tracking, every other round kills inside an
+runner is killed with SIGKILL (its whole process group); with two runners, in half of the
+rounds the killed one is left a zombie (not reaped) until its neighbour has finished, as a
+runner killed under a parent that has not yet called wait() is. With tracking, every other round kills inside an
 MLflow client call instead (``DRSEARCH_FAULT=tracking:N``: the Nth call of the runner). Then
 one more runner continues the study until its budget and its finalist stage are done, and
 the script checks:
@@ -281,13 +281,15 @@ def main() -> None:
             time.sleep(wait)
             how = f"at {wait:4.1f}s"
             killed = procs[victim].poll() is None
+        zombie = n > 1 and bool(killed) and rng.random() < 0.5
         if killed:
-            os.killpg(procs[victim].pid, signal.SIGKILL)  # a zombie until waited for
+            os.killpg(procs[victim].pid, signal.SIGKILL)
+            if not zombie:
+                procs[victim].wait(timeout=900)
         for j, p in enumerate(procs):
             if j != victim:
                 p.wait(timeout=1800)
-        zombie = n > 1 and killed
-        procs[victim].wait(timeout=900)  # reaped only now: its neighbour ran beside a zombie
+        procs[victim].wait(timeout=900)  # a zombie is reaped only now: its neighbour ran beside it
         if in_client:
             killed = procs[victim].returncode == -signal.SIGKILL
         time.sleep(1.0)  # Ray's own processes follow their driver
