@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from drsearch.config.recipe import DataConfig
-from drsearch.data import cache as cache_mod
+from drsearch.data import decode as decode_mod
 from drsearch.data.cache import build_cache
 from drsearch.data.records import ImageRecord, Skipped
 from drsearch.data.sources import load_records
@@ -146,7 +146,7 @@ def test_disk_cache_is_reused_and_matches_memory(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the second build must not decode images")
 
-    monkeypatch.setattr(cache_mod.cv2, "imread", no_decoding)
+    monkeypatch.setattr(decode_mod.cv2, "imdecode", no_decoding)
     again = build_cache(records, [16, 32], "auto", 1e-9, tmp_path / "c", False, Skipped())
     assert again.location == disk.location
     assert np.array_equal(np.asarray(again.arrays[32]), memory.arrays[32])

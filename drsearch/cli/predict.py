@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
 
 from drsearch.cli.common import UserError, cli
+from drsearch.fmt import filename
 
 
 @cli.command()
@@ -57,7 +59,9 @@ def predict(
     preprocessing and size, its TTA views and temperature, and the operating points chosen on
     validation for the referable (grade >= 2) and vision-threatening (grade >= 3) calls.
     Writes one row per image: id, path, grade, the five grade probabilities, P(grade >= k)
-    and the call of each endpoint; an unreadable image gets its error instead.
+    and the call of each endpoint; an image that cannot be read (not a regular file, over
+    the size limits, truncated, damaged) gets its error instead, and one a grader should not
+    grade (no fundus, a small fundus, a size out of range) its flags, without a grade.
     """
     import torch
 
@@ -102,11 +106,27 @@ def predict(
         f"images/s on {chosen})"
     )
     click.echo(f"grades 0-4: {' / '.join(map(str, counts))}; calls: {calls} (by {rule})")
+    flagged = result.flagged
+    if flagged:
+        kinds = Counter(f for fs in result.flags for f in fs)
+        what = "image was" if len(flagged) == 1 else "images were"
+        click.echo(
+            f"Warning: {len(flagged)} {what} not graded, flagged as images a grader should "
+            f"not grade ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}; see the "
+            f"flags column): {_some(flagged)}",
+            err=True,
+        )
     bad = result.unreadable
     if bad:
-        shown = ", ".join(str(p) for p in bad[:5])
-        shown += f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        kinds = Counter(e for e in result.errors if e)
         what = "image could not be read" if len(bad) == 1 else "images could not be read"
-        click.echo(f"Warning: {len(bad)} {what} (listed in the CSV with their error): {shown}",
-                   err=True)  # fmt: skip
-    click.echo(f"predictions -> {out}")
+        reasons = "; ".join(f"{k}: {v}" for k, v in kinds.most_common(3))
+        reasons += f"; {len(kinds) - 3} other reasons" if len(kinds) > 3 else ""
+        click.echo(f"Warning: {len(bad)} {what} ({reasons}; listed in the CSV with their "
+                   f"error): {_some(bad)}", err=True)  # fmt: skip
+    click.echo(f"predictions -> {filename(out)}")
+
+
+def _some(paths: list[Path]) -> str:
+    shown = ", ".join(filename(p) for p in paths[:5])
+    return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
