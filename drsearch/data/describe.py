@@ -8,8 +8,6 @@ out: they inflate validation metrics.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,8 @@ import numpy as np
 
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import DataConfig
-from drsearch.data.decode import ImageError, image_size, open_regular
+from drsearch.data.content import file_sha1
+from drsearch.data.decode import ImageError, image_size
 from drsearch.data.records import Skipped
 from drsearch.data.sources import load_records
 from drsearch.data.split import data_split
@@ -72,18 +71,11 @@ def describe_dataset(cfg: DataConfig) -> DatasetSummary:
 
 
 def _sha1(path: Path) -> str:
-    """The SHA-1 of the file's bytes, read in blocks (a file that cannot be read: its name)."""
-    h = hashlib.sha1()
+    """The SHA-1 of the file's bytes (a file that cannot be read: its name)."""
     try:
-        fd = open_regular(path)
-    except ImageError:
+        return file_sha1(path)
+    except (OSError, ImageError):
         return f"unreadable:{path}"
-    try:
-        while block := os.read(fd, 1 << 20):
-            h.update(block)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
 
 
 def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, tuple[int, int]]:
