@@ -202,6 +202,8 @@ def test_predict_reads_a_hostile_folder_row_by_row(exported: Path, tmp_path: Pat
     (folder / "cut.png").write_bytes(good[: len(good) // 2])
     jpeg = (folder / "retina.jpg").read_bytes()
     (folder / "cutj.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    bmp = cv2.imencode(".bmp", small)[1].tobytes()
+    (folder / "cutb.bmp").write_bytes(bmp[: len(bmp) // 2])  # OpenCV logs an [ERROR] line
     rng = np.random.default_rng(0)
     for name, img in [
         ("black", np.zeros((64, 64, 3), np.uint8)),
@@ -216,7 +218,7 @@ def test_predict_reads_a_hostile_folder_row_by_row(exported: Path, tmp_path: Pat
     rows = _rows(out)
     assert sorted(rows) == sorted([
         "good", "caf\\xe9", "sub.png/inner", "retina", "pipe", "loop", "zero", "huge", "cut",
-        "cutj", "black", "white", "noise",
+        "cutj", "cutb", "black", "white", "noise",
     ])  # fmt: skip
     for graded in ("good", "caf\\xe9", "sub.png/inner", "retina"):
         row = rows[graded]
@@ -230,16 +232,18 @@ def test_predict_reads_a_hostile_folder_row_by_row(exported: Path, tmp_path: Pat
     assert errors["huge"].startswith("20000x20000 pixels, over the limit of 6144 pixels a side")
     assert errors["cut"] == "truncated: the file ends before its image does (no PNG end chunk)"
     assert errors["cutj"] == "truncated: the file ends before its image does (no JPEG end marker)"
-    assert len(errors) == 6
+    assert errors["cutb"] == "cannot decode image (damaged data)"
+    assert len(errors) == 7
     for name, row in rows.items():
         assert (row["grade"] == "") == bool(row["error"] or row["flags"]), name
         if row["grade"] == "":
             assert row["referable_call"] == row["vision_threatening_call"] == ""
     for name in ("black", "white", "noise"):
         assert rows[name]["flags"] == "no_fundus" and not rows[name]["error"]
-    assert "graded 4 of 13 images" in done.stdout
+    assert "graded 4 of 14 images" in done.stdout
     assert "Warning: 3 images were not graded, flagged" in done.stderr
-    assert "no_fundus 3" in done.stderr and "Warning: 6 images could not be read" in done.stderr
+    assert "no_fundus 3" in done.stderr and "Warning: 7 images could not be read" in done.stderr
+    assert "[ERROR" not in done.stderr  # OpenCV's own log lines say what the rows say
 
 
 def test_a_csv_naming_a_fifo_a_folder_or_nothing_gets_error_rows(

@@ -66,6 +66,7 @@ def predict(
     import torch
 
     from drsearch.cli.progress import stderr_console
+    from drsearch.data.decode import quiet_opencv
     from drsearch.inspect.predict import find_images, load_grader, predict_images, write_predictions
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -76,6 +77,7 @@ def predict(
     chosen = "cpu" if chosen == "auto" else chosen
     grader = load_grader(target, weights)
     found = find_images(images, image_dir)
+    quiet_opencv()  # a damaged file's problem is in its row and the summary
     out = out or Path(f"predictions-{grader.name}.csv")
     console = stderr_console()
     for note in grader.notes:

@@ -13,7 +13,8 @@ A folder may hold anything, so reading it is checked and bounded:
   reads only the header) and an image over ``MAX_SIDE`` pixels a side or ``MAX_PIXELS`` in
   all is refused before any pixel is decoded.
 - A PNG without its end chunk, or a JPEG that PIL finds cut short, is refused as truncated
-  (OpenCV would otherwise decode some of them with the missing part grey).
+  (``cv2.imread`` decoded a cut JPEG with the missing part grey; ``cv2.imdecode`` refuses
+  one without saying why).
 - Images are decoded and preprocessed in threads, but only as many at a time as fit a memory
   budget (each image's working memory is estimated from its header), so the peak does not
   grow with the number of cores or the size of the images.
@@ -105,6 +106,13 @@ class Decoded:
 
 Flagger = Callable[[np.ndarray], tuple[str, ...]]
 Progress = Callable[[int, int], None]
+
+
+def quiet_opencv() -> None:
+    """Silence OpenCV's own log lines (``[ERROR:0@1.2] global grfmt_tiff.cpp ...``) for the
+    rest of the process: about a damaged file they say what its row already says. (libpng's
+    and libjpeg's own lines, such as ``Corrupt JPEG data``, still print.)"""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def open_regular(path: Path | str, what: str = "image") -> int:
