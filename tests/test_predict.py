@@ -337,3 +337,17 @@ def test_predict_survives_a_small_fuzz(
     assert min(states.values()) >= 10, states
     errors = {r["error"] for r in rows}
     assert {"not a regular file (a FIFO)", "a symbolic link loop", "an empty file"} <= errors
+
+
+def test_a_warning_naming_a_file_stays_one_line(exported: Path, tmp_path: Path) -> None:
+    from drsearch.cli import cli
+
+    folder = tmp_path / "clinic"
+    _fundus_png(folder / "good.png")
+    (folder / "bad\nname.png").write_bytes(b"not an image")
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(cli, ["predict", str(exported), str(folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    (warning,) = [line for line in result.output.splitlines() if line.startswith("Warning")]
+    assert warning.endswith(f"{folder}/bad\\x0aname.png")
+    assert _rows(out)["bad\nname"]["path"] == f"{folder}/bad\nname.png"  # the CSV keeps it

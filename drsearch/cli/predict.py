@@ -129,6 +129,10 @@ def predict(
     click.echo(f"predictions -> {filename(out)}")
 
 
+#: Control characters in a name (a newline, a tab) shown escaped, so a warning stays one line.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
 def _some(paths: list[Path]) -> str:
-    shown = ", ".join(filename(p) for p in paths[:5])
+    shown = ", ".join(filename(p).translate(_CONTROL) for p in paths[:5])
     return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
