@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from drsearch.config.loading import load_recipe
-from drsearch.data.cache import decode_into
+from drsearch.data.decode import decode_into
 from drsearch.data.synth import draw_fundus
 from drsearch.inspect.predict import Grader, find_images, predict_images
 from drsearch.train.model import build_model

@@ -1,7 +1,9 @@
-"""One way to show a number: metrics to three decimals, "n/a" where undefined; durations."""
+"""One way to show a number: metrics to three decimals, "n/a" where undefined; durations;
+file names."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -27,3 +29,9 @@ def duration(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def filename(path: Any) -> str:
+    """A file name in a line of text or a CSV cell: bytes that are not UTF-8 (which Python
+    holds as surrogate escapes) shown as ``\\xNN``, so writing it never fails."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

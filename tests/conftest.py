@@ -60,6 +60,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(root, n=80, size=48, seed=1, imbalance="balanced")
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A well-formed PNG that claims ``width x height`` pixels and holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def tiny_recipe_dict(root: Path, **overrides: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "data": {"kind": "aptos2019", "root": str(root), "image_size": 32, "val_fraction": 0.25},

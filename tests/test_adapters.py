@@ -139,7 +139,8 @@ def test_describe_counts_duplicates_and_unreadable(tmp_path: Path) -> None:
     assert s.n_images == 80 and s.n_patients == 40
     assert sum(s.grade_counts["val"]) == len(val) and s.grade_counts["all"] == [16] * 5
     assert s.sizes["max"] == (16, 16)
-    assert s.unreadable == [str(records_[int(train[1])].path)]
+    bad = records_[int(train[1])].path
+    assert s.unreadable == [f"{bad} (cannot decode image (not a PNG, JPEG, TIFF or BMP image))"]
     assert s.cross_split_duplicates == [sorted([a.id, b.id], key=[r.id for r in records_].index)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from drsearch.config.recipe import DataConfig
-from drsearch.data import cache as cache_mod
+from drsearch.data import decode as decode_mod
 from drsearch.data.cache import build_cache
 from drsearch.data.records import ImageRecord, Skipped
 from drsearch.data.sources import load_records
@@ -70,6 +71,47 @@ def test_unreadable_image_is_an_error_or_skipped(aptos: Path) -> None:
     assert data.skipped.reasons == {"unreadable image": 1}
     assert len(data.records) == 79
     assert victim.stem not in {r.id for r in data.records}
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from drsearch.config.recipe import DataConfig
+from drsearch.errors import DataError
+from drsearch.train.prepare import prepare_data
+
+cfg = DataConfig(kind="folder", root=Path(sys.argv[1]), image_size=16, val_fraction=0.25)
+try:
+    prepare_data(cfg)
+except DataError as exc:
+    print("stopped:", exc)
+data = prepare_data(cfg.model_copy(update={"skip_bad": True}))
+print("skipped:", dict(data.skipped.reasons), len(data.records))
+"""
+
+
+def test_a_fifo_or_a_broken_link_in_a_dataset_is_named_not_waited_on(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """Before: hashing the FIFO's content for the cache key waited for a writer forever (run
+    in a child process: a hang is a timeout there, which only ends a hang)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "photos"
+    for i, image in enumerate(sorted((tiny_dataset / "train_images").iterdir())[:20]):
+        (root / str(i % 5)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, root / str(i % 5) / image.name)
+    os.mkfifo(root / "0" / "pipe.png")
+    (root / "1" / "gone.png").symlink_to(root / "nowhere.png")
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(root)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"stopped: {root / '0' / 'pipe.png'}: not a regular file (a FIFO) (2 unreadable" in (
+        done.stdout
+    )
+    assert "skipped: {'unreadable image': 2} 20" in done.stdout
 
 
 def test_csv_with_header_problems(tmp_path: Path) -> None:
@@ -146,7 +188,7 @@ def test_disk_cache_is_reused_and_matches_memory(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the second build must not decode images")
 
-    monkeypatch.setattr(cache_mod.cv2, "imread", no_decoding)
+    monkeypatch.setattr(decode_mod.cv2, "imdecode", no_decoding)
     again = build_cache(records, [16, 32], "auto", 1e-9, tmp_path / "c", False, Skipped())
     assert again.location == disk.location
     assert np.array_equal(np.asarray(again.arrays[32]), memory.arrays[32])
@@ -169,13 +211,14 @@ def test_cross_split_duplicates_are_counted_and_optionally_removed(aptos: Path) 
 def test_content_index_reads_a_file_again_only_when_it_changes(
     tmp_path: Path, aptos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from drsearch.data import content
     from drsearch.data.content import content_ids
 
     records = load_records(DataConfig(kind="aptos2019", root=aptos), Skipped())
     first = content_ids(records, tmp_path)
     reads: list[Path] = []
-    original = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+    original = content.file_sha1
+    monkeypatch.setattr(content, "file_sha1", lambda path: reads.append(path) or original(path))
     assert content_ids(records, tmp_path) == first and reads == []
     records[3].path.write_bytes(records[4].path.read_bytes())
     reads.clear()

@@ -429,7 +429,9 @@ def _predict_equals_the_evaluation(
     assert "1 image could not be read" in result.output and "broken.png" in result.output
     with Path("out/preds.csv").open(newline="") as fh:
         rows = {r["id"].split("/")[-1]: r for r in csv.DictReader(fh)}
-    assert rows["broken"]["error"] == "cannot decode image" and rows["broken"]["grade"] == ""
+    broken = rows["broken"]
+    assert broken["error"] == "cannot decode image (not a PNG, JPEG, TIFF or BMP image)"
+    assert broken["grade"] == "" and broken["flags"] == ""
     points = record["operating_points"]
     for image_id, pred, probs in zip(test["ids"], test["pred"], test["probs"], strict=True):
         row = rows[image_id]

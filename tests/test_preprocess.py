@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from drsearch.config.recipe import DataConfig, PreprocessConfig
-from drsearch.data import cache as cache_mod
+from drsearch.data import decode as decode_mod
 from drsearch.data.cache import build_cache
 from drsearch.data.preprocess import ben_graham, crop_border, preprocess, square_pad
 from drsearch.data.records import Skipped
@@ -80,8 +80,8 @@ def test_cache_is_reused_and_recomputed_when_preprocessing_changes(
     )
     first = build_cache(records, [64], "disk", 4.0, tmp_path / "c", False, Skipped(), prep=plain)
     reads = []
-    real = cache_mod.cv2.imread
-    monkeypatch.setattr(cache_mod.cv2, "imread", lambda *a, **k: reads.append(a) or real(*a, **k))
+    real = decode_mod.cv2.imdecode
+    monkeypatch.setattr(decode_mod.cv2, "imdecode", lambda *a: reads.append(a) or real(*a))
     again = build_cache(records, [64], "disk", 4.0, tmp_path / "c", False, Skipped(), prep=plain)
     assert reads == [] and again.location == first.location  # a cache hit: nothing decoded
     other = build_cache(records, [64], "disk", 4.0, tmp_path / "c", False, Skipped(), prep=graham)

@@ -245,24 +245,27 @@ def test_an_unreadable_image_is_skipped_with_skip_bad(
 ) -> None:
     """A file that is there but cannot be read (permission denied: faked, as tests may run
     as root, who reads everything)."""
-    import cv2
-
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     victim = sorted((data / "train_images").iterdir())[0]
-    read_bytes, imread = Path.read_bytes, cv2.imread
+    read_bytes, os_open = Path.read_bytes, os.open
 
     def denied_bytes(self: Path) -> bytes:
         if self == victim:
             raise PermissionError(13, "Permission denied", str(self))
         return read_bytes(self)
 
+    def denied_open(path: str, flags: int, *args: int) -> int:
+        if os.fsdecode(path) == str(victim):
+            raise PermissionError(13, "Permission denied", str(path))
+        return os_open(path, flags, *args)
+
     monkeypatch.setattr(Path, "read_bytes", denied_bytes)
-    monkeypatch.setattr(cv2, "imread", lambda p, *a: None if p == str(victim) else imread(p, *a))
+    monkeypatch.setattr(os, "open", denied_open)
     recipe = tiny_recipe_dict(data, **{"train.epochs": 1, "schedule.warmup_epochs": 0})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     stop = runner.invoke(cli, ["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "a")])
-    assert stop.exit_code == 2 and f"{victim}: cannot decode image" in stop.output
+    assert stop.exit_code == 2 and f"{victim}: permission denied (1 unreadable" in stop.output
     skip = runner.invoke(
         cli,
         ["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "b"), "--quiet",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
 
 from drsearch.cli.common import UserError, cli
+from drsearch.fmt import filename
 
 
 @cli.command()
@@ -57,11 +59,14 @@ def predict(
     preprocessing and size, its TTA views and temperature, and the operating points chosen on
     validation for the referable (grade >= 2) and vision-threatening (grade >= 3) calls.
     Writes one row per image: id, path, grade, the five grade probabilities, P(grade >= k)
-    and the call of each endpoint; an unreadable image gets its error instead.
+    and the call of each endpoint; an image that cannot be read (not a regular file, over
+    the size limits, truncated, damaged) gets its error instead, and one a grader should not
+    grade (no fundus, a small fundus, a size out of range) its flags, without a grade.
     """
     import torch
 
     from drsearch.cli.progress import stderr_console
+    from drsearch.data.decode import quiet_opencv
     from drsearch.inspect.predict import find_images, load_grader, predict_images, write_predictions
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -72,6 +77,7 @@ def predict(
     chosen = "cpu" if chosen == "auto" else chosen
     grader = load_grader(target, weights)
     found = find_images(images, image_dir)
+    quiet_opencv()  # a damaged file's problem is in its row and the summary
     out = out or Path(f"predictions-{grader.name}.csv")
     console = stderr_console()
     for note in grader.notes:
@@ -102,11 +108,31 @@ def predict(
         f"images/s on {chosen})"
     )
     click.echo(f"grades 0-4: {' / '.join(map(str, counts))}; calls: {calls} (by {rule})")
+    flagged = result.flagged
+    if flagged:
+        kinds = Counter(f for fs in result.flags for f in fs)
+        what = "image was" if len(flagged) == 1 else "images were"
+        click.echo(
+            f"Warning: {len(flagged)} {what} not graded, flagged as images a grader should "
+            f"not grade ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}; see the "
+            f"flags column): {_some(flagged)}",
+            err=True,
+        )
     bad = result.unreadable
     if bad:
-        shown = ", ".join(str(p) for p in bad[:5])
-        shown += f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        kinds = Counter(e for e in result.errors if e)
         what = "image could not be read" if len(bad) == 1 else "images could not be read"
-        click.echo(f"Warning: {len(bad)} {what} (listed in the CSV with their error): {shown}",
-                   err=True)  # fmt: skip
-    click.echo(f"predictions -> {out}")
+        reasons = "; ".join(f"{k}: {v}" for k, v in kinds.most_common(3))
+        reasons += f"; {len(kinds) - 3} other reasons" if len(kinds) > 3 else ""
+        click.echo(f"Warning: {len(bad)} {what} ({reasons}; listed in the CSV with their "
+                   f"error): {_some(bad)}", err=True)  # fmt: skip
+    click.echo(f"predictions -> {filename(out)}")
+
+
+#: Control characters in a name (a newline, a tab) shown escaped, so a warning stays one line.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+def _some(paths: list[Path]) -> str:
+    shown = ", ".join(filename(p).translate(_CONTROL) for p in paths[:5])
+    return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")

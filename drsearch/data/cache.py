@@ -15,20 +15,20 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from drsearch.config.recipe import PreprocessConfig
 from drsearch.data.content import content_ids
-from drsearch.data.preprocess import preprocess
+from drsearch.data.decode import TRAIN_DECODE_MEMORY, decode_into
 from drsearch.data.records import ImageRecord, Skipped
 from drsearch.errors import DataError
+from drsearch.fmt import filename
 
-_FORMAT_VERSION = 1
+# 2: decoded by data/decode.py, which refuses truncated files that version 1 cached part-grey
+_FORMAT_VERSION = 2
 Progress = Callable[[int, int], None]
 
 
@@ -65,8 +65,8 @@ def build_cache(
     on_disk = mode == "disk" or (mode == "auto" and needed_gb > max_gb)
     if not on_disk:
         arrays = {s: np.empty((len(records), s, s, 3), np.uint8) for s in sizes}
-        usable = _decode_all(records, arrays, prep, progress)
-        _handle_unreadable(records, usable, skip_bad, skipped)
+        usable, errors = _decode_all(records, arrays, prep, progress)
+        _handle_unreadable(records, usable, skip_bad, skipped, errors)
         return ImageCache(arrays, usable, "memory")
     root = cache_dir or default_cache_dir()
     ids = ids if ids is not None else content_ids(records, root)
@@ -84,6 +84,7 @@ def _disk_cache(
     progress: Progress | None,
 ) -> ImageCache:
     done = folder / "usable.npy"
+    errors: list[str | None] = []
     if not done.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tag = f"{os.getpid()}.tmp"
@@ -93,14 +94,14 @@ def _disk_cache(
             )
             for s in sizes
         }
-        usable = _decode_all(records, arrays, prep, progress)
+        usable, errors = _decode_all(records, arrays, prep, progress)
         for s, arr in arrays.items():
             arr.flush()
             os.replace(folder / f"{s}.npy.{tag}", folder / f"{s}.npy")
         np.save(folder / f"usable.npy.{tag}.npy", usable)
         os.replace(folder / f"usable.npy.{tag}.npy", done)  # marks the cache complete
     usable = np.load(done, allow_pickle=False)
-    _handle_unreadable(records, usable, skip_bad, skipped)
+    _handle_unreadable(records, usable, skip_bad, skipped, errors)
     arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="r", allow_pickle=False) for s in sizes}
     return ImageCache(arrays, usable, str(folder))
 
@@ -110,51 +111,32 @@ def _decode_all(
     arrays: dict[int, np.ndarray],
     prep: PreprocessConfig,
     progress: Progress | None,
-) -> np.ndarray:
-    return decode_into([r.path for r in records], arrays, prep, progress)
-
-
-def decode_into(
-    paths: Sequence[Path],
-    arrays: dict[int, np.ndarray],
-    prep: PreprocessConfig,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """Decode ``paths`` (in threads: OpenCV releases the GIL) and preprocess each image into
-    ``arrays[size][i]`` at every size; returns which images decoded (an unreadable one is
-    left black)."""
-    usable = np.ones(len(paths), dtype=bool)
-    sizes = list(arrays)
-
-    def work(i: int) -> None:
-        img = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
-        if img is None:
-            usable[i] = False
-            for s in sizes:
-                arrays[s][i] = 0
-            return
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        for s in sizes:
-            arrays[s][i] = preprocess(img, prep, s)
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for n, _ in enumerate(pool.map(work, range(len(paths))), start=1):
-            if progress and (n % 64 == 0 or n == len(paths)):
-                progress(n, len(paths))
-    return usable
+) -> tuple[np.ndarray, list[str | None]]:
+    out = decode_into([r.path for r in records], arrays, prep, progress, memory=TRAIN_DECODE_MEMORY)
+    return out.usable, out.errors
 
 
 def _handle_unreadable(
-    records: Sequence[ImageRecord], usable: np.ndarray, skip_bad: bool, skipped: Skipped
+    records: Sequence[ImageRecord],
+    usable: np.ndarray,
+    skip_bad: bool,
+    skipped: Skipped,
+    errors: Sequence[str | None] = (),
 ) -> None:
+    """Stop at the first unreadable image (or, with ``skip_bad``, count them); its reason is
+    known when this run decoded it (a disk cache built earlier kept only which failed)."""
     bad = np.flatnonzero(~usable)
+
+    def why(i: int) -> str:
+        return (errors[i] if i < len(errors) else None) or "cannot decode image"
+
     if len(bad) and not skip_bad:
         raise DataError(
-            f"{records[bad[0]].path}: cannot decode image ({len(bad)} unreadable in all; "
+            f"{filename(records[bad[0]].path)}: {why(bad[0])} ({len(bad)} unreadable in all; "
             "set data.skip_bad: true to skip them)"
         )
     for i in bad:
-        skipped.add("unreadable image", f"{records[i].path}: cannot decode image")
+        skipped.add("unreadable image", f"{filename(records[i].path)}: {why(i)}")
 
 
 def _key(ids: Sequence[str], sizes: Sequence[int], prep: PreprocessConfig) -> str:

@@ -1,24 +1,27 @@
 """``drsearch data describe``: what a recipe's dataset holds, before paying for training.
 
-Counts per grade and split, patients, image sizes (read from file headers, no decoding),
-unreadable files, rows skipped by the adapter, and exact duplicate files (same bytes), with
-those that straddle the train/validation split called out: they inflate validation metrics.
+Counts per grade and split, patients, image sizes (read from file headers by ``decode.py``,
+no decoding), unreadable files with the reason, rows skipped by the adapter, and exact
+duplicate files (same bytes), with those that straddle the train/validation split called
+out: they inflate validation metrics.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from drsearch import NUM_CLASSES
 from drsearch.config.recipe import DataConfig
+from drsearch.data.content import file_sha1
+from drsearch.data.decode import ImageError, image_size
 from drsearch.data.records import Skipped
 from drsearch.data.sources import load_records
 from drsearch.data.split import data_split
+from drsearch.fmt import filename
 
 
 @dataclass
@@ -44,11 +47,10 @@ def describe_dataset(cfg: DataConfig) -> DatasetSummary:
     sizes, unreadable, by_hash = [], [], defaultdict(list)
     for i, r in enumerate(records):
         try:
-            with Image.open(r.path) as img:
-                sizes.append(img.size)
-        except OSError:
-            unreadable.append(str(r.path))
-        by_hash[hashlib.sha1(r.path.read_bytes()).hexdigest()].append(i)
+            sizes.append(image_size(r.path))
+        except ImageError as exc:
+            unreadable.append(f"{filename(r.path)} ({exc})")
+        by_hash[_sha1(r.path)].append(i)
     groups = [idx for idx in by_hash.values() if len(idx) > 1]
     patients = {r.patient_id for r in records if r.patient_id}
     return DatasetSummary(
@@ -66,6 +68,14 @@ def describe_dataset(cfg: DataConfig) -> DatasetSummary:
             [records[i].id for i in g] for g in groups if len({side[i] for i in g}) > 1
         ],
     )
+
+
+def _sha1(path: Path) -> str:
+    """The SHA-1 of the file's bytes (a file that cannot be read: its name)."""
+    try:
+        return file_sha1(path)
+    except (OSError, ImageError):
+        return f"unreadable:{path}"
 
 
 def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, tuple[int, int]]:

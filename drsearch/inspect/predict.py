@@ -17,22 +17,28 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from drsearch.clinical import ENDPOINTS, NUM_CLASSES
 from drsearch.errors import ConfigError, DataError
+from drsearch.fmt import filename
 from drsearch.train.predict import TrainedModel
+
+if TYPE_CHECKING:
+    from drsearch.data.decode import Decoded
 
 #: The columns of a predictions file, in order (a file that starts with them was written here).
 FIRST_COLUMNS = ("id", "path", "grade")
 #: Column names a CSV of images may name its images by (first found wins).
 PATH_COLUMNS = ("path", "image", "id_code", "image_id", "filename", "file")
 CHUNK = 256  # images decoded and graded at a time
+MAX_CSV_BYTES = 256 * 1024**2  # a CSV listing images (a million rows are about 50 MB)
 
 
 @dataclass
@@ -49,19 +55,25 @@ class Grader:
 
 @dataclass
 class Predictions:
-    """Every image's row, the unreadable ones, and how the calls were made."""
+    """Every image's row: graded, flagged (not graded) or unreadable, and how calls were made."""
 
     ids: list[str]
     paths: list[Path]
-    probs: np.ndarray  # N x 5 (rows of unreadable images are NaN)
-    grades: np.ndarray  # N (-1 where unreadable)
-    usable: np.ndarray  # bool N
+    probs: np.ndarray  # N x 5 (NaN where not graded)
+    grades: np.ndarray  # N (-1 where not graded)
+    usable: np.ndarray  # bool N: graded
     calls: dict[str, np.ndarray]  # endpoint -> bool N
     scores: dict[str, np.ndarray]  # endpoint -> P(grade >= k), N
+    errors: list[str | None]  # why an image could not be read
+    flags: list[tuple[str, ...]]  # why a decoded image was not graded (data/quality.py)
 
     @property
     def unreadable(self) -> list[Path]:
-        return [p for p, ok in zip(self.paths, self.usable, strict=True) if not ok]
+        return [p for p, e in zip(self.paths, self.errors, strict=True) if e]
+
+    @property
+    def flagged(self) -> list[Path]:
+        return [p for p, f in zip(self.paths, self.flags, strict=True) if f]
 
 
 def load_grader(target: Path, weights: Path | None) -> Grader:
@@ -144,51 +156,90 @@ def find_images(source: Path, image_dir: Path | None = None) -> list[tuple[str, 
     """``(id, path)`` of every image to grade: the image files under a folder (recursively;
     the id is the path below it without the extension), or the rows of a CSV that names its
     images in one of ``PATH_COLUMNS`` (relative to ``image_dir``, by default the CSV's
-    folder; a name without an extension finds ``.png``, ``.jpg`` ...)."""
+    folder; a name without an extension finds ``.png``, ``.jpg`` ...). Anything named like an
+    image that is not a folder is listed (a FIFO, device, socket or broken link too: reading
+    it then fails with its reason)."""
     from drsearch.data.adapters import IMAGE_SUFFIXES
 
     if source.is_dir():
         found = sorted(
-            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
         )
         if not found:
             raise DataError(
-                f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder or below it"
+                f"{filename(source)}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder "
+                "or below it"
             )
         return [(p.relative_to(source).with_suffix("").as_posix(), p) for p in found]
-    if not source.is_file():
-        raise DataError(f"{source}: no such folder or CSV file of images")
+    if source.suffix.lower() != ".csv" and not os.path.lexists(source):
+        raise DataError(f"{filename(source)}: no such folder or CSV file of images")
     if source.suffix.lower() != ".csv":
-        raise DataError(f"{source}: give a folder of images or a .csv that lists them")
+        raise DataError(f"{filename(source)}: give a folder of images or a .csv that lists them")
     base = image_dir or source.parent
-    with source.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in reader.fieldnames or []]
-        column = next((c for c in PATH_COLUMNS if c in header), None)
-        if column is None:
-            raise DataError(
-                f"{source}: no column naming the images; the header needs one of "
-                f"{', '.join(PATH_COLUMNS)}, got {', '.join(header) or 'nothing'}"
-            )
-        rows = [(reader.line_num, (row.get(column) or "").strip()) for row in reader]
+    column, rows = _read_csv(source)
     out = []
     for line, name in rows:
         if not name:
-            raise DataError(f"{source}: line {line}: empty {column}")
+            raise DataError(f"{filename(source)}: line {line}: empty {column}")
         out.append((name, _resolve(base, name, IMAGE_SUFFIXES)))
     if not out:
-        raise DataError(f"{source}: lists no images")
+        raise DataError(f"{filename(source)}: lists no images")
     return out
+
+
+def _read_csv(source: Path) -> tuple[str, list[tuple[int, str]]]:
+    """The column naming the images and ``(line, name)`` of each row; a file that is not a
+    regular file, too large, not UTF-8 or not a CSV is one ``DataError`` line."""
+    from drsearch.data.decode import ImageError, open_regular, read_limited
+
+    where = filename(source)
+    try:
+        fd = open_regular(source, "CSV")
+        try:
+            raw = read_limited(fd, MAX_CSV_BYTES, "a list of images")
+        finally:
+            os.close(fd)
+    except ImageError as exc:
+        raise DataError(f"{where}: {exc}; give a folder of images or a CSV listing them") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{where}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file "
+            'as UTF-8 ("CSV UTF-8" in a spreadsheet)'
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+        column = next((c for c in PATH_COLUMNS if c in header), None)
+        if column is None:
+            shown = ", ".join(header)[:200] or "nothing"
+            raise DataError(
+                f"{where}: no column naming the images; the header needs one of "
+                f"{', '.join(PATH_COLUMNS)}, got {shown}"
+            )
+        rows = [(reader.line_num, (row.get(column) or "").strip()) for row in reader]
+    except csv.Error as exc:
+        limit = csv.field_size_limit()
+        what = (
+            f"a field longer than {limit:,} characters (no image name is that long: is this "
+            "the right file?)"
+            if "field limit" in str(exc)
+            else f"not a readable CSV ({exc})"
+        )
+        raise DataError(f"{where}: line {reader.reader.line_num}: {what}") from None
+    return column, rows
 
 
 def _resolve(base: Path, name: str, suffixes: Sequence[str]) -> Path:
     path = Path(name) if Path(name).is_absolute() else base / name
-    if path.is_file() or path.suffix.lower() in suffixes:
+    if not path.name or path.is_file() or path.suffix.lower() in suffixes:
         return path
     for candidate in (path.with_name(path.name + s) for s in suffixes):
         if candidate.is_file():
             return candidate
-    return path  # missing: listed as unreadable
+    return path  # missing or not a file: listed with its error
 
 
 def predict_images(
@@ -198,7 +249,9 @@ def predict_images(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> Predictions:
-    """Grade ``images`` (``find_images``) in chunks of ``CHUNK``."""
+    """Grade ``images`` (``find_images``) in chunks of ``CHUNK``; an image that cannot be
+    read gets its error, one the quality check flags (``data/quality.py``) its flags, and
+    neither is graded."""
     from drsearch.inspect.evaluate import combine_members, endpoint_scores, grade_new_images
     from drsearch.train.batches import Split
     from drsearch.train.predict import predict, trained_model
@@ -209,8 +262,10 @@ def predict_images(
     probs = np.full((n, NUM_CLASSES), np.nan)
     grades = np.full(n, -1, dtype=np.int64)
     usable = np.zeros(n, dtype=bool)
-    for start, pixels, ok in _decoded_chunks(grader, [p for _, p in images], sizes):
-        rows = np.flatnonzero(ok)
+    errors: list[str | None] = []
+    flags: list[tuple[str, ...]] = []
+    for start, pixels, decoded in _decoded_chunks(grader, [p for _, p in images], sizes):
+        rows = np.flatnonzero(decoded.usable)
         if len(rows):
             member_probs, member_grades = [], []
             for m, model in models:
@@ -224,9 +279,11 @@ def predict_images(
                 member_grades.append(g)
             p, g = combine_members(member_probs, member_grades)
             probs[start + rows], grades[start + rows] = p, g
-        usable[start : start + len(ok)] = ok
+        usable[start : start + len(decoded.usable)] = decoded.usable
+        errors += decoded.errors
+        flags += decoded.flags
         if progress:
-            progress(start + len(ok), n)
+            progress(start + len(decoded.usable), n)
     scores = endpoint_scores(np.nan_to_num(probs))
     calls = {}
     for name, k in ENDPOINTS.items():
@@ -234,15 +291,17 @@ def predict_images(
         calls[name] = scores[name] >= point["threshold"] if point else grades >= k
         calls[name] &= usable
     return Predictions([i for i, _ in images], [p for _, p in images], probs, grades, usable,
-                       calls, scores)  # fmt: skip
+                       calls, scores, errors, flags)  # fmt: skip
 
 
 def _decoded_chunks(
     grader: Grader, paths: list[Path], sizes: set[int]
-) -> Iterator[tuple[int, dict[int, np.ndarray], np.ndarray]]:
-    """``(first index, pixels per size, decoded)`` of each chunk of ``paths``, preprocessed
-    as the members' recipes preprocess (an ensemble's members must share it)."""
-    from drsearch.data.cache import decode_into
+) -> Iterator[tuple[int, dict[int, np.ndarray], Decoded]]:
+    """``(first index, pixels per size, what was decoded)`` of each chunk of ``paths``,
+    preprocessed as the members' recipes preprocess (an ensemble's members must share it)
+    and checked against the largest member's input size."""
+    from drsearch.data.decode import decode_into
+    from drsearch.data.quality import image_flags
 
     preps = {m.recipe.data.preprocess.model_dump_json() for m in grader.members}
     if len(preps) > 1:
@@ -251,47 +310,67 @@ def _decoded_chunks(
             "predict with each member's recipe on its own"
         )
     prep = grader.members[0].recipe.data.preprocess
+
+    def flagger(img: np.ndarray) -> tuple[str, ...]:
+        return image_flags(img, prep.border_threshold, max(sizes))
+
     # decoded, then graded: decoding the next chunk while this one is graded measured slower
     # on 2 cores (144 against 174 images/s, bench/predict_speed.py): both want every core
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
         pixels = {s: np.empty((len(chunk), s, s, 3), np.uint8) for s in sorted(sizes)}
-        ok = decode_into(chunk, pixels, prep)
-        yield start, pixels, ok
+        yield start, pixels, decode_into(chunk, pixels, prep, flagger=flagger)
 
 
 def write_predictions(result: Predictions, grader: Grader, out: Path) -> None:
     """One row per image: ``id, path, grade, p_grade0..4``, per endpoint ``p_<name>``
-    (``P(grade >= k)``) and its call (0/1), and ``error`` for an image that could not be read.
-    Written atomically; a file that is not an earlier predictions file is never overwritten."""
+    (``P(grade >= k)``) and its call (0/1), ``flags`` (why an image was not graded) and
+    ``error`` (why it could not be read). Written atomically; a file that is not an earlier
+    predictions file is never overwritten."""
     from drsearch.io import write_text_atomic
 
-    if out.exists():
-        with out.open(newline="") as fh:
-            first = next(csv.reader(fh), [])
-        if tuple(first[: len(FIRST_COLUMNS)]) != FIRST_COLUMNS:
-            raise ConfigError(
-                f"{out}: exists and is not a predictions file drsearch wrote; choose another "
-                "--out (it is left as it is)"
-            )
+    _check_replaceable(out)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     endpoints = list(ENDPOINTS)
     writer.writerow([
         *FIRST_COLUMNS, *(f"p_grade{g}" for g in range(NUM_CLASSES)),
-        *(f"p_{e}" for e in endpoints), *(f"{e}_call" for e in endpoints), "error",
+        *(f"p_{e}" for e in endpoints), *(f"{e}_call" for e in endpoints), "flags", "error",
     ])  # fmt: skip
+    blank = [""] * (NUM_CLASSES + 2 * len(endpoints))
     for i, (image_id, path) in enumerate(zip(result.ids, result.paths, strict=True)):
+        names = [filename(image_id), filename(path)]
         if not result.usable[i]:
-            error = "file not found" if not path.is_file() else "cannot decode image"
-            writer.writerow([image_id, str(path), "", *[""] * (NUM_CLASSES + 2 * len(endpoints)),
-                             error])  # fmt: skip
+            writer.writerow([*names, "", *blank, ";".join(result.flags[i]),
+                             result.errors[i] or ""])  # fmt: skip
             continue
         writer.writerow([
-            image_id, str(path), int(result.grades[i]),
+            *names, int(result.grades[i]),
             *(f"{v:.6f}" for v in result.probs[i]),
             *(f"{result.scores[e][i]:.6f}" for e in endpoints),
-            *(int(result.calls[e][i]) for e in endpoints), "",
+            *(int(result.calls[e][i]) for e in endpoints), "", "",
         ])  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, buffer.getvalue())
+
+
+def _check_replaceable(out: Path) -> None:
+    """``out`` may be written: absent, or a predictions file (a regular file whose first
+    line starts with ``FIRST_COLUMNS``)."""
+    from drsearch.data.decode import ImageError, open_regular
+
+    if not os.path.lexists(out):
+        return
+    try:
+        fd = open_regular(out, "predictions")
+    except ImageError as exc:
+        raise ConfigError(f"{filename(out)}: {exc}; choose another --out") from None
+    try:
+        first = os.read(fd, 4096).split(b"\n")[0].decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    if tuple(next(csv.reader([first]), [])[: len(FIRST_COLUMNS)]) != FIRST_COLUMNS:
+        raise ConfigError(
+            f"{filename(out)}: exists and is not a predictions file drsearch wrote; choose "
+            "another --out (it is left as it is)"
+        )

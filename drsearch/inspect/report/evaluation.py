@@ -164,17 +164,22 @@ THUMBNAIL_PX = 160
 
 
 def thumbnail(path: str) -> str | None:
-    """A small JPEG of the image file as a data URI (the page stays one file), or None."""
+    """A small JPEG of the image file as a data URI (the page stays one file), or None when
+    the file cannot be read (``data/decode.py``: regular files within its size limits)."""
     import base64
 
     import cv2
 
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
+    from drsearch.data.decode import ImageError, decoded
+
+    try:
+        with decoded(path) as rgb:
+            scale = THUMBNAIL_PX / max(rgb.shape[:2])
+            img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            if scale < 1:
+                img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    except ImageError:
         return None
-    scale = THUMBNAIL_PX / max(img.shape[:2])
-    if scale < 1:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
 
