@@ -10,10 +10,10 @@ in a SQLite store beside the study) and storage (SQLite; PostgreSQL with ``--pos
 ``DRSEARCH_TEST_POSTGRES``), ASHA mode alternating (stopping, promotion), taken in turn. One
 runner is killed with SIGKILL (its whole process group); with two runners, in half of the
 rounds the killed one is left a zombie (not reaped) until its neighbour has finished, as a
-runner killed under a parent that has not yet called wait() is. With tracking, every other round kills inside an
-MLflow client call instead (``DRSEARCH_FAULT=tracking:N``: the Nth call of the runner). Then
-one more runner continues the study until its budget and its finalist stage are done, and
-the script checks:
+runner killed under a parent that has not yet called wait() is. With tracking, every other
+round kills inside an MLflow client call instead (``DRSEARCH_FAULT=tracking:N``: the Nth
+call of the runner). Then one more runner continues the study until its budget and its
+finalist stage are done, and the script checks:
 
 - the budget is exact: counted trials (complete, pruned, failed for a reason of their own)
   equal ``n_trials``;
