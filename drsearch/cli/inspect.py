@@ -67,7 +67,7 @@ def sync(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
     from drsearch.search.tracking import sync_study
 
     loaded = _open_study(study, storage, run_root, smoke)
-    results = sync_study(loaded, study, lambda line: click.echo(f"Warning: {line}", err=True))
+    results = sync_study(loaded, study, lambda line: None)  # each result says it all below
     if not results:
         raise UserError(
             f"{study}: study {loaded.config.name!r} is tracked in neither MLflow nor W&B: add "
