@@ -153,6 +153,71 @@ def test_every_secret_of_a_url_is_masked(url: str, shown: str) -> None:
     assert shown in masked_url(url) and "s3cret" not in masked_url(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # an @ in the password: the HTTP client (urllib, requests) splits at the last @ of
+        # the authority, SQLAlchemy at the first (taking "SECRET@host" for the host)
+        ("postgresql://alice:Pa@SECRET@host/db", "postgresql://alice:***@host/db"),
+        ("http://alice:Pa@SECRET@host", "http://alice:***@host"),
+        ("https://alice:Pa@SE:CRET@host:5000/mlflow", "https://alice:***@host:5000/mlflow"),
+        ("http://alice:Pa%40SECRET@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000"),
+        ("http://alice:Pa:SE%3ACRET@host", "http://alice:***@host"),
+        (
+            "postgresql+psycopg2://alice:x@y:SECRET%40z@db.example:5432/s?sslpassword=SECRET",
+            "postgresql+psycopg2://alice:***@db.example:5432/s?sslpassword=***",
+        ),
+        ("postgresql://alice:pa/SECRET@host/db", "postgresql://alice:***@host/db"),
+        ("http://host:5000/runs/a@b", "http://host:5000/runs/a@b"),  # an @ in the path
+        ("mlruns", "mlruns"),  # MLflow's local folder: nothing to hide
+    ],
+)
+def test_a_password_with_at_colon_or_percent40_is_masked_whole(url: str, shown: str) -> None:
+    from urllib.parse import urlsplit
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from drsearch.search.database import hide_secrets
+
+    assert masked_url(url) == shown and "SECRET" not in masked_url(url)
+    # what each parser may echo in an error: its password, or the host SQLAlchemy takes
+    said = [url]
+    if "://" in url:
+        said.append(f"password {urlsplit(url).password!r}, host {urlsplit(url).hostname!r}")
+    try:  # SQLAlchemy's own reading, where it can read it at all
+        parsed = make_url(url)
+        said.append(f'could not translate host name "{parsed.host}": {parsed.password}')
+    except (ValueError, ArgumentError):
+        pass
+    for text in said:
+        assert "SECRET" not in hide_secrets(text, url), text
+
+
+def test_a_storage_password_with_an_at_is_never_shown(
+    runner: CliRunner, tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """SQLAlchemy takes the part of the password after its @ for the host, and the driver
+    names that host in its error."""
+    for url in (
+        "postgresql+psycopg2://drs:Pw@SECRETA@127.0.0.1:9/db?connect_timeout=2",
+        "postgresql+psycopg2://drs:P:w%40SECRETB@SECRETC@127.0.0.1:9/db?connect_timeout=2",
+    ):
+        path = write_tiny_study(tmp_path, tiny_dataset, SPACE, storage=url)
+        for command in ("run", "report", "trials", "best"):  # the file's URL, then --storage
+            out = runner.invoke(cli, [command, str(path), "--storage", url])
+            assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+            assert "SECRET" not in out.output and "drs:***@127.0.0.1:9/db" in out.output
+    # a URL the study file gets wrong is named by its key, never echoed
+    long = f"http://alice:Pw@SECRETA@host/{'a' * 2000}"
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, SPACE, tracking={"mlflow": {"tracking_uri": long}}
+    )
+    out = runner.invoke(cli, ["check", str(path)])
+    assert out.exit_code == 2 and "tracking.mlflow.tracking_uri" in out.output, out.output
+    assert "SECRET" not in out.output
+
+
 def test_a_storage_that_cannot_be_opened_names_it_without_its_secrets(
     runner: CliRunner, tmp_path: Path, tiny_dataset: Path
 ) -> None:

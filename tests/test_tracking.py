@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -104,12 +105,22 @@ def test_a_study_continued_has_one_mlflow_run_per_trial_with_its_epochs_and_stat
     assert sorted(r.data.tags["drsearch.seed"] for r in confirm_runs) == ["4", "5"]  # seed 3 + i
     assert not (tmp_path / "runs" / "tiny-confirm-mlflow.db").exists()
 
+    # a run and a finalist stage that have nothing left to do leave both study runs FINISHED
+    assert runner.invoke(cli, ["run", str(path), "--quiet", "--n-trials", "4"]).exit_code == 0
+    again = runner.invoke(
+        cli, ["confirm", str(path), "--top-k", "1", "--seeds", "2", "--executor", "local"]
+    )
+    assert again.exit_code == 0, again.output
+    _, studies, runs = _runs(uri, "tiny")
+    assert [r.info.status for r in studies] == ["FINISHED", "FINISHED"] and len(runs) == 6
+    assert all(r.info.status == "FINISHED" for r in runs)
+
 
 def test_a_tracking_server_that_is_down_costs_a_warning_not_a_trial(
     tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # nothing listens there; the password must never be shown
-    monkeypatch.setenv("DRSEARCH_MLFLOW_URI", "http://user:s3cret@127.0.0.1:9")
+    # nothing listens there; the password (an @, a : and a %40 in it) must never be shown
+    monkeypatch.setenv("DRSEARCH_MLFLOW_URI", "http://user:Pw@s3cret:SECRETB%40C@127.0.0.1:9")
     path = write_tiny_study(
         tmp_path,
         tiny_dataset,
@@ -121,69 +132,118 @@ def test_a_tracking_server_that_is_down_costs_a_warning_not_a_trial(
     ran = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
     assert ran.exit_code == 0, ran.output
     assert "1 complete" in ran.output
-    assert "MLflow tracking at http://user:***@127.0.0.1:9" in ran.output
-    assert "s3cret" not in ran.output
+    assert "MLflow tracking at http://user:***@127.0.0.1:9 could not start" in ran.output
+    assert "s3cret" not in ran.output and "SECRETB" not in ran.output
+
+
+def _hooks(tmp_path: Path, tiny_dataset: Path, n: int) -> tuple[Any, Any, dict[int, Path]]:
+    """A tiny study's store, its loaded file and ``n`` claimed trials, each with a run folder
+    holding two epochs of ``metrics.jsonl`` (no training: the tracking hooks alone)."""
+    from drsearch.config.study import load_study
+    from drsearch.search.store import StudyStore
+
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, LR_SPACE, tracking={"mlflow": {}}, budget={"n_trials": n}
+    )
+    loaded = load_study(path)
+    store = StudyStore(loaded.config)
+    folders = {}
+    for n_ in range(n):
+        trial = store.claim()
+        assert trial is not None and trial.number == n_
+        folder = folders[n_] = tmp_path / "runs" / f"{n_:04d}"
+        folder.mkdir(parents=True)
+        rows = [{"epoch": e, "val": {"accuracy": 0.1 * e + n_}, "lr": {"head": 1e-3}}
+                for e in (1, 2)]  # fmt: skip
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "config.yaml").write_text("optim: {lr: 0.001}\n")
+    return loaded, store, folders
+
+
+class Quiet:
+    def trial_started(self, *a: object) -> None: ...
+    def trial_epoch(self, *a: object) -> None: ...
+    def trial_finished(self, *a: object) -> None: ...
+    def trial_paused(self, *a: object) -> None: ...
+    def warn(self, m: str) -> None: ...
+
+
+def _trained(progress: Any, numbers: range) -> None:
+    for n in numbers:
+        progress.trial_started(n, {"optim.lr": 1e-3 * (n + 1)})
+        progress.trial_epoch(n, 1, 0.5)
+        progress.trial_epoch(n, 1, 0.5)  # told twice: logged once
+        progress.trial_epoch(n, 2, 0.5)
 
 
 def test_pruned_paused_and_interrupted_trials_are_marked_so(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
-    """The tracking hooks on a real MLflow store: a pruned trial ends FINISHED with state
-    PRUNED and the epoch it stopped at, a paused one is tagged PAUSED, a trial interrupted
-    under another runner is ended KILLED by ``sync``; its epochs are logged once each."""
-    import optuna
-
-    from drsearch.config.study import load_study
+    """The tracking hooks on a real MLflow store and a real study: a pruned trial ends
+    FINISHED with state PRUNED and the epoch it stopped at, a paused one is tagged PAUSED,
+    a trial interrupted (its runner stopped) is ended KILLED when the run closes; its epochs
+    are logged once each."""
+    from drsearch.search.scheduler import RungScheduler
     from drsearch.search.tracking import TrackedProgress, open_tracking
     from drsearch.search.trial import End, Outcome
 
-    path = write_tiny_study(tmp_path, tiny_dataset, LR_SPACE, tracking={"mlflow": {}})
-    loaded = load_study(path)
-    folders = {n: tmp_path / "runs" / f"{n:04d}" for n in range(3)}
-    for n, folder in folders.items():
-        folder.mkdir(parents=True)
-        rows = [{"epoch": e, "val": {"accuracy": 0.1 * e + n}, "lr": {"head": 1e-3}}
-                for e in (1, 2)]  # fmt: skip
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (folder / "config.yaml").write_text("optim: {lr: 0.001}\n")
+    loaded, store, folders = _hooks(tmp_path, tiny_dataset, 3)
     warnings: list[str] = []
-    tracking = open_tracking(loaded, "abc123", folders.__getitem__, warnings.append)
+    tracking = open_tracking(loaded, store, folders.__getitem__, warnings.append)
     assert tracking is not None
-
-    class Quiet:
-        def trial_started(self, *a: object) -> None: ...
-        def trial_epoch(self, *a: object) -> None: ...
-        def trial_finished(self, *a: object) -> None: ...
-        def trial_paused(self, *a: object) -> None: ...
-        def warn(self, m: str) -> None: ...
-
     progress = TrackedProgress(Quiet(), tracking)
-    for n in range(3):
-        progress.trial_started(n, {"optim.lr": 1e-3 * (n + 1)})
-        progress.trial_epoch(n, 1, 0.5)
-        progress.trial_epoch(n, 1, 0.5)  # told twice: logged once
-        progress.trial_epoch(n, 2, 0.5)
-    progress.trial_finished(0, Outcome(End.PRUNED, None, {"pruned_at_epoch": 2}, {}))
+    _trained(progress, range(3))
+    trials = store.study.get_trials()
+    pruned = Outcome(End.PRUNED, None, {"pruned_at_epoch": 2, "run_dir": str(folders[0])}, {})
+    store.finish(trials[0]._trial_id, pruned, {1: 0.1, 2: 0.2})
+    progress.trial_finished(0, pruned)
+    paused = Outcome(End.PRUNED, None, {"pruned_at_epoch": 2, "run_dir": str(folders[1])}, {})
+    RungScheduler(store, 2).pause(trials[1]._trial_id, 2, paused)
     progress.trial_paused(1, 2)
+    assert store.interrupt_own() == [2]  # Ctrl-C: the running trial let go, FAIL interrupted
+    tracking.close()
     assert warnings == []
-
-    class Frozen:  # what sync reads of the study's trials
-        def __init__(self, number: int, state: str, attrs: dict) -> None:
-            self.number, self.state, self.user_attrs = number, optuna.trial.TrialState[state], attrs
-
-    tracking.sync([Frozen(0, "PRUNED", {}), Frozen(1, "RUNNING", {}),
-                   Frozen(2, "FAIL", {"fail_reason": "interrupted"})])  # fmt: skip
     uri = f"sqlite:///{(tmp_path / 'runs' / 'tiny-mlflow.db').resolve()}"
     client, studies, runs = _runs(uri, "tiny")
     by = {int(r.data.tags["drsearch.trial"]): r for r in runs}
-    assert len(studies) == 1 and sorted(by) == [0, 1, 2]
+    assert len(studies) == 1 and sorted(by) == [0, 1, 2] and len(runs) == 3
     assert by[0].data.tags["drsearch.state"] == "PRUNED" and by[0].info.status == "FINISHED"
     assert by[0].data.metrics["pruned_at_epoch"] == 2
     assert by[1].data.tags["drsearch.state"] == "PAUSED" and by[1].info.status == "RUNNING"
     assert by[2].info.status == "KILLED" and by[2].data.tags["drsearch.state"] == "FAIL"
+    assert studies[0].info.status == "RUNNING"  # trial 1 waits at its rung
     for n in range(3):
         history = client.get_metric_history(by[n].info.run_id, "val/accuracy")
         assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.1 + n), (2, 0.2 + n)]
+
+
+def test_a_paused_trial_pruned_by_a_runner_that_never_ran_it_is_found_by_its_tags(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """Runner A pauses trial 0 at its rung; runner B (its own tracking, nothing in memory
+    about trial 0) prunes it when nothing runs: B ends A's run, by its tags, with no error
+    and no second run."""
+    from drsearch.search.scheduler import RungScheduler
+    from drsearch.search.tracking import TrackedProgress, open_tracking
+    from drsearch.search.trial import End, Outcome
+
+    loaded, store, folders = _hooks(tmp_path, tiny_dataset, 1)
+    said: list[str] = []
+    a = TrackedProgress(Quiet(), open_tracking(loaded, store, folders.__getitem__, said.append))
+    a.trial_started(0, {"optim.lr": 1e-3})
+    a.trial_epoch(0, 1, 0.5)  # epoch 2 is in the file but not yet logged when it pauses
+    paused = Outcome(End.PRUNED, None, {"pruned_at_epoch": 2, "run_dir": str(folders[0])}, {})
+    RungScheduler(store, 2).pause(store.study.trials[0]._trial_id, 2, paused)
+    b = TrackedProgress(Quiet(), open_tracking(loaded, store, folders.__getitem__, said.append))
+    ((number, outcome),) = RungScheduler(store, 2).prune_paused(wait=False) or []
+    b.trial_finished(number, outcome)
+    assert said == []
+    uri = f"sqlite:///{(tmp_path / 'runs' / 'tiny-mlflow.db').resolve()}"
+    client, _, runs = _runs(uri, "tiny")
+    (run,) = runs
+    assert run.data.tags["drsearch.state"] == "PRUNED" and run.info.status == "FINISHED"
+    assert run.data.metrics["pruned_at_epoch"] == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
 
 
 @pytest.mark.e2e
@@ -216,9 +276,10 @@ def test_a_wandb_offline_study_writes_one_run_per_trial_with_its_epochs(
         (log,) = run.glob("*.wandb")
         data = log.read_bytes()
         assert b"val/accuracy" in data and b"lr/backbone" in data and b"objective" in data
-        ledger = json.loads((folder / "drsearch" / f"{t.number}.json").read_text())
+        (record,) = (folder / "drsearch").glob(f"*-{t.number}.json")  # study uuid-number
+        ledger = json.loads(record.read_text())
         assert ledger["epoch"] == max(t.intermediate_values) == 2  # each epoch, once
-        assert ledger["state"] == t.state.name == "COMPLETE"
+        assert ledger["state"] == t.state.name == "COMPLETE" and ledger["status"] == "FINISHED"
     assert not (tmp_path / "wandb").exists()  # under the run root, not beside the study
 
 
@@ -268,7 +329,7 @@ def test_ctrl_c_then_retry_leaves_one_mlflow_run_per_trial_and_the_cut_one_kille
     uri = f"sqlite:///{tmp_path / 'runs' / 'tiny-mlflow.db'}"
     client, _, runs = _runs(uri, "tiny")
     cut = {int(r.data.tags["drsearch.trial"]): r for r in runs}[running[0]]
-    assert cut.info.status == "KILLED" and cut.data.tags["drsearch.state"] == "FAIL"
+    assert cut.info.status == "KILLED" and cut.data.tags["drsearch.state"] == "FAIL", err[-3000:]
 
     again = CliRunner().invoke(cli, ["run", str(path), "--quiet", "--retry-failed"])
     assert again.exit_code == 0, again.output

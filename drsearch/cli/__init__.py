@@ -1,7 +1,7 @@
 """The ``drsearch`` command line: thin commands that parse, call and print.
 
 One module per group of commands (``train``: train, lr; ``study``: run, check, export;
-``inspect``: report, dashboard, diagnose; ``evaluate``: evaluate; ``predict``: grading new
+``inspect``: report, dashboard, diagnose, sync; ``evaluate``: evaluate; ``predict``: grading new
 images; ``confirm``: the finalist stage; ``data``), sharing ``common`` (the group, one-line
 errors with exit code 2, shared options) and ``progress`` (live displays).
 """

@@ -1,4 +1,5 @@
-"""Commands that look at results: ``report``, ``dashboard``, ``diagnose``."""
+"""Commands that look at results: ``report``, ``dashboard``, ``diagnose``, ``trials``,
+``best``, and ``sync`` (a study's tracked runs brought in line with it)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,48 @@ def report(
     )
     path = write_report(records, opened, out or default)
     click.echo(f"report of study {cfg.name} -> {path}")
+    from drsearch.search.tracking import sync_study
+
+    def warn(line: str) -> None:
+        click.echo(f"Warning: {line}", err=True)
+
+    try:  # its tracked runs caught up with it (what a run left behind): one line if they were not
+        sync_study(loaded, study, warn, quiet=False)
+    except OSError as exc:  # the study's lock file cannot be made (a read-only run root)
+        warn(f"its MLflow/W&B runs were not brought in line with it ({exc})")
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path, dir_okay=False), metavar="STUDY.yaml")
+@_storage_opt
+@_smoke_options
+def sync(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -> None:
+    """Bring the study's MLflow and W&B runs in line with the study (and its finalist
+    stage's): each trial's run made or ended as the study says, the epochs it lacks
+    logged, the study's run ended when nothing runs. Prints what it fixed; exit code 1 when
+    a tracking store could not be reached (the next run, report or sync tries again)."""
+    from drsearch.search.tracking import sync_study
+
+    loaded = _open_study(study, storage, run_root, smoke)
+    results = sync_study(loaded, study, lambda line: None)  # each result says it all below
+    if not results:
+        raise UserError(
+            f"{study}: study {loaded.config.name!r} is tracked in neither MLflow nor W&B: add "
+            "tracking: {mlflow: {}} (or wandb) to it, or set DRSEARCH_MLFLOW_URI"
+        )
+    behind = False
+    for name, backend, where, result in results:
+        if isinstance(result, str):
+            behind = True
+            click.echo(f"{name}: {backend} at {where}: still behind the study ({result})")
+        elif not result:
+            click.echo(f"{name}: {backend} at {where}: in line with the study, nothing to fix")
+        else:
+            click.echo(f"{name}: {backend} at {where}: {len(result)} run(s) brought in line")
+            for fix in result:
+                click.echo(f"  {fix}")
+    if behind:
+        raise SystemExit(1)
 
 
 @cli.command()

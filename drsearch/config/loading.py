@@ -326,6 +326,10 @@ def _key_path(loc: tuple[int | str, ...]) -> tuple[str, ...]:
 _UNION_TAG = re.compile(r"[\[-]|^(float|int|str|bool|none|list|dict)$")
 
 
+#: Keys whose values are URLs (a storage, a tracking URI), shown in no error.
+_URL_KEYS = ("storage", "tracking_uri")
+
+
 def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> tuple[str, str]:
     loc = list(_key_path(error["loc"]))
     path = ".".join(loc)
@@ -350,8 +354,11 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> tuple[str, st
         limit = next(iter(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le")))
         return path, f"must be {bounds[kind]} {limit}, got {given!r}"
     msg = str(error["msg"]).removeprefix("Value error, ")
+    secret = bool(loc) and loc[-1] in _URL_KEYS  # a URL may hold a password: never echoed
     if given is not None and not isinstance(given, dict | list) and "got " not in msg:
-        msg = f"{msg}, got {given!r}"
+        msg = (
+            f"{msg}, got {'a value not shown (it may hold a password)' if secret else repr(given)}"
+        )
     return path, msg
 
 

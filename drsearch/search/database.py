@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import optuna
 from optuna.storages import RDBStorage
@@ -24,16 +25,92 @@ _SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|credential|auth", re.IGNO
 
 def masked_url(url: str) -> str:
     """The URL with every secret hidden (the user-info password and password-like query
-    parameters), for anything shown or written: console, records, recipes, errors."""
-    from sqlalchemy.engine import make_url
+    parameters), for anything shown or written: console, records, recipes, errors.
 
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL we can take apart: show none of it
+    The password is everything between the user name's ``:`` and the last ``@`` of the
+    authority, as the HTTP client (``requests``, ``urllib``) splits it; SQLAlchemy splits at
+    the first ``@``, so a password holding an ``@`` (``alice:Pa@SECRET@host``) has the part
+    after it taken for the host: masked too, whichever parser reads the URL."""
+    parts = _split(url)
+    if parts is None:
         return "<storage URL hidden: not a valid SQLAlchemy URL>"
-    query = {k: ("***" if _SECRET_PARAM.search(k) else v) for k, v in parsed.query.items()}
-    shown = parsed.set(query=query).render_as_string(hide_password=True)
-    return shown.replace("%2A%2A%2A", "***")
+    scheme, user, password, rest = parts
+    if not scheme:
+        return rest  # a local path: nothing to hide
+    shown = f"{scheme}://"
+    if user is not None:
+        shown += f"{user}:***@" if password is not None else f"{user}@"
+    where, mark, query = rest.partition("?")
+    if mark:
+        pairs = [p.partition("=") for p in query.split("&")]
+        query = "&".join(
+            f"{k}=***" if eq and _SECRET_PARAM.search(unquote(k)) else f"{k}{eq}{v}"
+            for k, eq, v in pairs
+        )
+    return shown + where + mark + query
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """``text`` (an error, a library's message) with ``url`` and each of its secrets, in
+    every form a parser may echo (raw, decoded, encoded), shown as ``***``."""
+    text = text.replace(url, masked_url(url))
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def url_secrets(url: str) -> set[str]:
+    """The secrets of ``url`` as any parser of it may show them: the password (raw, decoded,
+    re-encoded; as SQLAlchemy's first-``@`` split sees it, also the piece it takes for the
+    host) and the values of password-like query parameters."""
+    parts = _split(url)
+    found: set[str] = set()
+    if parts is None:
+        return {url} if url else set()
+    if not parts[0]:
+        return set()
+    scheme, user, password, rest = parts
+    if password:
+        found |= {password, unquote(password), quote(unquote(password), safe="")}
+        pieces = {*password.split("@"), *unquote(password).split("@")}
+        found |= {piece for piece in pieces if len(piece) >= 3}
+    for pair in rest.partition("?")[2].split("&"):
+        k, eq, v = pair.partition("=")
+        if eq and v and _SECRET_PARAM.search(unquote(k)):
+            found |= {v, unquote(v)}
+    return {s for s in found if s and s != "@"}
+
+
+def _split(url: str) -> tuple[str, str | None, str | None, str] | None:
+    """``(scheme, user, password, the rest)`` of a URL (scheme ``""``: a local path, such as
+    MLflow's ``mlruns``); ``None`` when it is neither.
+
+    The user information ends at the last ``@`` before the host (``urllib``, ``requests``)
+    or at SQLAlchemy's, which may lie past a ``/`` or ``?`` of the password: the later of
+    the two, so that no parser sees a secret where this one sees none."""
+    from urllib.parse import urlsplit
+
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", url, re.DOTALL)
+    if match is None:
+        return ("", None, None, url) if url and ":" not in url and "@" not in url else None
+    scheme, rest = match.groups()
+    end = -1
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        end = authority.rindex("@")
+    # sqlalchemy.engine.url's user and password (a database URL's; never an HTTP one's)
+    alchemy = re.match(r"^[^:/]*(?::[^@]*)?@", rest)
+    if alchemy is not None and scheme.lower() not in ("http", "https"):
+        end = max(end, alchemy.end() - 1)
+    if end < 0:
+        try:
+            urlsplit(url)
+        except ValueError:
+            return None
+        return scheme, None, None, rest
+    info = rest[:end]
+    user, colon, password = info.partition(":")
+    return scheme, user, password if colon else None, rest[end + 1 :]
 
 
 def make_storage(url: str) -> RDBStorage:
@@ -54,23 +131,14 @@ def make_storage(url: str) -> RDBStorage:
 @contextlib.contextmanager
 def storage_errors(url: str) -> Iterator[None]:
     """Turn a database error into one line naming the storage, its secrets masked."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         yield
     except SQLAlchemyError as exc:
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        detail = cause[0] if cause else type(exc).__name__
-        for secret in _secrets(make_url(url)):
-            detail = detail.replace(secret, "***")
+        detail = hide_secrets(cause[0] if cause else type(exc).__name__, url)
         raise ConfigError(f"storage {masked_url(url)}: cannot open it: {detail}") from None
-
-
-def _secrets(parsed: Any) -> list[str]:
-    found = [parsed.password] if parsed.password else []
-    found += [v for k, v in parsed.query.items() if _SECRET_PARAM.search(k) and isinstance(v, str)]
-    return [str(s) for s in found if s]
 
 
 def open_existing(config: StudyConfig, source: Path | str) -> optuna.Study:

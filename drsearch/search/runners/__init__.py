@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -101,12 +100,11 @@ def run_study(
     store = _open(loaded, accept_changes, progress, data or None)
     from drsearch.search.tracking import TrackedProgress, open_tracking
 
-    with store.lock.hold():  # runners starting together find or create one set of runs
-        tracking = open_tracking(
-            loaded, store.uuid, lambda number: trial_dir(loaded, store, number), progress.warn
-        )
-    if tracking is not None:
-        tracking.trial_attrs = lambda number: _user_attrs(store, number)
+    tracking = open_tracking(
+        loaded, store, lambda number: trial_dir(loaded, store, number), progress.warn
+    )
+    if tracking is not None:  # its runs made equal to the study before any trial
+        tracking.sync()
         progress = TrackedProgress(progress, tracking)
     from drsearch.search.warmstart import queue
 
@@ -161,8 +159,10 @@ def run_study(
             if deadline is not None:
                 deadline.ended = time.time()
             if tracking is not None:  # runs of trials that ended without this runner's hooks
-                tracking.sync(store.study.get_trials(deepcopy=False))
+                tracking.close()
             store.close()
+    elif tracking is not None:  # nothing to run: its runs made equal to the study all the same
+        tracking.close()
     trials = store.study.get_trials(deepcopy=False)
     # the trials this runner claimed: another runner on the study claims its own
     ours = [
@@ -264,12 +264,6 @@ def _interrupted_message(
             "and will not run again unless you add --retry-failed"
         )
     return said
-
-
-def _user_attrs(store: StudyStore, number: int) -> dict[str, Any]:
-    storage, study_id = store.study._storage, store.study._study_id
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-    return dict(storage.get_trial_user_attrs(trial_id))
 
 
 def _open(
