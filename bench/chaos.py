@@ -200,20 +200,26 @@ def check_stage(search: list, runs: list) -> list[str]:
     return broken
 
 
-def check_tracking(folder: Path, name: str, search: list, runs: list) -> list[str]:
-    """Every trial of both studies has one MLflow run whose state tag is its Optuna state."""
+def check_tracking(folder: Path, storage: str, name: str, search: list, runs: list) -> list[str]:
+    """Every trial of both studies has one MLflow run whose state tag is its Optuna state
+    (a paused trial's: PAUSED)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder / 'runs' / f'{name}-mlflow.db'}")
     found = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], max_results=10_000
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`drsearch.kind` = 'trial'",
+        max_results=50_000,
     )
     broken = []
     for study, trials in ((name, search), (f"{name}-confirm", runs)):
-        mine = [r for r in found if r.data.tags.get("drsearch.study_name", study) == study]
+        if not trials:
+            continue
+        loaded = optuna.load_study(study_name=study, storage=storage)
+        uid = str(loaded._storage.get_study_system_attrs(loaded._study_id)["drsearch:uuid"])
         by_trial: dict[int, list] = {}
-        for r in mine:
-            if "drsearch.trial" in r.data.tags:
+        for r in found:
+            if r.data.tags.get("drsearch.study") == uid:
                 by_trial.setdefault(int(r.data.tags["drsearch.trial"]), []).append(r)
         for t in trials:
             if t.state.name == "WAITING":
@@ -222,9 +228,12 @@ def check_tracking(folder: Path, name: str, search: list, runs: list) -> list[st
             if len(tracked) != 1:
                 broken.append(f"{study} trial {t.number}: {len(tracked)} MLflow runs")
                 continue
+            want = (
+                "PAUSED" if t.system_attrs.get("drsearch:paused_at") is not None else (t.state.name)
+            )
             state = tracked[0].data.tags.get("drsearch.state")
-            if state != t.state.name:
-                broken.append(f"{study} trial {t.number}: MLflow {state}, Optuna {t.state.name}")
+            if state != want:
+                broken.append(f"{study} trial {t.number}: MLflow {state}, Optuna {want}")
     return broken
 
 
@@ -302,7 +311,7 @@ def main() -> None:
         runs = snapshot(storage, f"{name}-confirm")
         broken = check(before, after, runs)
         if tracking:
-            broken += check_tracking(folder, name, after, runs)
+            broken += check_tracking(folder, storage, name, after, runs)
         if again.returncode != 0:
             broken.append(f"the continuation exited {again.returncode}: {again.stderr[-300:]}")
         total_broken += len(broken)

@@ -287,13 +287,14 @@ def test_a_wandb_offline_study_writes_one_run_per_trial_with_its_epochs(
 def test_ctrl_c_then_retry_leaves_one_mlflow_run_per_trial_and_the_cut_one_killed(
     tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C during a trial: its run ends KILLED (state FAIL) as the runner lets it go; the
-    study continued with --retry-failed re-runs it as a new trial with its own run (tagged
-    with the trial it retries), epochs continued from the checkpoint and logged once."""
+    """Ctrl-C during a trial (SIGINT at an exact moment, after its second epoch is recorded:
+    no polling of a database the run is still creating): its run ends KILLED (state FAIL) as
+    the runner lets it go; the continued study re-runs it as a new trial with its own run
+    (tagged with the trial it retries), epochs continued from the checkpoint and logged once."""
+    import os
     import signal
     import subprocess
     import sys
-    import time
 
     import optuna
 
@@ -307,31 +308,22 @@ def test_ctrl_c_then_retry_leaves_one_mlflow_run_per_trial_and_the_cut_one_kille
         recipe_overrides={"train.epochs": 6},
         tracking={"mlflow": {}},
     )
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, "-m", "drsearch.cli", "run", path.name, "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env={**os.environ, "DRSEARCH_FAULT": "after_record:2:INT"},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    url = f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
-    deadline, running = time.time() + 300, []
-    while time.time() < deadline and proc.poll() is None and not running:
-        time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="tiny", storage=url).trials
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        running = [t.number for t in trials if t.state.name == "RUNNING"
-                   and len(t.intermediate_values) >= 2]  # fmt: skip
-    assert running, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = proc.stderr
     assert proc.returncode == 130, err[-2000:]
+    url = f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
+    running = [0]  # the first trial, cut after its second epoch
     uri = f"sqlite:///{tmp_path / 'runs' / 'tiny-mlflow.db'}"
     client, _, runs = _runs(uri, "tiny")
     cut = {int(r.data.tags["drsearch.trial"]): r for r in runs}[running[0]]
     assert cut.info.status == "KILLED" and cut.data.tags["drsearch.state"] == "FAIL", err[-3000:]
 
-    again = CliRunner().invoke(cli, ["run", str(path), "--quiet", "--retry-failed"])
+    again = CliRunner().invoke(cli, ["run", str(path), "--quiet"])  # it runs again by itself
     assert again.exit_code == 0, again.output
     study = optuna.load_study(study_name="tiny", storage=url)
     client, studies, runs = _runs(uri, "tiny")

@@ -19,7 +19,7 @@ from drsearch.cli.common import (
     cli,
     print_no_winner,
 )
-from drsearch.fmt import short
+from drsearch.cli.summary import print_next_steps, print_summary
 
 
 @cli.command()
@@ -134,7 +134,7 @@ def run(
     opened = open_existing(loaded.config, loaded.path)
     winner = study_best(opened).trial is not None
     finalists = bool(loaded.config.finalists)
-    _print_next_steps(study, smoke, run_root, summary, held_out, finalists, winner)
+    print_next_steps(study, smoke, run_root, summary, held_out, finalists, winner)
     if not winner and summary.counts.counted + summary.counts.paused:
         print_no_winner(opened, f"{study}{_study_flags(smoke, run_root)}")
     from click.core import ParameterSource
@@ -180,7 +180,7 @@ def _run_and_confirm(
                 rerun=again,
                 accept_changes=accept_changes,
             )
-    _print_summary(summary)
+    print_summary(summary)
     c = summary.counts
     search_only = f"study wall time: {summary.wall_seconds:.1f}s"
     if not loaded.config.finalists:
@@ -248,145 +248,6 @@ def check(study: Path, samples: int) -> None:
         f"{samples} sampled configurations all valid; budget {cfg.budget.n_trials} trials of "
         f"up to {loaded.max_epochs} epochs, {cfg.executor} executor"
     )
-
-
-def _print_summary(s: Any) -> None:
-    c = s.counts
-    click.echo(
-        f"study {s.name} ({s.storage}): {c.counted}/{s.n_trials} trials counted - "
-        f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
-        + (f", {c.interrupted} interrupted (not counted)" if c.interrupted else "")
-        + (f", {c.paused} paused at a rung (the next run goes on with them)" if c.paused else "")
-    )
-    d = s.deadline
-    if d is not None and d.reached_at is not None:
-        click.echo(
-            f"time limit: {d.limit_s:g} s from the first trial's start, reached; no trial "
-            f"started after it; the run ended {d.past_limit_s or 0:.0f} s past it"
-            + (
-                f"; trial(s) {', '.join(map(str, d.finished))} (the leader of the highest rung) "
-                "trained to the end"
-                if d.finished
-                else ""
-            )
-            + (f"; the leader was not finished: {d.not_finished}" if d.not_finished else "")
-        )
-    elif d is not None:
-        click.echo(f"time limit: {d.limit_s:g} s from the first trial's start, not reached")
-    if s.paused:
-        click.echo(
-            "paused at a rung (the next run goes on with them): trials "
-            + ", ".join(f"{n} (epoch {e})" for n, e in s.paused)
-        )
-    if s.reaped:
-        click.echo(f"marked interrupted: trials {', '.join(map(str, s.reaped))}")
-    if s.requeued:
-        click.echo(
-            f"interrupted earlier, queued again with their parameters: trials "
-            f"{', '.join(map(str, s.requeued))} (from their checkpoints where an epoch finished)"
-        )
-    if s.given_up:
-        from drsearch.search.store import MAX_INTERRUPTIONS
-
-        click.echo(
-            f"interrupted {MAX_INTERRUPTIONS} times in a row, not queued again: trials "
-            f"{', '.join(map(str, s.given_up))} (--retry-failed runs them)"
-        )
-    if s.retried:
-        click.echo(f"queued again (--retry-failed): trials {', '.join(map(str, s.retried))}")
-    if s.waiting:
-        click.echo(
-            f"queued but not started, the budget of {s.n_trials} being spent: trials "
-            f"{', '.join(map(str, s.waiting))}; raise it with --n-trials to run them"
-        )
-    if not s.started_trials and c.failed and c.counted >= s.n_trials:
-        click.echo(
-            f"nothing to run: the budget of {s.n_trials} trials is spent and {c.failed} of them "
-            "failed; run them again with --retry-failed, or raise the budget with --n-trials"
-        )
-    for group in s.duplicates:
-        click.echo(
-            f"Warning: trials {', '.join(map(str, group))} ran the same parameters", err=True
-        )
-    if s.runs_dir is not None:
-        click.echo(f"trial run folders: {s.runs_dir}")
-    if s.started_trials:
-        click.echo(
-            f"this run: {s.started_trials} trial(s), wall {s.wall_seconds:.1f}s, "
-            f"trials' own time {s.trial_seconds:.1f}s"
-        )
-    for line in s.queued:
-        click.echo(line)
-    for reason, n in s.failures:
-        click.echo(f"failed: {n} x {reason}")
-    if s.provisional is not None:
-        trial, epoch = s.provisional
-        click.echo(
-            f"no trial was trained to the end; provisionally best: trial {trial.number} by its "
-            f"value at epoch {epoch} (not a winner)"
-        )
-    shown = s.best or s.closest
-    if shown is not None:
-        params = ", ".join(f"{k}={short(v)}" for k, v in shown.params.items())
-        what = (
-            "search best (feasible)"
-            if s.best is not None
-            else "no trial is feasible (no winner); the closest"
-        )
-        click.echo(f"{what}: trial {shown.number}, value {shown.value:.4f}; {params}")
-        if s.best is None:
-            for reason in shown.user_attrs.get("infeasible_reasons") or []:
-                click.echo(f"  not feasible: {reason}")
-
-
-def _print_next_steps(
-    study: Path,
-    smoke: bool,
-    run_root: Path | None,
-    s: Any,
-    held_out: bool = False,
-    finalists: bool = False,
-    winner: bool = True,
-) -> None:
-    """Where to look next: the commands that open this study's results (with the same
-    ``--smoke`` and ``--run-root``); ``evaluate`` and ``export`` only when the study names a
-    winner (``search.verdict``: else ``print_no_winner`` says what to try)."""
-    if s.best is None and s.closest is None and not s.counts.counted and not s.counts.paused:
-        return
-    flag = _study_flags(smoke, run_root)
-    click.echo("next steps:")
-    steps = [
-        (f"drsearch best {study}{flag}", "the study's best: figures, parameters, finalists"),
-        (f"drsearch trials {study}{flag}", "every trial in a table"),
-        (f"drsearch report {study}{flag}", "one HTML page: history, curves, per-grade figures"),
-        (f"drsearch dashboard {study}{flag}", "optuna-dashboard on http://127.0.0.1:8080"),
-    ]
-    if (s.best or s.closest) is not None and not finalists:
-        steps.append(
-            (
-                f"drsearch confirm {study}{flag}",
-                "retrain the top 3 with fresh seeds: is the winner luck?",
-            )
-        )
-    if winner and held_out:
-        steps.append(
-            (
-                f"drsearch evaluate {study}{flag}",
-                "the best trial on the held-out test set, with 95% intervals",
-            )
-        )
-    if winner:
-        steps.append(
-            (
-                f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml "
-                f"--weights recipes/{s.name}-best.pt",
-                "the best, pinned, with its weights (drsearch predict then grades images)",
-            )
-        )
-    steps += s.tracking_steps  # mlflow ui ..., wandb sync ...
-    width = max(len(cmd) for cmd, _ in steps)
-    for cmd, what in steps:
-        click.echo(f"  {cmd:<{width}}  # {what}")
 
 
 @cli.command()

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 POINTS = ("after_checkpoint", "after_record")
 
@@ -30,3 +33,36 @@ def fault_point(point: str, epoch: int, run_dir: Path) -> None:
         return
     marker.touch()
     os.kill(os.getpid(), signal.SIGINT if name == "INT" else signal.SIGKILL)
+
+
+def calls_fault(target: Any, point: str) -> Any:
+    """``target`` itself, or, with ``DRSEARCH_FAULT=<point>:<n>``, a stand-in that kills this
+    process with SIGKILL inside its ``n``-th method call (after the call began, before it
+    returned: the write half done, as a kill at the worst moment leaves it). For the chaos
+    benchmark's kills inside a tracking client (``point``: ``tracking``)."""
+    spec = os.environ.get("DRSEARCH_FAULT", "")
+    wanted, _, at = spec.partition(":")
+    if wanted != point or not at.isdigit():
+        return target
+    return _KillOnCall(target, int(at))
+
+
+class _KillOnCall:
+    def __init__(self, target: Any, n: int) -> None:
+        self._target, self._left = target, n
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._left -= 1
+            if self._left <= 0:
+                # the call goes out, and the process dies before it hears the answer
+                threading.Thread(target=attr, args=args, kwargs=kwargs, daemon=True).start()
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return attr(*args, **kwargs)
+
+        return call

@@ -16,6 +16,7 @@ from typing import Any
 
 from drsearch.search.database import hide_secrets, masked_url
 from drsearch.search.tracking.common import STATE_TAG, STUDY_TAG, TRIAL_TAG, metric_name
+from drsearch.train.faults import calls_fault
 
 
 def quiet_client_env() -> None:
@@ -48,7 +49,8 @@ class MLflowBackend:
         from mlflow.tracking import MlflowClient
 
         self.uri, self.where = uri, masked_url(uri)
-        self.client = MlflowClient(tracking_uri=uri)
+        # the chaos benchmark's kill inside a client call (DRSEARCH_FAULT=tracking:N)
+        self.client = calls_fault(MlflowClient(tracking_uri=uri), "tracking")
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment = found.experiment_id
