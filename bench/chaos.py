@@ -205,6 +205,8 @@ def check_tracking(folder: Path, storage: str, name: str, search: list, runs: li
     (a paused trial's: PAUSED)."""
     from mlflow.tracking import MlflowClient
 
+    from drsearch.states import paused_at
+
     client = MlflowClient(f"sqlite:///{folder / 'runs' / f'{name}-mlflow.db'}")
     found = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -228,9 +230,7 @@ def check_tracking(folder: Path, storage: str, name: str, search: list, runs: li
             if len(tracked) != 1:
                 broken.append(f"{study} trial {t.number}: {len(tracked)} MLflow runs")
                 continue
-            want = (
-                "PAUSED" if t.system_attrs.get("drsearch:paused_at") is not None else (t.state.name)
-            )
+            want = "PAUSED" if paused_at(t) is not None else t.state.name
             state = tracked[0].data.tags.get("drsearch.state")
             if state != want:
                 broken.append(f"{study} trial {t.number}: MLflow {state}, Optuna {want}")
@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--postgres", default=os.environ.get("DRSEARCH_TEST_POSTGRES"))
     ap.add_argument("--only", choices=["search", "finalists"], help="one stage only")
+    ap.add_argument("--first", type=int, default=0, help="start at this round of the cycle")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="drsearch-chaos-"))
@@ -257,7 +258,7 @@ def main() -> None:
     ]
     total_broken = 0
     started = time.time()
-    for i in range(args.kills):
+    for i in range(args.first, args.first + args.kills):
         executor, n, stage, tracking, kind = combos[i % len(combos)]
         mode = ("stopping", "promotion")[i % 2]
         name = f"chaos{i}"
