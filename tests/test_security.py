@@ -427,3 +427,35 @@ def test_shared_aliases_within_the_limit_still_load(tmp_path: Path) -> None:
         "x": {"lr": 0.1, "wd": 0.01},
         "y": {"lr": 0.1, "wd": 0.01},
     }
+
+
+def test_a_fifo_named_as_a_recipe_or_weights_is_refused_never_read(tmp_path: Path) -> None:
+    """A FIFO (or device) given where a YAML file or a weights file belongs would block the
+    read forever: refused in one line before it is opened. In a subprocess with a bound, so a
+    regression fails this test instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "model.yaml"
+    os.mkfifo(fifo)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from drsearch.config.loading import read_yaml\n"
+        "from drsearch.train.checkpoint import load_weights_only\n"
+        "p = Path(sys.argv[1])\n"
+        "for call in (lambda: read_yaml(p), lambda: load_weights_only(p, str(p), 'fix')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(fifo)], capture_output=True, text=True, timeout=120
+    )
+    lines = out.stdout.splitlines()
+    assert lines == [
+        f"ConfigError {fifo}: not a regular file",
+        f"TrainingError {fifo}: not a regular file (a FIFO, device, socket or folder); fix",
+    ], out.stdout + out.stderr

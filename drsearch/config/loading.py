@@ -70,8 +70,9 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, or raise a one-line ``ConfigError`` naming the file."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found" if not path.is_dir() else f"{path}: a folder")
+    if not path.is_file():  # a FIFO or device would block the read: only regular files
+        found = "a folder" if path.is_dir() else "not a regular file" if path.exists() else None
+        raise ConfigError(f"{path}: {found or 'file not found'}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:

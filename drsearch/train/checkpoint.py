@@ -11,8 +11,10 @@ Checkpoints hold only tensors, numbers, strings and containers of them, and are 
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,15 @@ def load_weights_only(
     path: Path, what: str, fix: str, error: type[DrsearchError] = TrainingError
 ) -> Any:
     """``torch.load(weights_only=True)``: a file holding anything but tensors, numbers and
-    strings is refused, never unpickled; a damaged one is named. Both in one line."""
+    strings is refused, never unpickled; a damaged one is named; anything but a regular file
+    (a FIFO would block the read forever, a device never end) is refused before it is opened.
+    Each in one line."""
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except OSError as exc:
+        raise error(f"{what}: cannot be read ({exc.strerror}); {fix}") from None
+    if kind != stat.S_IFREG:
+        raise error(f"{what}: not a regular file (a FIFO, device, socket or folder); {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
