@@ -19,7 +19,7 @@ from drsearch.errors import StudyInterrupted
 from drsearch.io import owned_dir
 from drsearch.search.annotations import annotate_study, artifact_store, note_and_artifacts
 from drsearch.search.checks import check_inputs
-from drsearch.search.database import masked_url
+from drsearch.search.database import hide_secrets, masked_url
 from drsearch.search.deadline import Deadline
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs, trial_dir
 from drsearch.search.scheduler import RungScheduler, paused_at, promotes
@@ -83,8 +83,8 @@ def run_study(
     """Run ``loaded`` until the study's budget is spent (or the time limit), with its executor.
 
     ``budget.n_trials`` is written to the study: the budget of every runner of it from now on.
-    With ``retry_failed``, failed and interrupted trials are queued again with their
-    parameters (continuing from their checkpoints where the recipe is unchanged).
+    Interrupted trials are queued again with their parameters (continuing from their
+    checkpoints where the recipe is unchanged); with ``retry_failed``, failed ones too.
     ``rerun`` is the command that continues this study (the CLI's own, with its options), for
     the message on Ctrl-C. A study continued under another definition (objective, space,
     recipe, pruner, data) is refused unless ``accept_changes``.
@@ -154,7 +154,8 @@ def run_study(
             # any other way out (a database error, a Tune error): this runner's trials are let
             # go now, never left RUNNING under a process that lives on
             with contextlib.suppress(Exception):  # the database itself may be what failed
-                store.interrupt_own(f"the runner stopped on {type(exc).__name__}: {exc}"[:300])
+                said = hide_secrets(f"{exc}", cfg.storage_url())  # a URL's password, say
+                store.interrupt_own(f"the runner stopped on {type(exc).__name__}: {said}"[:300])
             raise
         finally:
             if deadline is not None:
