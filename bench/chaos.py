@@ -1,6 +1,7 @@
 """Chaos: kill -9 runners at the worst moments, continue, and check the study's invariants.
 
-    python bench/chaos.py [--kills 32] [--seed 0] [--postgres URL] [--only KIND]
+    python bench/chaos.py [--kills 32] [--seed 0] [--postgres URL] [--only search|finalists]
+                          [--runners 1|2] [--zombie-share 0.5] [--first N]
 
 Each round makes a fresh tiny study (synthetic images, resnet10t at 32 px, 3 epochs, a budget
 of 4 trials, a finalist stage of the top 2 on 2 seeds) in one of the combinations of
@@ -244,6 +245,11 @@ def main() -> None:
     ap.add_argument("--postgres", default=os.environ.get("DRSEARCH_TEST_POSTGRES"))
     ap.add_argument("--only", choices=["search", "finalists"], help="one stage only")
     ap.add_argument("--first", type=int, default=0, help="start at this round of the cycle")
+    ap.add_argument("--runners", type=int, choices=[1, 2], help="only rounds with this many")
+    ap.add_argument(
+        "--zombie-share", type=float, default=0.5,
+        help="of the two-runner rounds with a kill, the share whose victim is left a zombie",
+    )  # fmt: skip
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="drsearch-chaos-"))
@@ -253,7 +259,7 @@ def main() -> None:
         for storage in (["sqlite", "postgres"] if args.postgres else ["sqlite"])
         for tracking in (False, True)
         for stage in ([args.only] if args.only else ["search", "finalists"])
-        for n in (1, 2)
+        for n in ([args.runners] if args.runners else [1, 2])
         for executor in ("local", "ray")
     ]
     total_broken = 0
@@ -291,7 +297,7 @@ def main() -> None:
             time.sleep(wait)
             how = f"at {wait:4.1f}s"
             killed = procs[victim].poll() is None
-        zombie = n > 1 and bool(killed) and rng.random() < 0.5
+        zombie = n > 1 and bool(killed) and rng.random() < args.zombie_share
         if killed:
             os.killpg(procs[victim].pid, signal.SIGKILL)
             if not zombie:
@@ -300,8 +306,9 @@ def main() -> None:
             if j != victim:
                 p.wait(timeout=1800)
         procs[victim].wait(timeout=900)  # a zombie is reaped only now: its neighbour ran beside it
-        if in_client:
+        if in_client:  # it killed itself and stayed a zombie while its neighbour ran
             killed = procs[victim].returncode == -signal.SIGKILL
+            zombie = n > 1 and killed
         time.sleep(1.0)  # Ray's own processes follow their driver
         before = snapshot(storage, name)
         again = subprocess.run(

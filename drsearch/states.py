@@ -12,6 +12,8 @@ view, ``drsearch trials`` and the run's summary.
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Collection
 from enum import Enum
 from typing import Any
@@ -84,3 +86,15 @@ def epochs_done(trial: FrozenTrial) -> int | None:
     if recorded is not None:
         return int(recorded)
     return max(trial.intermediate_values) if trial.intermediate_values else None
+
+
+def as_it_stands(trial: FrozenTrial) -> FrozenTrial:
+    """A paused trial with the user attributes of the outcome it paused with (its best epoch so
+    far, its run folder, its metrics: what it would end with if pruned at its rung), so it can
+    be shown or exported as it stands; any other trial as it is."""
+    raw = trial.system_attrs.get(PAUSED_OUTCOME_ATTR) if paused_at(trial) is not None else None
+    if not raw:
+        return trial
+    view = copy.copy(trial)
+    view.user_attrs = {**json.loads(raw).get("user_attrs", {}), **trial.user_attrs}
+    return view

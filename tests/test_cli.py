@@ -396,3 +396,66 @@ def test_the_printed_continue_command_repeats_what_changes_the_run(
     assert out.exit_code == 130, out.output
     expected = f"drsearch run {path} --run-root {tmp_path / 'r'} --n-trials 4 --set train.epochs=2"
     assert seen["rerun"] == expected and f"`{expected} --retry-failed`" in out.output
+
+
+def test_printed_commands_run_as_printed_with_a_space_and_another_study_name(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    """A study file in a folder with a space, run under --study-name: the continue command
+    printed at Ctrl-C and the next steps quote the path and repeat --study-name, and each,
+    run exactly as printed (split as a shell splits it), opens that study."""
+    import shlex
+
+    import yaml
+
+    from tests.conftest import write_tiny_study
+
+    folder = tmp_path / "my dir"
+    folder.mkdir()
+    path = write_tiny_study(
+        folder, tiny_dataset, "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n",
+        budget={"n_trials": 2}, pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 2, "schedule.warmup_epochs": 0},
+    )  # fmt: skip
+    body = yaml.safe_load(path.read_text())
+    body["run_root"] = "runs"  # relative: the commands run from tmp_path
+    path.write_text(yaml.safe_dump(body))
+    run = [sys.executable, "-m", "drsearch.cli"]
+    cut = subprocess.run(
+        [*run, "run", "my dir/tiny.yaml", "--quiet", "--study-name", "other"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "DRSEARCH_FAULT": "after_record:1:INT"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert cut.returncode == 130, cut.stderr[-2000:]
+    printed = cut.stderr.split("Continue with `")[1].split("`")[0]
+    assert printed == "drsearch run 'my dir/tiny.yaml' --study-name other"
+    again = subprocess.run(
+        [*run, *shlex.split(printed)[1:]], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "study other (" in again.stdout
+    steps = [line.split("#")[0].strip() for line in again.stdout.splitlines()
+             if line.startswith("  drsearch ")]  # fmt: skip
+    best = next(step for step in steps if step.startswith("drsearch best"))
+    assert best == "drsearch best 'my dir/tiny.yaml' --study-name other"
+    shown = subprocess.run(
+        [*run, *shlex.split(best)[1:]], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert shown.returncode in (0, 3), shown.stderr  # a winner, or none: the study is found
+    assert "no study" not in shown.stderr
+
+
+def test_a_storage_password_is_never_printed_in_a_command() -> None:
+    """A storage URL with a password is repeated as --storage "$DRSEARCH_STORAGE" with a note
+    to set it (printing it masked would give a command that cannot connect)."""
+    from drsearch.cli.common import storage_note, study_args
+
+    url = "postgresql+psycopg2://alice:Pa@ss%40w:rd@db.example/drsearch"
+    assert study_args(Path("s.yaml"), storage=url) == 's.yaml --storage "$DRSEARCH_STORAGE"'
+    assert "export DRSEARCH_STORAGE=" in storage_note(url) and "Pa@ss" not in storage_note(url)
+    plain = "sqlite:////tmp/a b/s.db"
+    assert study_args(Path("s.yaml"), storage=plain) == "s.yaml --storage 'sqlite:////tmp/a b/s.db'"
+    assert storage_note(plain) == ""

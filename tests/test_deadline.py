@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from drsearch.cli import cli
@@ -84,6 +85,15 @@ def test_no_grace_leaves_the_leader_paused_and_names_a_provisional_best(
     assert "names no winner" in best.output.splitlines()[-1]
     export = runner.invoke(cli, ["export", str(path), "-o", str(tmp_path / "x.yaml")])
     assert export.exit_code == 3 and "no trial was trained to the end" in export.output
+    # what `best` suggests for it works as printed: the paused trial as it stands
+    suggested = next(line for line in best.output.splitlines() if "--trial 0 -o" in line)
+    args = suggested.split("#")[0].split()[1:]  # drsearch export tiny.yaml --trial 0 -o ...
+    args[args.index("-o") + 1] = str(tmp_path / "p.yaml")
+    taken = runner.invoke(cli, [*args, "--weights", str(tmp_path / "p.pt")])
+    assert taken.exit_code == 0, taken.output
+    pinned = yaml.safe_load((tmp_path / "p.yaml").read_text())["pinned"]["provenance"]
+    assert (pinned["trial"], pinned["state"]) == (0, "PAUSED")
+    assert "best-epoch weights (epoch 1)" in taken.output
 
 
 def test_the_limit_counts_from_the_first_trial_and_the_grace_from_the_leaders_pace() -> None:

@@ -351,3 +351,66 @@ def test_a_warning_naming_a_file_stays_one_line(exported: Path, tmp_path: Path) 
     (warning,) = [line for line in result.output.splitlines() if line.startswith("Warning")]
     assert warning.endswith(f"{folder}/bad\\x0aname.png")
     assert _rows(out)["bad\nname"]["path"] == f"{folder}/bad\nname.png"  # the CSV keeps it
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux /proc")
+def test_files_the_system_refuses_to_read_get_their_row_or_one_line(
+    exported: Path, tmp_path: Path
+) -> None:
+    """An image whose read fails (EIO: a failing disk; here a link to /proc/self/mem) gets
+    its error row, the others are graded; a list of images that cannot be read (EINVAL: a
+    link to /proc/self/pagemap) is one line, exit 2; `data describe` and training with
+    `data.skip_bad` go on past such an image. Before: a traceback, exit 1, no CSV."""
+    folder = tmp_path / "clinic"
+    _fundus_png(folder / "good.png")
+    (folder / "mem.png").symlink_to("/proc/self/mem")
+    out = tmp_path / "p.csv"
+    done = _predict([str(exported), str(folder), "-o", str(out)])
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    rows = _rows(out)
+    assert rows["good"]["grade"] != "" and rows["mem"]["grade"] == ""
+    assert "cannot be read (Input/output error)" in rows["mem"]["error"]
+    table = tmp_path / "list.csv"
+    table.symlink_to("/proc/self/pagemap")
+    listed = _predict([str(exported), str(table), "-o", str(tmp_path / "q.csv")])
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr, listed.stderr[-2000:]
+    assert listed.stderr.strip().splitlines() == [
+        f"Error: {table}: cannot be read (Invalid argument); give a folder of images or a CSV "
+        "listing them"
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux /proc")
+def test_a_dataset_image_the_system_refuses_to_read(tmp_path: Path, tiny_dataset: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from tests.conftest import tiny_recipe_dict
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    victim = sorted((data / "train_images").iterdir())[3]
+    victim.unlink()
+    victim.symlink_to("/proc/self/mem")
+    recipe = tmp_path / "r.yaml"
+    body = tiny_recipe_dict(data, **{"train.epochs": 1, "schedule.warmup_epochs": 0})
+    recipe.write_text(yaml.safe_dump(body))
+    run = [sys.executable, "-m", "drsearch.cli"]
+    described = subprocess.run(
+        [*run, "data", "describe", str(recipe)], capture_output=True, text=True, timeout=300
+    )
+    assert described.returncode == 0 and "Traceback" not in described.stderr, described.stderr
+    assert "cannot be read (Input/output error)" in described.stdout
+    strict = subprocess.run(
+        [*run, "train", str(recipe), "--out", str(tmp_path / "a"), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr, strict.stderr[-2000:]
+    assert victim.stem in strict.stderr
+    skipping = subprocess.run(
+        [*run, "train", str(recipe), "--out", str(tmp_path / "b"), "--quiet",
+         "--set", "data.skip_bad=true"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert skipping.returncode == 0, skipping.stderr[-2000:]

@@ -626,4 +626,41 @@ def test_a_configuration_interrupted_three_times_is_left_to_retry_failed(
     fresh = s.study.trials[0]
     message = _interrupted_message(SimpleNamespace(config=cfg), s, [0], "drsearch run s.yaml")
     assert "trial(s) 0 start again (no epoch had finished)" in message, fresh
+    # a trial cut before it drew its parameters: a new draw takes its place, and it is said
+    undrawn = s.claim()
+    assert undrawn is not None
+    s.interrupt_own()
+    message = _interrupted_message(
+        SimpleNamespace(config=cfg), s, [undrawn.number], "drsearch run s.yaml"
+    )
+    assert f"Trial(s) {undrawn.number} had drawn no parameters yet: new draws take" in message
+    with s.lock.hold():
+        assert undrawn.number not in s.requeue_locked().queued
     s.close()
+
+
+def test_ctrl_c_while_a_trial_is_being_written_lets_it_go_as_interrupted(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the middle of writing a finished trial (its attributes half written, its
+    state not yet): the runner still holds it, marks it interrupted and says so (it used to
+    say "no trial was running" and leave it RUNNING)."""
+    from drsearch.search.store import StudyStore
+
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, LR_SPACE, budget={"n_trials": 2}, pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 1, "schedule.warmup_epochs": 0},
+    )  # fmt: skip
+    written = StudyStore.set_user_attrs
+
+    def cut(self: StudyStore, trial_id: int, attrs: dict) -> None:
+        if "epochs_completed" in attrs:  # the trial's end, on its way to the study
+            raise KeyboardInterrupt
+        written(self, trial_id, attrs)
+
+    monkeypatch.setattr(StudyStore, "set_user_attrs", cut)
+    result = CliRunner().invoke(cli, ["run", str(path), "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert "trial(s) 0 resume from their last checkpoint" in result.output
+    (trial,) = study_trials(path)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"

@@ -171,20 +171,21 @@ def test_a_baseline_outside_the_space_and_a_missing_source_are_refused_up_front(
 def test_a_warm_started_study_never_draws_its_sources_configurations_again(
     tmp_path: Path, tiny_dataset: Path
 ) -> None:
-    """A study warm-started from one with the same space and seed: its own draws are not the
-    source's (the per-trial seed includes the study), and no two of its trials ran the same
-    configuration (a queued one is held: a draw equal to it is drawn again)."""
+    """A study warm-started from one with the same space, seed and even name (another run
+    root): its own draws are not the source's (the per-trial seed includes the study and its
+    source), and no two of its trials ran the same configuration (a queued one is held: a
+    draw equal to it is drawn again)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     recipe = {"train.epochs": 1, "schedule.warmup_epochs": 0}
     source = write_tiny_study(
-        tmp_path / "a", tiny_dataset, SPACE, name="source", budget={"n_trials": 4},
+        tmp_path / "a", tiny_dataset, SPACE, name="same", budget={"n_trials": 4},
         pruner={"enabled": False}, recipe_overrides=recipe,
         objective={"metric": "accuracy", "constraints": []},
     )  # fmt: skip
     assert CliRunner().invoke(cli, ["run", str(source), "--quiet"]).exit_code == 0
     later = write_tiny_study(
-        tmp_path / "b", tiny_dataset, SPACE, name="later", budget={"n_trials": 6},
+        tmp_path / "b", tiny_dataset, SPACE, name="same", budget={"n_trials": 6},
         pruner={"enabled": False}, recipe_overrides=recipe,
         objective={"metric": "accuracy", "constraints": []},
         warm_start={"study": str(source), "top_k": 4},
@@ -193,10 +194,10 @@ def test_a_warm_started_study_never_draws_its_sources_configurations_again(
     assert out.exit_code == 0, out.output
     assert "ran the same parameters" not in out.output
     earlier = optuna.load_study(
-        study_name="source", storage=f"sqlite:///{tmp_path / 'a' / 'runs' / 'source.db'}"
+        study_name="same", storage=f"sqlite:///{tmp_path / 'a' / 'runs' / 'same.db'}"
     ).get_trials()
     trials = optuna.load_study(
-        study_name="later", storage=f"sqlite:///{tmp_path / 'b' / 'runs' / 'later.db'}"
+        study_name="same", storage=f"sqlite:///{tmp_path / 'b' / 'runs' / 'same.db'}"
     ).get_trials()
     drawn = [t.params for t in trials if FROM_ATTR not in t.user_attrs]
     assert len(drawn) >= 2

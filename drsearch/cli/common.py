@@ -92,8 +92,21 @@ _storage_opt = click.option(
 )
 
 
+def _remember_study_name(ctx: click.Context, _: Any, value: str | None) -> None:
+    if value:
+        ctx.meta["drsearch.study_name"] = value
+
+
 def _smoke_options(command: Any) -> Any:
-    """``--smoke`` and ``--run-root`` for commands that open a study's results."""
+    """``--smoke``, ``--run-root`` and ``--study-name`` for commands that open a study's
+    results (``--study-name`` reaches ``_open_study`` through the context: a study run with
+    ``drsearch run --study-name`` is opened the same way)."""
+    command = click.option(
+        "--study-name",
+        expose_value=False,
+        callback=_remember_study_name,
+        help="Open the study of this name (as run with drsearch run --study-name).",
+    )(command)
     command = click.option(
         "--smoke", is_flag=True, help="Open the study's smoke version (<run_root>/smoke/)."
     )(command)
@@ -122,9 +135,15 @@ def _open_study(
             storage = None  # DRSEARCH_STORAGE names the real study; a smoke run keeps its own
     if smoke and storage:
         raise UserError("--smoke keeps its own SQLite file under <run_root>/smoke/; drop --storage")
+    named = {} if current is None else {"name": current.meta.get("drsearch.study_name")}
     loaded = load_study(
         study,
-        {**(overrides or {}), "storage": storage, "run_root": str(run_root) if run_root else None},
+        {
+            **named,
+            **(overrides or {}),
+            "storage": storage,
+            "run_root": str(run_root) if run_root else None,
+        },
         recipe_overrides,
     )
     if smoke:
@@ -134,14 +153,56 @@ def _open_study(
     return loaded
 
 
-def _study_flags(
-    smoke: bool, run_root: Path | None, storage: str | None = None, study_name: str | None = None
+def study_args(
+    study: Path | str,
+    smoke: bool = False,
+    run_root: Path | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
 ) -> str:
-    """The command-line options that name this study, to repeat in a suggested command."""
-    named = (("--run-root", run_root), ("--storage", storage), ("--study-name", study_name))
-    return (" --smoke" if smoke else "") + "".join(
-        f" {flag} {shlex.quote(str(value))}" for flag, value in named if value
+    """The study file and the options that name this study, as a printed command repeats them,
+    each quoted for a POSIX shell (a path with a space stays one argument). ``--study-name``
+    defaults to the one this command was given. A storage URL is repeated as given unless
+    DRSEARCH_STORAGE gave it (then it still does) or it holds a secret, which is never
+    printed: then ``--storage "$DRSEARCH_STORAGE"`` (``storage_note`` says to set it)."""
+    current = click.get_current_context(silent=True)
+    if study_name is None and current is not None:
+        study_name = current.meta.get("drsearch.study_name")
+    args = shlex.quote(str(study)) + (" --smoke" if smoke else "")
+    for flag, value in (("--run-root", run_root), ("--study-name", study_name)):
+        if value:
+            args += f" {flag} {shlex.quote(str(value))}"
+    if storage and not _storage_from_env(current):
+        from drsearch.search.database import url_secrets
+
+        secret = bool(url_secrets(storage))
+        args += ' --storage "$DRSEARCH_STORAGE"' if secret else f" --storage {shlex.quote(storage)}"
+    return args
+
+
+def storage_note(storage: str | None) -> str:
+    """What a printed command with ``--storage "$DRSEARCH_STORAGE"`` needs first."""
+    if not storage or _storage_from_env(click.get_current_context(silent=True)):
+        return ""
+    from drsearch.search.database import url_secrets
+
+    if not url_secrets(storage):
+        return ""
+    return (
+        " (first `export DRSEARCH_STORAGE=...`, the storage URL you gave: its password is "
+        "never printed)"
     )
+
+
+def _storage_from_env(ctx: click.Context | None) -> bool:
+    from click.core import ParameterSource
+
+    try:
+        return (
+            ctx is not None and ctx.get_parameter_source("storage") == ParameterSource.ENVIRONMENT
+        )
+    except Exception:  # noqa: BLE001 - a command without --storage
+        return False
 
 
 def print_no_winner(study: Any, command: str) -> Any:

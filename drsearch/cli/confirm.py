@@ -60,15 +60,17 @@ def confirm(
     overrides = {"executor": executor, "resources.max_concurrent": max_concurrent}
     loaded = _open_study(study, storage, run_root, smoke, overrides)
     plan = plan_of(loaded, top_k, seeds, folds)
-    from drsearch.cli.common import _study_flags
-    from drsearch.search.database import masked_url
+    from drsearch.cli.common import storage_note, study_args
+    from drsearch.errors import StudyInterrupted
 
     again = (
-        f"drsearch confirm {study}"
-        + _study_flags(smoke, run_root, storage and masked_url(storage))
-        + f" --top-k {plan.top_k} --{plan.mode} {plan.n}"
+        f"drsearch confirm {study_args(study, smoke, run_root, storage)}"
+        f" --top-k {plan.top_k} --{plan.mode} {plan.n}"
     )
-    run_finalists(loaded, plan, quiet, again, retry_failed)
+    try:
+        run_finalists(loaded, plan, quiet, again, retry_failed)
+    except StudyInterrupted as exc:  # a printed --storage "$DRSEARCH_STORAGE" needs it set
+        raise StudyInterrupted(f"{exc}{storage_note(storage)}") from None
 
 
 def run_finalists(

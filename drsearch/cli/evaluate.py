@@ -172,7 +172,7 @@ def _study_members(
         trials = ranked_trials(loaded, top_k)
         tag = evaluation_tag([t.number for t in trials], tta)
     else:
-        trials = [select_trial(loaded, which, infeasible_ok=True)]
+        trials = [select_trial(loaded, which)]
         tag = evaluation_tag([trials[0].number], tta)
         from drsearch.search.database import open_existing
         from drsearch.search.selection import FINALISTS_ATTR

@@ -13,9 +13,9 @@ from drsearch.cli.common import (
     _open_study,
     _smoke_options,
     _storage_opt,
-    _study_flags,
     cli,
     print_no_winner,
+    study_args,
 )
 from drsearch.fmt import num, short
 
@@ -267,7 +267,7 @@ def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
         print_finalists(record)
     trial = chosen.trial
     if trial is None:
-        verdict = print_no_winner(opened, f"{study}{_study_flags(smoke, run_root)}")
+        verdict = print_no_winner(opened, study_args(study, smoke, run_root))
         from drsearch.errors import NoWinner
 
         raise NoWinner(f"{study}: study {cfg.name!r} names no winner: {verdict.why}")
@@ -281,7 +281,7 @@ def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
     )
     click.echo("  " + ", ".join(f"{k}={short(v)}" for k, v in r.params.items()))
     click.echo(f"  run folder: {trial.user_attrs.get('run_dir')}")
-    flag = " --smoke" if smoke else ""
     click.echo(
-        f"  export it: drsearch export {study}{flag} --trial {r.number} -o recipes/NAME.yaml"
+        f"  export it: drsearch export {study_args(study, smoke, run_root)} --trial {r.number} "
+        "-o recipes/NAME.yaml"
     )

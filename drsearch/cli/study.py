@@ -15,9 +15,10 @@ from drsearch.cli.common import (
     _set_opt,
     _smoke_options,
     _storage_opt,
-    _study_flags,
     cli,
     print_no_winner,
+    storage_note,
+    study_args,
 )
 from drsearch.cli.summary import print_next_steps, print_summary
 
@@ -111,19 +112,21 @@ def run(
         from drsearch.search.smoke import reset_smoke
 
         click.echo(reset_smoke(loaded), err=True)
-    # what continues this study after Ctrl-C: the same study file and the options naming it
-    from drsearch.search.database import masked_url
-
-    naming = _study_flags(smoke, run_root, storage and masked_url(storage), study_name)
+    # what continues this study after Ctrl-C: the same study file and the options naming it;
     # what changes the run's meaning is repeated: --n-trials (the budget is "last run wins":
     # without it, a continuation would run to the study file's budget) and each --set (the
     # study's definition: continuing without it is refused)
-    again = f"drsearch run {study}{naming}" + (f" --n-trials {n_trials}" if n_trials else "")
+    again = f"drsearch run {study_args(study, smoke, run_root, storage, study_name)}"
+    again += f" --n-trials {n_trials}" if n_trials else ""
     again += "".join(f" --set {shlex.quote(s)}" for s in sets)
+    from drsearch.errors import StudyInterrupted
     from drsearch.search.runners import executor_session
 
-    with executor_session(loaded, ray_address):  # one Ray session for search and finalists
-        summary, wall = _run_and_confirm(loaded, quiet, retry_failed, again, accept_changes)
+    try:
+        with executor_session(loaded, ray_address):  # one Ray session: search and finalists
+            summary, wall = _run_and_confirm(loaded, quiet, retry_failed, again, accept_changes)
+    except StudyInterrupted as exc:  # a printed --storage "$DRSEARCH_STORAGE" needs it set
+        raise StudyInterrupted(f"{exc}{storage_note(storage)}") from None
     click.echo(wall)
     held_out = bool(loaded.recipe.data.test_fraction) or any(
         s.use == "test" for s in loaded.recipe.data.sources
@@ -134,9 +137,10 @@ def run(
     opened = open_existing(loaded.config, loaded.path)
     winner = study_best(opened).trial is not None
     finalists = bool(loaded.config.finalists)
-    print_next_steps(study, smoke, run_root, summary, held_out, finalists, winner)
+    named = study_args(study, smoke, run_root, study_name=study_name)
+    print_next_steps(named, summary, held_out, finalists, winner)
     if not winner and summary.counts.counted + summary.counts.paused:
-        print_no_winner(opened, f"{study}{_study_flags(smoke, run_root)}")
+        print_no_winner(opened, named)
     from click.core import ParameterSource
 
     source = click.get_current_context().get_parameter_source("storage")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from drsearch.cli.common import _study_flags
 from drsearch.fmt import short
 
 
@@ -51,7 +49,8 @@ def print_summary(s: Any) -> None:
 
         click.echo(
             f"interrupted {MAX_INTERRUPTIONS} times in a row, not queued again: trials "
-            f"{', '.join(map(str, s.given_up))} (--retry-failed runs them)"
+            f"{', '.join(map(str, s.given_up))} (--retry-failed queues them again; they run "
+            "when the budget has room: --n-trials)"
         )
     if s.retried:
         click.echo(f"queued again (--retry-failed): trials {', '.join(map(str, s.retried))}")
@@ -101,45 +100,43 @@ def print_summary(s: Any) -> None:
 
 
 def print_next_steps(
-    study: Path,
-    smoke: bool,
-    run_root: Path | None,
+    named: str,
     s: Any,
     held_out: bool = False,
     finalists: bool = False,
     winner: bool = True,
 ) -> None:
-    """Where to look next: the commands that open this study's results (with the same
-    ``--smoke`` and ``--run-root``); ``evaluate`` and ``export`` only when the study names a
-    winner (``search.verdict``: else ``print_no_winner`` says what to try)."""
+    """Where to look next: the commands that open this study's results (``named``: the study
+    file and the options that name it, ``common.study_args``); ``evaluate`` and ``export``
+    only when the study names a winner (``search.verdict``: else ``print_no_winner`` says
+    what to try)."""
     if s.best is None and s.closest is None and not s.counts.counted and not s.counts.paused:
         return
-    flag = _study_flags(smoke, run_root)
     click.echo("next steps:")
     steps = [
-        (f"drsearch best {study}{flag}", "the study's best: figures, parameters, finalists"),
-        (f"drsearch trials {study}{flag}", "every trial in a table"),
-        (f"drsearch report {study}{flag}", "one HTML page: history, curves, per-grade figures"),
-        (f"drsearch dashboard {study}{flag}", "optuna-dashboard on http://127.0.0.1:8080"),
+        (f"drsearch best {named}", "the study's best: figures, parameters, finalists"),
+        (f"drsearch trials {named}", "every trial in a table"),
+        (f"drsearch report {named}", "one HTML page: history, curves, per-grade figures"),
+        (f"drsearch dashboard {named}", "optuna-dashboard on http://127.0.0.1:8080"),
     ]
     if (s.best or s.closest) is not None and not finalists:
         steps.append(
             (
-                f"drsearch confirm {study}{flag}",
+                f"drsearch confirm {named}",
                 "retrain the top 3 with fresh seeds: is the winner luck?",
             )
         )
     if winner and held_out:
         steps.append(
             (
-                f"drsearch evaluate {study}{flag}",
+                f"drsearch evaluate {named}",
                 "the best trial on the held-out test set, with 95% intervals",
             )
         )
     if winner:
         steps.append(
             (
-                f"drsearch export {study}{flag} -o recipes/{s.name}-best.yaml "
+                f"drsearch export {named} -o recipes/{s.name}-best.yaml "
                 f"--weights recipes/{s.name}-best.pt",
                 "the best, pinned, with its weights (drsearch predict then grades images)",
             )

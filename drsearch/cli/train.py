@@ -173,7 +173,7 @@ def _trial_recipe(loaded: Any, which: str, sets: dict[str, Any]) -> Any:
     from drsearch.config import load_recipe
     from drsearch.search.export import select_trial
 
-    trial = select_trial(loaded, which, trained_only=False, infeasible_ok=True)
+    trial = select_trial(loaded, which, trained_only=False)
     config = Path(str(trial.user_attrs.get("run_dir", ""))) / "config.yaml"
     if not config.is_file():
         raise UserError(

@@ -137,25 +137,37 @@ def open_regular(path: Path | str, what: str = "image") -> int:
 
 
 def read_limited(fd: int, limit: int, what: str) -> bytes:
-    """Every byte of the open file ``fd``, refused past ``limit`` bytes."""
-    size = os.fstat(fd).st_size
-    if size > limit:
-        raise ImageError(f"{what} of {size / MB:.0f} MB, over the limit of {limit // MB} MB")
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks, total = [], 0
-    while chunk := os.read(fd, min(8 * MB, limit + 1 - total)):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:  # grew while being read
-            raise ImageError(f"{what} over the limit of {limit // MB} MB")
+    """Every byte of the open file ``fd``, refused past ``limit`` bytes; a read the system
+    refuses (``EIO``: a failing disk, ``EINVAL``: a special file under /proc) is an
+    ``ImageError`` too."""
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ImageError(f"{what} of {size / MB:.0f} MB, over the limit of {limit // MB} MB")
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(8 * MB, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # grew while being read
+                raise ImageError(f"{what} over the limit of {limit // MB} MB")
+    except OSError as exc:
+        raise ImageError(_unreadable(exc)) from None
     return b"".join(chunks)
+
+
+def _unreadable(exc: OSError) -> str:
+    return _ERRNO.get(exc.errno or 0, f"cannot be read ({exc.strerror or type(exc).__name__})")
 
 
 def header(fd: int) -> tuple[str, int, int]:
     """``(format, width, height)`` from the image's header (only the header is read)."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    fp = io.BufferedReader(io.FileIO(fd, closefd=False))
-    magic = fp.read(8)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        fp = io.BufferedReader(io.FileIO(fd, closefd=False))
+        magic = fp.read(8)
+    except OSError as exc:
+        raise ImageError(_unreadable(exc)) from None
     plugin = next((cls for sig, cls in SIGNATURES if magic.startswith(sig)), None)
     if plugin is None:
         what = "an empty file" if not magic else "not a PNG, JPEG, TIFF or BMP image"

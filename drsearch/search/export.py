@@ -9,6 +9,7 @@ and fingerprint with what it finds and warns, or refuses with ``--strict``.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError, NoWinner
 from drsearch.io import write_text_atomic
 from drsearch.search.database import masked_url, open_existing
+from drsearch.states import Status, as_it_stands, status
 
 if TYPE_CHECKING:  # torch: imported when a model is built
     from drsearch.train.predict import TrainedModel
@@ -44,15 +46,15 @@ _PROVENANCE_METRICS = (
 )
 
 
-def select_trial(
-    loaded: LoadedStudy, which: str, trained_only: bool = True, infeasible_ok: bool = False
-) -> FrozenTrial:
+def select_trial(loaded: LoadedStudy, which: str, trained_only: bool = True) -> FrozenTrial:
     """``best`` (the study's best: its crowned finalist once a finalist stage ran, else the
-    best feasible trial; with ``infeasible_ok``, the best complete one when none is feasible),
-    ``search-best`` (the search's own best feasible trial, whatever the finalists say) or a
-    trial number (COMPLETE or PRUNED unless not ``trained_only``: a failed trial's run folder
-    can be diagnosed too)."""
-    from drsearch.search.verdict import study_best
+    best feasible trial), ``search-best`` (the search's own best feasible trial, whatever the
+    finalists say) or a trial number (complete, pruned or paused unless not ``trained_only``:
+    a failed trial's run folder can be diagnosed too). When the study names no winner, ``best``
+    and ``search-best`` raise ``NoWinner`` (exit 3) for every command alike, saying why and
+    what came closest: a trial that falls short is taken only by its number."""
+    from drsearch.search.selection import search_best_trial
+    from drsearch.search.verdict import no_winner, study_best
 
     cfg = loaded.config
     study = open_existing(cfg, loaded.path)
@@ -66,27 +68,26 @@ def select_trial(
                     print(f"Warning: {best.note}", file=sys.stderr)
                 return best.trial
             # the finalist stage named no winner: no other trial stands in for one
+            raw = (
+                " (--trial search-best: the search's own)"
+                if search_best_trial(study) is not None
+                else ""
+            )
             raise NoWinner(
                 f"{loaded.path}: study {cfg.name!r} names no winner: {best.note}; see the "
-                "finalists with drsearch best, or pick a trial with --trial N (--trial "
-                "search-best: the search's own)"
+                f"finalists and what to try with drsearch best {shlex.quote(str(loaded.path))}"
+                f", or pick a trial with --trial N{raw}"
             )
-        from drsearch.search.selection import closest_infeasible, search_best_trial
-
         found = search_best_trial(study)
         if found is not None:
             return found
-        fallback = closest_infeasible(study)  # none is feasible (or none is complete)
-        if infeasible_ok and fallback is not None:
-            return fallback
-        from drsearch.search.verdict import no_winner
-
-        verdict = no_winner(study, str(loaded.path))
+        verdict = no_winner(study, shlex.quote(str(loaded.path)))
         why = verdict.why if verdict is not None else "no feasible complete trial"
         closest = f" (closest: {verdict.closest})" if verdict and verdict.closest else ""
         raise NoWinner(
             f"{loaded.path}: study {cfg.name!r} names no winner: {why}{closest}; see "
-            f"drsearch best {loaded.path} for what to try, or pick a trial with --trial N"
+            f"drsearch best {shlex.quote(str(loaded.path))} for what to try, or pick a trial "
+            "with --trial N"
         )
     if not study.trials:
         raise ConfigError(f"{loaded.path}: study {cfg.name!r} has no trial yet; run it first")
@@ -96,9 +97,12 @@ def select_trial(
             f"got {which!r}"
         )
     trial = study.trials[int(which)]
-    if trained_only and trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-        raise ConfigError(f"--trial: trial {which} is {trial.state.name}; export a COMPLETE one")
-    return trial
+    state = status(trial)
+    if trained_only and state not in (Status.COMPLETE, Status.PRUNED, Status.PAUSED):
+        raise ConfigError(
+            f"--trial: trial {which} is {state.value}; take a complete, pruned or paused one"
+        )
+    return as_it_stands(trial)  # a paused trial: its best epoch so far
 
 
 def pinned_recipe(
@@ -125,7 +129,7 @@ def pinned_recipe(
             "study_file": str(loaded.path),
             "storage": masked_url(loaded.config.storage_url()),
             "trial": trial.number,
-            "state": trial.state.name,
+            "state": status(trial).name,  # PAUSED for a trial promotion ASHA holds
             "value": trial.value,
             "params": trial.params,
             "metrics": {k: trial.user_attrs.get(k) for k in _PROVENANCE_METRICS},

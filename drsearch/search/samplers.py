@@ -291,7 +291,17 @@ def make_sampler(config: StudyConfig) -> BaseSampler:
     if s.fit_on == "top_rung":  # the rungs below the epochs any trial reached, in the view
         rungs = pruner_rungs(config, 10**6)
         view = functools.partial(_AtTopRung, rungs=rungs, n_startup=s.n_startup_trials)
-    return TrialSeededSampler(build, s.seed, fraction, view, config.name)
+    return TrialSeededSampler(build, s.seed, fraction, view, stream_key(config))
+
+
+def stream_key(config: StudyConfig) -> str:
+    """What keys a study's sampler streams beside its seed: its name and, for a study
+    warm-started from another, that source (a source of the same name and seed would
+    otherwise have drawn exactly the configurations this study draws next)."""
+    ws = getattr(config, "warm_start", None)
+    if ws is None:
+        return config.name
+    return f"{config.name}|warm start from {ws.study or ws.study_name}"
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

@@ -166,16 +166,18 @@ class RungScheduler:
     def pause(self, trial_id: int, epoch: int, outcome: Outcome) -> None:
         """Leave a trial RUNNING at its rung, to be promoted or pruned later (the runner that
         ran it stays recorded; no runner is needed for a paused trial to stay alive);
-        ``outcome`` is how it ends if it never is (written then by ``prune_paused``)."""
+        ``outcome`` is how it ends if it never is (written then by ``prune_paused``). The
+        runner holds it until its rung is written (Ctrl-C in between still lets it go)."""
         s = self.store
-        s.let_go(trial_id)
         if s.is_finished(trial_id):
+            s.let_go(trial_id)
             return
         attrs = outcome.user_attrs
         kept = {k: attrs[k] for k in ("wall_seconds", "promotions") if k in attrs}
         s.set_user_attrs(trial_id, kept)  # what a promotion carries on
         s.storage.set_trial_system_attr(trial_id, PAUSED_OUTCOME_ATTR, json.dumps(asdict(outcome)))
         s.storage.set_trial_system_attr(trial_id, PAUSED_ATTR, epoch)
+        s.let_go(trial_id)
 
     def promote(self) -> FrozenTrial | None:
         """Take the paused trial that ``next_promotion`` names for this runner, atomically

@@ -316,10 +316,13 @@ class StudyStore:
 
         A trial marked interrupted while it still trained (its runner seemed gone: a lapsed
         heartbeat, a paused process) is not told twice: its result is stored as a new trial
-        (``RECOVERED``, ``recovered_from`` naming the interrupted one), never dropped."""
-        self.let_go(trial_id)
+        (``RECOVERED``, ``recovered_from`` naming the interrupted one), never dropped.
+
+        This runner holds the trial until its state is written: Ctrl-C in the middle of these
+        writes still finds it (``interrupt_own``) and lets it go as interrupted."""
         frozen = self.storage.get_trial(trial_id)
         if frozen.state.is_finished():
+            self.let_go(trial_id)
             late = (
                 frozen.state == TrialState.FAIL
                 and frozen.user_attrs.get("fail_reason") == INTERRUPTED
@@ -338,6 +341,7 @@ class StudyStore:
         state = TrialState[outcome.state]
         values = [outcome.value] if state == TrialState.COMPLETE else None
         self.study.tell(frozen.number, values, state=state, skip_if_finished=True)
+        self.let_go(trial_id)
         return Finished(STORED, frozen.number)
 
     def _recover(
@@ -419,11 +423,13 @@ class StudyStore:
         """Let go of this runner's trials now, as a later run would (Ctrl-C, an error): a
         promoted trial returns to the rung it was paused at (its checkpoint keeps what it
         trained since; the next promotion resumes from there), any other is marked FAIL
-        ``interrupted`` (not counted; ``--retry-failed`` continues it), with ``cause`` when
-        the runner stopped on an error. Their numbers."""
+        ``interrupted`` (not counted; its configuration runs again), with ``cause`` when the
+        runner stopped on an error. A trial whose end or pause was already written when the
+        interruption came is left as it is. Their numbers."""
         stopped = []
         for trial_id in sorted(self._active):
-            if self.is_finished(trial_id):
+            frozen = self.storage.get_trial(trial_id)
+            if frozen.state.is_finished() or paused_at(frozen) is not None:
                 continue
             rung = self._promoted.get(trial_id)
             if rung is not None:

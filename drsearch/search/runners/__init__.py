@@ -234,11 +234,13 @@ def _interrupted_message(
     from drsearch.search.store import MAX_INTERRUPTIONS, interruptions
 
     trials = {t.number: t for t in store.study.get_trials(deepcopy=False)}
-    resumed, fresh, paused, left = [], [], [], []
+    resumed, fresh, paused, left, undrawn = [], [], [], [], []
     for number in stopped:
         t = trials[number]
         if paused_at(t) is not None:
             paused.append(f"{number} (back at its rung, epoch {paused_at(t)})")
+        elif not (t.params or t.system_attrs.get("fixed_params")):
+            undrawn.append(str(number))
         elif interruptions(t, trials) >= MAX_INTERRUPTIONS:
             left.append(str(number))
         elif (trial_dir(loaded, store, number) / "checkpoints" / "last.pt").is_file():
@@ -260,10 +262,16 @@ def _interrupted_message(
             ": " + "; ".join(parts) + ", each with its own parameters (an interrupted trial "
             "never counts toward the budget)"
         )
+    if undrawn:
+        said += (
+            f"{'.' if parts or left else ':'} Trial(s) {', '.join(undrawn)} had drawn no "
+            "parameters yet: new draws take their place"
+        )
     if left:
         said += (
             f". Trial(s) {', '.join(left)} were interrupted {MAX_INTERRUPTIONS} times in a row "
-            "and will not run again unless you add --retry-failed"
+            "and are not queued again: --retry-failed queues them (with a budget that has room: "
+            "--n-trials)"
         )
     return said
 
