@@ -212,14 +212,39 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
     assert f"study best: trial {crowned} (confirmed)" in result.output
     shown = runner.invoke(cli, ["best", "fin.yaml"])
     assert f"crowned finalist of fin: trial {crowned}" in shown.output
-    out = runner.invoke(cli, ["export", "fin.yaml", "-o", "best.yaml", "--weights", "best.pt"])
+    # what ships is what was certified: the crowned finalist's fold models, one ensemble
+    assert "drsearch export fin.yaml -o recipes/fin-best.yaml  " in result.output
+    one = runner.invoke(cli, ["export", "fin.yaml", "-o", "best.yaml", "--weights", "best.pt"])
+    assert one.exit_code == 2 and "drop --weights" in one.output, one.output
+    assert not Path("best.yaml").exists()
+    out = runner.invoke(cli, ["export", "fin.yaml", "-o", "best.yaml"])
     assert out.exit_code == 0, out.output
-    pinned = yaml.safe_load(Path("best.yaml").read_text())
-    assert pinned["pinned"]["provenance"]["trial"] == crowned
+    check_certified_export(Path("best.yaml"), record, runs, crowned, n_rest)
     ev = runner.invoke(cli, ["evaluate", "fin.yaml"])
     assert ev.exit_code == 0, ev.output
-    evaluation = json.loads(Path(f"reports/fin/evaluation-trial{crowned}.json").read_text())
-    assert evaluation["what"]["trials"] == [crowned]
+    evaluation = json.loads(Path(f"reports/fin/evaluation-finalist{crowned}-folds.json")
+                            .read_text())  # fmt: skip
+    # the certified result is evaluated: both fold models, validated out of fold (each image
+    # by the model that did not train on it), with the certificate beside the test figures
+    assert evaluation["what"]["trials"] == [crowned, crowned] and evaluation["what"]["ensemble"]
+    assert evaluation["validation"]["kind"] == "out-of-fold"
+    assert evaluation["data"]["n_val"] == n_rest
+    cert = evaluation["certificate"]
+    assert cert["finalist"] == crowned and cert["n_images"] == n_rest
+    test_acc = evaluation["test"]["metrics"]["accuracy"]
+    (row,) = [r for r in cert["held"] if r["figure"] == "accuracy"]
+    assert row == {"figure": "accuracy", "certified": cert["metrics"]["accuracy"],
+                   "bound": cert["accuracy_interval"][0], "test": test_acc,
+                   "held": test_acc >= cert["accuracy_interval"][0]}  # fmt: skip
+    assert f"certified ({n_rest} pooled out-of-fold images (2 folds); finalist {crowned}'s" in (
+        ev.output
+    )
+    # the exported ensemble evaluates to the same figures, and carries the same certificate
+    again_ens = runner.invoke(cli, ["evaluate", "best.yaml"])
+    assert again_ens.exit_code == 0, again_ens.output
+    exported = json.loads(Path("reports/best/evaluation-best.json").read_text())
+    assert exported["test"]["metrics"] == evaluation["test"]["metrics"]
+    assert exported["certificate"] == cert
     # a methods paragraph a journal asks for, written from the study's own records
     methods = evaluation["methods"]
     assert f"held-out test set ({evaluation['data']['n_test']} images" in methods
@@ -227,8 +252,12 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
     assert "The top 2 configurations by validation score were retrained on each of 2 folds" in (
         methods
     )
-    assert f"(trial {crowned})." in methods and "evaluate 1 candidate (this one)" in methods
-    assert "Methods</h2>" in Path(f"reports/fin/evaluation-trial{crowned}.html").read_text()
+    assert f"(trial {crowned}), and what ships is exactly the models it was confirmed" in (methods)
+    assert f"certified result, configuration {crowned}'s 2 fold models" in methods
+    assert "pooled out-of-fold validation predictions" in methods
+    assert "evaluate 1 candidate (this one)" in methods
+    assert "Methods</h2>" in Path(f"reports/fin/evaluation-finalist{crowned}-folds.html"
+                                  ).read_text()  # fmt: skip
     other = next(e["trial"] for e in record["finalists"] if e["trial"] != crowned)
     again = runner.invoke(cli, ["evaluate", "fin.yaml", "--trial", str(other)])
     assert again.exit_code == 0, again.output
@@ -243,7 +272,7 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
     log = optuna.load_study(study_name="fin", storage=storage).user_attrs[
         "drsearch:test_evaluations"
     ]
-    assert [e["trials"] for e in log] == [[crowned], [other]]
+    assert [e["trials"] for e in log] == [[crowned, crowned], [other]]
     # a finalist stage that named no winner: the commands that take the study's best say so in
     # one line and exit 3 (an outcome, not bad input: `make demo` goes on), nothing written
     parent = optuna.load_study(study_name="fin", storage=storage)
@@ -492,3 +521,44 @@ def test_a_stage_that_names_no_winner_says_why_and_what_to_try_everywhere(
                                                            "names no winner")  # fmt: skip
     export = runner.invoke(cli, ["export", path.name, "-o", "x.yaml"])
     assert export.exit_code == 3 and not Path("x.yaml").exists()
+
+
+def check_certified_export(
+    path: Path, record: dict[str, Any], runs: list[Any], crowned: int, n: int
+) -> None:
+    """An exported certified result: one member per fold of the crowned finalist, each its
+    confirmation run's recipe (its fold) and best-epoch weights, and the certificate of the
+    finalist stage's record (its accuracy interval against the Wilson formula long-hand)."""
+    import torch
+
+    from drsearch.config.ensemble import load_ensemble
+
+    entry = next(e for e in record["finalists"] if e["trial"] == crowned)
+    mine = sorted((t for t in runs if t.user_attrs["confirm_of"] == crowned),
+                  key=lambda t: t.user_attrs["fold"])  # fmt: skip
+    body = yaml.safe_load(path.read_text())["ensemble"]
+    folder = path.with_suffix("").name
+    assert [m["recipe"] for m in body["members"]] == [
+        f"{folder}/finalist{crowned}-fold{t.user_attrs['fold']}.yaml" for t in mine
+    ]
+    ensemble = load_ensemble(path)
+    for run, member in zip(mine, ensemble.members, strict=True):
+        pinned = yaml.safe_load(member.recipe.read_text())
+        prov = pinned["pinned"]["provenance"]
+        assert (prov["study"], prov["trial"]) == ("fin-confirm", run.number)
+        assert (prov["confirm_of"], prov["fold"]) == (crowned, run.user_attrs["fold"])
+        assert pinned["data"]["cv_fold"] == run.user_attrs["fold"]
+        assert pinned["train"]["select_epoch"] == entry["select_epoch"]
+        shipped = torch.load(member.weights, weights_only=True)
+        source = torch.load(Path(run.user_attrs["run_dir"]) / "checkpoints" / "best.pt",
+                            weights_only=True)  # fmt: skip
+        assert shipped["trial"] == run.number and shipped["epoch"] == entry["select_epoch"]
+        assert shipped["state_dict"].keys() == source["model"].keys()
+        assert all(torch.equal(shipped["state_dict"][k], v) for k, v in source["model"].items())
+    cert = body["certificate"]
+    assert (cert["finalist"], cert["mode"], cert["runs"]) == (crowned, "folds", entry["runs"])
+    assert cert["n_images"] == n and cert["confirmed_primary"] == entry["confirmed_primary"]
+    p, z = entry["metrics"]["accuracy"], 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert cert["accuracy_interval"] == pytest.approx([centre - half, centre + half])

@@ -100,21 +100,29 @@ def evaluate(
             f"`drsearch evaluate {target} --weights FILE.pt`{hint}; a study file evaluates its "
             "best trial"
         )
+    cert: dict[str, Any] | None = None  # a certified result's certificate
     if is_ensemble_file(raw):
+        from drsearch.config.ensemble import load_ensemble
+
         members, stored, views = _ensemble_members(target, which, top_k, weights)
+        cert = load_ensemble(target).certificate
         name = tag = target.stem
         options.views = ALL_VIEWS if tta else views
     elif weights is not None:
         members, name, tag, study = _recipe_members(target, weights, which, top_k)
         stored = (members[0].stored or {}).get("operating_points")
     else:
-        members, name, tag, loaded = _study_members(
+        members, name, tag, loaded, cert = _study_members(
             target, which, top_k, storage, run_root, smoke, tta
         )
         from drsearch.search.database import open_existing
 
         study = open_existing(loaded.config, loaded.path)
     record = run_evaluation(members, options, stored)
+    if cert is not None:  # what was certified, beside what the test set says of it
+        from drsearch.search.shipping import held
+
+        record["certificate"] = cert | {"held": held(cert, record["test"]["metrics"])}
     tag += "-tta" if tta and study is None else ""
     if study is not None:  # logged before the paragraph, so it counts this use too
         _log_test_use(study, record, tag)
@@ -161,11 +169,19 @@ def _log_test_use(study: Any, record: dict[str, Any], tag: str) -> None:
 def _study_members(
     target: Path, which: str, top_k: int | None, storage: str | None, run_root: Path | None,
     smoke: bool, tta: bool,
-) -> tuple[list[Any], str, str, Any]:  # fmt: skip
+) -> tuple[list[Any], str, str, Any, dict[str, Any] | None]:  # fmt: skip
+    """A study's members: its certified result by default (``search.shipping``), else the
+    trial or top-k ensemble asked for; with the certificate when it is the certified one."""
     from drsearch.search.export import evaluation_tag, ranked_trials, select_trial, trial_model
+    from drsearch.search.shipping import certificate, certified, member_models
 
     loaded = _open_study(target, storage, run_root, smoke)
     name = loaded.config.name + ("-smoke" if smoke else "")
+    if which == "best" and top_k is None:
+        select_trial(loaded, which)  # no winner: exit 3, said once
+        c = certified(loaded)
+        if c is not None:  # what the study certified, and ships: its confirmation models
+            return member_models(c), name, c.tag + ("-tta" if tta else ""), loaded, certificate(c)
     if top_k is not None:
         if which != "best":
             raise UserError("--top-k and --trial: give one of them")
@@ -186,7 +202,7 @@ def _study_members(
                 err=True,
             )
     members = [trial_model(t) for t in trials]
-    return members, name, tag, loaded
+    return members, name, tag, loaded, None
 
 
 def _ensemble_members(
@@ -270,4 +286,18 @@ def _print(record: dict[str, Any], json_path: Path, html_path: Path) -> None:
         f"{results.count('fail')} fail, {results.count('inconclusive')} inconclusive of "
         f"{len(results)}"
     )
+    cert = record.get("certificate")
+    if cert is not None:
+        rows = cert["held"]
+        console.print(
+            f"certified ({cert['evidence']}; finalist {cert['finalist']}'s {cert['mode'][:-1]} "
+            f"models, as shipped): {sum(r['held'] for r in rows)} of {len(rows)} figures held "
+            "on test (at or above the certified lower bound)"
+        )
+        for r in rows:
+            console.print(
+                f"  {r['figure']}: certified {r['certified']:.3f} (lower bound "
+                f"{r['bound']:.3f}), test {r['test']:.3f}: {'held' if r['held'] else 'BELOW'}",
+                highlight=False,
+            )
     click.echo(f"evaluation -> {json_path} and {html_path}")

@@ -135,10 +135,12 @@ def run(
     from drsearch.search.verdict import study_best
 
     opened = open_existing(loaded.config, loaded.path)
-    winner = study_best(opened).trial is not None
+    verdict = study_best(opened)
+    winner = verdict.trial is not None
     finalists = bool(loaded.config.finalists)
     named = study_args(study, smoke, run_root, study_name=study_name)
-    print_next_steps(named, summary, held_out, finalists, winner)
+    certified = winner and verdict.source == "finalists"
+    print_next_steps(named, summary, held_out, finalists, winner, certified)
     if not winner and summary.counts.counted + summary.counts.paused:
         print_no_winner(opened, named)
     from click.core import ParameterSource
@@ -269,13 +271,15 @@ def check(study: Path, samples: int) -> None:
     "--out",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml.",
+    help="Where to write the pinned recipe, e.g. recipes/effb2-best.yaml (a study's "
+    "certified result: the ensemble file, its members in the folder of the same name).",
 )
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Also write the trial's best-epoch weights here (e.g. recipes/effb2-best.pt), to "
-    "evaluate or deploy without retraining.",
+    "evaluate or deploy without retraining (a certified ensemble carries its members' "
+    "weights).",
 )
 @click.option(
     "--top-k",
@@ -306,15 +310,16 @@ def export(
     smoke: bool,
 ) -> None:
     """Write a trial as a pinned training recipe that `drsearch train` retrains exactly (or,
-    with --top-k, the best trials as an ensemble that `drsearch evaluate` measures)."""
+    with --top-k, the best trials as an ensemble that `drsearch evaluate` measures).
+
+    A study whose finalist stage crowned a finalist exports what it certified: that
+    finalist's confirmation models (one per fold or seed) as one ensemble, with their weights
+    and certificate; --trial N exports one trial instead."""
     from drsearch.search.database import open_existing
     from drsearch.search.export import export_weights, pinned_recipe, select_trial, write_pinned
 
     loaded = _open_study(study, storage, run_root, smoke)
     attrs = open_existing(loaded.config, loaded.path).user_attrs
-    if register is not None and (top_k is not None or weights is None):
-        raise UserError("--register registers one trial with its weights: give --weights, "
-                        "without --top-k")  # fmt: skip
     if register is not None:
         from drsearch.search.tracking import mlflow_uri
 
@@ -323,6 +328,18 @@ def export(
                 f"--register needs an MLflow store: add tracking: {{mlflow: {{}}}} to {study} "
                 "(a SQLite store beside the study) or set DRSEARCH_MLFLOW_URI"
             )
+    certified = chosen = None
+    if which == "best" and top_k is None:
+        from drsearch.search.shipping import certified as certified_of
+
+        chosen = select_trial(loaded, which)  # no winner: exit 3, said once, nothing written
+        certified = certified_of(loaded)
+    if certified is not None:
+        _export_certified(loaded, certified, out, weights, tta, register, attrs)
+        return
+    if register is not None and (top_k is not None or weights is None):
+        raise UserError("--register registers one trial with its weights: give --weights, "
+                        "without --top-k")  # fmt: skip
     if top_k is not None:
         from drsearch.search.export import export_ensemble, ranked_trials
 
@@ -339,8 +356,19 @@ def export(
         )
         return
     if tta:
-        raise UserError("--tta is for an ensemble (--top-k K)")
-    trial = select_trial(loaded, which)
+        raise UserError("--tta is for an ensemble (--top-k K, or a study's certified result)")
+    if which != "best":
+        from drsearch.search.shipping import certified as certified_of
+
+        crowned = certified_of(loaded)
+        if crowned is not None:
+            click.echo(
+                f"Warning: the study certified finalist {crowned.finalist}'s "
+                f"{len(crowned.runs)} {crowned.mode[:-1]} models, not this one model (its figures "
+                "are not the certificate's); drop --trial to export what was certified",
+                err=True,
+            )
+    trial = chosen if chosen is not None else select_trial(loaded, which)
     recipe = pinned_recipe(loaded, trial, attrs.get(f"evaluation:trial{trial.number}"))
     write_pinned(recipe, out)
     value = "n/a" if trial.value is None else f"{trial.value:.4f}"
@@ -357,7 +385,46 @@ def export(
         from drsearch.search.tracking import register_export
 
         evaluation = attrs.get(f"evaluation:trial{trial.number}")
-        version, where = register_export(loaded, trial.number, out, weights, evaluation, register)
+        version, where = register_export(loaded, trial.number, [out, weights], evaluation, register)
+        held = (
+            "with its held-out evaluation"
+            if evaluation
+            else "without a held-out evaluation (run drsearch evaluate first to include one)"
+        )
+        click.echo(f"registered as {register} version {version} in {where}, {held}")
+
+
+def _export_certified(
+    loaded: Any, c: Any, out: Path, weights: Path | None, tta: bool, register: str | None,
+    attrs: dict[str, Any],
+) -> None:  # fmt: skip
+    """Write the study's certified result (``search.shipping``) as an ensemble file."""
+    from drsearch.search.export import export_ensemble
+
+    if weights is not None:
+        raise UserError(
+            f"{loaded.path}: the study certified finalist {c.finalist}'s {len(c.runs)} "
+            f"{c.mode[:-1]} models: -o {out} becomes their ensemble, with each member's weights in "
+            f"{out.with_suffix('')}/; drop --weights (or export one trial, not what was "
+            f"certified, with --trial {c.finalist} --weights FILE)"
+        )
+    views = ["identity", "hflip", "vflip"] if tta else ["identity"]
+    files = export_ensemble(loaded, list(c.runs), out, views, attrs, certified=c)
+    click.echo(
+        f"certified result: finalist {c.finalist}'s {len(files)} {c.mode[:-1]} models as one "
+        f"ensemble -> {out} (members in {out.with_suffix('')}/: "
+        f"{', '.join(f.name for f in files)} and their weights)"
+    )
+    click.echo(f"grade new images: drsearch predict {shlex.quote(str(out))} IMAGES_FOLDER")
+    if register is not None:
+        from drsearch.search.tracking import register_export
+
+        evaluation = attrs.get(f"evaluation:{c.tag}" + ("-tta" if tta else ""))
+        folder = out.with_suffix("")
+        version, where = register_export(
+            loaded, c.finalist, [out, folder], evaluation, register,
+            f"finalist {c.finalist}'s certified {c.mode[:-1]} ensemble",
+        )  # fmt: skip
         held = (
             "with its held-out evaluation"
             if evaluation

@@ -105,6 +105,7 @@ def print_next_steps(
     held_out: bool = False,
     finalists: bool = False,
     winner: bool = True,
+    certified: bool = False,
 ) -> None:
     """Where to look next: the commands that open this study's results (``named``: the study
     file and the options that name it, ``common.study_args``); ``evaluate`` and ``export``
@@ -127,13 +128,22 @@ def print_next_steps(
             )
         )
     if winner and held_out:
+        what = "the certified result" if certified else "the best trial"
         steps.append(
             (
                 f"drsearch evaluate {named}",
-                "the best trial on the held-out test set, with 95% intervals",
+                f"{what} on the held-out test set, with 95% intervals",
             )
         )
-    if winner:
+    if certified:  # what the finalist stage certified ships (search.shipping)
+        steps.append(
+            (
+                f"drsearch export {named} -o recipes/{s.name}-best.yaml",
+                "the certified result: the crowned finalist's confirmation models as one "
+                "ensemble, with weights (drsearch predict then grades images)",
+            )
+        )
+    elif winner:
         steps.append(
             (
                 f"drsearch export {named} -o recipes/{s.name}-best.yaml "

@@ -25,12 +25,16 @@ class EnsembleMember(Section):
 
 
 class Ensemble(Section):
-    """The members, the views each member is averaged over, and what an evaluation of the
-    ensemble chose on validation (operating points, each member's temperature)."""
+    """The members, the views each member is averaged over, what an evaluation of the
+    ensemble chose on validation (operating points, each member's temperature) and, for a
+    study's certified result (``drsearch export`` of a crowned finalist), its certificate:
+    what the finalist stage measured on these very models (``search.shipping``). A certified
+    result of one seed is an ensemble of one."""
 
-    members: list[EnsembleMember] = Field(min_length=2)
+    members: list[EnsembleMember] = Field(min_length=1)
     views: list[View] = Field(default_factory=lambda: ["identity"], min_length=1)
     evaluation: dict[str, Any] | None = None
+    certificate: dict[str, Any] | None = None
 
 
 class EnsembleFile(Section):

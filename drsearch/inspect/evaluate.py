@@ -76,26 +76,29 @@ def evaluate(
         raise ConfigError("nothing to evaluate: no trained model was selected")
     test_records = held_out_records(members[0])
     test_sha = _same_test_set(members, test_records)
-    val_probs, test_probs, per_member = [], [], []
-    sides_by_size: dict[int, EvalImages] = {}
+    val_probs, test_probs, per_member, member_sides = [], [], [], []
+    sides_by_data: dict[str, EvalImages] = {}
     for m in members:
-        size = m.recipe.data.image_size
-        if size not in sides_by_size:
-            sides_by_size[size] = load_sides(m.recipe, test_records)
-        sides = sides_by_size[size]
+        # a member's images as its own data section gives them: its size, its fold
+        key = m.recipe.data.model_dump_json()
+        if key not in sides_by_data:
+            sides_by_data[key] = load_sides(m.recipe, test_records)
+        sides = sides_by_data[key]
         v, t, info = _member_probabilities(m, sides, options)
         val_probs.append(v)
         test_probs.append(t)
         per_member.append(info)
-    sides = next(iter(sides_by_size.values()))
-    val_p, val_pred = combine_members(val_probs, [i.pop("val_pred") for i in per_member])
+        member_sides.append(sides)
+    sides = member_sides[0]
+    val = validation_side(member_sides, val_probs, [i.pop("val_pred") for i in per_member])
     test_p, test_pred = combine_members(test_probs, [i.pop("test_pred") for i in per_member])
-    operating_points = _operating_points(sides.val.labels, val_p, options, stored_points)
+    operating_points = _operating_points(val.labels, val.probs, options, stored_points)
     thresholds = {name: op["threshold"] for name, op in operating_points.items()}
     validation = _figures(
-        sides.val.labels, val_p, val_pred, thresholds, options, False, sides.val_patients
+        val.labels, val.probs, val.preds, thresholds, options, False, val.patients
     )
-    validation["predictions"]["ids"] = sides.val_ids
+    validation["predictions"]["ids"] = val.ids
+    validation["kind"] = val.kind
     test = _figures(
         sides.test.labels, test_p, test_pred, thresholds, options, True, sides.test_patients
     )
@@ -112,10 +115,10 @@ def evaluate(
             "temperature_scaling": options.temperature,
         },
         "data": {
-            "n_val": int(len(sides.val.labels)),
+            "n_val": int(len(val.labels)),
             "n_test": int(len(sides.test.labels)),
             "n_train": members[0].fingerprint.get("n_train"),
-            "n_val_patients": len(set(sides.val_patients)),
+            "n_val_patients": len(set(val.patients)),
             "n_test_patients": len(set(sides.test_patients)),
             "test_sha256": test_sha,
             "skipped_test_images": sides.skipped_test,
@@ -291,6 +294,47 @@ def grade_new_images(
         raise ConfigError(f"a {head} head needs its grade thresholds to grade new images")
     _, grades, _ = decode(head, outputs, np.zeros(len(outputs), dtype=int), cuts)
     return grade_probabilities(head, outputs / temperature), grades
+
+
+@dataclass(frozen=True)
+class ValidationSide:
+    """The validation predictions operating points are chosen on."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    preds: np.ndarray
+    patients: list[str]
+    ids: list[str]
+    kind: str  # "shared" or "out-of-fold"
+
+
+def validation_side(
+    sides: list[EvalImages], probs: list[np.ndarray], preds: list[np.ndarray]
+) -> ValidationSide:
+    """Members that validated on the same images: their combined predictions there. Members
+    that validated on disjoint images (a study's fold models, its certified result): each
+    image predicted by the member that never trained on it, pooled (out-of-fold), since the
+    others trained on it. Overlapping but different validation images are refused."""
+    ids = [s.val_ids for s in sides]
+    if all(i == ids[0] for i in ids):
+        p, pred = combine_members(probs, preds)
+        first = sides[0]
+        return ValidationSide(first.val.labels, p, pred, first.val_patients, first.val_ids,
+                              "shared")  # fmt: skip
+    flat = [x for i in ids for x in i]
+    if len(set(flat)) != len(flat):
+        raise ConfigError(
+            "the models validated on different but overlapping images (neither one split nor "
+            "one study's folds): no validation side is free of their training images"
+        )
+    return ValidationSide(
+        np.concatenate([s.val.labels for s in sides]),
+        np.concatenate(probs),
+        np.concatenate(preds),
+        [x for s in sides for x in s.val_patients],
+        flat,
+        "out-of-fold",
+    )
 
 
 def combine_members(

@@ -45,7 +45,13 @@ def methods_paragraph(record: dict[str, Any], study: dict[str, Any] | None) -> s
         parts.append(_selection(study))
     models = ", ".join(what["models"])
     crowned = ((study or {}).get("finalists") or {}).get("crowned")
-    if study is not None and crowned is not None and what["trials"] != [crowned]:
+    cert = record.get("certificate")
+    if cert is not None:
+        models = (
+            f"the study's certified result, configuration {cert['finalist']}'s "
+            f"{len(cert['runs'])} {cert['mode'][:-1]} models ({models})"
+        )
+    elif study is not None and crowned is not None and what["trials"] != [crowned]:
         models += f" (not the study's selected model, trial {crowned})"
     ensemble = (
         " (an ensemble: the mean of their per-grade probabilities)" if what["ensemble"] else ""
@@ -63,9 +69,13 @@ def methods_paragraph(record: dict[str, Any], study: dict[str, Any] | None) -> s
         + ", ".join(f"{k[7:]} {v:g}" for k, v in op.items() if k.startswith("target_"))
         for name, op in ops.items()
     )
-    parts.append(
-        f"Operating points were fixed on validation before the test set was read: {targets}."
+    where = (
+        "the pooled out-of-fold validation predictions (each image by the model that did not "
+        "train on it)"
+        if record["validation"].get("kind") == "out-of-fold"
+        else "validation"
     )
+    parts.append(f"Operating points were fixed on {where} before the test set was read: {targets}.")
     method = record["test"].get("interval_method", "Wilson / stratified bootstrap")
     parts.append(
         f"Intervals are {CONFIDENCE:.0%}: "
@@ -145,9 +155,14 @@ def _selection(study: dict[str, Any]) -> str:
         crowned = finalists.get("crowned")
         text += (
             f" The top {plan['top_k']} configurations by validation score were {how}, at the "
-            "epoch their search trial chose; the selected model is the best that met the "
-            "constraints on this confirmation"
-            + (f" (trial {crowned})." if crowned is not None else ", and none did.")
+            "epoch their search trial chose; the selected configuration is the best that met "
+            "the constraints on this confirmation"
+            + (
+                f" (trial {crowned}), and what ships is exactly the models it was confirmed "
+                "on, as one ensemble (the mean of their per-grade probabilities)."
+                if crowned is not None
+                else ", and none did."
+            )
         )
     else:
         text += " The selected model is the search's best feasible configuration."

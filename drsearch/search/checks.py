@@ -234,7 +234,9 @@ def check_metrics_computable(
             f"split: it needs images of grades 0-1 and of 2-4 (validation grade counts "
             f"{counts.tolist()}); use data with such images or a larger data.val_fraction"
         )
-    out = []
+    out: list[str] = []
+    powers: list[float] = []
+    low: list[str] = []  # low power: said after the refusals' warnings
     for key, c in wanted:
         grades = DENOMINATOR_GRADES.get(c.metric)
         if grades is None:
@@ -261,6 +263,22 @@ def check_metrics_computable(
                 + f" (at {objective.confidence:.0%}: {need} needed with none missed, {one} to "
                 "allow one miss)"
             )
+        # the chance a good model is certified where the study's verdict is made: the pooled
+        # folds of a finalist stage on folds, else the validation split
+        judged = n_pool if folds else n
+        if judged and c.min < 1.0 and objective.constraints_on == "lower_bound":
+            from drsearch.search.power import TARGET_POWER, power_line
+
+            where = (f"grade {names}, pooled over the finalists' {folds} folds" if folds
+                     else f"validation images of grade {names}")  # fmt: skip
+            pool = "" if folds else "; a finalist stage on folds pools every non-test image"
+            fix = f"more images of grade {names}{pool}"
+            line, chance = power_line(c.metric, c.min, judged, objective.confidence, where, fix)
+            powers.append(chance)
+            if evidence is not None:
+                evidence.append(line)
+            if chance < TARGET_POWER:
+                low.append(f"{loaded.path}: {key}: low {line}")
         if problem is None:
             continue
         if folds and evidence_problem(c.metric, c.min, n_pool, objective.confidence, names) is None:
@@ -283,7 +301,14 @@ def check_metrics_computable(
                 f"{loaded.path}: {key}: {problem}: under constraints_on: point a pass on so "
                 f"few images is luck; {fixes}"
             )
-    return out
+    if evidence is not None and len(powers) > 1:
+        from drsearch.search.power import joint_power
+
+        evidence.append(
+            f"power, every constraint at once: {joint_power(powers):.0%} for a model halfway "
+            "above each minimum (taken as independent)"
+        )
+    return out + low
 
 
 def evidence_problem(

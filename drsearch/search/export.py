@@ -26,6 +26,7 @@ from drsearch.search.database import masked_url, open_existing
 from drsearch.states import Status, as_it_stands, status
 
 if TYPE_CHECKING:  # torch: imported when a model is built
+    from drsearch.search.shipping import Certified
     from drsearch.train.predict import TrainedModel
 
 #: Versions whose difference is reported when a pinned recipe is retrained.
@@ -106,10 +107,14 @@ def select_trial(loaded: LoadedStudy, which: str, trained_only: bool = True) -> 
 
 
 def pinned_recipe(
-    loaded: LoadedStudy, trial: FrozenTrial, evaluation: dict[str, Any] | None = None
+    loaded: LoadedStudy,
+    trial: FrozenTrial,
+    evaluation: dict[str, Any] | None = None,
+    study_name: str | None = None,
 ) -> Recipe:
     """The trial's resolved recipe with its ``pinned`` section filled in (``evaluation``: what
-    ``drsearch evaluate`` chose and measured for it, kept with the study)."""
+    ``drsearch evaluate`` chose and measured for it, kept with the study; ``study_name``: the
+    study the trial belongs to, when not the study file's own, e.g. its confirmation study)."""
     run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
     config, info = run_dir / "config.yaml", run_dir / "run.json"
     if not config.is_file() or not info.is_file():
@@ -125,13 +130,18 @@ def pinned_recipe(
         data_fingerprint=run.get("data_fingerprint", {}),
         git_commit=git_commit(),
         provenance={
-            "study": loaded.config.name,
+            "study": study_name or loaded.config.name,
             "study_file": str(loaded.path),
             "storage": masked_url(loaded.config.storage_url()),
             "trial": trial.number,
             "state": status(trial).name,  # PAUSED for a trial promotion ASHA holds
             "value": trial.value,
             "params": trial.params,
+            **{
+                k: trial.user_attrs[k]
+                for k in ("confirm_of", "fold", "seed")
+                if trial.user_attrs.get(k) is not None
+            },  # fmt: skip
             "metrics": {k: trial.user_attrs.get(k) for k in _PROVENANCE_METRICS},
             "run_dir": str(run_dir),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -335,22 +345,32 @@ def export_ensemble(
     out: Path,
     views: list[str],
     attrs: dict[str, Any],
+    certified: Certified | None = None,
 ) -> list[Path]:
     """Write ``trials`` as an ensemble: each member's pinned recipe and best-epoch weights in
     the folder ``out`` names without its suffix, and ``out`` listing them (relative to its
-    folder) with the views and what the study's evaluation of this ensemble chose. Returns
-    the member recipe files."""
+    folder) with the views and what the study's evaluation of this ensemble chose. With
+    ``certified``, the members are the crowned finalist's confirmation runs and the file
+    carries their certificate (``search.shipping``). Returns the member recipe files."""
     import yaml
+
+    from drsearch.search.shipping import certificate
 
     folder = out.with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)
     written, members = [], []
+    study_name, source = None, loaded.config.name
+    if certified is not None:
+        from drsearch.search.selection import confirm_name
+
+        source = study_name = confirm_name(loaded.config.name)
     for trial in trials:
-        recipe_file = folder / f"trial{trial.number}.yaml"
+        name = f"trial{trial.number}" if certified is None else certified.member_name(trial)
+        recipe_file = folder / f"{name}.yaml"
         weights_file = recipe_file.with_suffix(".pt")
-        evaluation = attrs.get(f"evaluation:trial{trial.number}")
-        write_pinned(pinned_recipe(loaded, trial, evaluation), recipe_file)
-        export_weights(trial, loaded.config.name, recipe_file, weights_file)
+        evaluation = None if certified else attrs.get(f"evaluation:trial{trial.number}")
+        write_pinned(pinned_recipe(loaded, trial, evaluation, study_name), recipe_file)
+        export_weights(trial, source, recipe_file, weights_file)
         members.append(
             {
                 "recipe": str(recipe_file.relative_to(out.parent)),
@@ -358,14 +378,26 @@ def export_ensemble(
             }
         )
         written.append(recipe_file)
-    tag = evaluation_tag([t.number for t in trials], len(views) > 1)
+    if certified is None:
+        tag = evaluation_tag([t.number for t in trials], len(views) > 1)
+    else:
+        tag = certified.tag + ("-tta" if len(views) > 1 else "")
     body: dict[str, Any] = {"members": members, "views": views}
     if attrs.get(f"evaluation:{tag}") is not None:
         body["evaluation"] = attrs[f"evaluation:{tag}"]
-    numbers = ", ".join(str(t.number) for t in trials)
-    header = (
-        f"# Ensemble of study {loaded.config.name}, trials {numbers} (drsearch export --top-k).\n"
-        f"# Evaluate with: drsearch evaluate {out}\n"
-    )
+    if certified is not None:
+        body["certificate"] = certificate(certified)
+        units = f"{len(trials)} {certified.mode[:-1]} models"
+        header = (
+            f"# Certified result of study {loaded.config.name}: finalist {certified.finalist}'s "
+            f"{units} (drsearch export).\n# Its certificate is what the finalist stage measured "
+            "on them; evaluate with: drsearch evaluate THIS_FILE\n"
+        )
+    else:
+        numbers = ", ".join(str(t.number) for t in trials)
+        header = (
+            f"# Ensemble of study {loaded.config.name}, trials {numbers} (drsearch export "
+            f"--top-k).\n# Evaluate with: drsearch evaluate {out}\n"
+        )
     write_text_atomic(out, header + yaml.safe_dump({"ensemble": body}, sort_keys=False))
     return written

@@ -302,6 +302,8 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
                 if entry["search_primary"] is None
                 else entry["search_primary"] - s.primary,
                 "evidence": evidence,
+                # images behind each proportion's denominator: pooled (folds) or per seed
+                "n_images": int(round(float(np.sum(metrics["confusion_matrix"])))),
                 "metrics": {k: metrics.get(k) for k in SEED_METRICS},
             }
             if unseen is not None:  # the folds the search never validated on

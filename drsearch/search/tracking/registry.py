@@ -15,15 +15,19 @@ from drsearch.search.tracking.mlflow_backend import MLflowBackend
 def register_export(
     loaded: LoadedStudy,
     number: int,
-    recipe: Path,
-    weights: Path,
+    files: list[Path],
     evaluation: dict[str, Any] | None,
     name: str,
+    what: str | None = None,
 ) -> tuple[str, str]:
-    """Register an exported trial as a new version of model ``name``: an MLflow run (tagged
-    ``drsearch.kind: export``) holding ``model/`` = the pinned recipe, its weights and the
-    held-out evaluation record (``evaluation.json``, operating points included), and a model
-    version pointing at it. Its version number and where (secrets masked)."""
+    """Register an export as a new version of model ``name``: an MLflow run (tagged
+    ``drsearch.kind: export``) holding ``model/`` = ``files`` (the pinned recipe and its
+    weights; or a certified ensemble file and the folder of its members) and the held-out
+    evaluation record (``evaluation.json``, operating points included), and a model version
+    pointing at it. ``what`` describes it (default: trial ``number``). Its version number and
+    where (secrets masked)."""
+    what = what or f"trial {number}"
+    recipe = files[0]
     from mlflow.exceptions import MlflowException
 
     from drsearch.errors import ConfigError
@@ -36,11 +40,14 @@ def register_export(
         backend = MLflowBackend(uri, experiment, cfg.run_root / f"{cfg.name}-mlflow-artifacts")
         client = backend.client
         tags = {"drsearch.kind": "export", TRIAL_TAG: str(number), "drsearch.study_name": cfg.name,
-                "mlflow.runName": f"export of trial {number}"}  # fmt: skip
+                "mlflow.runName": f"export of {what}"}  # fmt: skip
         run = client.create_run(backend.experiment, tags=tags)
         run_id = run.info.run_id
-        client.log_artifact(run_id, str(recipe), "model")
-        client.log_artifact(run_id, str(weights), "model")
+        for f in files:
+            if f.is_dir():  # a certified ensemble's members keep their folder
+                client.log_artifacts(run_id, str(f), f"model/{f.name}")
+            else:
+                client.log_artifact(run_id, str(f), "model")
         record = Path(str((evaluation or {}).get("file", "")))
         if evaluation and record.is_file():
             import tempfile
@@ -73,15 +80,15 @@ def register_export(
                 "drsearch.study": cfg.name,
                 TRIAL_TAG: str(number),
                 "drsearch.recipe": recipe.name,
-                "drsearch.weights": weights.name,
+                "drsearch.files": ", ".join(f.name for f in files),
                 "drsearch.evaluated": str(bool(evaluation)),
             },  # fmt: skip
-            description=f"trial {number} of study {cfg.name}, exported by drsearch",
+            description=f"{what} of study {cfg.name}, exported by drsearch",
         )
     except MlflowException as exc:
         shown = hide_secrets(str(exc), uri).strip()  # masked whole, then cut
         raise ConfigError(
-            f"{recipe} and {weights} are written, but registering {name} in "
+            f"{' and '.join(map(str, files))} are written, but registering {name} in "
             f"{masked_url(uri)} failed: {shown.splitlines()[0][:300] if shown else ''}"
         ) from None
     return str(version.version), masked_url(uri)
