@@ -12,7 +12,8 @@ at ``objective.confidence`` (``lower_bound``). The Wilson bound is the inversion
 test, so "lower bound >= min" is exactly "the estimate lies at least ``z`` standard errors
 (taken at ``min``) above ``min``": the standard errors of shortfall ``max(0, z_req - z)`` are
 the smooth penalty of the objective, and the same number decides feasibility. One image more
-or less moves the penalty by a fraction of a standard error, never by a cliff.
+or less moves the penalty by a fraction of a standard error, never by a cliff. (A mean's bound,
+balanced accuracy's, is shown as computed and may disagree; the score test decides, and says so.)
 
 Wilson rather than a Beta posterior: it needs no prior (a uniform prior would already lend a
 5/5 grade a posterior mean of 0.86), it is what the evaluation intervals and the literature
@@ -31,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
+
+from drsearch.fmt import num, points
 
 GRADES = ("none", "mild", "moderate", "severe_npdr", "pdr")
 NUM_CLASSES = len(GRADES)
@@ -271,6 +274,9 @@ class Judgement:
     the one-sided lower bound at ``confidence``); ``shortfall`` is the standard errors missing
     to meet it (0 when met): the objective's smooth penalty. ``result`` is the two-sided view a
     reviewer reads: pass (the interval lies above the minimum), fail (below) or inconclusive.
+    ``lower`` is the bound as computed, never moved to agree with ``met``: for a mean (balanced
+    accuracy) it uses the estimate's own variance while the score test takes it at the
+    minimum, so the two may fall on either side of it; ``basis`` then says what decided.
     """
 
     name: str
@@ -285,6 +291,7 @@ class Judgement:
     shortfall: float
     result: Result
     successes: float | None = None
+    basis: str = ""  # what decided ``met`` where the bound alone would read otherwise
 
 
 def constraint_name(metric: str, minimum: float) -> str:
@@ -363,11 +370,16 @@ def judge(
         z, passes, fails = max(z, z_req), True, False
     met = z >= z_req - 1e-12
     short = 0.0 if met else max(z_req - z, 1e-9)
-    if lower is not None:  # the bound and the score test agree up to rounding: keep them so
-        lower = max(lower, minimum) if met else min(lower, math.nextafter(minimum, -math.inf))
+    basis = ""
+    if lower is not None and (lower >= minimum) != met:  # the honest bound, and why it lost
+        basis = (
+            f"{'met' if met else 'not met'} by the score test at the minimum: the estimate lies "
+            f"{z:.2f} standard errors (taken at {minimum:g}) above it, {z_req:.2f} needed at "
+            f"{confidence:.0%}; the bound takes the estimate's own variance"
+        )
     result: Result = "pass" if passes else "fail" if fails else "inconclusive"
     return Judgement(name, metric, minimum, value_, lower, hi2, n_min, z, met, short, result,
-                     successes)  # fmt: skip
+                     successes, basis)  # fmt: skip
 
 
 def _wilson_var(x: float, n: float) -> float:
@@ -489,10 +501,8 @@ def _why(j: Judgement, rule: ConstraintsOn, confidence: float) -> str:
         return f"{j.metric} {j.value:.3f} ({counts}) < {j.minimum:g}"
     if j.lower is None:
         return f"{j.metric} {j.value:.3f}: no counts to bound it with"
-    return (
-        f"{j.metric} {j.value:.3f} ({counts}): its {confidence:.0%} lower bound "
-        f"{j.lower:.3f} < {j.minimum:g}"
-    )
+    bound = f"{j.metric} {j.value:.3f} ({counts}): its {confidence:.0%} lower bound {j.lower:.3f}"
+    return f"{bound}, but {j.basis}" if j.basis else f"{bound} < {j.minimum:g}"
 
 
 # -- the checklist -----------------------------------------------------------------------------
@@ -508,22 +518,27 @@ class CheckItem:
     lower: float | None = None
     upper: float | None = None
     detail: str = ""
-    unit: str = ""  # of ``observed`` where it is not a proportion
+    unit: str = ""  # of ``observed`` where it is not a proportion ("points")
 
     @property
     def passed(self) -> bool:
         return self.result == "pass"
 
+    def shown(self) -> str:
+        """``observed`` as read: a proportion to 3 decimals, points as ``9.0 points``."""
+        return points(self.observed, STABILITY_POINTS) if self.unit else num(self.observed)
+
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dict(self.__dict__) | {"shown": self.shown()}
 
 
 def checklist(
     a: dict[str, Any], log: list[dict[str, Any]], side: str = "validation"
 ) -> list[CheckItem]:
     """The medical-grade checklist of a trial's best-epoch metrics ``a`` (measured on
-    ``side``: validation, or the held-out test set) and its epoch log (stability is always
-    judged on the validation epochs). Each proportion is judged on its Wilson 95% interval."""
+    ``side``: validation, or the held-out test set). Each proportion is judged on its Wilson
+    95% interval. On validation it ends with ``stability`` of the epoch ``log``; a training
+    criterion, judged on validation epochs, it is no test-set result: ask for it apart."""
     cm = a.get("confusion_matrix")
     items = [_trivial_item(a, cm)]
     for label, metric, minimum, evidence in (
@@ -535,8 +550,7 @@ def checklist(
         ("every per-grade specificity", "min_specificity", SPECIFICITY_MIN, "lowest"),
     ):  # fmt: skip
         items.append(_proportion_item(label, metric, minimum, a, cm, evidence))
-    items.append(stability(log))
-    return items
+    return [*items, stability(log)] if side == "validation" else items
 
 
 def _proportion_item(
@@ -612,16 +626,16 @@ def seed_variation(accuracies: list[float]) -> CheckItem:
 def _accuracy_spread(
     name: str, accs: list[float], rule: str, too_few: str, detail: str
 ) -> CheckItem:
-    """The "< 5 points" rule on validation accuracies: max - min, in points (rounded to
-    the 1e-9 point, so 4.999999999999993 is 5 and does not pass)."""
+    """The "< 5 points" rule on validation accuracies: max - min, in percentage points
+    (rounded to the 1e-9 point, so 4.999999999999993 is 5 and does not pass)."""
     if len(accs) < 2:
-        return CheckItem(name, None, rule, "inconclusive", detail=too_few)
+        return CheckItem(name, None, rule, "inconclusive", detail=too_few, unit="points")
     spread = round((max(accs) - min(accs)) * 100, 9)
     return CheckItem(
         name,
         spread,
         rule,
         "pass" if spread < STABILITY_POINTS else "fail",
-        detail=detail + ", ".join(f"{x:.3f}" for x in accs),
-        unit="points (max - min accuracy, %)",
+        detail=detail + ", ".join(f"{100 * x:.1f}%" for x in accs) + " (max - min)",
+        unit="points",
     )

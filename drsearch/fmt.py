@@ -12,6 +12,18 @@ def num(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def points(value: float | None, limit: float | None = None) -> str:
+    """Percentage points: ``9.0 points``; with ``limit``, as many decimals (up to 4) as keep
+    the figure shown on its side of it (4.96 against "< 5" is ``4.96 points``, not ``5.0``)."""
+    if value is None:
+        return "n/a"
+    for digits in range(1, 5):
+        text = f"{value:.{digits}f}"
+        if limit is None or (float(text) < limit) == (value < limit):
+            break
+    return f"{text} points"
+
+
 def short(value: Any) -> str:
     """A parameter value in a line of text: floats to 4 significant digits, the rest as is."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)

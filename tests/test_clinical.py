@@ -22,10 +22,12 @@ from drsearch.clinical import (
     objective_score,
     one_sided_z,
     seed_variation,
+    stability,
     trivial_value,
     wilson_interval,
 )
 from drsearch.config.objective import CONSTRAINT_METRICS, Constraint, ObjectiveConfig
+from drsearch.fmt import num
 from drsearch.train.metrics import compute_metrics, qwk
 
 
@@ -247,3 +249,74 @@ def test_no_image_is_inconclusive_and_a_minimum_of_zero_is_always_met() -> None:
                         {"accuracy": 0.8, "confusion_matrix": np.diag([50, 10, 10, 3, 10])
                          .tolist()})  # fmt: skip
     assert zero.met and s.feasible and all(v <= 0 for v in s.constraints.values())
+
+
+def test_a_balanced_accuracy_bound_is_shown_as_computed_and_the_decision_says_why() -> None:
+    """Sensitivities 0, 0, 9, 10, 10 of 10 each: balanced accuracy 0.58. Its 90% lower bound
+    (normal, each grade's Wilson-centred variance) is 0.515, above 0.5; the score test at the
+    minimum (variance 0.5 * 0.5 / 10 per grade) puts the estimate 1.13 standard errors above
+    0.5, short of 1.28: not met. The bound is shown as computed (it was bent to 0.49999...),
+    and the decision states its basis."""
+    from drsearch.config.study import StudyConfig
+    from drsearch.search.annotations import trial_note
+    from drsearch.search.trial import Outcome, judgement_record, score_attrs
+
+    hits = [0, 0, 9, 10, 10]
+    cm = np.zeros((5, 5), dtype=int)
+    for g, k in enumerate(hits):
+        cm[g, g], cm[g, (g + 1) % 5] = k, 10 - k
+    z90, z95 = norm.ppf(0.90), norm.ppf(0.975)
+    centred = [(k + z95**2 / 2) / (10 + z95**2) for k in hits]
+    honest = 0.58 - z90 * math.sqrt(sum(p * (1 - p) / 10 for p in centred)) / 5
+    z_at_min = (0.58 - 0.5) / (math.sqrt(5 * 0.25 / 10) / 5)
+    j = judge("balanced_accuracy", 0.5, cm.tolist(), "lower_bound")
+    assert j.lower == pytest.approx(honest, abs=1e-12)
+    assert j.lower == pytest.approx(0.51493, abs=1e-5) and j.value == pytest.approx(0.58)
+    assert j.z == pytest.approx(z_at_min, abs=1e-12) and z_at_min < z90 and not j.met
+    assert j.basis == (
+        "not met by the score test at the minimum: the estimate lies 1.13 standard errors "
+        "(taken at 0.5) above it, 1.28 needed at 90%; the bound takes the estimate's own variance"
+    )
+    s = objective_score("accuracy", [("balanced_accuracy", 0.5)],
+                        {"accuracy": 0.58, "confusion_matrix": cm.tolist()})  # fmt: skip
+    assert not s.feasible and s.constraints["balanced_accuracy>=0.5"] > 0  # Optuna's, too
+    assert s.reasons == [
+        f"balanced_accuracy 0.580 (n=10): its 90% lower bound 0.515, but {j.basis}"
+    ]
+    # the trial's dashboard note: the honest bound, the decision and its basis on one row
+    attrs = score_attrs(s) | {"best_epoch": 1, "epochs_completed": 1}
+    objective = {"constraints": [{"metric": "balanced_accuracy", "min": 0.5}]}
+    config = StudyConfig(name="s", recipe={}, search_space="space.yaml", objective=objective)
+    note = trial_note(3, Outcome("COMPLETE", 0.5, attrs), config)
+    assert f"| balanced_accuracy | >= 0.5 | 0.580 (n=10) | 0.515 | **no** ({j.basis}) |" in note
+    assert judgement_record(j)["lower"] == j.lower
+    # one proportion: Wilson's bound is the score test inverted; nothing to explain
+    one = judge("sensitivity_pdr", 0.9, cm_with(4, 38, 39), "lower_bound")
+    assert one.met and one.basis == "" and one.lower == pytest.approx(0.918, abs=1e-3)
+
+
+def test_stable_convergence_is_in_points_and_no_test_set_result() -> None:
+    """Validation accuracy 80, 89, 85% over the last 3 epochs spans 9 points: shown as
+    "9.0 points" against "< 5 points" (it was 9.000 beside fractions), and listed only on
+    the validation side's checklist, never among the test set's figures."""
+    log = [{"val": {"accuracy": x}} for x in (0.95, 0.80, 0.89, 0.85)]
+    item = stability(log)
+    assert item.observed == pytest.approx(9.0) and item.result == "fail"
+    assert item.threshold == "< 5 points over the last 3 epochs"
+    assert (item.unit, item.detail) == (
+        "points",
+        "validation accuracy 80.0%, 89.0%, 85.0% (max - min)",
+    )
+    assert item.shown() == item.as_dict()["shown"] == "9.0 points"
+    from drsearch.fmt import points
+
+    # as many decimals as keep a figure on its side of the limit
+    assert (points(4.96, 5.0), points(4.999, 5.0), points(5.04, 5.0), points(0.5)) == (
+        "4.96 points", "4.999 points", "5.0 points", "0.5 points")  # fmt: skip
+    assert stability(log[:1]).shown() == "n/a"
+    cm = np.diag([50, 10, 10, 10, 10]).tolist()
+    a = {"accuracy": 1.0, "confusion_matrix": cm}
+    on_validation = [c.name for c in checklist(a, log, "validation")]
+    on_test = [c.name for c in checklist(a, log, "test")]
+    assert on_validation == [*on_test, "stable convergence"]
+    assert all(c.shown() == num(c.observed) for c in checklist(a, log, "test"))

@@ -205,6 +205,41 @@ def test_intervals_respect_patients() -> None:
     assert stats.proportion_estimate(correct, np.ones(120, bool), labels, single) == wilson
 
 
+def _long_hand_wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple:
+    """Wilson's score interval written out (Wilson 1927; Agresti & Coull 1998, eq. 2)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_a_collapsed_patient_bootstrap_falls_back_to_wilson_on_the_patients_behind_it() -> None:
+    """40/40 grade-4 images from 20 patients among 500: every resample agrees, so the interval
+    is Wilson's on the 20 patients behind the proportion (0.839), not on all 500 patients of
+    the set (0.992, what it was) nor on the 40 images (0.912)."""
+    labels = np.array([4] * 40 + [0] * 960)
+    patients = [f"p{i // 2}" for i in range(1000)]  # two eyes each: 20 PDR patients of 500
+    preds = labels.copy()
+    e = stats.proportion_estimate(preds == 4, labels == 4, labels, patients, 0)
+    assert e.low == pytest.approx(_long_hand_wilson(20, 20)[0], abs=1e-12)
+    assert e.low == pytest.approx(0.8389, abs=1e-4) and e.high == 1.0
+    assert (e.value, e.successes, e.n, e.patients) == (1.0, 40, 40, 20)
+    assert e.method == "Wilson (20 patients)"
+    # shares counted per patient: 20 patients each with one of its two eyes called 4
+    half = preds.copy()
+    half[1:40:2] = 3
+    e = stats.proportion_estimate(half == 4, labels == 4, labels, patients, 0)
+    assert (e.value, e.patients) == (0.5, 20)
+    assert (e.low, e.high) == pytest.approx(_long_hand_wilson(10, 20), abs=1e-12)
+    # patients of unequal size (1 to 3 eyes), all called: n is the 12 patients, not 24 images
+    sizes = [1, 2, 3] * 4
+    ids = [f"q{p}" for p, k in enumerate(sizes) for _ in range(k)]
+    grade = np.array([4] * 24 + [0] * 50)
+    ids += [f"r{i}" for i in range(50)]
+    e = stats.proportion_estimate(grade == 4, grade == 4, grade, ids, 0)
+    assert e.patients == 12 and e.low == pytest.approx(_long_hand_wilson(12, 12)[0], abs=1e-12)
+
+
 def test_an_operating_point_on_too_few_positives_says_so() -> None:
     from drsearch.inspect.evaluate import Options, _operating_points
 
@@ -583,6 +618,97 @@ def test_tta_is_the_mean_of_the_models_outputs_over_flipped_views(tiny_dataset: 
         views = [model(x), model(torch.flip(x, [3])), model(torch.flip(x, [2]))]
     assert np.allclose(got, torch.stack(views).mean(0).numpy(), atol=1e-5)
     assert not np.allclose(got, predict(model, split, 4), atol=1e-4)  # the flips matter
+
+
+def _untrained_member(recipe, seed: int, label: str):  # type: ignore[no-untyped-def]
+    """A randomly initialised model (no pretrained file) of ``recipe``, as a member that held
+    out the recipe's test split."""
+    import torch
+
+    from drsearch.data.fingerprint import ids_sha256
+    from drsearch.data.records import Skipped
+    from drsearch.data.sources import load_records
+    from drsearch.train.model import build_model
+    from drsearch.train.predict import TrainedModel
+
+    d = recipe.data
+    loaded = load_records(d, Skipped())
+    test = [loaded[i] for i in held_out_indices(loaded, d.test_fraction, d.seed)]
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, d.image_size)
+    fingerprint = {"n_test": len(test), "test_sha256": ids_sha256(r.id for r in test)}
+    return TrainedModel(label, recipe, model.state_dict(), fingerprint, trial=seed)
+
+
+def test_each_ensemble_member_gets_its_own_preprocessing_in_evaluate_and_predict(
+    tiny_dataset: Path,
+) -> None:
+    """Members that differ in preprocessing at one size (plain, Ben Graham) and in size
+    (48 px with Ben Graham and a circular mask): the ensemble's probabilities are the mean of
+    each member evaluated alone, on validation and test, and predict grades the test images
+    exactly so (it refused such an ensemble; evaluate fed every 32 px member the first's)."""
+    from drsearch.inspect.evaluate import Options, evaluate
+    from drsearch.inspect.predict import Grader, predict_images
+    from tests.conftest import make_recipe
+
+    base = {"data__test_fraction": 0.25}
+    plain = make_recipe(tiny_dataset, **base)
+    ben = make_recipe(tiny_dataset, **base, data__preprocess__ben_graham=True)
+    masked = {"data__preprocess__ben_graham": True, "data__preprocess__circular_mask": True}
+    big = make_recipe(tiny_dataset, **base, **masked, data__image_size=48)
+    members = [_untrained_member(r, i, f"m{i}") for i, r in enumerate((plain, ben, big))]
+    options = Options(seed=1)
+    ens = evaluate(members, options)
+    solo = [evaluate([m], options) for m in members]
+    for side in ("validation", "test"):
+        mean = np.mean([np.array(s[side]["predictions"]["probs"]) for s in solo], axis=0)
+        got = np.array(ens[side]["predictions"]["probs"])
+        assert np.abs(got - mean).max() < 2e-6, side
+        assert ens[side]["predictions"]["pred"] == got.argmax(1).tolist()
+    # the preprocessing matters: the Ben Graham member fed plain images grades otherwise
+    misfed = _untrained_member(plain, 1, "m1 on plain images")
+    wrong = np.array(evaluate([misfed], options)["test"]["predictions"]["probs"])
+    assert np.abs(wrong - np.array(solo[1]["test"]["predictions"]["probs"])).max() > 1e-3
+    # predict: the same ensemble, on the test images, gives the evaluation's probabilities
+    test = ens["test"]["predictions"]
+    images = [(i, Path(p)) for i, p in zip(test["ids"], test["paths"], strict=True)]
+    result = predict_images(Grader("mixed", members, ("identity",), {}), images)
+    assert result.usable.all() and result.grades.tolist() == test["pred"]
+    assert np.abs(result.probs - np.array(test["probs"])).max() < 2e-6
+
+
+def test_stable_convergence_is_shown_in_points_under_training_not_the_test_set(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A member whose validation accuracy spans 9 points over its last epochs: the record's
+    test checklist does not hold the training criterion; it is apart, shown "9.0 points"
+    (the page showed 9.000 beside "< 5 points" in the checklist on the test set)."""
+    from drsearch.cli.evaluate import _print
+    from drsearch.inspect.evaluate import Options, evaluate
+    from drsearch.inspect.report.evaluation import write_evaluation_page
+    from tests.conftest import make_recipe
+
+    member = _untrained_member(make_recipe(tiny_dataset, data__test_fraction=0.25), 0, "m")
+    member.log = [{"epoch": e, "val": {"accuracy": a}} for e, a in ((1, 0.8), (2, 0.89), (3, 0.85))]
+    record = evaluate([member], Options())
+    assert "stable convergence" not in [c["name"] for c in record["checklist"]]
+    (item,) = record["training_checklist"]
+    assert (item["name"], item["shown"], item["result"]) == ("stable convergence", "9.0 points",
+                                                             "fail")  # fmt: skip
+    write_evaluation_page(record, tmp_path / "e.html", "e")
+    page = (tmp_path / "e.html").read_text()
+    test_heading = "<h2>Medical-grade checklist on the test set</h2>"
+    training_heading = "<h2>Training: judged on the validation epochs, not on the test set</h2>"
+    on_test = page.split(test_heading)[1].split("</section>")[0]
+    training = page.split(training_heading)[1].split("</section>")[0]
+    assert "stable convergence" not in on_test
+    row = "<td>stable convergence</td><td>9.0 points</td><td>&lt; 5 points over the last 3 epochs"
+    assert row in training
+    _print(record, tmp_path / "e.json", tmp_path / "e.html")
+    out = capsys.readouterr().out
+    assert "checklist on test (95% intervals): " in out and " of 5\n" in out
+    line = "stable convergence 9.0 points (< 5 points over the last 3 epochs): fail"
+    assert f"training, on validation epochs: {line}" in out
 
 
 @pytest.mark.e2e

@@ -209,7 +209,7 @@ def _ensemble_members(
     target: Path, which: str, top_k: int | None, weights: Path | None
 ) -> tuple[list[Any], dict[str, Any] | None, tuple[str, ...]]:
     """An exported ensemble's members, its stored operating points and its views."""
-    from drsearch.inspect.evaluate import ensemble_members
+    from drsearch.inspect.members import ensemble_members
 
     if which != "best" or top_k is not None or weights is not None:
         raise UserError(f"{target}: an ensemble file names its members; drop --trial, --top-k "
@@ -220,7 +220,7 @@ def _ensemble_members(
 def _recipe_members(
     target: Path, weights: Path, which: str, top_k: int | None
 ) -> tuple[list[Any], str, str, None]:
-    from drsearch.inspect.evaluate import recipe_member
+    from drsearch.inspect.members import recipe_member
 
     if which != "best" or top_k is not None:
         raise UserError("--trial and --top-k are for a study; an exported recipe is one model")
@@ -300,4 +300,9 @@ def _print(record: dict[str, Any], json_path: Path, html_path: Path) -> None:
                 f"{r['bound']:.3f}), test {r['test']:.3f}: {'held' if r['held'] else 'BELOW'}",
                 highlight=False,
             )
+    for c in record.get("training_checklist", []):  # a training criterion, not a test result
+        console.print(
+            f"training, on validation epochs: {c['name']} {c['shown']} ({c['threshold']}): "
+            f"{c['result']}"
+        )
     click.echo(f"evaluation -> {json_path} and {html_path}")

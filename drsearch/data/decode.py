@@ -302,6 +302,19 @@ def decode_into(
     ``memory``) and preprocess each image into ``arrays[size][i]`` at every size. An image
     that cannot be used gets its error and is left black; with ``flagger``, an image it
     flags gets its flags and is not preprocessed (left black)."""
+    return decode_prepared(paths, [(prep, arrays)], progress, flagger, memory)
+
+
+def decode_prepared(
+    paths: Sequence[Path],
+    targets: Sequence[tuple[PreprocessConfig, dict[int, np.ndarray]]],
+    progress: Progress | None = None,
+    flagger: Flagger | None = None,
+    memory: int = DECODE_MEMORY,
+) -> Decoded:
+    """``decode_into`` for several preprocessings at once: each image is decoded once and
+    preprocessed with each ``(preprocessing, arrays by size)`` of ``targets`` into its arrays
+    (the members of an ensemble that see images differently)."""
     n = len(paths)
     result = Decoded(np.zeros(n, dtype=bool), [None] * n, [()] * n)
     budget = MemoryBudget(memory)
@@ -310,13 +323,15 @@ def decode_into(
         try:
             with decoded(paths[i], budget) as img:
                 flags = flagger(img) if flagger else ()
-                for s, arr in arrays.items():
-                    arr[i] = 0 if flags else preprocess(img, prep, s)
+                for prep, arrays in targets:
+                    for s, arr in arrays.items():
+                        arr[i] = 0 if flags else preprocess(img, prep, s)
             result.usable[i], result.flags[i] = not flags, flags
         except ImageError as exc:
             result.errors[i] = str(exc)
-            for arr in arrays.values():
-                arr[i] = 0
+            for _, arrays in targets:
+                for arr in arrays.values():
+                    arr[i] = 0
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for done, _ in enumerate(pool.map(work, range(n)), start=1):

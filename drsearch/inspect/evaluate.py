@@ -6,16 +6,17 @@ and on its test split, which no search ever saw. Validation chooses what may be 
 operating-point thresholds on ``P(grade >= k)``, the grade thresholds of a regression or
 ordinal head, the temperature); the test split is then measured once with those choices
 frozen: accuracy, QWK, per-grade and endpoint sensitivity/specificity/AUC with 95% intervals
-(``stats``), calibration, and the medical-grade checklist judged on the test figures.
+(``stats``), calibration, and the medical-grade checklist judged on the test figures (its
+training criterion, stable convergence on validation epochs, apart).
 
 An ensemble averages its members' per-grade probabilities (each after its own temperature,
-when temperature scaling is on); its grade is the most probable one. Test-time augmentation
+when temperature scaling is on, and on images prepared by its own recipe: image size and
+preprocessing, ``inspect.members``); its grade is the most probable one. Test-time augmentation
 averages each model's raw outputs over flipped views (``train.predict.VIEWS``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,11 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from drsearch.clinical import CONFIDENCE, ENDPOINTS, NUM_CLASSES, TARGET_SENSITIVITY, checklist
+from drsearch.clinical import (
+    CONFIDENCE,
+    ENDPOINTS,
+    NUM_CLASSES,
+    TARGET_SENSITIVITY,
+    checklist,
+    stability,
+)
 from drsearch.config.recipe import Recipe
 from drsearch.data.records import ImageRecord
 from drsearch.errors import ConfigError, DataError
 from drsearch.inspect import stats
+from drsearch.inspect.members import combine_members, validation_side
 from drsearch.train.batches import Split
 from drsearch.train.predict import TrainedModel
 
@@ -52,8 +61,8 @@ class Options:
 
 @dataclass
 class EvalImages:
-    """Validation and test images at one size, with their labels and patients (an image's
-    own id when its patient is unknown)."""
+    """Validation and test images prepared one way (a recipe's image size and preprocessing),
+    with their labels and patients (an image's own id when its patient is unknown)."""
 
     val: Split
     test: Split
@@ -76,22 +85,25 @@ def evaluate(
         raise ConfigError("nothing to evaluate: no trained model was selected")
     test_records = held_out_records(members[0])
     test_sha = _same_test_set(members, test_records)
-    val_probs, test_probs, per_member, member_sides = [], [], [], []
-    sides_by_data: dict[str, EvalImages] = {}
+    val_probs, test_probs, infos = [], [], []
+    # each member's own images: its split (a fold model validates on its own fold) and its
+    # preparation (image size, preprocessing): its whole data section, each made once
+    cache: dict[str, EvalImages] = {}
+    member_sides = []
     for m in members:
-        # a member's images as its own data section gives them: its size, its fold
         key = m.recipe.data.model_dump_json()
-        if key not in sides_by_data:
-            sides_by_data[key] = load_sides(m.recipe, test_records)
-        sides = sides_by_data[key]
-        v, t, info = _member_probabilities(m, sides, options)
+        if key not in cache:
+            cache[key] = load_sides(m.recipe, test_records)
+        member_sides.append(cache[key])
+    _same_images(members, member_sides)
+    for m, member_side in zip(members, member_sides, strict=True):
+        v, t, info = _member_probabilities(m, member_side, options)
         val_probs.append(v)
         test_probs.append(t)
-        per_member.append(info)
-        member_sides.append(sides)
+        infos.append(info)
     sides = member_sides[0]
-    val = validation_side(member_sides, val_probs, [i.pop("val_pred") for i in per_member])
-    test_p, test_pred = combine_members(test_probs, [i.pop("test_pred") for i in per_member])
+    val = validation_side(member_sides, val_probs, [i.pop("val_pred") for i in infos])
+    test_p, test_pred = combine_members(test_probs, [i.pop("test_pred") for i in infos])
     operating_points = _operating_points(val.labels, val.probs, options, stored_points)
     thresholds = {name: op["threshold"] for name, op in operating_points.items()}
     validation = _figures(
@@ -126,11 +138,25 @@ def evaluate(
         },
         "confidence": CONFIDENCE,
         "operating_points": operating_points,
-        "members": per_member,
+        "members": infos,
         "validation": validation,
         "test": test,
-        "checklist": [c.as_dict() for c in checklist(test["metrics"], members[0].log, "test")],
+        "checklist": [c.as_dict() for c in checklist(test["metrics"], [], "test")],
+        "training_checklist": training_checklist(members),
     }
+
+
+def training_checklist(members: list[TrainedModel]) -> list[dict[str, Any]]:
+    """The checklist's training criterion, stable convergence (``clinical.stability``): each
+    member's validation accuracy over its last epochs, in points. Judged on validation epochs
+    during training, it is no test-set result and is kept apart from the test checklist."""
+    out = []
+    for m in members:
+        item = stability(m.log)
+        if len(members) > 1:
+            item.name += f" ({m.label})"
+        out.append(item.as_dict())
+    return out
 
 
 def held_out_records(member: TrainedModel) -> list[ImageRecord]:
@@ -215,6 +241,18 @@ def _same_test_set(members: list[TrainedModel], test: list[ImageRecord]) -> str:
     return now
 
 
+def _same_images(members: list[TrainedModel], sides: list[EvalImages]) -> None:
+    """Every member's test images are the first member's (only how they are prepared may
+    differ), so their probabilities average image by image; validation images are the same
+    too, or (fold models) disjoint: ``validation_side``."""
+    for m, s in zip(members[1:], sides[1:], strict=True):
+        if s.test_ids != sides[0].test_ids:
+            raise ConfigError(
+                f"{m.label} tests on other images than {members[0].label} (their data "
+                "settings differ beyond image size, preprocessing and fold); evaluate them apart"
+            )
+
+
 def _member_probabilities(
     m: TrainedModel, sides: EvalImages, options: Options
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -294,58 +332,6 @@ def grade_new_images(
         raise ConfigError(f"a {head} head needs its grade thresholds to grade new images")
     _, grades, _ = decode(head, outputs, np.zeros(len(outputs), dtype=int), cuts)
     return grade_probabilities(head, outputs / temperature), grades
-
-
-@dataclass(frozen=True)
-class ValidationSide:
-    """The validation predictions operating points are chosen on."""
-
-    labels: np.ndarray
-    probs: np.ndarray
-    preds: np.ndarray
-    patients: list[str]
-    ids: list[str]
-    kind: str  # "shared" or "out-of-fold"
-
-
-def validation_side(
-    sides: list[EvalImages], probs: list[np.ndarray], preds: list[np.ndarray]
-) -> ValidationSide:
-    """Members that validated on the same images: their combined predictions there. Members
-    that validated on disjoint images (a study's fold models, its certified result): each
-    image predicted by the member that never trained on it, pooled (out-of-fold), since the
-    others trained on it. Overlapping but different validation images are refused."""
-    ids = [s.val_ids for s in sides]
-    if all(i == ids[0] for i in ids):
-        p, pred = combine_members(probs, preds)
-        first = sides[0]
-        return ValidationSide(first.val.labels, p, pred, first.val_patients, first.val_ids,
-                              "shared")  # fmt: skip
-    flat = [x for i in ids for x in i]
-    if len(set(flat)) != len(flat):
-        raise ConfigError(
-            "the models validated on different but overlapping images (neither one split nor "
-            "one study's folds): no validation side is free of their training images"
-        )
-    return ValidationSide(
-        np.concatenate([s.val.labels for s in sides]),
-        np.concatenate(probs),
-        np.concatenate(preds),
-        [x for s in sides for x in s.val_patients],
-        flat,
-        "out-of-fold",
-    )
-
-
-def combine_members(
-    probs: list[np.ndarray], grades: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """One model's probabilities and grades as they are; an ensemble's mean per-grade
-    probabilities and its most probable grade."""
-    if len(probs) == 1:
-        return probs[0], grades[0]
-    mean = np.mean(probs, axis=0)
-    return mean, mean.argmax(axis=1)
 
 
 def endpoint_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -499,52 +485,3 @@ def write_record(record: dict[str, Any], path: Path) -> None:
     from drsearch.train.outputs import to_jsonable
 
     write_text_atomic(path, json.dumps(to_jsonable(record), indent=1) + "\n")
-
-
-def recipe_member(recipe_file: Path, weights_file: Path) -> TrainedModel:
-    """An exported (pinned) recipe and the weights ``export --weights`` wrote with it."""
-    from drsearch.config.loading import load_recipe
-    from drsearch.train.checkpoint import load_weights_only
-
-    recipe = load_recipe(recipe_file)
-    if recipe.pinned is None:
-        raise ConfigError(
-            f"{recipe_file}: not an exported recipe (no pinned: section); evaluate a study, or "
-            "a recipe written by drsearch export"
-        )
-    fix = "export it again with drsearch export --weights"
-    payload = load_weights_only(weights_file, str(weights_file), fix, ConfigError)
-    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
-        raise ConfigError(f"{weights_file}: not weights written by drsearch export; {fix}")
-    sha = hashlib.sha256(recipe_file.read_bytes()).hexdigest()
-    if payload.get("recipe_sha256") != sha:
-        raise ConfigError(
-            f"{weights_file}: these weights were exported with another recipe file than "
-            f"{recipe_file} (SHA-256 differs); {fix}"
-        )
-    return TrainedModel(
-        label=weights_file.name,
-        recipe=recipe,
-        state_dict=payload["state_dict"],
-        fingerprint=recipe.pinned.data_fingerprint,
-        trial=payload.get("trial"),
-        stored=recipe.pinned.evaluation,
-    )
-
-
-def ensemble_members(
-    target: Path,
-) -> tuple[list[TrainedModel], dict[str, Any] | None, tuple[str, ...]]:
-    """An exported ensemble's members (each with what the ensemble's own evaluation chose for
-    it, not its solo evaluation), its stored operating points and its views."""
-    from drsearch.config.ensemble import load_ensemble
-
-    ensemble = load_ensemble(target)
-    evaluation = ensemble.evaluation or {}
-    chosen = {m.get("trial"): m for m in evaluation.get("members", [])}
-    members = []
-    for ref in ensemble.members:
-        member = recipe_member(ref.recipe, ref.weights)
-        member.stored = chosen.get(member.trial)
-        members.append(member)
-    return members, evaluation.get("operating_points"), tuple(ensemble.views)

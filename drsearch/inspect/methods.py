@@ -81,7 +81,9 @@ def methods_paragraph(record: dict[str, Any], study: dict[str, Any] | None) -> s
         f"Intervals are {CONFIDENCE:.0%}: "
         + (
             "a bootstrap of patients (1,000 resamples, fixed seed) drawn within the strata of "
-            "their worst grade, for every figure, as patients contribute several images"
+            "their worst grade, for every figure, as patients contribute several images (a "
+            "proportion every resample agrees on, such as 40/40, gets Wilson's interval on the "
+            "patients behind it)"
             if method == "patient bootstrap"
             else "Wilson score intervals for proportions, and a grade-stratified bootstrap "
             "(1,000 resamples, fixed seed) for AUC and quadratic weighted kappa"

@@ -1,8 +1,9 @@
 """``drsearch predict``: grade new fundus images with what ``drsearch export`` wrote.
 
 A grader is an exported (pinned) recipe with its weights, or an exported ensemble. New images
-get exactly what the held-out test set got in ``drsearch evaluate``: the recipe's
-preprocessing at its image size, the views its evaluation averaged (TTA), each member's
+get exactly what the held-out test set got in ``drsearch evaluate``: each member's own
+preprocessing at its own image size (``inspect.members``: an ensemble's members may differ in
+them), the views its evaluation averaged (TTA), each member's
 temperature and grade thresholds, an ensemble's mean probabilities, and the operating points
 chosen on validation (``P(grade >= k) >= threshold``) for the referable and vision-threatening
 calls. Nothing is refitted on the new images. The probabilities, grades and calls come from
@@ -32,6 +33,7 @@ from drsearch.train.predict import TrainedModel
 
 if TYPE_CHECKING:
     from drsearch.data.decode import Decoded
+    from drsearch.inspect.members import Preparation
 
 #: The columns of a predictions file, in order (a file that starts with them was written here).
 FIRST_COLUMNS = ("id", "path", "grade")
@@ -81,7 +83,7 @@ def load_grader(target: Path, weights: Path | None) -> Grader:
     the ``.pt`` beside it) or an exported ensemble file."""
     from drsearch.config.ensemble import is_ensemble_file
     from drsearch.config.loading import is_recipe_file, read_yaml
-    from drsearch.inspect.evaluate import ensemble_members, recipe_member
+    from drsearch.inspect.members import ensemble_members, recipe_member
 
     raw = read_yaml(target)
     if is_ensemble_file(raw):
@@ -252,11 +254,11 @@ def predict_images(
     """Grade ``images`` (``find_images``) in chunks of ``CHUNK``; an image that cannot be
     read gets its error, one the quality check flags (``data/quality.py``) its flags, and
     neither is graded."""
-    from drsearch.inspect.evaluate import combine_members, endpoint_scores, grade_new_images
+    from drsearch.inspect.evaluate import endpoint_scores, grade_new_images
+    from drsearch.inspect.members import Preparation, combine_members
     from drsearch.train.batches import Split
     from drsearch.train.predict import predict, trained_model
 
-    sizes = {m.recipe.data.image_size for m in grader.members}
     models = [(m, trained_model(m.recipe, m.state_dict)) for m in grader.members]
     n = len(images)
     probs = np.full((n, NUM_CLASSES), np.nan)
@@ -264,13 +266,13 @@ def predict_images(
     usable = np.zeros(n, dtype=bool)
     errors: list[str | None] = []
     flags: list[tuple[str, ...]] = []
-    for start, pixels, decoded in _decoded_chunks(grader, [p for _, p in images], sizes):
+    for start, pixels, decoded in _decoded_chunks(grader, [p for _, p in images]):
         rows = np.flatnonzero(decoded.usable)
         if len(rows):
             member_probs, member_grades = [], []
-            for m, model in models:
-                size = m.recipe.data.image_size
-                split = Split(pixels[size], rows, np.zeros(len(rows), dtype=np.int64))
+            for m, model in models:  # each member on its own preparation of the images
+                own = pixels[Preparation.of(m.recipe)]
+                split = Split(own, rows, np.zeros(len(rows), dtype=np.int64))
                 train = m.recipe.train
                 batch = batch_size or train.eval_batch_size or 2 * train.batch_size
                 out = predict(model, split, batch, grader.views, device)
@@ -295,31 +297,28 @@ def predict_images(
 
 
 def _decoded_chunks(
-    grader: Grader, paths: list[Path], sizes: set[int]
-) -> Iterator[tuple[int, dict[int, np.ndarray], Decoded]]:
-    """``(first index, pixels per size, what was decoded)`` of each chunk of ``paths``,
-    preprocessed as the members' recipes preprocess (an ensemble's members must share it)
-    and checked against the largest member's input size."""
-    from drsearch.data.decode import decode_into
+    grader: Grader, paths: list[Path]
+) -> Iterator[tuple[int, dict[Preparation, np.ndarray], Decoded]]:
+    """``(first index, pixels per preparation, what was decoded)`` of each chunk of
+    ``paths``: each image decoded once and prepared as each member's recipe prepares it
+    (``inspect.members``), and checked against the largest member's input size (flagged when
+    any member's border threshold flags it)."""
     from drsearch.data.quality import image_flags
+    from drsearch.inspect.members import decode_for, preparations
 
-    preps = {m.recipe.data.preprocess.model_dump_json() for m in grader.members}
-    if len(preps) > 1:
-        raise ConfigError(
-            f"{grader.name}: its members preprocess images differently (data.preprocess); "
-            "predict with each member's recipe on its own"
-        )
-    prep = grader.members[0].recipe.data.preprocess
+    wanted = list(preparations(grader.members))
+    size = max(p.size for p in wanted)
+    thresholds = sorted({p.config().border_threshold for p in wanted})
 
     def flagger(img: np.ndarray) -> tuple[str, ...]:
-        return image_flags(img, prep.border_threshold, max(sizes))
+        found = [f for t in thresholds for f in image_flags(img, t, size)]
+        return tuple(dict.fromkeys(found))
 
     # decoded, then graded: decoding the next chunk while this one is graded measured slower
     # on 2 cores (144 against 174 images/s, bench/predict_speed.py): both want every core
     for start in range(0, len(paths), CHUNK):
-        chunk = paths[start : start + CHUNK]
-        pixels = {s: np.empty((len(chunk), s, s, 3), np.uint8) for s in sorted(sizes)}
-        yield start, pixels, decode_into(chunk, pixels, prep, flagger=flagger)
+        pixels, decoded = decode_for(paths[start : start + CHUNK], wanted, flagger)
+        yield start, pixels, decoded
 
 
 def write_predictions(result: Predictions, grader: Grader, out: Path) -> None:

@@ -6,7 +6,8 @@
   patients: each resample draws patients with replacement within the strata of their worst
   grade (as many as the stratum has, so a rare grade is never missing; each image its own
   patient when patients are unknown), from a ``numpy`` generator with a fixed seed; when a
-  patient has several images, proportions get the same patient bootstrap instead of Wilson;
+  patient has several images, proportions get the same patient bootstrap instead of Wilson
+  (Wilson on the patients behind the proportion where the bootstrap collapses, as on 40/40);
 - an operating point is the threshold on a score (``P(grade >= k)``) chosen on validation for a
   target sensitivity or specificity, then applied unchanged elsewhere;
 - calibration: the expected calibration error of the top-grade confidence (Guo et al. 2017,
@@ -42,6 +43,7 @@ class Estimate:
     successes: int | None = None
     n: int | None = None
     method: str = ""
+    patients: int | None = None  # patients behind a proportion's interval, when it rests on them
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
@@ -173,7 +175,17 @@ def proportion_estimate(
 ) -> Estimate:  # fmt: skip
     """The share of ``base`` images that are ``hits``: with its Wilson interval when images are
     independent; when a patient has several images, with the patient bootstrap's (the counts
-    are kept either way)."""
+    are kept either way).
+
+    When the bootstrap's percentile interval collapses (every resample agrees, as for 40/40:
+    every patient has the same share), the interval is Wilson's on the patients behind the
+    proportion: ``n`` is the number of patients with at least one image in ``base`` (not
+    every patient of the set), and the successes are the sum of those patients' shares
+    (each patient's hits among its own ``base`` images). That is the cluster-level
+    (summary-measure) analysis, one observation per patient: Kish's effective sample size at
+    an intra-patient correlation of 1, the most conservative, and the only one the data cannot
+    contradict when every patient agrees. ``patients`` records that ``n``.
+    """
     hits, base = np.asarray(hits, dtype=bool), np.asarray(base, dtype=bool)
     k, n = int((hits & base).sum()), int(base.sum())
     if not clustered(groups) or n == 0:
@@ -186,11 +198,21 @@ def proportion_estimate(
     e = bootstrap(labels, share, groups, seed=seed)
     if e.low is None or e.high is None or e.low == e.high:
         # a percentile interval collapses when every resample agrees (40/40): Wilson's on the
-        # patients' count is the honest width then
-        wilson = wilson_interval(k * len(set(groups or [])) / n, len(set(groups or [])))
-        low, high = wilson if wilson is not None else (e.low, e.high)
-        return Estimate(k / n, low, high, successes=k, n=n, method="Wilson (patients)")
+        # patients behind the proportion is the honest width then
+        shares, m = patient_shares(hits, base, groups or [])
+        low, high = wilson_interval(shares, m) or (e.low, e.high)
+        return Estimate(k / n, low, high, successes=k, n=n, method=f"Wilson ({m} patients)",
+                        patients=m)  # fmt: skip
     return Estimate(k / n, e.low, e.high, successes=k, n=n, method="patient bootstrap")
+
+
+def patient_shares(hits: np.ndarray, base: np.ndarray, groups: Sequence[str]) -> tuple[float, int]:
+    """The sum over patients with ``base`` images of their share of ``hits`` among them, and
+    how many such patients there are."""
+    own: dict[str, list[int]] = {}
+    for i in np.flatnonzero(base):
+        own.setdefault(groups[i], []).append(int(i))
+    return float(sum(hits[ix].mean() for ix in own.values())), len(own)
 
 
 def threshold_for_sensitivity(truth: np.ndarray, score: np.ndarray, target: float) -> float:

@@ -171,6 +171,8 @@ def trial_note(number: int, outcome: Outcome, config: StudyConfig) -> str:
             else (f" (n={j['n']:g})" if j.get("n") else "")
         )
         met = "yes" if j.get("met") else "**no**"
+        if j.get("basis"):  # the bound as computed reads otherwise: say what decided
+            met += f" ({j['basis']})"
         lines.append(
             f"| {c.metric} | >= {c.min:g} | {num(j.get('value', a.get(c.metric)))}{counts} | "
             f"{num(j.get('lower'))} | {met} | {j.get('result', '-')} |"

@@ -23,7 +23,8 @@ def interval(e: dict[str, Any] | None) -> str:
     if e.get("low") is not None:
         text += f" ({e['low']:.3f}-{e['high']:.3f})"
     if e.get("n") is not None:
-        text += f" [{e['successes']}/{e['n']}]"
+        behind = f"; interval on its {e['patients']} patients" if e.get("patients") else ""
+        text += f" [{e['successes']}/{e['n']}{behind}]"
     return text
 
 
@@ -218,6 +219,16 @@ def gallery(record: dict[str, Any]) -> str:
     return head + f"<div class='gallery'>{''.join(cards)}</div>"
 
 
+def check_row(c: dict[str, Any]) -> str:
+    """One checklist line of a record: its figure as the checklist shows it (``9.0 points``)."""
+    shown = c.get("shown") or ("n/a" if c["observed"] is None else format(c["observed"], ".3f"))
+    return (
+        f"<tr class='{c['result']}'><td>{html.escape(c['name'])}</td><td>{html.escape(shown)}"
+        f"</td><td>{html.escape(c['threshold'])}</td><td>{c['result'].upper()}</td>"
+        f"<td>{html.escape(c['detail'])}</td></tr>"
+    )
+
+
 def write_evaluation_page(record: dict[str, Any], path: Path, title: str) -> None:
     rows = "".join(
         f"<tr><td>{html.escape(a)}</td><td>{b}</td><td class='val'>{c}</td></tr>"
@@ -233,12 +244,9 @@ def write_evaluation_page(record: dict[str, Any], path: Path, title: str) -> Non
     for n, fig in enumerate(drawn):
         figures.append(fig.to_html(full_html=False, include_plotlyjs=js, div_id=f"fig-{n}"))
         js = False
-    checks = "".join(
-        f"<tr class='{c['result']}'><td>{html.escape(c['name'])}</td>"
-        f"<td>{'n/a' if c['observed'] is None else format(c['observed'], '.3f')}</td>"
-        f"<td>{html.escape(c['threshold'])}</td><td>{c['result'].upper()}</td>"
-        f"<td>{html.escape(c['detail'])}</td></tr>"
-        for c in record["checklist"]
+    checks, training = (
+        "".join(check_row(c) for c in record.get(key, []))
+        for key in ("checklist", "training_checklist")
     )
     what, data = record["what"], record["data"]
     ensemble = " (ensemble: mean of per-grade probabilities)" if what["ensemble"] else ""
@@ -269,7 +277,8 @@ images) chose the operating points ({html.escape(ops)}) and any thresholds or te
 test figures are measured once with them frozen. Intervals: 95%,
 {html.escape(record["test"].get("interval_method", "Wilson / stratified bootstrap"))}
 (Wilson for proportions [successes/n] and a grade-stratified bootstrap for AUC and kappa when
-every patient has one image; a bootstrap of patients for every figure otherwise).</p>
+every patient has one image; a bootstrap of patients for every figure otherwise, and Wilson
+on the patients behind a proportion every resample agrees on, such as 40/40).</p>
 <section><h2>Figures</h2><table>
 <tr><th>figure</th><th>test</th><th>validation (chose; optimistic)</th></tr>
 {rows}</table></section>
@@ -277,6 +286,9 @@ every patient has one image; a bootstrap of patients for every figure otherwise)
 <section><h2>Medical-grade checklist on the test set</h2><table>
 <tr><th>criterion</th><th>observed</th><th>required</th><th>result</th><th>evidence</th></tr>
 {checks}</table></section>
+<section><h2>Training: judged on the validation epochs, not on the test set</h2><table>
+<tr><th>criterion</th><th>observed</th><th>required</th><th>result</th><th>evidence</th></tr>
+{training}</table></section>
 <section><h2>Curves</h2>{"".join(figures)}</section>
 <section><h2>Severe NPDR and PDR the model got wrong</h2>{gallery(record)}</section>
 </body></html>

@@ -351,9 +351,9 @@ def _checklist_html(r: ReportRecords) -> str:
         return "<section id='checklist'><h2>Medical-grade checklist</h2><p>No trial.</p></section>"
     rows = "".join(
         f"<tr class='{c.result}'><td>{html.escape(c.name)}</td>"
-        f"<td>{num(c.observed)}{' ' + html.escape(c.unit) if c.unit else ''}</td>"
-        f"<td>{html.escape(c.threshold)}</td>"
-        f"<td>{num(c.lower)} - {num(c.upper)}</td><td>{c.result.upper()}</td>"
+        f"<td>{html.escape(c.shown())}</td><td>{html.escape(c.threshold)}</td>"
+        f"<td>{'-' if c.unit else f'{num(c.lower)} - {num(c.upper)}'}</td>"
+        f"<td>{c.result.upper()}</td>"
         f"<td>{html.escape(c.detail)}</td></tr>"
         for c in r.checklist
     )
