@@ -790,3 +790,33 @@ def test_a_registered_export_is_a_model_version_whose_files_reproduce_its_evalua
     assert _without_paths(json.loads(second.read_text())["test"]) == _without_paths(
         registered["test"]
     )
+
+
+def test_fold_models_validate_out_of_fold_and_average_on_test(tiny_dataset: Path) -> None:
+    """A study's fold models as one ensemble (its certified result): each validation image is
+    predicted by the member that did not train on it (pooled out of fold, never the mean of
+    members that trained on it), the test images by the mean of all; members whose validation
+    images overlap without being the same are refused."""
+    from drsearch.errors import ConfigError
+    from drsearch.inspect.evaluate import Options, evaluate
+    from tests.conftest import make_recipe
+
+    base = {"data__test_fraction": 0.25, "data__cv_folds": 2}
+    folds = [make_recipe(tiny_dataset, **base, data__cv_fold=k) for k in (0, 1)]
+    members = [_untrained_member(r, k, f"fold {k}") for k, r in enumerate(folds)]
+    options = Options(seed=1)
+    ens = evaluate(members, options)
+    solo = [evaluate([m], options) for m in members]
+    val = ens["validation"]
+    assert val["kind"] == "out-of-fold" and solo[0]["validation"]["kind"] == "shared"
+    ids = [s["validation"]["predictions"]["ids"] for s in solo]
+    assert not set(ids[0]) & set(ids[1])  # the folds are disjoint
+    assert val["predictions"]["ids"] == ids[0] + ids[1]
+    assert ens["data"]["n_val"] == len(ids[0]) + len(ids[1])
+    own = np.concatenate([np.array(s["validation"]["predictions"]["probs"]) for s in solo])
+    assert np.abs(np.array(val["predictions"]["probs"]) - own).max() < 2e-6
+    mean = np.mean([np.array(s["test"]["predictions"]["probs"]) for s in solo], axis=0)
+    assert np.abs(np.array(ens["test"]["predictions"]["probs"]) - mean).max() < 2e-6
+    other_split = make_recipe(tiny_dataset, data__test_fraction=0.25, data__val_fraction=0.4)
+    with pytest.raises(ConfigError, match="different but overlapping images"):
+        evaluate([members[0], _untrained_member(other_split, 2, "other")], options)
