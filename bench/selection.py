@@ -39,11 +39,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from drsearch.clinical import wilson_interval  # noqa: E402
-from drsearch.search.racing import RacePolicy  # noqa: E402
 from selsim.populations import LEVELS, POPULATIONS, spread  # noqa: E402
 from selsim.study import Setup  # noqa: E402
 from selsim.tally import run_cell, table  # noqa: E402
+
+from drsearch.clinical import CONSTRAINT_CONFIDENCE, wilson_interval  # noqa: E402
+from drsearch.search.racing import RacePolicy  # noqa: E402
 
 
 def demo(seeds: list[int], folder: Path) -> None:
@@ -101,8 +102,8 @@ def demo(seeds: list[int], folder: Path) -> None:
 
 
 def _cell(job: tuple) -> dict:
-    name, level, reps, seed, configs, top_k, folds, policy = job
-    setup = Setup(POPULATIONS[name], level, configs, folds, top_k, policy)
+    name, level, reps, seed, configs, top_k, folds, policy, confidence = job
+    setup = Setup(POPULATIONS[name], level, configs, folds, top_k, policy, confidence)
     return run_cell(setup, reps, seed)
 
 
@@ -123,9 +124,14 @@ def main() -> None:
     parser.add_argument("--settle", type=int, default=d.settle)
     parser.add_argument("--confidence", type=float, default=d.confidence)
     parser.add_argument("--workers", type=int, default=1, choices=(1, 2))
+    parser.add_argument(
+        "--objective-confidence", type=float, default=CONSTRAINT_CONFIDENCE,
+        help="the study's objective.confidence (every rule's lower bounds)",
+    )  # fmt: skip
     parser.add_argument("--spread", action="store_true", help="print each noise level's spread")
-    parser.add_argument("--tune", action="store_true",
-                        help="instead: the racing grid on the tuning populations (--seed 100)")  # fmt: skip
+    parser.add_argument(
+        "--tune", action="store_true", help="instead: the racing grid on the tuning populations"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--demo", type=int, nargs="*", metavar="SEED",
@@ -160,8 +166,8 @@ def main() -> None:
             for level in levels[1:] if levels[0] == "none" else levels:
                 sd = spread(name, level)
                 print(f"| {name} | {level} | " + " | ".join(f"{v:.2f}" for v in sd.values()) + " |")
-    jobs = [(name, level, args.reps, args.seed, args.configs, args.top_k, args.folds, policy)
-            for name in names for level in levels]  # fmt: skip
+    jobs = [(name, level, args.reps, args.seed, args.configs, args.top_k, args.folds, policy,
+             args.objective_confidence) for name in names for level in levels]  # fmt: skip
     started = time.perf_counter()
     if args.workers > 1 and len(jobs) > 1:
         import multiprocessing
@@ -182,8 +188,9 @@ def main() -> None:
             )
         )  # fmt: skip
         print(table(mine))
-    print(f"\n{len(cells)} cells x {args.reps} studies, seed {args.seed}, policy "
-          f"{policy.record()}: {time.perf_counter() - started:.0f} s")  # fmt: skip
+    print(f"\n{len(cells)} cells x {args.reps} studies, seed {args.seed}, objective confidence "
+          f"{args.objective_confidence}, policy {policy.record()}: "
+          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
                                          "cells": cells}, indent=1))  # fmt: skip

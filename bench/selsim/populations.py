@@ -150,7 +150,10 @@ POPULATIONS: dict[str, Population] = {
     "independent": Population("independent", APTOS, EXACT, _independent, "reported"),
     "tradeoff": Population("tradeoff", APTOS, DEFAULT, _tradeoff, "reported"),
     "eyepacs": Population(
-        "eyepacs", np.round(EYEPACS / EYEPACS.sum() * 10_000).astype(int), DEFAULT, _latent(),
+        "eyepacs",
+        np.round(EYEPACS / EYEPACS.sum() * 10_000).astype(int),
+        DEFAULT,
+        _latent(),
         "held out",
     ),  # fmt: skip
     "overcall": Population(

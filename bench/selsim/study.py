@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from drsearch.clinical import objective_score
+from drsearch.clinical import CONSTRAINT_CONFIDENCE, objective_score
 from drsearch.ranking import Ranked, search_best
 from drsearch.search import racing
 from drsearch.search.selection import crown, finalists
@@ -61,6 +61,7 @@ class Setup:
     folds: int = 5
     top_k: int = 3
     policy: racing.RacePolicy = field(default_factory=racing.RacePolicy)
+    confidence: float = CONSTRAINT_CONFIDENCE  # the study's objective.confidence
 
     @property
     def extra(self) -> int:
@@ -102,7 +103,7 @@ def draw(rng: np.random.Generator, setup: Setup) -> Draws:
     level = LEVELS[setup.level]
     models = train(rng, rows, level, k)  # (total, k, 5, 5)
     counts = rng.multinomial(pop.val, models)  # each model on its own fold
-    value, _, feasible = objective(counts[:n, 0], pop.constraints, "lower_bound")
+    value, _, feasible = objective(counts[:n, 0], pop.constraints, "lower_bound", setup.confidence)
     ranked = [Ranked(i, float(value[i]), bool(feasible[i])) for i in range(n)]
     # a configuration's truth: its expected trained model (the mean rows of TRUTH_DRAWS more
     # models; training noise is not mean-preserving: a calling shift either way costs accuracy)
@@ -126,7 +127,8 @@ def search_rules(d: Draws, setup: Setup) -> dict[str, Outcome]:
     n, total = setup.configs, len(d.rows)
     out = {}
     for rule, label in (("point", "point"), ("lower_bound", "lower bound")):
-        value, primary, feasible = objective(d.counts[:, 0], setup.population.constraints, rule)
+        cons = setup.population.constraints
+        value, primary, feasible = objective(d.counts[:, 0], cons, rule, setup.confidence)
         for pool, name in ((n, label), (total, label + ", equal compute")):
             best = search_best([Ranked(i, float(value[i]), bool(feasible[i])) for i in range(pool)])
             o = out[name] = Outcome(pool, 0)
@@ -142,7 +144,8 @@ def _score(d: Draws, setup: Setup, number: int, units: int, folds: list[int]):  
     if key not in d.scores:
         metrics = _metrics(d.counts[number, folds].sum(axis=0))
         cons = list(setup.population.constraints)
-        d.scores[key] = (metrics, objective_score("accuracy", cons, metrics, "lower_bound"))
+        s = objective_score("accuracy", cons, metrics, "lower_bound", setup.confidence)
+        d.scores[key] = (metrics, s)
     return d.scores[key]
 
 
@@ -164,7 +167,9 @@ def fixed(d: Draws, setup: Setup) -> Outcome:
 def every(d: Draws, setup: Setup) -> Outcome:
     """The reference: every configuration on every fold (K x the search's compute)."""
     n = setup.configs
-    value, primary, feasible = objective(d.counts[:n].sum(axis=1), setup.population.constraints)
+    cons = setup.population.constraints
+    value, primary, feasible = objective(d.counts[:n].sum(axis=1), cons, "lower_bound",
+                                         setup.confidence)  # fmt: skip
     o = Outcome(n, n * setup.folds)
     best = search_best([Ranked(i, float(value[i]), bool(feasible[i])) for i in range(n)])
     if best is not None:

@@ -18,9 +18,9 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from drsearch.search.racing import RacePolicy
-
 import numpy as np
+
+from drsearch.search.racing import RacePolicy
 
 from .populations import LEVELS, POPULATIONS
 from .study import Setup, draw, race
@@ -72,8 +72,8 @@ def tune(reps: int, seed: int, cap: int, workers: int = 1) -> list[dict[str, Any
             of_all.append(t["feasible"] / reps)
             units.append(float(np.mean(t["units"])))
             row["cells"][f"{name}/{level}"] = (round(of_named[-1], 3), round(of_all[-1], 3))
-        row |= {"worst_of_named": min(of_named), "mean_all": float(np.mean(of_all)),
-                "mean_units": float(np.mean(units)), "eligible": min(of_named) >= ELIGIBLE}  # fmt: skip
+        row["worst_of_named"], row["mean_all"] = min(of_named), float(np.mean(of_all))
+        row["mean_units"], row["eligible"] = float(np.mean(units)), min(of_named) >= ELIGIBLE
         out.append(row)
     out.sort(key=lambda r: (not r["eligible"], -r["mean_all"], r["mean_units"]))
     if out and out[0]["eligible"]:  # the fewest units within TIE of the best

@@ -12,14 +12,20 @@ round by round, on the same Wilson bounds the objective judges with:
   ``infeasible`` (a constraint's one-sided upper bound at ``confidence`` lies below its
   minimum, or the primary's below the trivial model's), ``beaten`` (its primary's upper bound
   lies below the lower bound of the leader, the best arm the objective certifies feasible),
-  ``certified`` (it is that leader, on at least ``settle`` units), ``exhausted`` (it has run
-  ``max_units``) or ``cap`` (the stage has spent ``cap`` units);
+  ``certified`` (it is that leader, on at least ``settle`` units, and *certainly* feasible:
+  every constraint's lower bound at ``confidence`` at its minimum, a stricter bound than the
+  objective's own 90% when ``confidence`` is higher), ``exhausted`` (it has run ``max_units``)
+  or ``cap`` (the stage has spent ``cap`` units). Certainly met and certainly failed use the
+  same bounds, one from each side; a leader the objective certifies only at its own
+  confidence runs on (stopping at the first look that certifies would let a configuration
+  just short of a minimum through more often than the objective's 10%);
 - open arms get one more unit each (entering arms ``start``), the best current value first,
   as long as the cap allows; the stage is ``done`` when no arm gets a unit.
 
 The crown is the fixed stage's (``crowned``: the best feasible value on each arm's pooled
-evidence, ``ranking.search_best``), so what is certified is what the arm's units trained: with
-folds, the pooled out-of-fold counts of exactly the models that ship as the ensemble.
+evidence, ``ranking.search_best``, the objective's own confidence), so what is certified is
+what the arm's units trained: with folds, the pooled out-of-fold counts of exactly the models
+that ship as the crowned finalist's ensemble.
 
 What it follows: Hoeffding races (Maron & Moore, NIPS 1993: discard a model once its
 confidence interval lies below the best one's, spend the runs on those still in contention),
@@ -85,10 +91,12 @@ class RacePolicy:
     ``max_units``: folds K (or seeds) a finalist may run; ``cap``: units the whole stage may
     spend; ``start``: units a finalist first gets; ``candidates``: how many of the best trials
     by search value enter; ``settle``: the fewest units on which a certified leader stops;
-    ``confidence``: one-sided confidence of the bounds that close an arm as infeasible or
-    beaten. Defaults: chosen on the tuning populations of ``bench/selection.py`` (aptos and
-    hard, seed 100), see ``bench/README.md`` "Issue 33"; the cap is the fixed stage's default
-    compute (top 3 x 5 folds = 15 units)."""
+    ``confidence``: one-sided confidence of the bounds that close an arm as certainly
+    feasible, infeasible or beaten. Defaults: ``start``, ``candidates``, ``settle`` and
+    ``confidence`` chosen by a grid on the tuning populations of ``bench/selection.py`` only
+    (aptos and hard at every noise level, seed 100; ``bench/selsim/tune.py``), see
+    ``bench/README.md`` "Issue 33"; ``cap`` is the fixed stage's default compute (top 3 x 5
+    folds = 15 units, a quarter of a 60-trial search), ``max_units`` its folds."""
 
     max_units: int = 5
     cap: int = 15
