@@ -162,6 +162,7 @@ def main() -> None:
                         args.confidence)  # fmt: skip
     if args.spread:
         print("| population | noise | " + " | ".join(spread("aptos", "low")) + " |")
+        print("|" + " --- |" * 8)
         for name in names:
             for level in levels[1:] if levels[0] == "none" else levels:
                 sd = spread(name, level)
