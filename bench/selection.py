@@ -4,7 +4,7 @@
                               [--population aptos ...|all] [--noise none ...|all]
                               [--top-k 3] [--folds 5] [--cap 15] [--candidates 6] [--start 1]
                               [--settle 2] [--confidence 0.95] [--workers 1|2] [--json out.json]
-    python bench/selection.py --demo 0 1 2     # the demo study, one run per sampler seed
+    python bench/selection.py --demo 0 1 2     # the demo study and its certified result, per seed
 
 A ground-truth simulation of studies at APTOS 2019's size (3,662 images; 20% validation:
 361 / 74 / 200 / 39 / 59 images of grades 0-4; the other 80% as 4 more folds for the finalist
@@ -43,62 +43,8 @@ from selsim.populations import LEVELS, POPULATIONS, spread  # noqa: E402
 from selsim.study import Setup  # noqa: E402
 from selsim.tally import run_cell, table  # noqa: E402
 
-from drsearch.clinical import CONSTRAINT_CONFIDENCE, wilson_interval  # noqa: E402
+from drsearch.clinical import CONSTRAINT_CONFIDENCE  # noqa: E402
 from drsearch.search.racing import RacePolicy  # noqa: E402
-
-
-def demo(seeds: list[int], folder: Path) -> None:
-    """The demo study (``make demo``'s search and finalist stage) once per sampler seed, each in
-    a fresh run root: no feasible trial below the trivial model; each finalist's search and
-    confirmed accuracy with the confirmed Wilson 95% interval; the optimism gap (search value
-    minus confirmed value) of the crowned finalist against the search's own winner."""
-    import os
-    import subprocess
-
-    import optuna
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
-    drsearch = str(Path(sys.executable).with_name("drsearch"))
-    print(
-        "| seed | wall s | feasible below trivial | finalist: search -> confirmed accuracy "
-        "(95% interval), feasible | crowned | search best | gap crowned | gap search best |"
-    )
-    print("|" + " --- |" * 8)
-    for seed in seeds:
-        study = yaml.safe_load((repo / "studies" / "demo.yaml").read_text())
-        study["sampler"]["seed"] = seed
-        path = folder / f"demo-{seed}.yaml"
-        path.write_text(yaml.safe_dump(study))
-        runs = folder / f"runs-{seed}"
-        started = time.perf_counter()
-        subprocess.run([drsearch, "run", str(path), "--run-root", str(runs), "--quiet"],
-                       cwd=repo, env=env, check=True, capture_output=True)  # fmt: skip
-        wall = time.perf_counter() - started
-        s = optuna.load_study(study_name="demo", storage=f"sqlite:///{runs / 'demo.db'}")
-        trials = [t for t in s.trials if t.state.name == "COMPLETE"]
-        below = sum(
-            1 for t in trials
-            if t.user_attrs.get("feasible")
-            and t.user_attrs["objective_primary"] <= t.user_attrs["trivial_value"]
-        )  # fmt: skip
-        record = s.user_attrs["drsearch:finalists"]
-        cells, gaps = [], {}
-        for e in record["finalists"]:
-            acc = e["metrics"]["accuracy"]
-            n = int(e["evidence"].split()[0])
-            low, high = wilson_interval(acc * n, n)
-            cells.append(
-                f"trial {e['trial']}: {e['search_primary']:.3f} -> {acc:.3f} "
-                f"({low:.3f}-{high:.3f}), {'yes' if e['feasible'] else 'no'}"
-            )
-            gaps[e["trial"]] = e["optimism_gap"]
-        crowned, raw = record["crowned"], record["search_best"]
-        print(
-            f"| {seed} | {wall:.0f} | {below} | {'; '.join(cells)} | {crowned} | {raw} | "
-            f"{gaps.get(crowned, float('nan')):+.3f} | {gaps.get(raw, float('nan')):+.3f} |"
-        )
 
 
 def _cell(job: tuple) -> dict:
@@ -135,13 +81,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--demo", type=int, nargs="*", metavar="SEED",
-        help="instead: run the demo study with these sampler seeds (~5 min each on 2 cores)",
+        help="instead: run the demo study and evaluate its certified result with these sampler "
+        "seeds (bench/selection_demo.py; ~6 min each on 2 cores)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.demo:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="drsearch-selection-") as tmp:
+            from selection_demo import demo
+
             demo(args.demo, Path(tmp))
         return
     if args.tune:
