@@ -94,3 +94,26 @@ def test_check_states_the_power_where_the_verdict_is_made(
         assert f"a model at 0.75 is certified {p:.0%} of the time" in line
         low = [w for w in warnings if "low power" in w]
         assert bool(low) == (p < TARGET_POWER), (p, warnings)
+
+
+def test_run_says_low_power_before_the_study_starts_not_on_each_continuation(
+    tmp_path: Path, tiny_dataset: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from drsearch.cli import cli
+
+    space = "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    path = write_tiny_study(
+        tmp_path, tiny_dataset, space, budget={"n_trials": 1}, pruner={"enabled": False},
+        recipe_overrides={"train.epochs": 2},
+    )  # fmt: skip
+    runner = CliRunner()
+    first = runner.invoke(cli, ["run", str(path), "--quiet"])
+    assert first.exit_code == 0, first.output
+    p = power(0.5, 4, 0.75, 0.90)
+    assert f"low power: sensitivity_pdr >= 0.5 on 4 images (validation images of grade 4): " \
+        f"a model at 0.75 is certified {p:.0%} of the time" in first.output  # fmt: skip
+    again = runner.invoke(cli, ["run", str(path), "--quiet", "--n-trials", "2"])
+    assert again.exit_code == 0, again.output
+    assert "low power" not in again.output

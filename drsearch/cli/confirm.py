@@ -82,18 +82,25 @@ def run_finalists(
     from drsearch.search.runners import run_study
     from drsearch.search.selection import confirm_record, confirmation_study
 
-    companion = confirmation_study(loaded, plan, retry_failed)
-    if quiet:
-        summary = run_study(companion, rerun=rerun)
-    else:
-        from drsearch.cli.progress import RichStudyProgress
+    wall = 0.0
+    while True:  # one pass; a race, round after round until a round queues nothing
+        companion = confirmation_study(loaded, plan, retry_failed)
+        if quiet:
+            summary = run_study(companion, rerun=rerun)
+        else:
+            from drsearch.cli.progress import RichStudyProgress
 
-        with RichStudyProgress(companion.config.budget.n_trials, companion.max_epochs) as progress:
-            summary = run_study(companion, progress, rerun=rerun)
+            budget = companion.config.budget.n_trials
+            with RichStudyProgress(budget, companion.max_epochs) as progress:
+                summary = run_study(companion, progress, rerun=rerun)
+        wall += summary.wall_seconds
+        if plan.race is None or summary.started_trials == 0:
+            break  # a round that queued nothing (or runs another runner holds): done here
+        retry_failed = False  # retried once, in the first round
     click.echo(
         f"finalist stage ({plan.label}), study {companion.config.name}: "
         f"{summary.counts.counted} runs ({summary.counts.complete} complete, "
-        f"{summary.counts.failed} failed), wall {summary.wall_seconds:.1f}s"
+        f"{summary.counts.failed} failed), wall {wall:.1f}s"
     )
     record = confirm_record(loaded, plan)
     print_finalists(record)
@@ -114,9 +121,15 @@ def print_finalists(record: dict[str, Any]) -> None:
     from drsearch.fmt import num
 
     plan = record["plan"]
+    race = record.get("race")
+    how = (
+        f"a race of the top {plan['top_k']} on up to {plan['n']} {plan['mode']}, "
+        f"{race['spent']} of {race['cap']} runs spent"
+        if race is not None
+        else f"top {plan['top_k']}, confirmed on {plan['n']} {plan['mode']}"
+    )
     table = Table(
-        title=f"Finalists: top {plan['top_k']}, confirmed on {plan['n']} {plan['mode']} "
-        f"(constraints on the {record['constraints_on'].replace('_', ' ')})"
+        title=f"Finalists: {how} (constraints on the {record['constraints_on'].replace('_', ' ')})"
     )
     folds = plan["mode"] == "folds"
     columns = ["trial", "search value", "confirmed value", "optimism gap", "feasible"]
@@ -128,7 +141,12 @@ def print_finalists(record: dict[str, Any]) -> None:
         crowned = e["trial"] == record["crowned"]
         failed = "; ".join(_failed_run(f) for f in e["failed_runs"])
         note = "crowned" if crowned else ""
-        if not e["complete"]:
+        raced = e.get("race") or {}
+        if raced.get("why") and not crowned:
+            note = raced["why"]
+        if not e["complete"] and raced and not e["runs"]:
+            note = raced.get("why") or "no run: the race spent its runs elsewhere"
+        elif not e["complete"]:
             note = "not confirmed: " + (e.get("error") or failed or "runs missing")
         elif not e["feasible"]:
             note = "; ".join(e["infeasible_reasons"])

@@ -219,6 +219,12 @@ class FinalistConfig(Section):
     top_k: int = Field(3, ge=1, le=50)
     folds: int | None = Field(None, ge=2, le=20)
     seeds: int | None = Field(None, ge=2, le=20)
+    #: race the finalists (``search/racing.py``): the ``candidates`` best enter with one fold
+    #: or seed each, and runs go where the evidence is still open, up to ``cap`` runs (default
+    #: ``top_k`` x folds or seeds: the fixed stage's compute)
+    race: bool = False
+    candidates: int | None = Field(None, ge=1, le=50)
+    cap: int | None = Field(None, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _one_way(self) -> FinalistConfig:

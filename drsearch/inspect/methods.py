@@ -155,6 +155,15 @@ def _selection(study: dict[str, Any]) -> str:
             else f"retrained with {plan['n']} fresh seeds and scored on the average seed"
         )
         crowned = finalists.get("crowned")
+        race = finalists.get("race")
+        if plan.get("race") and race:
+            unit = plan["mode"][:-1]
+            how = (
+                f"raced (search/racing.py): each retrained on one {unit} at a time, up to "
+                f"{plan['n']}, more {unit}s going to those whose evidence was still open, "
+                f"{race['spent']} retrainings of a cap of {race['cap']}, and scored on its "
+                + ("pooled out-of-fold predictions" if unit == "fold" else "average seed")
+            )
         text += (
             f" The top {plan['top_k']} configurations by validation score were {how}, at the "
             "epoch their search trial chose; the selected configuration is the best that met "

@@ -11,6 +11,10 @@ from typing import Any
 from drsearch.config.study import LoadedStudy
 from drsearch.errors import ConfigError
 
+#: How a warning of low power starts (``run`` says it before a study starts, not on each
+#: continuation).
+LOW_POWER = "low power: "
+
 
 def check_inputs(
     loaded: LoadedStudy,
@@ -278,7 +282,7 @@ def check_metrics_computable(
             if evidence is not None:
                 evidence.append(line)
             if chance < TARGET_POWER:
-                low.append(f"{loaded.path}: {key}: low {line}")
+                low.append(f"{loaded.path}: {key}: {LOW_POWER}{line.removeprefix('power: ')}")
         if problem is None:
             continue
         if folds and evidence_problem(c.metric, c.min, n_pool, objective.confidence, names) is None:

@@ -40,6 +40,7 @@ from drsearch.config.space import IntParam
 from drsearch.config.study import FinalistConfig, LoadedStudy, StudyConfig
 from drsearch.errors import ConfigError
 from drsearch.ranking import Ranked, by_value, closest, ranked_trials, search_best
+from drsearch.search.racing import REASONS, RacePolicy
 
 #: The study user attribute that holds the finalist stage's record.
 FINALISTS_ATTR = "drsearch:finalists"
@@ -100,15 +101,27 @@ def finalist_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
 # -- the plan and the companion study -----------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:
-    """How the finalists are confirmed: ``top_k`` of them, on ``n`` folds or seeds."""
+    """How the finalists are confirmed: ``top_k`` of them, on ``n`` folds or seeds; with
+    ``race``, the ``top_k`` candidates are raced (``search/race_stage.py``) on up to ``n``
+    each, under the policy's cap."""
 
     top_k: int
     mode: Literal["folds", "seeds"]
     n: int
+    race: RacePolicy | None = None
 
     @property
     def label(self) -> str:
+        if self.race is not None:
+            return (f"race of the top {self.top_k} on up to {self.n} {self.mode}, cap "
+                    f"{self.race.cap} runs")  # fmt: skip
         return f"top {self.top_k} x {self.n} {self.mode}"
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"top_k": self.top_k, "mode": self.mode, "n": self.n}
+        if self.race is not None:
+            out["race"] = self.race.record()
+        return out
 
 
 def plan_of(
@@ -133,8 +146,21 @@ def plan_of(
                 + "; finalists are retrained on those folds only: set finalists: {folds: K} "
                 "(or data.cv_folds) in the study before running it, or confirm with --seeds"
             )
-        return Plan(k, "folds", folds)
-    return Plan(k, "seeds", int(seeds or 3))
+        return _raced(stage, Plan(k, "folds", folds), top_k)
+    return _raced(stage, Plan(k, "seeds", int(seeds or 3)), top_k)
+
+
+def _raced(stage: FinalistConfig, plan: Plan, top_k: int | None) -> Plan:
+    """``plan`` as a race when the study asks for one: ``candidates`` enter (default: the
+    policy's 5, at least ``top_k``), up to ``cap`` runs (default ``top_k`` x n: the fixed
+    stage's compute)."""
+    if not stage.race:
+        return plan
+    defaults = RacePolicy()
+    candidates = stage.candidates or max(defaults.candidates, top_k or stage.top_k)
+    cap = stage.cap or plan.top_k * plan.n
+    policy = RacePolicy(max_units=plan.n, cap=cap, candidates=candidates)
+    return Plan(candidates, plan.mode, plan.n, policy)
 
 
 def confirm_name(name: str) -> str:
@@ -195,7 +221,11 @@ def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = Fal
         )
     config = companion_config(loaded.config)
     store = StudyStore(config, queue_only=True)
-    wanted = [(t, run) for t in chosen for run in _runs_wanted(plan, loaded, t)]
+    wanted = (
+        []
+        if plan.race is not None  # decided under the lock, on the runs as they stand
+        else [(t, run) for t in chosen for run in _runs_wanted(plan, loaded, t)]
+    )
     try:
         with store.lock.hold():
             store.reap_locked()  # runs of runners that are gone are interrupted, not running
@@ -209,6 +239,10 @@ def confirmation_study(loaded: LoadedStudy, plan: Plan, retry_failed: bool = Fal
                 failed = t.state == TrialState.FAIL and retry_failed
                 if not failed and t.number not in replaced:
                     stands.setdefault(_run_key(t), t)
+            if plan.race is not None:
+                from drsearch.search.race_stage import to_queue
+
+                wanted = to_queue(plan, loaded, chosen, trials, stands)
             for trial, run in wanted:
                 if _key(run) in stands:
                     continue
@@ -255,7 +289,15 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
     companion = open_existing(companion_config(loaded.config), loaded.path)
     runs = companion.get_trials(deepcopy=False)
     entries, confirmed = [], []
-    for trial in finalist_trials(parent, plan.top_k):
+    chosen = finalist_trials(parent, plan.top_k)
+    race = None
+    if plan.race is not None:  # the race as it stands: done when a round queues nothing
+        from drsearch.search.race_stage import current_round, race_open
+
+        race = current_round(plan, loaded, chosen, runs)
+        race_done = race.done and not race_open(runs)
+        decisions = {d.number: d for d in race.decisions}
+    for trial in chosen:
         wanted = _runs_wanted(plan, loaded, trial)
         keys = {_key(w) for w in wanted}
         mine = [t for t in runs if _run_key(t) in keys]
@@ -282,6 +324,11 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
             "failed_runs": failed,
             "complete": len(done) == len(wanted),
         }
+        if race is not None:  # a raced candidate stands on the units it ran, once it is done
+            d = decisions[trial.number]
+            entry["complete"] = bool(done) and race_done
+            entry["race"] = {"units": d.units, "state": d.state, "reason": d.reason,
+                             "why": REASONS.get(d.reason or "", ""), "note": d.note}  # fmt: skip
         if entry["complete"]:
             try:
                 metrics, evidence, unseen = _confirmed_metrics(plan, done)
@@ -320,10 +367,20 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
         entries.append(entry)
     won = crown(confirmed)
     pending = [e["trial"] for e in entries if not e["complete"]]
+    if race is not None:  # pending: the race is not over (its open candidates)
+        pending = [] if race_done else [d.number for d in race.decisions if d.reason != "outside"]
+        won = won if race_done else None
     record = {
-        "plan": {"top_k": plan.top_k, "mode": plan.mode, "n": plan.n},
+        "plan": plan.record(),
+        **({"race": race.record()} if race is not None else {}),
         "rule": (
-            "finalists: the top-k complete trials by search value (the smooth objective); "
+            "a race of the top-k complete trials by search value (search/racing.py): each "
+            "enters with one " + plan.mode[:-1] + ", more go where the evidence is open, up to "
+            "the cap; a candidate closes once certainly feasible and leading, certainly "
+            "infeasible, certainly beaten or out of units; scored on its pooled runs at its "
+            "search trial's best epoch; crowned: the best feasible confirmed value"
+            if plan.race is not None
+            else "finalists: the top-k complete trials by search value (the smooth objective); "
             + (
                 "each retrained on every fold, scored on the pooled out-of-fold predictions"
                 if plan.mode == "folds"
@@ -388,7 +445,8 @@ def _confirmed_metrics(
             compute_metrics(y[rest], q[rest], p[rest]),
             f"{int(rest.sum())} images of folds 1-{plan.n - 1}",
         )
-        return metrics, f"{len(y)} pooled out-of-fold images ({len(done)} folds)", unseen
+        folds_run = f"{len(done)} fold" + ("s" if len(done) != 1 else "")
+        return metrics, f"{len(y)} pooled out-of-fold images ({folds_run})", unseen
     # seeds: the average seed (its confusion matrix is the mean of theirs)
     cms = [np.asarray(t.user_attrs["confusion_matrix"], dtype=float) for t in done]
     metrics = {

@@ -18,7 +18,7 @@ from drsearch.config.study import LoadedStudy
 from drsearch.errors import StudyInterrupted
 from drsearch.io import owned_dir
 from drsearch.search.annotations import annotate_study, artifact_store, note_and_artifacts
-from drsearch.search.checks import check_inputs
+from drsearch.search.checks import LOW_POWER, check_inputs
 from drsearch.search.database import hide_secrets, masked_url
 from drsearch.search.deadline import Deadline
 from drsearch.search.runners.common import SilentProgress, StudyProgress, study_runs, trial_dir
@@ -95,10 +95,13 @@ def run_study(
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = loaded.config
     data: dict[str, Any] = {}  # the data's fingerprint, as the checks list them
-    for warning in check_inputs(loaded, data=data):
-        if not loaded.companion:  # the study it confirms has said them
-            progress.warn(warning)
+    said = check_inputs(loaded, data=data)
     store = _open(loaded, accept_changes, progress, data or None)
+    fresh = not store.study.get_trials(deepcopy=False)
+    for warning in said:
+        # the study it confirms has said them; power is said before a study starts
+        if not loaded.companion and (fresh or LOW_POWER not in warning):
+            progress.warn(warning)
     from drsearch.search.tracking import TrackedProgress, open_tracking
 
     tracking = open_tracking(
