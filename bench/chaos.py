@@ -1,7 +1,7 @@
 """Chaos: kill -9 runners at the worst moments, continue, and check the study's invariants.
 
     python bench/chaos.py [--kills 32] [--seed 0] [--postgres URL] [--only search|finalists]
-                          [--runners 1|2] [--zombie-share 0.5] [--first N]
+                          [--runners 1|2] [--zombie-share 0.5] [--first N] [--race]
 
 Each round makes a fresh tiny study (synthetic images, resnet10t at 32 px, 3 epochs, a budget
 of 4 trials, a finalist stage of the top 2 on 2 seeds) in one of the combinations of
@@ -151,7 +151,7 @@ def wait_for_stage(storage: str, name: str, db: Path | None, procs: list, limit:
     return False
 
 
-def check(before: list, after: list, runs: list) -> list[str]:
+def check(before: list, after: list, runs: list, record: dict | None = None) -> list[str]:
     broken = []
     counted = [
         t
@@ -175,17 +175,22 @@ def check(before: list, after: list, runs: list) -> list[str]:
     params = [json.dumps(t.params, sort_keys=True) for t in counted]
     if len(set(params)) != len(params):
         broken.append("a configuration ran twice")
-    return broken + check_stage(after, runs)
+    return broken + check_stage(after, runs, record)
 
 
-def check_stage(search: list, runs: list) -> list[str]:
+def check_stage(search: list, runs: list, record: dict | None = None) -> list[str]:
     """Every confirmation run belongs to the plan (a finalist, its seed and epoch), each
-    planned run is complete exactly once, and nothing is left pending."""
+    planned run is complete exactly once, and nothing is left pending. A race (``--race``):
+    every run belongs to a candidate, no seed of a candidate twice, the runs within the cap,
+    the race over with as many runs spent as are complete, nothing pending."""
     complete = [t for t in search if t.state.name == "COMPLETE" and t.value is not None]
     # the plan: the top-k complete trials by value (feasible or not), by drsearch's own rule
     from drsearch.ranking import by_value, ranked_trials
 
-    chosen = [r.number for r in by_value(ranked_trials(complete))[: FINALISTS["top_k"]]]
+    k = FINALISTS.get("candidates", FINALISTS["top_k"])
+    chosen = [r.number for r in by_value(ranked_trials(complete))[:k]]
+    if FINALISTS.get("race"):
+        return _check_race(chosen, runs, record)
     broken = []
     stray = [t.number for t in runs if "confirm_of" not in t.user_attrs]
     if stray:
@@ -198,6 +203,27 @@ def check_stage(search: list, runs: list) -> list[str]:
         done = [t.user_attrs.get("seed") for t in mine if t.state.name == "COMPLETE"]
         if len(done) != FINALISTS["seeds"] or len(set(done)) != len(done):
             broken.append(f"finalist {number}: complete runs of seeds {sorted(done)}")
+    return broken
+
+
+def _check_race(chosen: list[int], runs: list, record: dict | None) -> list[str]:
+    broken = []
+    if any("confirm_of" not in t.user_attrs or t.user_attrs["confirm_of"] not in chosen
+           for t in runs):  # fmt: skip
+        broken.append("confirmation runs outside the race's candidates (or sampled)")
+    done = [t for t in runs if t.state.name == "COMPLETE"]
+    keys = [(t.user_attrs.get("confirm_of"), t.user_attrs.get("seed")) for t in done]
+    if len(set(keys)) != len(keys):
+        broken.append("a candidate's seed ran twice")
+    cap = FINALISTS["top_k"] * FINALISTS["seeds"]
+    if len(done) > cap:
+        broken.append(f"{len(done)} complete runs over the cap of {cap}")
+    if record is None or "race" not in record:
+        return broken + ["no race in the stage's record"]
+    if not record["race"]["done"] or record["pending"]:
+        broken.append(f"the race is not over: pending {record['pending']}")
+    if record["race"]["spent"] != len(done):
+        broken.append(f"the record spent {record['race']['spent']} runs, {len(done)} complete")
     return broken
 
 
@@ -250,7 +276,13 @@ def main() -> None:
         "--zombie-share", type=float, default=0.5,
         help="of the two-runner rounds with a kill, the share whose victim is left a zombie",
     )  # fmt: skip
+    ap.add_argument(
+        "--race", action="store_true",
+        help="race the finalists (finalists: {race: true}, 3 candidates, cap 2 x 2 seeds)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.race:
+        FINALISTS.update(race=True, candidates=3)
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="drsearch-chaos-"))
     data = write_synthetic_dataset(work / "data", n=60, size=40, seed=1, imbalance="balanced")
@@ -317,7 +349,10 @@ def main() -> None:
         )  # fmt: skip
         after = snapshot(storage, name)
         runs = snapshot(storage, f"{name}-confirm")
-        broken = check(before, after, runs)
+        record = optuna.load_study(study_name=name, storage=storage).user_attrs.get(
+            "drsearch:finalists"
+        )
+        broken = check(before, after, runs, record)
         if tracking:
             broken += check_tracking(folder, storage, name, after, runs)
         if again.returncode != 0:

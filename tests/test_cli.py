@@ -459,3 +459,20 @@ def test_a_storage_password_is_never_printed_in_a_command() -> None:
     plain = "sqlite:////tmp/a b/s.db"
     assert study_args(Path("s.yaml"), storage=plain) == "s.yaml --storage 'sqlite:////tmp/a b/s.db'"
     assert storage_note(plain) == ""
+
+
+def test_a_smoke_runs_next_steps_never_export_over_the_real_result(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from drsearch.cli.summary import print_next_steps
+
+    s = SimpleNamespace(name="fin", best=object(), closest=None, tracking_steps=[],
+                        counts=SimpleNamespace(counted=1, paused=0))  # fmt: skip
+    for named, file in (("fin.yaml --smoke", "fin-smoke-best"), ("fin.yaml", "fin-best")):
+        for certified in (True, False):
+            print_next_steps(named, s, True, True, True, certified)
+            out = capsys.readouterr().out
+            assert f"drsearch export {named} -o recipes/{file}.yaml" in out, out
+            assert ("--weights" in out) != certified

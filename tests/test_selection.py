@@ -217,9 +217,21 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
     one = runner.invoke(cli, ["export", "fin.yaml", "-o", "best.yaml", "--weights", "best.pt"])
     assert one.exit_code == 2 and "drop --weights" in one.output, one.output
     assert not Path("best.yaml").exists()
+    # paths export cannot write an ensemble to: refused in one line, nothing written
+    Path("taken").write_text("a file where the members' folder would go\n")
+    for bad, why in (("nosuffix", "ends in .yaml"), ("taken.yaml", "is a file")):
+        refused = runner.invoke(cli, ["export", "fin.yaml", "-o", bad])
+        assert refused.exit_code == 2 and why in refused.output, refused.output
+        assert refused.output.count("\n") == 1
+    assert not Path("nosuffix").exists() and Path("taken").is_file()
     out = runner.invoke(cli, ["export", "fin.yaml", "-o", "best.yaml"])
     assert out.exit_code == 0, out.output
     check_certified_export(Path("best.yaml"), record, runs, crowned, n_rest)
+    # an ensemble file where a recipe or a study is wanted: what it is and what to do
+    for command in (["train", "best.yaml"], ["check", "best.yaml"]):
+        wrong = runner.invoke(cli, command)
+        assert wrong.exit_code == 2 and "this is an ensemble file" in wrong.output, wrong.output
+    assert "drsearch train best/finalist" in runner.invoke(cli, ["train", "best.yaml"]).output
     ev = runner.invoke(cli, ["evaluate", "fin.yaml"])
     assert ev.exit_code == 0, ev.output
     evaluation = json.loads(Path(f"reports/fin/evaluation-finalist{crowned}-folds.json")
@@ -245,6 +257,18 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
     exported = json.loads(Path("reports/best/evaluation-best.json").read_text())
     assert exported["test"]["metrics"] == evaluation["test"]["metrics"]
     assert exported["certificate"] == cert
+    # with temperatures fitted, the export carries each member's own (they all confirm one
+    # trial: keyed by trial, the first member got none and the second the last one's)
+    fitted = runner.invoke(cli, ["evaluate", "fin.yaml", "--temperature", "--out", "t"])
+    assert fitted.exit_code == 0, fitted.output
+    assert runner.invoke(cli, ["export", "fin.yaml", "-o", "temp.yaml"]).exit_code == 0
+    shipped = runner.invoke(cli, ["evaluate", "temp.yaml", "--out", "t2"])
+    assert shipped.exit_code == 0, shipped.output
+    a = json.loads(Path(f"t/evaluation-finalist{crowned}-folds.json").read_text())
+    b = json.loads(Path("t2/evaluation-temp.json").read_text())
+    assert [m["temperature"] for m in b["members"]] == [m["temperature"] for m in a["members"]]
+    assert b["test"]["metrics"] == a["test"]["metrics"]
+    assert b["test"]["predictions"]["probs"] == a["test"]["predictions"]["probs"]
     # a methods paragraph a journal asks for, written from the study's own records
     methods = evaluation["methods"]
     assert f"held-out test set ({evaluation['data']['n_test']} images" in methods
@@ -272,7 +296,7 @@ def test_a_finalist_stage_on_folds_crowns_the_confirmed_best_everywhere(
     log = optuna.load_study(study_name="fin", storage=storage).user_attrs[
         "drsearch:test_evaluations"
     ]
-    assert [e["trials"] for e in log] == [[crowned, crowned], [other]]
+    assert [e["trials"] for e in log] == [[crowned, crowned], [crowned, crowned], [other]]
     # a finalist stage that named no winner: the commands that take the study's best say so in
     # one line and exit 3 (an outcome, not bad input: `make demo` goes on), nothing written
     parent = optuna.load_study(study_name="fin", storage=storage)

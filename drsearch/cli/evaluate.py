@@ -292,7 +292,9 @@ def _print(record: dict[str, Any], json_path: Path, html_path: Path) -> None:
         console.print(
             f"certified ({cert['evidence']}; finalist {cert['finalist']}'s {cert['mode'][:-1]} "
             f"models, as shipped): {sum(r['held'] for r in rows)} of {len(rows)} figures held "
-            "on test (at or above the certified lower bound)"
+            f"on test (at or above the certified lower bound: accuracy's two-sided "
+            f"{cert['confidence']:.0%}, each constraint's one-sided "
+            f"{cert.get('constraint_confidence', 0.9):.0%})"
         )
         for r in rows:
             console.print(

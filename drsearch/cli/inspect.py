@@ -281,7 +281,14 @@ def best(study: Path, storage: str | None, run_root: Path | None, smoke: bool) -
     )
     click.echo("  " + ", ".join(f"{k}={short(v)}" for k, v in r.params.items()))
     click.echo(f"  run folder: {trial.user_attrs.get('run_dir')}")
-    click.echo(
-        f"  export it: drsearch export {study_args(study, smoke, run_root)} --trial {r.number} "
-        "-o recipes/NAME.yaml"
-    )
+    if chosen.source == "finalists":  # what ships is what was certified (search.shipping)
+        click.echo(
+            f"  export what was certified (its confirmation models, one ensemble): drsearch "
+            f"export {study_args(study, smoke, run_root)} -o recipes/"
+            f"{cfg.name}{'-smoke' if smoke else ''}-best.yaml"
+        )
+    else:
+        click.echo(
+            f"  export it: drsearch export {study_args(study, smoke, run_root)} --trial "
+            f"{r.number} -o recipes/NAME.yaml"
+        )

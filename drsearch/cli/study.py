@@ -347,6 +347,12 @@ def export(
             raise UserError("--top-k exports the best trials with their weights; drop --trial "
                             "and --weights")  # fmt: skip
         trials = ranked_trials(loaded, top_k)
+        from drsearch.search.shipping import certified as certified_of
+
+        if certified_of(loaded) is not None:
+            click.echo("Warning: the study certified its crowned finalist's confirmation models; "
+                       "--top-k exports search trials instead, not what was certified (drop "
+                       "--top-k to export that)", err=True)  # fmt: skip
         views = ["identity", "hflip", "vflip"] if tta else ["identity"]
         files = export_ensemble(loaded, trials, out, views, attrs)
         click.echo(

@@ -135,10 +135,11 @@ def print_next_steps(
                 f"{what} on the held-out test set, with 95% intervals",
             )
         )
+    smoke = "-smoke" if "--smoke" in named.split() else ""  # never over the real export
     if certified:  # what the finalist stage certified ships (search.shipping)
         steps.append(
             (
-                f"drsearch export {named} -o recipes/{s.name}-best.yaml",
+                f"drsearch export {named} -o recipes/{s.name}{smoke}-best.yaml",
                 "the certified result: the crowned finalist's confirmation models as one "
                 "ensemble, with weights (drsearch predict then grades images)",
             )
@@ -146,8 +147,8 @@ def print_next_steps(
     elif winner:
         steps.append(
             (
-                f"drsearch export {named} -o recipes/{s.name}-best.yaml "
-                f"--weights recipes/{s.name}-best.pt",
+                f"drsearch export {named} -o recipes/{s.name}{smoke}-best.yaml "
+                f"--weights recipes/{s.name}{smoke}-best.pt",
                 "the best, pinned, with its weights (drsearch predict then grades images)",
             )
         )

@@ -156,6 +156,21 @@ def read_kind(path: Path, kind: str) -> dict[str, Any]:
     """``read_yaml``, refusing a study file where a recipe is wanted and the other way round,
     with the command the file is for."""
     data = read_yaml(path)
+    if isinstance(data, dict) and set(data) == {"ensemble"}:  # config.ensemble.is_ensemble_file
+        body = data["ensemble"] if isinstance(data["ensemble"], dict) else {}
+        members = body.get("members") if isinstance(body.get("members"), list) else []
+        first = members[0].get("recipe") if members and isinstance(members[0], dict) else None
+        retrain = ""
+        if first and kind == "recipe":
+            retrain = (
+                f"; to retrain a member, train its recipe: drsearch train {path.parent / first}"
+            )
+        raise ConfigError(
+            f"{path}: this is an ensemble file (drsearch export), not a "
+            f"{'training recipe' if kind == 'recipe' else 'study file'}: evaluate it with "
+            f"`drsearch evaluate {path}` or grade images with `drsearch predict {path} IMAGES`"
+            + retrain
+        )
     if kind == "recipe" and is_study_file(data):
         raise ConfigError(
             f"{path}: this is a study file (it has name/recipe/search_space), not a training "

@@ -83,7 +83,7 @@ def recipe_member(recipe_file: Path, weights_file: Path) -> TrainedModel:
             f"{recipe_file}: not an exported recipe (no pinned: section); evaluate a study, or "
             "a recipe written by drsearch export"
         )
-    fix = "export it again with drsearch export --weights"
+    fix = "export it again with drsearch export (with --weights for one trial)"
     payload = load_weights_only(weights_file, str(weights_file), fix, ConfigError)
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
         raise ConfigError(f"{weights_file}: not weights written by drsearch export; {fix}")
@@ -112,11 +112,16 @@ def ensemble_members(
 
     ensemble = load_ensemble(target)
     evaluation = ensemble.evaluation or {}
-    chosen = {m.get("trial"): m for m in evaluation.get("members", [])}
+    stored = list(evaluation.get("members", []))
+    # the evaluation lists its members in the ensemble's order (export writes both from one
+    # list): each member gets its own entry by position, never another's with the same trial
+    # number (a certified result's members all confirm one trial)
+    by_position = len(stored) == len(ensemble.members)
+    chosen = {m.get("trial"): m for m in stored}
     members = []
-    for ref in ensemble.members:
+    for i, ref in enumerate(ensemble.members):
         member = recipe_member(ref.recipe, ref.weights)
-        member.stored = chosen.get(member.trial)
+        member.stored = stored[i] if by_position else chosen.get(member.trial)
         members.append(member)
     return members, evaluation.get("operating_points"), tuple(ensemble.views)
 

@@ -270,7 +270,7 @@ def check_metrics_computable(
         # the chance a good model is certified where the study's verdict is made: the pooled
         # folds of a finalist stage on folds, else the validation split
         judged = n_pool if folds else n
-        if judged and c.min < 1.0 and objective.constraints_on == "lower_bound":
+        if judged and 0.0 < c.min < 1.0 and objective.constraints_on == "lower_bound":
             from drsearch.search.power import TARGET_POWER, power_line
 
             where = (f"grade {names}, pooled over the finalists' {folds} folds" if folds

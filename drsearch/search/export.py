@@ -357,6 +357,24 @@ def export_ensemble(
     from drsearch.search.shipping import certificate
 
     folder = out.with_suffix("")
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(
+            f"-o {out}: an ensemble file ends in .yaml (its members go in the folder of the "
+            "same name without it), e.g. recipes/NAME.yaml"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"-o {out}: its members' folder {folder} is a file; choose another name or move it"
+        )
+    for trial in trials:  # every member's files are there before any is written
+        run_dir = Path(str(trial.user_attrs.get("run_dir", "")))
+        what = (f"confirmation run {trial.number} ({certified.label(trial)})" if certified
+                else f"trial {trial.number}")  # fmt: skip
+        for needed in ("config.yaml", "run.json", "checkpoints/best.pt"):
+            if not (run_dir / needed).is_file():
+                raise ConfigError(
+                    f"{what}: its run folder {run_dir} has no {needed}; nothing was exported"
+                )
     folder.mkdir(parents=True, exist_ok=True)
     written, members = [], []
     study_name, source = None, loaded.config.name
@@ -386,12 +404,17 @@ def export_ensemble(
     if attrs.get(f"evaluation:{tag}") is not None:
         body["evaluation"] = attrs[f"evaluation:{tag}"]
     if certified is not None:
-        body["certificate"] = certificate(certified)
+        body["certificate"] = certificate(certified) | ({"smoke": True} if loaded.smoke else {})
         units = f"{len(trials)} {certified.mode[:-1]} models"
-        header = (
+        smoke = (
+            "# A SMOKE RUN's result (drsearch run --smoke): a wiring check, not a model to use.\n"
+            if loaded.smoke
+            else ""
+        )
+        header = smoke + (
             f"# Certified result of study {loaded.config.name}: finalist {certified.finalist}'s "
             f"{units} (drsearch export).\n# Its certificate is what the finalist stage measured "
-            "on them; evaluate with: drsearch evaluate THIS_FILE\n"
+            f"on them; evaluate with: drsearch evaluate {shlex.quote(str(out))}\n"
         )
     else:
         numbers = ", ".join(str(t.number) for t in trials)

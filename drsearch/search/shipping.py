@@ -20,6 +20,7 @@ not what the study certified.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ class Certified:
     runs: tuple[FrozenTrial, ...]  # trials of the companion study
     entry: dict[str, Any] = field(repr=False)  # the finalist's entry in the stage's record
     study_name: str = ""
+    confidence: float = 0.9  # the constraints' one-sided confidence (the objective's)
 
     @property
     def tag(self) -> str:
@@ -82,11 +84,13 @@ def certified(loaded: LoadedStudy, study: optuna.Study | None = None) -> Certifi
         if number >= len(trials) or trials[number].state != TrialState.COMPLETE:
             raise ConfigError(
                 f"{loaded.path}: confirmation run {number} of finalist {crowned} is not "
-                f"complete in {companion.study_name!r} any more; run drsearch confirm again"
+                f"complete in {companion.study_name!r} any more; run it again with drsearch "
+                f"confirm {shlex.quote(str(loaded.path))} --retry-failed"
             )
         runs.append(trials[number])
     runs.sort(key=lambda t: (t.user_attrs.get("fold") or 0, t.user_attrs.get("seed") or 0))
-    return Certified(crowned, record["plan"]["mode"], tuple(runs), entry, loaded.config.name)
+    return Certified(crowned, record["plan"]["mode"], tuple(runs), entry, loaded.config.name,
+                     float(record.get("confidence") or 0.9))  # fmt: skip
 
 
 def member_models(c: Certified) -> list[TrainedModel]:
@@ -117,7 +121,8 @@ def certificate(c: Certified) -> dict[str, Any]:
         "confirmed_primary": e.get("confirmed_primary"),
         "metrics": e.get("metrics"),
         "accuracy_interval": None if interval is None else list(interval),
-        "confidence": CONFIDENCE,
+        "confidence": CONFIDENCE,  # the accuracy interval's, two-sided
+        "constraint_confidence": c.confidence,  # each constraint's lower bound, one-sided
         "constraints": [
             {k: j.get(k) for k in ("name", "value", "lower", "minimum", "met", "n")}
             for j in e.get("judgements") or []
