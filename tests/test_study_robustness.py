@@ -517,7 +517,8 @@ def test_a_broken_artifact_store_never_loses_a_trained_trial(
         else:
             assert "artifact_error" not in t.user_attrs
             assert any(k.startswith("artifacts:") for k in t.system_attrs)
-    assert len(progress.warnings) == (2 if how == "file" else 0)
+    said = [w for w in progress.warnings if "low power: " not in w]  # the tiny set's 4 PDR
+    assert len(said) == (2 if how == "file" else 0)
 
 
 # -- a re-run after fixing a broken recipe ------------------------------------------------

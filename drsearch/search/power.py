@@ -11,7 +11,7 @@ the minimum and 1, beside the true rate that 80% power needs and the images that
 
 The score test is approximate: on very few images a model exactly at the minimum is
 certified more often than ``1 - confidence`` (15 of 15 certifies 0.90 at 90%, which a model
-at 0.90 scores 21% of the time); the line says so where it is more than 1.5 times looser.
+at 0.90 scores 20.6% of the time); the line says so where it is more than 1.5 times looser.
 """
 
 from __future__ import annotations
@@ -125,11 +125,13 @@ def power_line(
 
 
 def _pct(p: float) -> str:
+    """A chance as a whole percentage, rounded down (79.98% is not shown as the 80% it
+    misses)."""
     if 0 < p < 0.01:
         return "<1%"
     if 0.99 < p < 1:
         return ">99%"
-    return f"{p:.0%}"
+    return f"{math.floor(p * 100 + 1e-9)}%"
 
 
 def joint_power(powers: list[float]) -> float:
