@@ -167,8 +167,12 @@ def print_finalists(record: dict[str, Any]) -> None:
     stderr_console(stderr=False).print(table)
     if record["crowned"] is not None:
         click.echo(
-            f"study best: trial {record['crowned']} (confirmed); the search's own best was "
-            f"trial {record['search_best']}"
+            f"study best: trial {record['crowned']} (confirmed); "
+            + (
+                f"the search's own best was trial {record['search_best']}"
+                if record["search_best"] is not None
+                else "the search alone named none (no trial met the constraints on its split)"
+            )
         )
     elif record["pending"]:
         click.echo(
