@@ -141,6 +141,13 @@ def test_too_few_images_to_certify_is_refused_under_lower_bound(
                              finalists={"top_k": 1, "folds": 4})  # fmt: skip
     warned = check_inputs(load_study(folds))
     assert "its finalists are judged on all 16 images of the 4 folds" in warned[0]
+    # folds pool every non-test image already: the fixes say what can add images, not folds
+    pooled = write_tiny_study(tmp_path, tiny_dataset, space, objective=strict,
+                              finalists={"top_k": 1, "folds": 4})  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_inputs(load_study(pooled))
+    assert "add images of grade 4, hold out fewer for testing" in str(err.value)
+    assert "folds:" not in str(err.value).split(";", 1)[1]
 
 
 @pytest.mark.e2e

@@ -292,9 +292,13 @@ def check_metrics_computable(
             )
             continue
         fixes = (
-            f"raise data.val_fraction (now {data.val_fraction:g}), add images of grade "
-            f"{names}, pool {'more ' if folds else ''}folds with finalists: {{folds: K}} "
-            "(every non-test image is validation once), or lower the minimum"
+            # the folds already pool every non-test image: more folds add none
+            f"add images of grade {names}, hold out fewer for testing (data.test_fraction, now "
+            f"{data.test_fraction:g}), or lower the minimum"
+            if folds
+            else f"raise data.val_fraction (now {data.val_fraction:g}), add images of grade "
+            f"{names}, pool folds with finalists: {{folds: K}} (every non-test image is "
+            "validation once), or lower the minimum"
         )
         if loaded.smoke:
             out.append(f"{loaded.path}: {key}: {problem} (a smoke run: said, not refused)")
