@@ -820,3 +820,21 @@ def test_fold_models_validate_out_of_fold_and_average_on_test(tiny_dataset: Path
     other_split = make_recipe(tiny_dataset, data__test_fraction=0.25, data__val_fraction=0.4)
     with pytest.raises(ConfigError, match="different but overlapping images"):
         evaluate([members[0], _untrained_member(other_split, 2, "other")], options)
+
+
+def test_an_exported_recipe_with_relative_data_evaluated_elsewhere_says_where_to_run(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drsearch.errors import DataError
+    from drsearch.inspect.evaluate import Options, evaluate
+    from drsearch.train.predict import TrainedModel
+    from tests.conftest import make_recipe
+
+    monkeypatch.chdir(tiny_dataset.parent)
+    recipe = make_recipe(Path(tiny_dataset.name), data__test_fraction=0.25)
+    member = TrainedModel("r.pt", recipe, {}, {"n_test": 1, "test_sha256": "x"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(DataError, match="is relative to the directory it was exported in, not "):
+        evaluate([member], Options(seed=1))

@@ -166,7 +166,16 @@ def held_out_records(member: TrainedModel) -> list[ImageRecord]:
     from drsearch.data.split import held_out_indices
 
     d = member.recipe.data
-    loaded = load_records(d, Skipped())
+    try:
+        loaded = load_records(d, Skipped())
+    except DataError as exc:
+        if d.root.is_absolute():
+            raise
+        raise DataError(  # an exported recipe's relative paths: where it was exported
+            f"{member.label}: {exc}; its data.root {d.root} is relative to the directory it "
+            f"was exported in, not {Path.cwd()}: run drsearch from there, or make data.root "
+            "absolute in its recipe (and export again: the weights pin the recipe's SHA-256)"
+        ) from None
     test = [loaded[i] for i in held_out_indices(loaded, d.test_fraction, d.seed)]
     if not test:
         raise DataError(f"{member.label} was trained without a held-out test set; " + _NO_TEST)
