@@ -44,16 +44,11 @@ def unit_runs(plan: Plan, loaded: LoadedStudy, trial: FrozenTrial) -> list[dict[
 def done_runs(
     plan: Plan, loaded: LoadedStudy, trial: FrozenTrial, runs: list[FrozenTrial]
 ) -> list[FrozenTrial]:
-    """The candidate's complete runs, one per fold or seed (the latest, as the record takes
-    them), in the order they first completed."""
-    from drsearch.search.selection import _key, _run_key
+    """The candidate's complete runs, as the record takes them (``selection.complete_runs``)."""
+    from drsearch.search.selection import _key, _run_key, complete_runs
 
     keys = {_key(r) for r in unit_runs(plan, loaded, trial)}
-    done = sorted(
-        (t for t in runs if t.state == TrialState.COMPLETE and _run_key(t) in keys),
-        key=lambda t: t.number,
-    )
-    return list({_run_key(t): t for t in done}.values())
+    return complete_runs([t for t in runs if _run_key(t) in keys])
 
 
 def arms(
@@ -96,7 +91,7 @@ def to_queue(
     still waits or runs; else each funded candidate's next units that no run stands for."""
     from drsearch.search.selection import _key
 
-    if any(t.state in OPEN for t in runs):
+    if race_open(runs):
         return []
     more = current_round(plan, loaded, chosen, runs).more()
     out = []

@@ -200,6 +200,13 @@ def _runs_wanted(plan: Plan, loaded: LoadedStudy, trial: FrozenTrial) -> list[di
     return [base | {"fold": None, "seed": seed0 + i} for i in range(1, plan.n + 1)]
 
 
+def complete_runs(runs: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete ones of a finalist's ``runs``, one per fold or seed (the latest of a key
+    run twice), in the order their keys first completed."""
+    done = sorted((t for t in runs if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    return list({_run_key(t): t for t in done}.values())
+
+
 def _key(run: dict[str, Any]) -> tuple[Any, ...]:
     return (run["confirm_of"], run["fold"], run["seed"], run["select_epoch"])
 
@@ -302,8 +309,7 @@ def confirm_record(loaded: LoadedStudy, plan: Plan) -> dict[str, Any]:
         keys = {_key(w) for w in wanted}
         mine = [t for t in runs if _run_key(t) in keys]
         done_keys = {_run_key(t) for t in mine if t.state == TrialState.COMPLETE}
-        done = [t for t in mine if t.state == TrialState.COMPLETE]
-        done = list({_run_key(t): t for t in sorted(done, key=lambda t: t.number)}.values())
+        done = complete_runs(mine)
         failed = [
             {"run": t.number, "fold": t.user_attrs.get("fold"), "seed": t.user_attrs.get("seed"),
              "reason": t.user_attrs.get("fail_reason") or t.state.name}

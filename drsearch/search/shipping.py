@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -149,7 +148,3 @@ def held(cert: dict[str, Any], test_metrics: dict[str, Any]) -> list[dict[str, A
         rows.append({"figure": metric, "certified": j["value"], "bound": j["lower"],
                      "test": float(t), "held": float(t) >= float(j["lower"])})  # fmt: skip
     return rows
-
-
-def run_folder(run: FrozenTrial) -> Path:
-    return Path(str(run.user_attrs.get("run_dir", "")))
